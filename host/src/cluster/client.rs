@@ -1,0 +1,443 @@
+//! The driver side: connect to a cluster, upload components, submit tasks
+//! inside `<function> submit` spans, and collect their results.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt as _, Tracer as _};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::protocol::{
+    ClusterConfig, ClusterStatus, Done, FromDriver, Hello, PROTOCOL_VERSION, Reader, Submission,
+    ToDriver, Writer,
+};
+use crate::bridge::traceparent;
+use crate::engine::{Digest, Runtime};
+use crate::error::{Error, Result};
+use crate::hook::HookComponent;
+use crate::ids::random_hex;
+use crate::provider::WorkerInfo;
+use crate::task::{TaskError, TaskErrorKind, record_error};
+use crate::telemetry::Telemetry;
+use crate::wave::Invocation;
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Done>>>>;
+
+/// A connection to a wtrace cluster.
+///
+/// ```no_run
+/// # async fn demo() -> wtrace::Result<()> {
+/// use wtrace::cluster::Client;
+///
+/// let client = Client::connect("127.0.0.1:7733".parse().unwrap(), "token", None).await?;
+/// let component = client.upload_file("hello.wasm".as_ref()).await?;
+/// let task = client.submit(&component, &"my-function()".parse()?, &opentelemetry::Context::new()).await?;
+/// let result = task.get().await?;
+/// assert_eq!(result.value.unwrap(), "1");
+/// client.flush();
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    requests: mpsc::UnboundedSender<FromDriver>,
+    pending: Pending,
+    status: Mutex<Vec<oneshot::Sender<ClusterStatus>>>,
+    stopped: watch::Receiver<Option<String>>,
+    config: Arc<ClusterConfig>,
+    telemetry: Option<Telemetry>,
+    components: Mutex<HashMap<Digest, String>>,
+    uploaded: Mutex<HashSet<Digest>>,
+    driver_id: String,
+    next_tag: AtomicU64,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("job_id", &self.inner.config.job_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A submitted task; [`TaskRef::get`] waits for its result.
+#[derive(Debug)]
+pub struct TaskRef {
+    function: String,
+    rx: oneshot::Receiver<Done>,
+}
+
+/// What a task produced.
+#[derive(Debug, Clone)]
+pub struct TaskResult {
+    /// The export that ran.
+    pub function: String,
+    /// The result in WAVE, or the task's error.
+    pub value: std::result::Result<String, TaskError>,
+    /// Its standard output.
+    pub stdout: Vec<u8>,
+    /// Its standard error.
+    pub stderr: Vec<u8>,
+    /// The pid of the worker that ran it (0 when none did).
+    pub pid: u32,
+}
+
+impl TaskRef {
+    /// The export this task calls.
+    pub fn function(&self) -> &str {
+        &self.function
+    }
+
+    /// Waits for the task to finish.
+    pub async fn get(self) -> Result<TaskResult> {
+        let done = self.rx.await.map_err(|_| {
+            Error::Cluster(format!(
+                "lost the cluster before task {} finished",
+                self.function
+            ))
+        })?;
+        Ok(TaskResult {
+            function: self.function,
+            value: done.output.result,
+            stdout: done.output.stdout,
+            stderr: done.output.stderr,
+            pid: done.pid,
+        })
+    }
+}
+
+impl Client {
+    /// Connects to the head at `addr`. `telemetry` traces submissions; when
+    /// `None`, the cluster's own tracing startup hook is run in this process
+    /// (as every worker does) and its provider used.
+    pub async fn connect(
+        addr: SocketAddr,
+        token: &str,
+        telemetry: Option<Telemetry>,
+    ) -> Result<Self> {
+        Self::connect_inner(addr, token, telemetry.map(Some)).await
+    }
+
+    /// Connects without tracing submissions at all.
+    pub async fn connect_untraced(addr: SocketAddr, token: &str) -> Result<Self> {
+        Self::connect_inner(addr, token, Some(None)).await
+    }
+
+    async fn connect_inner(
+        addr: SocketAddr,
+        token: &str,
+        telemetry: Option<Option<Telemetry>>,
+    ) -> Result<Self> {
+        let stream = TcpStream::connect(addr).await.map_err(|e| {
+            Error::Cluster(format!(
+                "cannot reach a wtrace cluster at {addr}: {e}; start one with `wtrace start --head`"
+            ))
+        })?;
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let mut reader = Reader::new(read);
+        let mut writer = Writer::new(write);
+        let lost = |e: std::io::Error| Error::Cluster(format!("lost the cluster at {addr}: {e}"));
+        writer
+            .send(&Hello::Driver {
+                version: PROTOCOL_VERSION,
+                token: token.to_owned(),
+                pid: std::process::id(),
+            })
+            .await
+            .map_err(lost)?;
+        let config = match reader.recv::<ToDriver>().await.map_err(lost)? {
+            Some(ToDriver::Welcome(config)) => Arc::new(*config),
+            Some(ToDriver::Error(message)) => return Err(Error::Cluster(message)),
+            _ => {
+                return Err(Error::Cluster(format!(
+                    "the cluster at {addr} closed the connection"
+                )));
+            }
+        };
+        let telemetry = match telemetry {
+            Some(given) => given,
+            None => run_cluster_hook(&config)?,
+        };
+
+        let (requests, rx) = mpsc::unbounded_channel();
+        let pending: Pending = Arc::default();
+        let (stopped_tx, stopped) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            requests,
+            pending: pending.clone(),
+            status: Mutex::new(Vec::new()),
+            stopped,
+            config,
+            telemetry,
+            components: Mutex::new(HashMap::new()),
+            uploaded: Mutex::new(HashSet::new()),
+            driver_id: random_hex(4),
+            next_tag: AtomicU64::new(1),
+        });
+        tokio::spawn(write_loop(writer, rx));
+        tokio::spawn(read_loop(
+            reader,
+            Arc::downgrade(&inner),
+            pending,
+            stopped_tx,
+        ));
+        Ok(Self { inner })
+    }
+
+    /// The cluster's configuration (hook, limits, job id).
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
+    }
+
+    /// This driver's tracing, if any.
+    pub fn telemetry(&self) -> Option<&Telemetry> {
+        self.inner.telemetry.as_ref()
+    }
+
+    /// Uploads a component (once per digest) and returns its digest.
+    pub async fn upload(&self, name: &str, bytes: Vec<u8>) -> Result<Digest> {
+        let digest = Digest::of(&bytes);
+        self.inner
+            .components
+            .lock()
+            .unwrap()
+            .insert(digest.clone(), name.to_owned());
+        if self.inner.uploaded.lock().unwrap().insert(digest.clone()) {
+            self.request(FromDriver::Upload {
+                name: name.to_owned(),
+                bytes,
+            })?;
+        }
+        Ok(digest)
+    }
+
+    /// Reads and uploads a component file.
+    pub async fn upload_file(&self, path: &Path) -> Result<Digest> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        self.upload(&name, bytes).await
+    }
+
+    /// Submits one task inside a `<function> submit` span, a child of
+    /// `parent`'s span (or a new trace).
+    pub async fn submit(
+        &self,
+        component: &Digest,
+        invocation: &Invocation,
+        parent: &opentelemetry::Context,
+    ) -> Result<TaskRef> {
+        Ok(self
+            .submit_many(component, std::slice::from_ref(invocation), parent)
+            .await?
+            .pop()
+            .expect("one task per invocation"))
+    }
+
+    /// Submits tasks in one message, each inside its own submit span.
+    pub async fn submit_many(
+        &self,
+        component: &Digest,
+        invocations: &[Invocation],
+        parent: &opentelemetry::Context,
+    ) -> Result<Vec<TaskRef>> {
+        let name = self
+            .inner
+            .components
+            .lock()
+            .unwrap()
+            .get(component)
+            .cloned()
+            .ok_or_else(|| {
+                Error::Cluster(format!(
+                    "component {component} was not uploaded by this client"
+                ))
+            })?;
+        let mut submissions = Vec::with_capacity(invocations.len());
+        let mut refs = Vec::with_capacity(invocations.len());
+        let mut spans = Vec::new();
+        for invocation in invocations {
+            let tag = self.inner.next_tag.fetch_add(1, Ordering::Relaxed);
+            let task_id = format!("{}-{tag}", self.inner.driver_id);
+            let (tx, rx) = oneshot::channel();
+            self.inner.pending.lock().unwrap().insert(tag, tx);
+            let (context, span) = match &self.inner.telemetry {
+                Some(telemetry) => {
+                    let tracer = telemetry.tracer();
+                    let span = tracer
+                        .span_builder(format!("{} submit", invocation.function))
+                        .with_kind(SpanKind::Producer)
+                        .with_attributes([
+                            KeyValue::new("wtrace.function", invocation.function.clone()),
+                            KeyValue::new("wtrace.component", name.clone()),
+                            KeyValue::new("wtrace.component.digest", component.to_string()),
+                            KeyValue::new("wtrace.task_id", task_id.clone()),
+                            KeyValue::new("wtrace.job_id", self.inner.config.job_id.clone()),
+                            KeyValue::new("wtrace.worker_id", "driver"),
+                            KeyValue::new("wtrace.node_id", "driver"),
+                            KeyValue::new("process.pid", i64::from(std::process::id())),
+                        ])
+                        .start_with_context(tracer, parent);
+                    (span.span_context().clone(), Some(span))
+                }
+                None => (parent.span().span_context().clone(), None),
+            };
+            submissions.push(Submission {
+                tag,
+                task_id,
+                component: component.clone(),
+                function: invocation.function.clone(),
+                invocation: invocation.text.clone(),
+                traceparent: traceparent(&context),
+                tracestate: Some(context.trace_state().header()).filter(|s| !s.is_empty()),
+            });
+            spans.extend(span);
+            refs.push(TaskRef {
+                function: invocation.function.clone(),
+                rx,
+            });
+        }
+        let sent = self.request(FromDriver::Submit(submissions));
+        for mut span in spans {
+            if let Err(error) = &sent {
+                record_error(
+                    &mut span,
+                    &TaskError::new(TaskErrorKind::Cluster, "submit", error.to_string()),
+                );
+            }
+            span.end();
+        }
+        sent?;
+        Ok(refs)
+    }
+
+    /// The cluster's state.
+    pub async fn status(&self) -> Result<ClusterStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.status.lock().unwrap().push(tx);
+        self.request(FromDriver::Status)?;
+        rx.await
+            .map_err(|_| Error::Cluster("lost the cluster while asking its status".into()))
+    }
+
+    /// Stops the whole cluster: every worker flushes its spans and exits.
+    /// Returns once the head reports every worker gone.
+    pub async fn shutdown_cluster(&self) -> Result<()> {
+        self.request(FromDriver::Shutdown)?;
+        let mut stopped = self.inner.stopped.clone();
+        let _ = stopped.wait_for(|s| s.is_some()).await;
+        Ok(())
+    }
+
+    /// Exports this driver's finished spans now.
+    pub fn flush(&self) {
+        if let Some(telemetry) = &self.inner.telemetry {
+            let _ = telemetry.flush();
+        }
+    }
+
+    fn request(&self, message: FromDriver) -> Result<()> {
+        if let Some(reason) = self.inner.stopped.borrow().clone() {
+            return Err(Error::Cluster(reason));
+        }
+        self.inner
+            .requests
+            .send(message)
+            .map_err(|_| Error::Cluster("the connection to the cluster is closed".into()))
+    }
+}
+
+/// Runs the cluster's hook in this driver process, as Ray does.
+fn run_cluster_hook(config: &ClusterConfig) -> Result<Option<Telemetry>> {
+    let Some(blob) = &config.hook else {
+        return Ok(None);
+    };
+    let runtime = Runtime::new(config.limits.clone(), crate::engine::default_cache_dir())?;
+    let hook = HookComponent {
+        display: blob.display.clone(),
+        name: blob.name.clone().into(),
+        export: blob.export.clone(),
+        digest: blob.digest.clone(),
+        bytes: blob.bytes.clone().into(),
+    };
+    let info = WorkerInfo {
+        worker_id: "driver".into(),
+        node_id: "driver".into(),
+        job_id: config.job_id.clone(),
+    };
+    hook.run(
+        &runtime,
+        info,
+        &config.policy,
+        tokio::runtime::Handle::try_current().ok(),
+    )
+    .map(Some)
+}
+
+async fn write_loop(
+    mut writer: Writer<OwnedWriteHalf>,
+    mut rx: mpsc::UnboundedReceiver<FromDriver>,
+) {
+    while let Some(message) = rx.recv().await {
+        if writer.feed(&message).await.is_err() {
+            return;
+        }
+        while let Ok(message) = rx.try_recv() {
+            if writer.feed(&message).await.is_err() {
+                return;
+            }
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_loop(
+    mut reader: Reader<tokio::net::tcp::OwnedReadHalf>,
+    inner: std::sync::Weak<Inner>,
+    pending: Pending,
+    stopped: watch::Sender<Option<String>>,
+) {
+    let reason = loop {
+        match reader.recv::<ToDriver>().await {
+            Ok(Some(ToDriver::Results(results))) => {
+                let mut pending = pending.lock().unwrap();
+                for done in results {
+                    if let Some(tx) = pending.remove(&done.id) {
+                        let _ = tx.send(done);
+                    }
+                }
+            }
+            Ok(Some(ToDriver::Status(status))) => {
+                if let Some(inner) = inner.upgrade()
+                    && let Some(tx) = inner.status.lock().unwrap().pop()
+                {
+                    let _ = tx.send(*status);
+                }
+            }
+            Ok(Some(ToDriver::Stopped)) => break "the cluster has stopped".to_owned(),
+            Ok(Some(ToDriver::Error(message))) => break message,
+            Ok(Some(ToDriver::Welcome(_))) => {}
+            Ok(None) => break "the cluster closed the connection".to_owned(),
+            Err(e) => break format!("lost the cluster: {e}"),
+        }
+    };
+    let _ = stopped.send(Some(reason));
+    // Waiting tasks learn the cluster is gone from their dropped senders.
+    pending.lock().unwrap().clear();
+}

@@ -1,0 +1,609 @@
+//! The head: accepts workers and drivers, stores components by digest, queues
+//! tasks, leases them to workers and routes results back.
+//!
+//! All state lives in one task that handles [`Event`]s in order; each
+//! connection has a reader task feeding events and a writer task draining a
+//! channel, batching whatever is ready into one flush.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::protocol::{
+    ClusterConfig, ClusterStatus, ComponentRef, Done, FromDriver, FromWorker, Hello, Lease,
+    PROTOCOL_VERSION, Reader, Submission, ToDriver, ToWorker, WorkerStatus, Writer,
+};
+use crate::engine::Digest;
+use crate::error::{Error, Result};
+use crate::provider::WorkerInfo;
+use crate::task::{TaskError, TaskErrorKind, TaskOutput};
+
+/// Tasks leased to one worker at a time: one running, the rest queued there
+/// so the next starts without a round trip.
+const WORKER_CAPACITY: usize = 16;
+
+type ConnId = u64;
+
+/// What the head's state task reacts to.
+enum Event {
+    WorkerJoined {
+        conn: ConnId,
+        info: WorkerInfo,
+        pid: u32,
+        tx: mpsc::UnboundedSender<ToWorker>,
+    },
+    WorkerMessage(ConnId, FromWorker),
+    WorkerLeft(ConnId),
+    DriverJoined {
+        conn: ConnId,
+        tx: mpsc::UnboundedSender<ToDriver>,
+    },
+    DriverMessage(ConnId, FromDriver),
+    DriverLeft(ConnId),
+    Status(oneshot::Sender<ClusterStatus>),
+    Readiness(oneshot::Sender<Readiness>),
+    Shutdown,
+}
+
+/// How far workers got with their hooks.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    /// Workers whose hook ran.
+    pub ready: usize,
+    /// Hook failures: (worker id, pid, message).
+    pub failed: Vec<(String, u32, String)>,
+}
+
+struct Worker {
+    info: WorkerInfo,
+    pid: u32,
+    tx: mpsc::UnboundedSender<ToWorker>,
+    ready: bool,
+    leased: HashSet<u64>,
+    has: HashSet<Digest>,
+    done: u64,
+}
+
+struct Task {
+    submission: Submission,
+    driver: ConnId,
+    attempt: u32,
+    worker: Option<ConnId>,
+}
+
+struct Component {
+    name: String,
+    bytes: Arc<Vec<u8>>,
+}
+
+struct State {
+    config: Arc<ClusterConfig>,
+    started: Instant,
+    workers: BTreeMap<ConnId, Worker>,
+    drivers: HashMap<ConnId, mpsc::UnboundedSender<ToDriver>>,
+    components: HashMap<Digest, Component>,
+    tasks: HashMap<u64, Task>,
+    queue: VecDeque<u64>,
+    next_task: u64,
+    done: u64,
+    failed_hooks: Vec<(String, u32, String)>,
+    stopping: bool,
+}
+
+/// A running head.
+#[derive(Debug, Clone)]
+pub struct Head {
+    addr: SocketAddr,
+    token: String,
+    events: mpsc::UnboundedSender<EventBox>,
+    stopped: watch::Receiver<bool>,
+}
+
+/// Events wrapped so `Head` can be `Debug`.
+struct EventBox(Event);
+
+impl std::fmt::Debug for EventBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Event")
+    }
+}
+
+impl Head {
+    /// Starts a head on `bind` (port 0: any free port) in the current Tokio
+    /// runtime. Connections must present `token`.
+    pub async fn start(bind: SocketAddr, token: String, config: ClusterConfig) -> Result<Self> {
+        let listener = TcpListener::bind(bind)
+            .await
+            .map_err(|e| Error::io(format!("cannot listen on {bind}"), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("cannot read the head's address", e))?;
+        let (events, rx) = mpsc::unbounded_channel();
+        let (stopped_tx, stopped) = watch::channel(false);
+        let state = State {
+            config: Arc::new(config),
+            started: Instant::now(),
+            workers: BTreeMap::new(),
+            drivers: HashMap::new(),
+            components: HashMap::new(),
+            tasks: HashMap::new(),
+            queue: VecDeque::new(),
+            next_task: 1,
+            done: 0,
+            failed_hooks: Vec::new(),
+            stopping: false,
+        };
+        tokio::spawn(run_state(state, rx, stopped_tx));
+        tokio::spawn(accept(listener, token.clone(), events.clone()));
+        Ok(Self {
+            addr,
+            token,
+            events,
+            stopped,
+        })
+    }
+
+    /// Where the head listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The secret connections must present.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// How many workers are ready, and which hooks failed.
+    pub async fn readiness(&self) -> Readiness {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.events.send(EventBox(Event::Readiness(tx)));
+        rx.await.unwrap_or_default()
+    }
+
+    /// The cluster's state.
+    pub async fn status(&self) -> Option<ClusterStatus> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.events.send(EventBox(Event::Status(tx)));
+        rx.await.ok()
+    }
+
+    /// Stops the cluster: every worker finishes its current task, flushes its
+    /// spans and exits. See [`Head::stopped`].
+    pub fn shutdown(&self) {
+        let _ = self.events.send(EventBox(Event::Shutdown));
+    }
+
+    /// Resolves once the cluster has stopped (every worker gone after a
+    /// shutdown request).
+    pub async fn stopped(&self) {
+        let mut stopped = self.stopped.clone();
+        let _ = stopped.wait_for(|s| *s).await;
+    }
+}
+
+async fn accept(listener: TcpListener, token: String, events: mpsc::UnboundedSender<EventBox>) {
+    let mut next_conn: ConnId = 1;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = next_conn;
+        next_conn += 1;
+        tokio::spawn(serve(stream, conn, token.clone(), events.clone()));
+    }
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte.
+fn token_matches(given: &str, expected: &str) -> bool {
+    given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn serve(
+    stream: TcpStream,
+    conn: ConnId,
+    token: String,
+    events: mpsc::UnboundedSender<EventBox>,
+) {
+    let (read, write) = stream.into_split();
+    let mut reader = Reader::new(read);
+    let mut writer = Writer::new(write);
+    let hello: Hello = match reader.recv().await {
+        Ok(Some(hello)) => hello,
+        _ => return,
+    };
+    let (version, given) = match &hello {
+        Hello::Worker { version, token, .. } | Hello::Driver { version, token, .. } => {
+            (*version, token)
+        }
+    };
+    if !token_matches(given, &token) {
+        let _ = writer
+            .send(&ToDriver::Error(
+                "wrong cluster token: connect with the token from `wtrace start` (its session file or WTRACE_TOKEN)".into(),
+            ))
+            .await;
+        return;
+    }
+    if version != PROTOCOL_VERSION {
+        let _ = writer
+            .send(&ToDriver::Error(format!(
+                "protocol version {version} is not this head's ({PROTOCOL_VERSION}); use the same wtrace build everywhere"
+            )))
+            .await;
+        return;
+    }
+    match hello {
+        Hello::Worker { info, pid, .. } => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let _ = events.send(EventBox(Event::WorkerJoined {
+                conn,
+                info,
+                pid,
+                tx,
+            }));
+            tokio::spawn(write_loop(writer, rx));
+            loop {
+                match reader.recv::<FromWorker>().await {
+                    Ok(Some(message)) => {
+                        let _ = events.send(EventBox(Event::WorkerMessage(conn, message)));
+                    }
+                    _ => break,
+                }
+            }
+            let _ = events.send(EventBox(Event::WorkerLeft(conn)));
+        }
+        Hello::Driver { .. } => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let _ = events.send(EventBox(Event::DriverJoined { conn, tx }));
+            tokio::spawn(write_loop(writer, rx));
+            loop {
+                match reader.recv::<FromDriver>().await {
+                    Ok(Some(message)) => {
+                        let _ = events.send(EventBox(Event::DriverMessage(conn, message)));
+                    }
+                    _ => break,
+                }
+            }
+            let _ = events.send(EventBox(Event::DriverLeft(conn)));
+        }
+    }
+}
+
+/// Writes messages as they come, flushing once per burst.
+async fn write_loop<T: serde::Serialize>(
+    mut writer: Writer<tokio::net::tcp::OwnedWriteHalf>,
+    mut rx: mpsc::UnboundedReceiver<T>,
+) {
+    while let Some(message) = rx.recv().await {
+        if writer.feed(&message).await.is_err() {
+            return;
+        }
+        while let Ok(message) = rx.try_recv() {
+            if writer.feed(&message).await.is_err() {
+                return;
+            }
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn run_state(
+    mut state: State,
+    mut events: mpsc::UnboundedReceiver<EventBox>,
+    stopped: watch::Sender<bool>,
+) {
+    while let Some(EventBox(event)) = events.recv().await {
+        state.handle(event);
+        if state.stopping && state.workers.is_empty() && !*stopped.borrow() {
+            for driver in state.drivers.values() {
+                let _ = driver.send(ToDriver::Stopped);
+            }
+            let _ = stopped.send(true);
+        }
+    }
+}
+
+impl State {
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::WorkerJoined {
+                conn,
+                info,
+                pid,
+                tx,
+            } => {
+                if self.stopping {
+                    let _ = tx.send(ToWorker::Shutdown);
+                }
+                let _ = tx.send(ToWorker::Welcome(Box::new((*self.config).clone())));
+                self.workers.insert(
+                    conn,
+                    Worker {
+                        info,
+                        pid,
+                        tx,
+                        ready: false,
+                        leased: HashSet::new(),
+                        has: HashSet::new(),
+                        done: 0,
+                    },
+                );
+            }
+            Event::WorkerMessage(conn, message) => self.worker_message(conn, message),
+            Event::WorkerLeft(conn) => self.worker_left(conn),
+            Event::DriverJoined { conn, tx } => {
+                let _ = tx.send(ToDriver::Welcome(Box::new((*self.config).clone())));
+                self.drivers.insert(conn, tx);
+            }
+            Event::DriverMessage(conn, message) => self.driver_message(conn, message),
+            Event::DriverLeft(conn) => {
+                self.drivers.remove(&conn);
+                // Its queued tasks are of no use to anyone now.
+                let orphans: Vec<u64> = self
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| t.driver == conn && t.worker.is_none())
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in orphans {
+                    self.tasks.remove(&id);
+                }
+                self.queue.retain(|id| self.tasks.contains_key(id));
+            }
+            Event::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Event::Shutdown => self.shutdown(),
+            Event::Readiness(reply) => {
+                let _ = reply.send(Readiness {
+                    ready: self.workers.values().filter(|w| w.ready).count(),
+                    failed: self.failed_hooks.clone(),
+                });
+            }
+        }
+    }
+
+    fn worker_message(&mut self, conn: ConnId, message: FromWorker) {
+        match message {
+            FromWorker::Ready => {
+                if let Some(worker) = self.workers.get_mut(&conn) {
+                    worker.ready = true;
+                }
+                self.dispatch();
+            }
+            FromWorker::HookFailed(error) => {
+                if let Some(worker) = self.workers.get(&conn) {
+                    self.failed_hooks
+                        .push((worker.info.worker_id.clone(), worker.pid, error));
+                }
+            }
+            FromWorker::Done(batch) => {
+                let mut replies: HashMap<ConnId, Vec<Done>> = HashMap::new();
+                for done in batch {
+                    if let Some(worker) = self.workers.get_mut(&conn) {
+                        worker.leased.remove(&done.id);
+                        worker.done += 1;
+                    }
+                    // A task requeued after a presumed death may finish twice;
+                    // only the first result counts.
+                    let Some(task) = self.tasks.remove(&done.id) else {
+                        continue;
+                    };
+                    self.done += 1;
+                    replies.entry(task.driver).or_default().push(Done {
+                        id: task.submission.tag,
+                        pid: done.pid,
+                        output: done.output,
+                    });
+                }
+                for (driver, results) in replies {
+                    if let Some(tx) = self.drivers.get(&driver) {
+                        let _ = tx.send(ToDriver::Results(results));
+                    }
+                }
+                self.dispatch();
+            }
+        }
+    }
+
+    fn worker_left(&mut self, conn: ConnId) {
+        let Some(worker) = self.workers.remove(&conn) else {
+            return;
+        };
+        let mut failed: HashMap<ConnId, Vec<Done>> = HashMap::new();
+        let mut leased: Vec<u64> = worker.leased.into_iter().collect();
+        leased.sort_unstable();
+        for id in leased.into_iter().rev() {
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            task.worker = None;
+            task.attempt += 1;
+            if task.attempt > self.config.max_retries {
+                let task = self.tasks.remove(&id).expect("present");
+                let error = TaskError::new(
+                    TaskErrorKind::WorkerDied,
+                    &task.submission.function,
+                    format!(
+                        "its worker died on every attempt ({} attempts; the last was {} pid {}); \
+                         the task may be crashing its workers",
+                        task.attempt, worker.info.worker_id, worker.pid
+                    ),
+                );
+                failed.entry(task.driver).or_default().push(Done {
+                    id: task.submission.tag,
+                    pid: worker.pid,
+                    output: TaskOutput {
+                        result: Err(error),
+                        stdout: Vec::new(),
+                        stderr: Vec::new(),
+                    },
+                });
+            } else {
+                self.queue.push_front(id);
+            }
+        }
+        for (driver, results) in failed {
+            if let Some(tx) = self.drivers.get(&driver) {
+                let _ = tx.send(ToDriver::Results(results));
+            }
+        }
+        self.dispatch();
+    }
+
+    fn driver_message(&mut self, conn: ConnId, message: FromDriver) {
+        match message {
+            FromDriver::Upload { name, bytes } => {
+                let digest = Digest::of(&bytes);
+                self.components.entry(digest).or_insert(Component {
+                    name,
+                    bytes: Arc::new(bytes),
+                });
+            }
+            FromDriver::Submit(submissions) => {
+                let mut rejected = Vec::new();
+                for submission in submissions {
+                    if !self.components.contains_key(&submission.component) {
+                        rejected.push(Done {
+                            id: submission.tag,
+                            pid: 0,
+                            output: TaskOutput {
+                                result: Err(TaskError::new(
+                                    TaskErrorKind::Cluster,
+                                    &submission.function,
+                                    format!(
+                                        "component {} was never uploaded to this cluster",
+                                        submission.component
+                                    ),
+                                )),
+                                stdout: Vec::new(),
+                                stderr: Vec::new(),
+                            },
+                        });
+                        continue;
+                    }
+                    let id = self.next_task;
+                    self.next_task += 1;
+                    self.tasks.insert(
+                        id,
+                        Task {
+                            submission,
+                            driver: conn,
+                            attempt: 0,
+                            worker: None,
+                        },
+                    );
+                    self.queue.push_back(id);
+                }
+                if !rejected.is_empty()
+                    && let Some(tx) = self.drivers.get(&conn)
+                {
+                    let _ = tx.send(ToDriver::Results(rejected));
+                }
+                self.dispatch();
+            }
+            FromDriver::Status => {
+                if let Some(tx) = self.drivers.get(&conn) {
+                    let _ = tx.send(ToDriver::Status(Box::new(self.status())));
+                }
+            }
+            FromDriver::Shutdown => self.shutdown(),
+        }
+    }
+
+    /// Tells every worker to finish its current task, flush and exit.
+    fn shutdown(&mut self) {
+        self.stopping = true;
+        for worker in self.workers.values() {
+            let _ = worker.tx.send(ToWorker::Shutdown);
+        }
+    }
+
+    /// Leases queued tasks to the ready workers with the fewest leases.
+    fn dispatch(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let mut batches: HashMap<ConnId, Vec<Lease>> = HashMap::new();
+        while let Some(&id) = self.queue.front() {
+            let Some((&conn, _)) = self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.ready && w.leased.len() < WORKER_CAPACITY)
+                .min_by_key(|(_, w)| w.leased.len())
+            else {
+                break;
+            };
+            self.queue.pop_front();
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            let worker = self.workers.get_mut(&conn).expect("chosen above");
+            let digest = &task.submission.component;
+            let component = &self.components[digest];
+            let bytes = worker
+                .has
+                .insert(digest.clone())
+                .then(|| component.bytes.as_ref().clone());
+            worker.leased.insert(id);
+            task.worker = Some(conn);
+            batches.entry(conn).or_default().push(Lease {
+                lease_id: id,
+                task_id: task.submission.task_id.clone(),
+                attempt: task.attempt,
+                component: ComponentRef {
+                    digest: digest.clone(),
+                    name: component.name.clone(),
+                    bytes,
+                },
+                function: task.submission.function.clone(),
+                invocation: task.submission.invocation.clone(),
+                traceparent: task.submission.traceparent.clone(),
+                tracestate: task.submission.tracestate.clone(),
+            });
+        }
+        for (conn, leases) in batches {
+            let _ = self.workers[&conn].tx.send(ToWorker::Run(leases));
+        }
+    }
+
+    fn status(&self) -> ClusterStatus {
+        ClusterStatus {
+            job_id: self.config.job_id.clone(),
+            hook: self
+                .config
+                .hook
+                .as_ref()
+                .map(|h| (h.display.clone(), h.digest.clone())),
+            workers: self
+                .workers
+                .values()
+                .map(|w| WorkerStatus {
+                    worker_id: w.info.worker_id.clone(),
+                    node_id: w.info.node_id.clone(),
+                    pid: w.pid,
+                    ready: w.ready,
+                    running: w.leased.len(),
+                    done: w.done,
+                })
+                .collect(),
+            queued: self.queue.len(),
+            running: self.workers.values().map(|w| w.leased.len()).sum(),
+            done: self.done,
+            components: self.components.len(),
+            uptime: self.started.elapsed(),
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! wtrace as processes: a head, worker processes on nodes, and drivers.
+//!
+//! Drivers and workers talk to the head over TCP (loopback by default),
+//! presenting the cluster's token. The head hands every worker the cluster's
+//! tracing startup hook by digest, so no worker needs it on disk.
+
+pub mod client;
+pub mod head;
+pub mod node;
+pub mod protocol;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use client::{Client, TaskRef, TaskResult};
+pub use head::Head;
+pub use node::{Node, NodeOptions};
+pub use protocol::{ClusterConfig, ClusterStatus, HookBlob};
+
+use crate::config::{ExportPolicy, Limits};
+use crate::error::Result;
+use crate::hook::HookComponent;
+use crate::ids::random_hex;
+
+/// How to start a cluster on this machine.
+#[derive(Debug, Clone)]
+pub struct LocalClusterOptions {
+    /// Worker processes to start.
+    pub num_workers: usize,
+    /// The tracing startup hook every process runs.
+    pub hook: Option<HookComponent>,
+    /// Per-task limits.
+    pub limits: Limits,
+    /// Where hooks may export spans.
+    pub policy: ExportPolicy,
+    /// Retries of a task whose worker died.
+    pub max_retries: u32,
+    /// The `wtrace` executable workers run.
+    pub worker_exe: PathBuf,
+    /// Where compiled components are cached.
+    pub cache_dir: Option<PathBuf>,
+    /// Where the head listens (port 0: any free port).
+    pub bind: SocketAddr,
+    /// How long workers may take to run the hook and become ready.
+    pub ready_timeout: Duration,
+    /// The job id recorded on every span.
+    pub job_id: String,
+}
+
+impl LocalClusterOptions {
+    /// Defaults: one worker per core, no hook, default limits, loopback.
+    pub fn new(worker_exe: PathBuf) -> Self {
+        Self {
+            num_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            hook: None,
+            limits: Limits::default(),
+            policy: ExportPolicy::default(),
+            max_retries: 3,
+            worker_exe,
+            cache_dir: crate::engine::default_cache_dir(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ready_timeout: Duration::from_secs(60),
+            job_id: format!("job-{}", random_hex(4)),
+        }
+    }
+}
+
+/// A head in this process plus a node of worker processes.
+#[derive(Debug)]
+pub struct LocalCluster {
+    head: Head,
+    node: Node,
+    config: ClusterConfig,
+}
+
+impl LocalCluster {
+    /// Starts the head and the workers, and waits until every worker has run
+    /// the hook. On failure nothing is left running.
+    pub async fn start(options: LocalClusterOptions) -> Result<Self> {
+        let token = random_hex(16);
+        let config = ClusterConfig {
+            job_id: options.job_id.clone(),
+            hook: options.hook.as_ref().map(|hook| HookBlob {
+                display: hook.display.clone(),
+                name: hook.name.display().to_string(),
+                export: hook.export.clone(),
+                digest: hook.digest.clone(),
+                bytes: hook.bytes.to_vec(),
+            }),
+            limits: options.limits.clone(),
+            policy: options.policy.clone(),
+            max_retries: options.max_retries,
+        };
+        let head = Head::start(options.bind, token.clone(), config.clone()).await?;
+        let node = Node::spawn(NodeOptions {
+            num_workers: options.num_workers,
+            worker_exe: options.worker_exe.clone(),
+            head: head.addr(),
+            token,
+            node_id: format!("n-{}", random_hex(3)),
+            cache_dir: options.cache_dir.clone(),
+        })?;
+        if let Err(error) = node.wait_ready(&head, options.ready_timeout).await {
+            head.shutdown();
+            node.stop(Duration::from_secs(5)).await;
+            return Err(error);
+        }
+        Ok(Self { head, node, config })
+    }
+
+    /// The head.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// The configuration every process shares.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// The worker processes' pids.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.node.pids()
+    }
+
+    /// Connects a client; `telemetry` as in [`Client::connect`].
+    pub async fn client(&self, telemetry: Option<crate::Telemetry>) -> Result<Client> {
+        Client::connect(self.head.addr(), self.head.token(), telemetry).await
+    }
+
+    /// Stops every worker gracefully (each flushes its spans), then returns.
+    pub async fn stop(self) {
+        self.head.shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.head.stopped()).await;
+        self.node.stop(Duration::from_secs(10)).await;
+    }
+}

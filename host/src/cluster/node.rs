@@ -1,0 +1,244 @@
+//! A node: the worker processes of one machine, started, watched and
+//! replaced when they die.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use std::sync::Mutex;
+use tokio::process::{Child, Command};
+
+use super::head::Head;
+use crate::error::{Error, Result};
+
+/// Exit code of a worker that could not start (its hook failed, or the head
+/// was unreachable): the node does not restart it.
+pub const EXIT_STARTUP_FAILED: i32 = 3;
+
+/// How to start a node's workers.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// How many worker processes.
+    pub num_workers: usize,
+    /// The `wtrace` executable to run as `wtrace worker`.
+    pub worker_exe: PathBuf,
+    /// The head's address.
+    pub head: SocketAddr,
+    /// The cluster's secret (passed in the environment, not the command line).
+    pub token: String,
+    /// This node's id.
+    pub node_id: String,
+    /// Where workers cache compiled components.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// A set of running worker processes.
+#[derive(Debug)]
+pub struct Node {
+    options: NodeOptions,
+    stopping: Arc<AtomicBool>,
+    slots: Vec<Arc<Mutex<Slot>>>,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    worker_id: String,
+    pid: Option<u32>,
+    exited: Option<String>,
+    restarts: u32,
+}
+
+impl Node {
+    /// Starts the workers. They connect to the head by themselves.
+    pub fn spawn(options: NodeOptions) -> Result<Self> {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut slots = Vec::new();
+        let mut watchers = Vec::new();
+        for index in 1..=options.num_workers {
+            let worker_id = format!("{}-w{index}", options.node_id);
+            let child = spawn_worker(&options, &worker_id)?;
+            let slot = Arc::new(Mutex::new(Slot {
+                worker_id,
+                pid: child.id(),
+                exited: None,
+                restarts: 0,
+            }));
+            watchers.push(tokio::spawn(watch(
+                child,
+                slot.clone(),
+                options.clone(),
+                stopping.clone(),
+                index,
+            )));
+            slots.push(slot);
+        }
+        Ok(Self {
+            options,
+            stopping,
+            slots,
+            watchers,
+        })
+    }
+
+    /// The pids of the live workers.
+    pub fn pids(&self) -> Vec<u32> {
+        self.slots
+            .iter()
+            .filter_map(|slot| slot.lock().unwrap().pid)
+            .collect()
+    }
+
+    /// Waits until every worker has run the hook; fails with the hook's
+    /// error, or if a worker exits first, or after `timeout`.
+    pub async fn wait_ready(&self, head: &Head, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let readiness = head.readiness().await;
+            if let Some((worker, pid, message)) = readiness.failed.first() {
+                return Err(Error::Cluster(format!(
+                    "worker {worker} (pid {pid}) could not start: {message}"
+                )));
+            }
+            if readiness.ready >= self.options.num_workers {
+                return Ok(());
+            }
+            for slot in &self.slots {
+                let slot = slot.lock().unwrap();
+                if let Some(exit) = &slot.exited {
+                    return Err(Error::Cluster(format!(
+                        "worker {} exited before it was ready: {exit}",
+                        slot.worker_id
+                    )));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Cluster(format!(
+                    "only {} of {} workers were ready after {timeout:?}",
+                    readiness.ready, self.options.num_workers
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits for every worker to exit (after the head told them to stop),
+    /// killing those still running after `grace`. No worker is replaced
+    /// from now on.
+    pub async fn stop(self, grace: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + grace;
+        for (slot, mut watcher) in self.slots.iter().zip(self.watchers) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, &mut watcher).await.is_err() {
+                if let Some(pid) = slot.lock().unwrap().pid {
+                    kill(pid);
+                }
+                let _ = watcher.await;
+            }
+        }
+    }
+}
+
+/// Sends SIGKILL to `pid`.
+#[allow(unsafe_code)]
+fn kill(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+fn spawn_worker(options: &NodeOptions, worker_id: &str) -> Result<Child> {
+    let mut command = Command::new(&options.worker_exe);
+    command
+        .arg("worker")
+        .arg("--head")
+        .arg(options.head.to_string())
+        .arg("--worker-id")
+        .arg(worker_id)
+        .arg("--node-id")
+        .arg(&options.node_id)
+        .env("WTRACE_TOKEN", &options.token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    if let Some(dir) = &options.cache_dir {
+        command.arg("--cache-dir").arg(dir);
+    }
+    command.spawn().map_err(|e| {
+        Error::io(
+            format!("cannot start worker {}", options.worker_exe.display()),
+            e,
+        )
+    })
+}
+
+/// Waits for a worker to exit; replaces it unless the node is stopping or
+/// the worker could not start at all.
+async fn watch(
+    mut child: Child,
+    slot: Arc<Mutex<Slot>>,
+    options: NodeOptions,
+    stopping: Arc<AtomicBool>,
+    index: usize,
+) {
+    loop {
+        let status = child.wait().await;
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let description = describe_exit(&status);
+        let startup_failure = matches!(&status, Ok(s) if s.code() == Some(EXIT_STARTUP_FAILED));
+        let (worker_id, backoff) = {
+            let mut slot = slot.lock().unwrap();
+            slot.pid = None;
+            if startup_failure || status.as_ref().is_ok_and(ExitStatus::success) {
+                slot.exited = Some(description);
+                return;
+            }
+            slot.restarts += 1;
+            let worker_id = format!("{}-w{index}r{}", options.node_id, slot.restarts);
+            eprintln!(
+                "wtrace: worker {} {description}; starting {worker_id} in its place",
+                slot.worker_id
+            );
+            let backoff = Duration::from_millis(50 * u64::from(slot.restarts.min(40)));
+            (worker_id, backoff)
+        };
+        tokio::time::sleep(backoff).await;
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        match spawn_worker(&options, &worker_id) {
+            Ok(next) => {
+                let mut slot = slot.lock().unwrap();
+                slot.pid = next.id();
+                slot.worker_id = worker_id;
+                child = next;
+            }
+            Err(error) => {
+                slot.lock().unwrap().exited = Some(error.to_string());
+                return;
+            }
+        }
+    }
+}
+
+fn describe_exit(status: &std::io::Result<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(signal)) => format!("was killed by signal {signal}"),
+            _ => "exited".into(),
+        },
+        Err(e) => format!("could not be waited for: {e}"),
+    }
+}

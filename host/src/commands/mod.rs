@@ -1,0 +1,37 @@
+//! One module per subcommand.
+
+mod args;
+mod run;
+mod spans;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run WebAssembly components as traced tasks on a pool of worker processes.
+#[derive(Debug, Parser)]
+#[command(name = "wtrace", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Run(run::RunCommand),
+    Spans(spans::SpansCommand),
+    #[command(hide = true)]
+    Worker(worker::WorkerCommand),
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Run(command) => command.run(),
+            Command::Spans(command) => command.run(),
+            Command::Worker(command) => command.run(),
+        }
+    }
+}

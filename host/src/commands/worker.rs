@@ -1,0 +1,52 @@
+//! `wtrace worker`: a worker process, started by a head or node (not by hand).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use wtrace::cluster::node::EXIT_STARTUP_FAILED;
+use wtrace::cluster::worker::{self, WorkerOptions};
+
+/// Run a worker process (internal: started by `wtrace run` and `wtrace start`).
+#[derive(Debug, Args)]
+pub struct WorkerCommand {
+    /// The head's address.
+    #[arg(long)]
+    head: SocketAddr,
+    /// This worker's id.
+    #[arg(long)]
+    worker_id: String,
+    /// This node's id.
+    #[arg(long)]
+    node_id: String,
+    /// Where compiled components are cached.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// The cluster's secret.
+    #[arg(long, env = "WTRACE_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+impl WorkerCommand {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let options = WorkerOptions {
+            head: self.head,
+            token: self.token,
+            worker_id: self.worker_id.clone(),
+            node_id: self.node_id,
+            cache_dir: self.cache_dir,
+        };
+        match worker::run(options) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(error) => {
+                eprintln!(
+                    "wtrace worker {} (pid {}): {error}",
+                    self.worker_id,
+                    std::process::id()
+                );
+                Ok(ExitCode::from(EXIT_STARTUP_FAILED as u8))
+            }
+        }
+    }
+}

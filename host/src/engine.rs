@@ -1,0 +1,258 @@
+//! The wasmtime engine every process shares, and its compiled-component cache.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::config::Limits;
+use crate::error::{Error, Result, chain};
+
+/// How often the epoch advances: how often deadlines are checked.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The sha256 of a component's bytes, in lowercase hex.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct Digest(pub String);
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(hex::encode(Sha256::digest(bytes)))
+    }
+
+    /// The first 12 hex digits, for messages.
+    pub fn short(&self) -> &str {
+        &self.0[..self.0.len().min(12)]
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sha256:{}", self.0)
+    }
+}
+
+/// A wasmtime engine configured for many short-lived instances, with a cache
+/// of compiled components in memory and on disk (by digest).
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    limits: Limits,
+    cache_dir: Option<PathBuf>,
+    compiled: Mutex<HashMap<Digest, Component>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("limits", &self.inner.limits)
+            .field("cache_dir", &self.inner.cache_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// An engine enforcing `limits`, caching compiled components under
+    /// `cache_dir` (none: compile every time a process loads a component).
+    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.consume_fuel(limits.fuel.is_some());
+        config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(64));
+
+        // Fresh instances per task are cheap with a pool whose slots keep
+        // their first MiB resident and reset only the pages a task dirtied.
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(64)
+            .total_core_instances(512)
+            .total_memories(64)
+            .total_tables(128)
+            .max_memory_size(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX))
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(1 << 20)
+            .pagemap_scan(Enabled::Auto);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+
+        let engine = Engine::new(&config)
+            .map_err(|e| Error::Config(format!("cannot configure wasmtime: {}", chain(&e))))?;
+        start_epoch_ticker(&engine);
+
+        if let Some(dir) = &cache_dir {
+            fs::create_dir_all(dir).map_err(|e| {
+                Error::io(
+                    format!("cannot create cache directory {}", dir.display()),
+                    e,
+                )
+            })?;
+        }
+        Ok(Self {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                limits,
+                cache_dir,
+                compiled: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The limits every task and hook of this runtime runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Compiles `bytes` (named `name` in errors), or loads the compiled form
+    /// from the cache. Returns a clear error for anything not a component.
+    pub fn load(&self, name: &Path, bytes: &[u8]) -> Result<(Digest, Component)> {
+        let digest = Digest::of(bytes);
+        if let Some(component) = self.inner.compiled.lock().unwrap().get(&digest) {
+            return Ok((digest, component.clone()));
+        }
+        check_is_component(name, bytes)?;
+        let component = match &self.inner.cache_dir {
+            Some(dir) => self.load_cached(dir, &digest, name, bytes)?,
+            None => self.compile(name, bytes)?,
+        };
+        self.inner
+            .compiled
+            .lock()
+            .unwrap()
+            .insert(digest.clone(), component.clone());
+        Ok((digest, component))
+    }
+
+    fn compile(&self, name: &Path, bytes: &[u8]) -> Result<Component> {
+        Component::new(&self.inner.engine, bytes).map_err(|e| Error::Component {
+            path: name.to_owned(),
+            cause: format!("not a valid WebAssembly component: {}", chain(&e)),
+        })
+    }
+
+    /// Loads from `<dir>/<engine hash>/<digest>.cwasm`, compiling and storing
+    /// it first if absent. A lock file keeps processes from compiling the same
+    /// component at once.
+    fn load_cached(
+        &self,
+        dir: &Path,
+        digest: &Digest,
+        name: &Path,
+        bytes: &[u8],
+    ) -> Result<Component> {
+        let engine_dir = dir.join(engine_hash(&self.inner.engine));
+        let path = engine_dir.join(format!("{}.cwasm", digest.0));
+        if let Some(component) = self.deserialize(&path) {
+            return Ok(component);
+        }
+        let cache_error = |e| Error::io(format!("component cache {}", engine_dir.display()), e);
+        fs::create_dir_all(&engine_dir).map_err(cache_error)?;
+        let lock =
+            fs::File::create(engine_dir.join(format!("{}.lock", digest.0))).map_err(cache_error)?;
+        lock.lock().map_err(cache_error)?;
+        if let Some(component) = self.deserialize(&path) {
+            return Ok(component);
+        }
+        let component = self.compile(name, bytes)?;
+        if let Ok(serialized) = component.serialize() {
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            let written = fs::File::create(&tmp)
+                .and_then(|mut f| f.write_all(&serialized).and_then(|()| f.sync_data()))
+                .and_then(|()| fs::rename(&tmp, &path));
+            if written.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+        }
+        Ok(component)
+    }
+
+    fn deserialize(&self, path: &Path) -> Option<Component> {
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: the cache directory holds only files this engine's
+        // `Component::serialize` wrote (renamed into place once complete), and
+        // wasmtime checks the engine compatibility header on load.
+        #[allow(unsafe_code)]
+        let loaded = unsafe { Component::deserialize_file(&self.inner.engine, path) };
+        match loaded {
+            Ok(component) => Some(component),
+            Err(_) => {
+                let _ = fs::remove_file(path);
+                None
+            }
+        }
+    }
+}
+
+/// The default cache directory: `$WTRACE_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/wtrace`, else `~/.cache/wtrace`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("WTRACE_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(dir).join("wtrace"));
+    }
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("wtrace"))
+}
+
+fn engine_hash(engine: &Engine) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// Rejects what is not a component with a message that says what it is.
+fn check_is_component(name: &Path, bytes: &[u8]) -> Result<()> {
+    let error = |cause: &str| Error::Component {
+        path: name.to_owned(),
+        cause: cause.to_owned(),
+    };
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(error(
+            "not a WebAssembly file (it does not start with the \\0asm header); build a \
+             component, e.g. `cargo build --target wasm32-wasip2`",
+        ));
+    }
+    // After the magic: version 1, layer 0 is a core module; layer 1 a component.
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return Err(error(
+            "is a core WebAssembly module, not a component; wrap it with \
+             `wasm-tools component new` or build for wasm32-wasip2",
+        ));
+    }
+    Ok(())
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] for the life of the process.
+fn start_epoch_ticker(engine: &Engine) {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("wtrace-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawn epoch thread");
+}

@@ -1,0 +1,85 @@
+//! The error type of the wtrace library.
+
+use std::path::PathBuf;
+
+/// A `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in wtrace, each with a message that says what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The tracing startup hook could not be loaded, did not match the hook
+    /// world, trapped, or returned an error.
+    #[error("tracing startup hook {hook}: {cause}")]
+    Hook {
+        /// The hook as the user named it (`hook.wasm:setup-tracing`).
+        hook: String,
+        /// What went wrong.
+        cause: String,
+    },
+
+    /// A file could not be read as a WebAssembly component.
+    #[error("{}: {cause}", path.display())]
+    Component {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        cause: String,
+    },
+
+    /// A task invocation (`name(args)` in WAVE) could not be parsed or does not
+    /// fit the component's export.
+    #[error("invalid invocation {invocation:?}: {cause}")]
+    Invocation {
+        /// The invocation as given.
+        invocation: String,
+        /// What is wrong with it.
+        cause: String,
+    },
+
+    /// A task failed: it trapped, returned an error, or its worker died.
+    #[error("{0}")]
+    Task(#[from] crate::task::TaskError),
+
+    /// The cluster could not be reached or misbehaved.
+    #[error("{0}")]
+    Cluster(String),
+
+    /// A setting is invalid.
+    #[error("{0}")]
+    Config(String),
+
+    /// An I/O error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// An I/O error with context.
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Formats a wasmtime error with its whole cause chain on one line.
+pub(crate) fn chain(error: &wasmtime::Error) -> String {
+    let mut out = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
+}

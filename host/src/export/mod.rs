@@ -1,0 +1,318 @@
+//! Span exporters a tracing startup hook can choose, and the rules on where
+//! they may send spans.
+
+mod console;
+mod file;
+
+use std::collections::HashMap;
+use std::path::{Component as PathComponent, Path, PathBuf};
+use std::time::Duration;
+
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+
+pub use console::ConsoleExporter;
+pub use file::{FileExporter, encode_line};
+
+use crate::config::ExportPolicy;
+
+/// Where a hook asked spans to go, before the host checks and builds it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExporterSpec {
+    /// Standard error, one line per span.
+    Console,
+    /// OTLP-JSON lines in a file; `{pid}`, `{worker_id}`, `{node_id}` expanded.
+    File {
+        /// The path template.
+        path: String,
+    },
+    /// An OTLP receiver.
+    Otlp {
+        /// Base endpoint (`http://host:port`).
+        endpoint: String,
+        /// Wire format.
+        protocol: OtlpProtocol,
+        /// Extra headers / gRPC metadata.
+        headers: Vec<(String, String)>,
+        /// Export timeout (`None`: 10 s).
+        timeout: Option<Duration>,
+    },
+}
+
+/// OTLP wire formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// gRPC (port 4317 by convention).
+    Grpc,
+    /// HTTP with protobuf bodies (port 4318).
+    HttpProtobuf,
+    /// HTTP with JSON bodies (port 4318).
+    HttpJson,
+}
+
+/// Values substituted into file exporter paths.
+#[derive(Debug, Clone)]
+pub struct PathVars<'a> {
+    /// This process's id.
+    pub pid: u32,
+    /// `driver` or the worker's id.
+    pub worker_id: &'a str,
+    /// The node's id.
+    pub node_id: &'a str,
+}
+
+/// One of the exporters wtrace supports.
+#[derive(Debug)]
+pub enum AnyExporter {
+    /// See [`ConsoleExporter`].
+    Console(ConsoleExporter),
+    /// See [`FileExporter`].
+    File(FileExporter),
+    /// The OpenTelemetry OTLP exporter.
+    Otlp(opentelemetry_otlp::SpanExporter),
+}
+
+impl SpanExporter for AnyExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        match self {
+            Self::Console(e) => e.export(batch).await,
+            Self::File(e) => e.export(batch).await,
+            Self::Otlp(e) => e.export(batch).await,
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        match self {
+            Self::Console(e) => e.shutdown_with_timeout(timeout),
+            Self::File(e) => e.shutdown_with_timeout(timeout),
+            Self::Otlp(e) => e.shutdown_with_timeout(timeout),
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        match self {
+            Self::Console(e) => e.force_flush(),
+            Self::File(e) => e.force_flush(),
+            Self::Otlp(e) => e.force_flush(),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        match self {
+            Self::Console(e) => e.set_resource(resource),
+            Self::File(e) => e.set_resource(resource),
+            Self::Otlp(e) => e.set_resource(resource),
+        }
+    }
+}
+
+/// Checks `spec` against `policy` and builds the exporter. The error, shown
+/// to the hook, says what was refused and which flag would allow it.
+///
+/// gRPC exporters must be built inside a Tokio runtime, which then drives
+/// their connections for the life of the exporter.
+pub fn build(
+    spec: &ExporterSpec,
+    policy: &ExportPolicy,
+    vars: &PathVars<'_>,
+) -> Result<AnyExporter, String> {
+    match spec {
+        ExporterSpec::Console => Ok(AnyExporter::Console(ConsoleExporter::new())),
+        ExporterSpec::File { path } => {
+            let path = expand_path(path, vars);
+            check_span_path(&path, policy)?;
+            FileExporter::open(&path)
+                .map(AnyExporter::File)
+                .map_err(|e| format!("cannot open span file {}: {e}", path.display()))
+        }
+        ExporterSpec::Otlp {
+            endpoint,
+            protocol,
+            headers,
+            timeout,
+        } => {
+            check_endpoint(endpoint, policy)?;
+            let timeout = timeout.unwrap_or(Duration::from_secs(10));
+            let built = match protocol {
+                OtlpProtocol::Grpc => {
+                    let mut map = http::HeaderMap::new();
+                    for (k, v) in headers {
+                        let name = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+                            .map_err(|_| format!("invalid OTLP header name {k:?}"))?;
+                        let value = http::HeaderValue::from_str(v)
+                            .map_err(|_| format!("invalid value for OTLP header {k:?}"))?;
+                        map.insert(name, value);
+                    }
+                    opentelemetry_otlp::SpanExporter::builder()
+                        .with_tonic()
+                        .with_endpoint(endpoint.clone())
+                        .with_timeout(timeout)
+                        .with_metadata(
+                            opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
+                                map,
+                            ),
+                        )
+                        .build()
+                }
+                OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
+                    let wire = if *protocol == OtlpProtocol::HttpJson {
+                        opentelemetry_otlp::Protocol::HttpJson
+                    } else {
+                        opentelemetry_otlp::Protocol::HttpBinary
+                    };
+                    opentelemetry_otlp::SpanExporter::builder()
+                        .with_http()
+                        .with_protocol(wire)
+                        .with_endpoint(http_traces_endpoint(endpoint))
+                        .with_timeout(timeout)
+                        .with_headers(headers.iter().cloned().collect::<HashMap<_, _>>())
+                        .build()
+                }
+            };
+            built
+                .map(AnyExporter::Otlp)
+                .map_err(|e| format!("cannot build OTLP exporter for {endpoint}: {e}"))
+        }
+    }
+}
+
+/// Replaces `{pid}`, `{worker_id}` and `{node_id}` in a path template.
+pub fn expand_path(template: &str, vars: &PathVars<'_>) -> PathBuf {
+    PathBuf::from(
+        template
+            .replace("{pid}", &vars.pid.to_string())
+            .replace("{worker_id}", vars.worker_id)
+            .replace("{node_id}", vars.node_id),
+    )
+}
+
+/// A span file must be absolute, free of `..`, and under an allowed directory.
+fn check_span_path(path: &Path, policy: &ExportPolicy) -> Result<(), String> {
+    let refuse = |why: &str| {
+        Err(format!(
+            "span file {} refused: {why}; allowed directories: {} (grant another with --allow-span-dir DIR)",
+            path.display(),
+            policy
+                .span_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    };
+    if !path.is_absolute() {
+        return refuse("the path must be absolute");
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, PathComponent::ParentDir))
+    {
+        return refuse("the path must not contain `..`");
+    }
+    if !policy.span_dirs.iter().any(|dir| path.starts_with(dir)) {
+        return refuse("it is outside the allowed directories");
+    }
+    Ok(())
+}
+
+/// OTLP may go to loopback, or to hosts granted by the policy.
+fn check_endpoint(endpoint: &str, policy: &ExportPolicy) -> Result<(), String> {
+    let uri: http::Uri = endpoint.parse().map_err(|e| {
+        format!("invalid OTLP endpoint {endpoint:?}: {e}; expected http://host:port")
+    })?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => {
+            return Err(format!(
+                "invalid OTLP endpoint {endpoint:?}: expected an http:// or https:// URL"
+            ));
+        }
+    }
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback
+        || policy
+            .otlp_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "OTLP endpoint {endpoint} refused: {host} is not loopback and not allowed \
+             (grant it with --allow-otlp-host {host})"
+        ))
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` semantics for HTTP: append `/v1/traces`.
+fn http_traces_endpoint(endpoint: &str) -> String {
+    let trimmed = endpoint.trim_end_matches('/');
+    if trimmed.ends_with("/v1/traces") {
+        trimmed.to_owned()
+    } else {
+        format!("{trimmed}/v1/traces")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> PathVars<'static> {
+        PathVars {
+            pid: 42,
+            worker_id: "w-1",
+            node_id: "n-a",
+        }
+    }
+
+    #[test]
+    fn span_files_must_stay_under_allowed_dirs() {
+        let policy = ExportPolicy::default();
+        assert!(check_span_path(Path::new("/tmp/spans/1.json"), &policy).is_ok());
+        let outside = check_span_path(Path::new("/etc/passwd"), &policy).unwrap_err();
+        assert!(outside.contains("--allow-span-dir"), "{outside}");
+        let dotdot = check_span_path(Path::new("/tmp/spans/../x"), &policy).unwrap_err();
+        assert!(dotdot.contains(".."), "{dotdot}");
+        assert!(check_span_path(Path::new("spans/x"), &policy).is_err());
+        assert!(check_span_path(Path::new("/tmp/spansX/1.json"), &policy).is_err());
+    }
+
+    #[test]
+    fn otlp_goes_to_loopback_unless_granted() {
+        let mut policy = ExportPolicy::default();
+        assert!(check_endpoint("http://127.0.0.1:4317", &policy).is_ok());
+        assert!(check_endpoint("http://localhost:4318", &policy).is_ok());
+        assert!(check_endpoint("http://[::1]:4318", &policy).is_ok());
+        let refused = check_endpoint("http://collector.example:4317", &policy).unwrap_err();
+        assert!(
+            refused.contains("--allow-otlp-host collector.example"),
+            "{refused}"
+        );
+        policy.otlp_hosts.push("collector.example".into());
+        assert!(check_endpoint("http://collector.example:4317", &policy).is_ok());
+        assert!(check_endpoint("ftp://127.0.0.1", &policy).is_err());
+    }
+
+    #[test]
+    fn paths_and_endpoints_expand() {
+        assert_eq!(
+            expand_path("/tmp/spans/{node_id}-{worker_id}-{pid}.json", &vars()),
+            PathBuf::from("/tmp/spans/n-a-w-1-42.json")
+        );
+        assert_eq!(
+            http_traces_endpoint("http://h:4318"),
+            "http://h:4318/v1/traces"
+        );
+        assert_eq!(
+            http_traces_endpoint("http://h:4318/v1/traces"),
+            "http://h:4318/v1/traces"
+        );
+    }
+}

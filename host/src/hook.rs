@@ -1,0 +1,292 @@
+//! Tracing startup hooks: naming, loading and running them.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use opentelemetry::trace::SpanContext;
+use wasmtime::Store;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Type};
+
+use crate::bridge::{BridgeLimits, SpanBridge};
+use crate::config::ExportPolicy;
+use crate::engine::{Digest, Runtime};
+use crate::error::{Error, Result, chain};
+use crate::provider::{ProviderState, WorkerInfo};
+use crate::sandbox::{self, CapturedOutput, StoreState};
+use crate::telemetry::Telemetry;
+use crate::wave;
+
+/// The built-in default hook, built from `examples/hooks/local-tmp`: every
+/// process writes its spans to `/tmp/spans/<pid>.json`.
+pub const DEFAULT_HOOK: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/local_tmp_hook.wasm"));
+
+/// The export a hook is called through unless the spec names another.
+pub const DEFAULT_EXPORT: &str = "setup-tracing";
+
+/// `--tracing-startup-hook`: `default`, `PATH` or `PATH:EXPORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookSpec {
+    /// Where the component comes from.
+    pub source: HookSource,
+    /// The export to call, in WIT's kebab-case (`setup_tracing` is accepted
+    /// and becomes `setup-tracing`).
+    pub export: String,
+}
+
+/// Where a hook component comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookSource {
+    /// The built-in [`DEFAULT_HOOK`].
+    Default,
+    /// A component file.
+    File(PathBuf),
+}
+
+impl FromStr for HookSpec {
+    type Err = Error;
+
+    fn from_str(spec: &str) -> Result<Self> {
+        let spec = spec.trim();
+        let (source, export) = match spec.rsplit_once(':') {
+            Some((path, export)) if !export.contains(['/', '\\']) => {
+                (path, export)
+            }
+            _ => (spec, DEFAULT_EXPORT),
+        };
+        if source.is_empty() || export.is_empty() {
+            return Err(Error::Hook {
+                hook: spec.to_owned(),
+                cause: "expected PATH:EXPORT (e.g. hook.wasm:setup_tracing) or `default`".into(),
+            });
+        }
+        let source = if source == "default" {
+            HookSource::Default
+        } else {
+            HookSource::File(PathBuf::from(source))
+        };
+        Ok(Self {
+            source,
+            export: wave::kebab(export),
+        })
+    }
+}
+
+impl fmt::Display for HookSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            HookSource::Default => write!(f, "default:{}", self.export),
+            HookSource::File(path) => write!(f, "{}:{}", path.display(), self.export),
+        }
+    }
+}
+
+impl HookSpec {
+    /// Reads the hook's bytes.
+    pub fn load(&self) -> Result<HookComponent> {
+        let (name, bytes): (PathBuf, Arc<[u8]>) = match &self.source {
+            HookSource::Default => (PathBuf::from("default"), Arc::from(DEFAULT_HOOK)),
+            HookSource::File(path) => {
+                let bytes = std::fs::read(path).map_err(|e| Error::Hook {
+                    hook: self.to_string(),
+                    cause: format!("cannot read {}: {e}", path.display()),
+                })?;
+                (path.clone(), bytes.into())
+            }
+        };
+        Ok(HookComponent {
+            display: self.to_string(),
+            digest: Digest::of(&bytes),
+            name,
+            export: self.export.clone(),
+            bytes,
+        })
+    }
+}
+
+/// A hook's component bytes and the export to call.
+#[derive(Debug, Clone)]
+pub struct HookComponent {
+    /// How the user named it, for messages.
+    pub display: String,
+    /// The file it came from (`default` for the built-in one).
+    pub name: PathBuf,
+    /// The export to call.
+    pub export: String,
+    /// The component.
+    pub bytes: Arc<[u8]>,
+    /// The sha256 of `bytes`.
+    pub digest: Digest,
+}
+
+impl HookComponent {
+    fn error(&self, cause: impl Into<String>) -> Error {
+        Error::Hook {
+            hook: self.display.clone(),
+            cause: cause.into(),
+        }
+    }
+
+    /// Runs the hook in this process (described by `info`) and builds the
+    /// tracer provider it configured. gRPC exporters are built in `tokio`.
+    pub fn run(
+        &self,
+        runtime: &Runtime,
+        info: WorkerInfo,
+        policy: &ExportPolicy,
+        tokio: Option<tokio::runtime::Handle>,
+    ) -> Result<Telemetry> {
+        let component = self.load_component(runtime)?;
+        let linker = sandbox::hook_linker(runtime.engine())
+            .map_err(|e| self.error(format!("cannot link: {}", chain(&e))))?;
+        let pre = linker.instantiate_pre(&component).map_err(|e| {
+            self.error(format!(
+                "it imports something wtrace does not provide to hooks: {}",
+                chain(&e)
+            ))
+        })?;
+
+        let output = CapturedOutput::new(runtime.limits().output_bytes as usize);
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("OTEL_") || k.starts_with("WTRACE_"))
+            .filter(|(k, _)| k != "WTRACE_TOKEN")
+            .collect();
+        let wasi = sandbox::wasi_ctx(&output, env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let limits = runtime.limits();
+        let bridge = SpanBridge::new(
+            None,
+            SpanContext::empty_context(),
+            BridgeLimits::from(limits),
+        );
+        let mut state = StoreState::new(wasi, bridge, limits.memory_bytes);
+        state.provider = Some(ProviderState::new(info, policy.clone(), tokio));
+        let mut store = Store::new(runtime.engine(), state);
+        store.limiter(|s| &mut s.memory);
+        sandbox::arm_deadline(&mut store, limits.hook_timeout, "a faster hook", None);
+
+        let outcome = pre.instantiate(&mut store).and_then(|instance| {
+            let func = instance
+                .get_typed_func::<(), (Result<(), String>,)>(&mut store, self.export.as_str())?;
+            func.call(&mut store, ())
+        });
+        forward_output(&output, &self.export);
+        match outcome {
+            Ok((Ok(()),)) => {}
+            Ok((Err(message),)) => {
+                return Err(self.error(format!("{} returned an error: {message}", self.export)));
+            }
+            Err(e) => {
+                let cause = match e.downcast_ref::<sandbox::Stopped>() {
+                    Some(stopped) if stopped.kind == crate::task::TaskErrorKind::Timeout => {
+                        format!(
+                            "{} did not return within {:?}; a hook must finish quickly",
+                            self.export, limits.hook_timeout
+                        )
+                    }
+                    Some(stopped) => format!("{} was stopped: {stopped}", self.export),
+                    None => format!("{} trapped: {}", self.export, chain(&e)),
+                };
+                return Err(self.error(cause));
+            }
+        }
+        let state = store
+            .into_data()
+            .provider
+            .expect("hook store has provider state");
+        Ok(Telemetry::new(state.build(limits)))
+    }
+
+    fn load_component(&self, runtime: &Runtime) -> Result<Component> {
+        let (_, component) = runtime.load(&self.name, &self.bytes).map_err(|e| match e {
+            Error::Component { cause, .. } => self.error(cause),
+            other => other,
+        })?;
+        let exports = root_export_names(runtime, &component);
+        let Some((item, _)) = component.get_export(None, self.export.as_str()) else {
+            return Err(self.error(format!(
+                "it has no export `{}` (its exports: {}); a tracing startup hook exports \
+                 `setup-tracing: func() -> result<_, string>`",
+                self.export,
+                list_or_none(&exports)
+            )));
+        };
+        let ok = match &item {
+            ComponentItem::ComponentFunc(func) => {
+                let results: Vec<Type> = func.results().collect();
+                func.params().len() == 0
+                    && matches!(results.as_slice(), [Type::Result(r)]
+                        if r.ok().is_none() && matches!(r.err(), Some(Type::String)))
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(self.error(format!(
+                "export `{}` is {}, but a tracing startup hook must export \
+                 `{}: func() -> result<_, string>`",
+                self.export,
+                wave::describe_item(&item),
+                self.export
+            )));
+        }
+        Ok(component)
+    }
+}
+
+/// The names of a component's root exports.
+pub(crate) fn root_export_names(runtime: &Runtime, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .exports(runtime.engine())
+        .map(|(name, _)| name.to_owned())
+        .collect()
+}
+
+pub(crate) fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Prints a hook's output on stderr, each line prefixed with the export and pid.
+fn forward_output(output: &CapturedOutput, export: &str) {
+    let prefix = format!("({export} pid={})", std::process::id());
+    for bytes in [output.stdout.contents(), output.stderr.contents()] {
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            eprintln!("{prefix} {line}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_specs_parse() {
+        let spec: HookSpec = "hook.wasm:setup_tracing".parse().unwrap();
+        assert_eq!(spec.source, HookSource::File("hook.wasm".into()));
+        assert_eq!(spec.export, "setup-tracing");
+        assert_eq!(spec.to_string(), "hook.wasm:setup-tracing");
+
+        let spec: HookSpec = "default".parse().unwrap();
+        assert_eq!(spec.source, HookSource::Default);
+        assert_eq!(spec.export, "setup-tracing");
+
+        let spec: HookSpec = "./dir/h.wasm".parse().unwrap();
+        assert_eq!(spec.source, HookSource::File("./dir/h.wasm".into()));
+
+        let spec: HookSpec = "/a/b.wasm:other-setup".parse().unwrap();
+        assert_eq!(spec.export, "other-setup");
+
+        assert!("".parse::<HookSpec>().is_err());
+        assert!(":setup".parse::<HookSpec>().is_err());
+    }
+}

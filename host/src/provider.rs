@@ -1,0 +1,234 @@
+//! The host side of `wtrace:tracing/provider`: what a tracing startup hook
+//! asks for, collected while it runs and built into a tracer provider after.
+
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::resource::TelemetryResourceDetector;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SimpleSpanProcessor,
+};
+use wasmtime::component::{HasData, Linker};
+
+use crate::bindings::provider;
+use crate::bridge::key_value;
+use crate::config::{ExportPolicy, Limits};
+use crate::export::{self, AnyExporter, ExporterSpec, OtlpProtocol, PathVars};
+
+/// Spans a batch processor queues before it drops (and counts) new ones.
+pub const BATCH_QUEUE_SIZE: usize = 1 << 16;
+
+/// Which process a hook runs in.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerInfo {
+    /// `driver` in a submitting process, else the worker's id.
+    pub worker_id: String,
+    /// The node's id.
+    pub node_id: String,
+    /// The job (one `wtrace run`, or one cluster session).
+    pub job_id: String,
+}
+
+/// A processor the hook added, its exporter already built.
+#[derive(Debug)]
+pub enum ProcessorChoice {
+    /// Export each span as it ends.
+    Simple(AnyExporter),
+    /// Export in batches from a background thread.
+    Batch(AnyExporter),
+}
+
+/// What the hook configured so far.
+#[derive(Debug)]
+pub struct ProviderState {
+    info: WorkerInfo,
+    policy: ExportPolicy,
+    runtime: Option<tokio::runtime::Handle>,
+    resource: Vec<KeyValue>,
+    sampler: Option<Sampler>,
+    processors: Vec<ProcessorChoice>,
+}
+
+impl ProviderState {
+    /// Configuration for a hook running in the process described by `info`,
+    /// whose exporters must obey `policy`. gRPC exporters are built inside
+    /// `runtime`, which must outlive them.
+    pub fn new(
+        info: WorkerInfo,
+        policy: ExportPolicy,
+        runtime: Option<tokio::runtime::Handle>,
+    ) -> Self {
+        Self {
+            info,
+            policy,
+            runtime,
+            resource: Vec::new(),
+            sampler: None,
+            processors: Vec::new(),
+        }
+    }
+
+    /// Builds the tracer provider the hook asked for.
+    pub fn build(self, limits: &Limits) -> SdkTracerProvider {
+        let pid = std::process::id();
+        let mut attributes = vec![
+            KeyValue::new("service.name", "wtrace"),
+            KeyValue::new(
+                "service.instance.id",
+                format!("{}/{}/{pid}", self.info.node_id, self.info.worker_id),
+            ),
+            KeyValue::new("process.pid", i64::from(pid)),
+            KeyValue::new("host.name", host_name()),
+            KeyValue::new("wtrace.worker_id", self.info.worker_id.clone()),
+            KeyValue::new("wtrace.node_id", self.info.node_id.clone()),
+        ];
+        attributes.extend(self.resource);
+        let resource = Resource::builder_empty()
+            .with_detector(Box::new(TelemetryResourceDetector))
+            .with_attributes(attributes)
+            .build();
+
+        let mut builder = SdkTracerProvider::builder()
+            .with_resource(resource)
+            .with_sampler(
+                self.sampler
+                    .unwrap_or_else(|| Sampler::ParentBased(Box::new(Sampler::AlwaysOn))),
+            )
+            .with_max_attributes_per_span(limits.attributes_per_span)
+            .with_max_events_per_span(limits.events_per_span);
+        for processor in self.processors {
+            builder = match processor {
+                ProcessorChoice::Simple(exporter) => {
+                    builder.with_span_processor(SimpleSpanProcessor::new(exporter))
+                }
+                ProcessorChoice::Batch(exporter) => builder.with_span_processor(
+                    BatchSpanProcessor::builder(exporter)
+                        .with_batch_config(
+                            BatchConfigBuilder::default()
+                                .with_max_queue_size(BATCH_QUEUE_SIZE)
+                                .with_max_export_batch_size(2048)
+                                .with_scheduled_delay(Duration::from_millis(500))
+                                .build(),
+                        )
+                        .build(),
+                ),
+            };
+        }
+        builder.build()
+    }
+
+    fn exporter(&self, spec: provider::Exporter) -> Result<AnyExporter, String> {
+        let spec = match spec {
+            provider::Exporter::Console => ExporterSpec::Console,
+            provider::Exporter::File(file) => ExporterSpec::File { path: file.path },
+            provider::Exporter::Otlp(otlp) => ExporterSpec::Otlp {
+                endpoint: otlp.endpoint,
+                protocol: match otlp.protocol {
+                    provider::OtlpProtocol::Grpc => OtlpProtocol::Grpc,
+                    provider::OtlpProtocol::HttpProtobuf => OtlpProtocol::HttpProtobuf,
+                    provider::OtlpProtocol::HttpJson => OtlpProtocol::HttpJson,
+                },
+                headers: otlp.headers,
+                timeout: (otlp.timeout_ms > 0)
+                    .then(|| Duration::from_millis(u64::from(otlp.timeout_ms))),
+            },
+        };
+        let vars = PathVars {
+            pid: std::process::id(),
+            worker_id: &self.info.worker_id,
+            node_id: &self.info.node_id,
+        };
+        let _guard = self.runtime.as_ref().map(|rt| rt.enter());
+        export::build(&spec, &self.policy, &vars)
+    }
+}
+
+/// The provider interface as seen by host calls.
+#[allow(missing_debug_implementations)]
+pub struct Provider<'a> {
+    /// The configuration being collected.
+    pub state: &'a mut ProviderState,
+}
+
+impl provider::Host for Provider<'_> {
+    fn current_worker(&mut self) -> wasmtime::Result<provider::WorkerInfo> {
+        Ok(provider::WorkerInfo {
+            pid: std::process::id(),
+            worker_id: self.state.info.worker_id.clone(),
+            node_id: self.state.info.node_id.clone(),
+            job_id: self.state.info.job_id.clone(),
+        })
+    }
+
+    fn set_resource(
+        &mut self,
+        attributes: Vec<crate::bindings::types::KeyValue>,
+    ) -> wasmtime::Result<()> {
+        self.state
+            .resource
+            .extend(attributes.into_iter().map(|kv| key_value(kv, 4096)));
+        Ok(())
+    }
+
+    fn set_sampler(&mut self, sampler: provider::Sampler) -> wasmtime::Result<()> {
+        let ratio = |r: f64| if r.is_nan() { 0.0 } else { r.clamp(0.0, 1.0) };
+        self.state.sampler = Some(match sampler {
+            provider::Sampler::AlwaysOn => Sampler::AlwaysOn,
+            provider::Sampler::AlwaysOff => Sampler::AlwaysOff,
+            provider::Sampler::TraceIdRatio(r) => Sampler::TraceIdRatioBased(ratio(r)),
+            provider::Sampler::ParentBasedAlwaysOn => {
+                Sampler::ParentBased(Box::new(Sampler::AlwaysOn))
+            }
+            provider::Sampler::ParentBasedAlwaysOff => {
+                Sampler::ParentBased(Box::new(Sampler::AlwaysOff))
+            }
+            provider::Sampler::ParentBasedRatio(r) => {
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio(r))))
+            }
+        });
+        Ok(())
+    }
+
+    fn add_span_processor(
+        &mut self,
+        processor: provider::Processor,
+    ) -> wasmtime::Result<Result<(), String>> {
+        if self.state.processors.len() >= 8 {
+            return Ok(Err("a hook may add at most 8 span processors".into()));
+        }
+        let choice = match processor {
+            provider::Processor::Simple(spec) => {
+                self.state.exporter(spec).map(ProcessorChoice::Simple)
+            }
+            provider::Processor::Batch(spec) => {
+                self.state.exporter(spec).map(ProcessorChoice::Batch)
+            }
+        };
+        Ok(choice.map(|choice| self.state.processors.push(choice)))
+    }
+}
+
+struct ProviderData;
+
+impl HasData for ProviderData {
+    type Data<'a> = Provider<'a>;
+}
+
+/// Adds `wtrace:tracing/provider` to `linker`.
+pub fn add_to_linker<T: 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> Provider<'_>,
+) -> wasmtime::Result<()> {
+    provider::add_to_linker::<T, ProviderData>(linker, view)
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}

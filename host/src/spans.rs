@@ -1,0 +1,310 @@
+//! Reading OTLP-JSON span files back, and printing traces as trees.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+
+use crate::error::{Error, Result};
+
+/// One span read from a file, flattened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanRecord {
+    /// Trace id, hex.
+    pub trace_id: String,
+    /// Span id, hex.
+    pub span_id: String,
+    /// Parent span id, hex; empty for a root.
+    pub parent_span_id: String,
+    /// Span name.
+    pub name: String,
+    /// `INTERNAL`, `SERVER`, `CLIENT`, `PRODUCER` or `CONSUMER`.
+    pub kind: &'static str,
+    /// Start, ns since the epoch.
+    pub start: u64,
+    /// End, ns since the epoch.
+    pub end: u64,
+    /// Error description when the status is ERROR.
+    pub error: Option<String>,
+    /// `process.pid` of the resource.
+    pub pid: Option<i64>,
+    /// Span attributes, values rendered as text.
+    pub attributes: BTreeMap<String, String>,
+    /// Resource attributes, values rendered as text.
+    pub resource: BTreeMap<String, String>,
+    /// Names of the span's events.
+    pub events: Vec<String>,
+    /// Which file it came from.
+    pub file: PathBuf,
+}
+
+/// Spans read, and what was skipped and why.
+#[derive(Debug, Default)]
+pub struct SpanFiles {
+    /// Every span read.
+    pub spans: Vec<SpanRecord>,
+    /// Lines skipped, with the reason (a torn last line of a killed process, say).
+    pub warnings: Vec<String>,
+    /// Files read.
+    pub files: Vec<PathBuf>,
+}
+
+impl SpanFiles {
+    /// Reads each path: a directory means its `*.json` files, `-` standard input.
+    pub fn read(paths: &[PathBuf]) -> Result<Self> {
+        let mut out = Self::default();
+        for path in paths {
+            if path == Path::new("-") {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .map_err(|e| Error::io("cannot read standard input", e))?;
+                out.add_text(path, &text);
+            } else if path.is_dir() {
+                let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                    .map_err(|e| Error::io(format!("cannot list {}", path.display()), e))?
+                    .filter_map(|entry| entry.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "json" || e == "jsonl"))
+                    .collect();
+                files.sort();
+                for file in files {
+                    out.add_file(&file)?;
+                }
+            } else {
+                out.add_file(path)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn add_file(&mut self, path: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        self.add_text(path, &text);
+        Ok(())
+    }
+
+    /// Parses OTLP-JSON lines (one `ExportTraceServiceRequest` per line).
+    pub fn add_text(&mut self, file: &Path, text: &str) {
+        self.files.push(file.to_owned());
+        let complete = text.ends_with('\n');
+        let lines: Vec<&str> = text.lines().collect();
+        for (index, line) in lines.iter().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<ExportTraceServiceRequest>(line) {
+                Ok(request) => self.add_request(file, request),
+                Err(error) => {
+                    let torn = index + 1 == lines.len() && !complete;
+                    self.warnings.push(if torn {
+                        format!(
+                            "{}: skipped a torn last line (line {}): the process was probably killed while writing it",
+                            file.display(),
+                            index + 1
+                        )
+                    } else {
+                        format!("{}: line {} is not OTLP JSON: {error}", file.display(), index + 1)
+                    });
+                }
+            }
+        }
+    }
+
+    fn add_request(&mut self, file: &Path, request: ExportTraceServiceRequest) {
+        for resource_spans in request.resource_spans {
+            let resource: BTreeMap<String, String> = resource_spans
+                .resource
+                .map(|r| attributes(&r.attributes))
+                .unwrap_or_default();
+            let pid = resource.get("process.pid").and_then(|p| p.parse().ok());
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    let error = (span.status.as_ref().is_some_and(|s| s.code == 2)).then(|| {
+                        span.status
+                            .as_ref()
+                            .map(|s| s.message.clone())
+                            .unwrap_or_default()
+                    });
+                    self.spans.push(SpanRecord {
+                        trace_id: hex::encode(&span.trace_id),
+                        span_id: hex::encode(&span.span_id),
+                        parent_span_id: hex::encode(&span.parent_span_id),
+                        name: span.name,
+                        kind: kind_name(span.kind),
+                        start: span.start_time_unix_nano,
+                        end: span.end_time_unix_nano,
+                        error,
+                        pid,
+                        attributes: attributes(&span.attributes),
+                        resource: resource.clone(),
+                        events: span.events.into_iter().map(|e| e.name).collect(),
+                        file: file.to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The trace ids, oldest trace first.
+    pub fn trace_ids(&self) -> Vec<String> {
+        let mut first: HashMap<&str, u64> = HashMap::new();
+        for span in &self.spans {
+            let start = first.entry(&span.trace_id).or_insert(u64::MAX);
+            *start = (*start).min(span.start);
+        }
+        let mut ids: Vec<(&str, u64)> = first.into_iter().collect();
+        ids.sort_by_key(|(id, start)| (*start, id.to_string()));
+        ids.into_iter().map(|(id, _)| id.to_owned()).collect()
+    }
+
+    /// Renders every trace (or those whose id starts with `only`) as trees.
+    pub fn render(&self, only: Option<&str>) -> String {
+        let mut out = String::new();
+        for trace_id in self.trace_ids() {
+            if only.is_some_and(|prefix| !trace_id.starts_with(&prefix.to_ascii_lowercase())) {
+                continue;
+            }
+            render_trace(&mut out, &trace_id, &self.spans);
+        }
+        out
+    }
+}
+
+fn render_trace(out: &mut String, trace_id: &str, all: &[SpanRecord]) {
+    let spans: Vec<&SpanRecord> = all.iter().filter(|s| s.trace_id == trace_id).collect();
+    let ids: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let mut children: HashMap<&str, Vec<&SpanRecord>> = HashMap::new();
+    let mut roots = Vec::new();
+    for span in &spans {
+        if !span.parent_span_id.is_empty() && ids.contains(span.parent_span_id.as_str()) {
+            children.entry(&span.parent_span_id).or_default().push(span);
+        } else {
+            roots.push(*span);
+        }
+    }
+    for list in children.values_mut() {
+        list.sort_by_key(|s| s.start);
+    }
+    roots.sort_by_key(|s| s.start);
+    let start = spans.iter().map(|s| s.start).min().unwrap_or(0);
+    let end = spans.iter().map(|s| s.end).max().unwrap_or(0);
+    let pids: HashSet<Option<i64>> = spans.iter().map(|s| s.pid).collect();
+    let _ = writeln!(
+        out,
+        "trace {trace_id}  {} span{}, {} process{}, {}",
+        spans.len(),
+        if spans.len() == 1 { "" } else { "s" },
+        pids.len(),
+        if pids.len() == 1 { "" } else { "es" },
+        duration(end.saturating_sub(start))
+    );
+    for (i, root) in roots.iter().enumerate() {
+        render_span(out, root, &children, "", i + 1 == roots.len());
+    }
+    out.push('\n');
+}
+
+fn render_span(
+    out: &mut String,
+    span: &SpanRecord,
+    children: &HashMap<&str, Vec<&SpanRecord>>,
+    prefix: &str,
+    last: bool,
+) {
+    let branch = if last { "└─ " } else { "├─ " };
+    let pid = span
+        .pid
+        .map(|p| format!("pid {p}"))
+        .unwrap_or_else(|| "pid ?".into());
+    let mut line = format!(
+        "{prefix}{branch}{}  {}  {}  {pid}",
+        span.name,
+        span.kind,
+        duration(span.end.saturating_sub(span.start))
+    );
+    if let Some(error) = &span.error {
+        let _ = write!(line, "  ERROR: {error}");
+    }
+    if span
+        .attributes
+        .get("wtrace.unended")
+        .is_some_and(|v| v == "true")
+    {
+        line.push_str("  (never ended by the guest)");
+    }
+    if !span.parent_span_id.is_empty() && prefix.is_empty() {
+        let _ = write!(
+            line,
+            "  (parent {} not in these files)",
+            &span.parent_span_id
+        );
+    }
+    out.push_str(&line);
+    out.push('\n');
+    let child_prefix = format!("{prefix}{}", if last { "   " } else { "│  " });
+    if let Some(list) = children.get(span.span_id.as_str()) {
+        for (i, child) in list.iter().enumerate() {
+            render_span(out, child, children, &child_prefix, i + 1 == list.len());
+        }
+    }
+}
+
+fn duration(ns: u64) -> String {
+    let ms = ns as f64 / 1e6;
+    if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else if ms >= 1.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{:.1} µs", ns as f64 / 1e3)
+    }
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match kind {
+        1 => "INTERNAL",
+        2 => "SERVER",
+        3 => "CLIENT",
+        4 => "PRODUCER",
+        5 => "CONSUMER",
+        _ => "UNSPECIFIED",
+    }
+}
+
+fn attributes(list: &[KeyValue]) -> BTreeMap<String, String> {
+    list.iter()
+        .map(|kv| {
+            (
+                kv.key.clone(),
+                kv.value.as_ref().map(any_value_text).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// An attribute value as text: strings bare, others as JSON would show them.
+pub fn any_value_text(value: &AnyValue) -> String {
+    match &value.value {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        Some(any_value::Value::ArrayValue(array)) => format!(
+            "[{}]",
+            array
+                .values
+                .iter()
+                .map(any_value_text)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Some(any_value::Value::BytesValue(bytes)) => hex::encode(bytes),
+        Some(any_value::Value::KvlistValue(list)) => format!("{:?}", attributes(&list.values)),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}

@@ -1,0 +1,500 @@
+//! Running one task: a fresh instance of a component, one export called with
+//! WAVE arguments, inside a `<function> execute` span.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, Tracer as _};
+use serde::{Deserialize, Serialize};
+use wasmtime::Store;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, Type, Val};
+
+use crate::bridge::{BridgeLimits, SpanBridge, context_with_parent};
+use crate::engine::{Digest, Runtime};
+use crate::error::{Error, Result, chain};
+use crate::hook::{list_or_none, root_export_names};
+use crate::sandbox::{self, CapturedOutput, StoreState};
+use crate::telemetry::Telemetry;
+use crate::wave;
+
+/// Why a task failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskErrorKind {
+    /// The component has no such export, or it is not a function.
+    UnknownExport,
+    /// The arguments do not parse or do not fit the export's parameters.
+    InvalidArguments,
+    /// The component could not be loaded or instantiated.
+    Instantiate,
+    /// The guest trapped (or a host call it made failed).
+    Trap,
+    /// The guest ran past its time limit.
+    Timeout,
+    /// The guest ran out of fuel.
+    OutOfFuel,
+    /// The worker stopped it (the cluster is shutting down).
+    Interrupted,
+    /// The guest asked for more memory than allowed.
+    MemoryLimit,
+    /// The export returned `err(..)`.
+    Returned,
+    /// The worker running it died, on every attempt.
+    WorkerDied,
+    /// The cluster could not run it.
+    Cluster,
+}
+
+impl TaskErrorKind {
+    /// The `exception.type` recorded on the execute span.
+    pub fn exception_type(self) -> &'static str {
+        match self {
+            Self::UnknownExport => "wtrace.UnknownExport",
+            Self::InvalidArguments => "wtrace.InvalidArguments",
+            Self::Instantiate => "wtrace.InstantiationError",
+            Self::Trap => "wasm.Trap",
+            Self::Timeout => "wtrace.Timeout",
+            Self::OutOfFuel => "wtrace.OutOfFuel",
+            Self::Interrupted => "wtrace.Interrupted",
+            Self::MemoryLimit => "wtrace.MemoryLimit",
+            Self::Returned => "wtrace.GuestError",
+            Self::WorkerDied => "wtrace.WorkerDied",
+            Self::Cluster => "wtrace.ClusterError",
+        }
+    }
+}
+
+/// A task's failure, as shown to whoever submitted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{function}: {message}")]
+pub struct TaskError {
+    /// What kind of failure.
+    pub kind: TaskErrorKind,
+    /// The export that was called.
+    pub function: String,
+    /// What happened, and what to do about it.
+    pub message: String,
+    /// The guest's wasm backtrace, when it trapped.
+    pub backtrace: Option<String>,
+}
+
+impl TaskError {
+    /// A failure of `function`.
+    pub fn new(kind: TaskErrorKind, function: &str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            function: function.to_owned(),
+            message: message.into(),
+            backtrace: None,
+        }
+    }
+}
+
+/// A task's result (WAVE) and its captured output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskOutput {
+    /// The results in WAVE, or why there are none.
+    pub result: std::result::Result<String, TaskError>,
+    /// What the guest wrote to stdout.
+    #[serde(with = "serde_bytes")]
+    pub stdout: Vec<u8>,
+    /// What the guest wrote to stderr.
+    #[serde(with = "serde_bytes")]
+    pub stderr: Vec<u8>,
+}
+
+/// Who is running a task, recorded on its execute span.
+#[derive(Debug, Clone)]
+pub struct TaskContext<'a> {
+    /// The task's id.
+    pub task_id: &'a str,
+    /// The job it belongs to.
+    pub job_id: &'a str,
+    /// This worker's id.
+    pub worker_id: &'a str,
+    /// This node's id.
+    pub node_id: &'a str,
+    /// The submit span (from the task envelope's traceparent).
+    pub parent: Option<SpanContext>,
+    /// Which attempt this is (0 for the first).
+    pub attempt: u32,
+    /// Set to stop the task at its next epoch tick.
+    pub abort: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// One export of a task component, with its types.
+#[derive(Debug, Clone)]
+struct Export {
+    index: ComponentExportIndex,
+    params: Vec<Type>,
+}
+
+/// A compiled task component, ready to instantiate.
+pub struct TaskComponent {
+    name: String,
+    digest: Digest,
+    component: Component,
+    pre: InstancePre<StoreState>,
+    exports: Mutex<HashMap<String, Arc<Export>>>,
+}
+
+impl std::fmt::Debug for TaskComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskComponent")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Links tasks: one per runtime.
+pub struct TaskLinker {
+    runtime: Runtime,
+    linker: Linker<StoreState>,
+}
+
+impl std::fmt::Debug for TaskLinker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskLinker").finish_non_exhaustive()
+    }
+}
+
+impl TaskLinker {
+    /// A linker offering tasks WASI (deny by default) and the span bridge.
+    pub fn new(runtime: &Runtime) -> Result<Self> {
+        let linker = sandbox::task_linker(runtime.engine())
+            .map_err(|e| Error::Config(format!("cannot link tasks: {}", chain(&e))))?;
+        Ok(Self {
+            runtime: runtime.clone(),
+            linker,
+        })
+    }
+
+    /// The runtime tasks run in.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Compiles (or loads from cache) and pre-links a task component.
+    /// `name` is its file name, shown in errors and on spans.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<TaskComponent> {
+        let (digest, component) = self.runtime.load(Path::new(name), bytes)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| Error::Component {
+                path: name.into(),
+                cause: format!(
+                    "it imports something wtrace does not provide to tasks: {} \
+                 (tasks may import WASI 0.2 and wtrace:tracing/tracer)",
+                    chain(&e)
+                ),
+            })?;
+        Ok(TaskComponent {
+            name: name.to_owned(),
+            digest,
+            component,
+            pre,
+            exports: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+impl TaskComponent {
+    /// The file name it was loaded from.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The sha256 of its bytes.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Finds an export: `name` at the root, or `instance#name` in an
+    /// exported interface.
+    fn lookup(&self, function: &str) -> Option<(ComponentItem, ComponentExportIndex)> {
+        match function.split_once('#') {
+            Some((instance, func)) => self
+                .component
+                .get_export_index(None, instance)
+                .and_then(|i| self.component.get_export(Some(&i), func)),
+            None => self.component.get_export(None, function),
+        }
+    }
+
+    fn export(
+        &self,
+        runtime: &Runtime,
+        function: &str,
+    ) -> std::result::Result<Arc<Export>, TaskError> {
+        if let Some(export) = self.exports.lock().unwrap().get(function) {
+            return Ok(export.clone());
+        }
+        let found = self.lookup(function);
+        let unknown = || {
+            TaskError::new(
+                TaskErrorKind::UnknownExport,
+                function,
+                format!(
+                    "{} has no exported function `{function}`; its exports: {}",
+                    self.name,
+                    list_or_none(&root_export_names(runtime, &self.component))
+                ),
+            )
+        };
+        let (item, index) = found.ok_or_else(unknown)?;
+        let ComponentItem::ComponentFunc(func) = &item else {
+            return Err(TaskError::new(
+                TaskErrorKind::UnknownExport,
+                function,
+                format!(
+                    "export `{function}` of {} is {}, not a function",
+                    self.name,
+                    wave::describe_item(&item)
+                ),
+            ));
+        };
+        let export = Arc::new(Export {
+            index,
+            params: func.params().map(|(_, ty)| ty).collect(),
+        });
+        self.exports
+            .lock()
+            .unwrap()
+            .insert(function.to_owned(), export.clone());
+        Ok(export)
+    }
+
+    /// Checks, without running anything, that `invocation` names an exported
+    /// function and that its arguments fit that function's parameters.
+    pub fn check(
+        &self,
+        runtime: &Runtime,
+        invocation: &wave::Invocation,
+    ) -> std::result::Result<(), TaskError> {
+        let export = self.export(runtime, &invocation.function)?;
+        wave::parse_args(&invocation.text, &export.params)
+            .map(drop)
+            .map_err(|cause| self.bad_arguments(&invocation.function, &invocation.text, &cause))
+    }
+
+    fn bad_arguments(&self, function: &str, invocation: &str, cause: &str) -> TaskError {
+        let signature = self.signature(function).unwrap_or_default();
+        TaskError::new(
+            TaskErrorKind::InvalidArguments,
+            function,
+            format!("invalid arguments {invocation:?}: {cause}; `{function}` is `{signature}`"),
+        )
+    }
+
+    /// The WIT signature of `function`, for messages.
+    pub fn signature(&self, function: &str) -> Option<String> {
+        match self.lookup(function)? {
+            (ComponentItem::ComponentFunc(func), _) => Some(wave::describe_func(&func)),
+            _ => None,
+        }
+    }
+}
+
+/// Runs `invocation` (an [`wave::Invocation`]'s text) of `component` in a
+/// fresh instance, traced as `<function> execute` when `telemetry` is set.
+pub fn execute(
+    linker: &TaskLinker,
+    telemetry: Option<&Telemetry>,
+    component: &TaskComponent,
+    function: &str,
+    invocation: &str,
+    cx: &TaskContext<'_>,
+) -> TaskOutput {
+    let runtime = linker.runtime();
+    let limits = runtime.limits();
+    let mut span =
+        telemetry.map(|t| execute_span(t, function, &component.name, Some(&component.digest), cx));
+    let root = span
+        .as_ref()
+        .map(|s| s.span_context().clone())
+        .unwrap_or_else(SpanContext::empty_context);
+
+    let output = CapturedOutput::new(limits.output_bytes as usize);
+    let bridge = SpanBridge::new(
+        telemetry.map(|t| t.tracer().clone()),
+        root,
+        BridgeLimits::from(limits),
+    );
+    let mut store = Store::new(
+        runtime.engine(),
+        StoreState::new(sandbox::wasi_ctx(&output, []), bridge, limits.memory_bytes),
+    );
+    store.limiter(|s| &mut s.memory);
+    sandbox::arm_deadline(&mut store, limits.timeout, "--timeout", cx.abort.clone());
+    if let Some(fuel) = limits.fuel {
+        let _ = store.set_fuel(fuel);
+    }
+
+    let mut instantiate_us = 0;
+    let result = (|| {
+        let export = component.export(runtime, function)?;
+        let params = wave::parse_args(invocation, &export.params)
+            .map_err(|cause| component.bad_arguments(function, invocation, &cause))?;
+        let started = Instant::now();
+        let instance = component
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| guest_error(function, TaskErrorKind::Instantiate, &e, limits))?;
+        instantiate_us = started.elapsed().as_micros() as i64;
+        let func = instance.get_func(&mut store, export.index).ok_or_else(|| {
+            TaskError::new(TaskErrorKind::UnknownExport, function, "export vanished")
+        })?;
+        let mut results = vec![Val::Bool(false); func.ty(&store).results().len()];
+        func.call(&mut store, &params, &mut results)
+            .map_err(|e| guest_error(function, TaskErrorKind::Trap, &e, limits))?;
+        match results.as_slice() {
+            [Val::Result(Err(err))] => Err(TaskError::new(
+                TaskErrorKind::Returned,
+                function,
+                format!(
+                    "returned an error: {}",
+                    err.as_deref()
+                        .map(wave::display_value)
+                        .unwrap_or_else(|| "err".into())
+                ),
+            )),
+            _ => Ok(wave::format_results(&results)),
+        }
+    })();
+
+    let failure = result.as_ref().err().map(|e| e.message.as_str());
+    let state = store.data_mut();
+    state.bridge.finish(&mut state.table, failure);
+    if let Some(span) = &mut span {
+        span.set_attribute(KeyValue::new("wtrace.wasm.instantiate_us", instantiate_us));
+        span.set_attribute(KeyValue::new(
+            "wtrace.wasm.memory_peak_bytes",
+            state.memory.peak as i64,
+        ));
+        span.set_attribute(KeyValue::new(
+            "wtrace.spans_started",
+            i64::from(state.bridge.started()),
+        ));
+        span.set_attribute(KeyValue::new(
+            "wtrace.spans_dropped",
+            i64::from(state.bridge.dropped()),
+        ));
+        if let Some(fuel) = limits.fuel {
+            let left = store.get_fuel().unwrap_or(0);
+            span.set_attribute(KeyValue::new(
+                "wtrace.wasm.fuel_consumed",
+                fuel.saturating_sub(left) as i64,
+            ));
+        }
+        if let Err(error) = &result {
+            record_error(span, error);
+        }
+        span.end();
+    }
+    drop(store);
+    TaskOutput {
+        result,
+        stdout: output.stdout.contents().to_vec(),
+        stderr: output.stderr.contents().to_vec(),
+    }
+}
+
+/// Starts the `<function> execute` span of a task.
+fn execute_span(
+    telemetry: &Telemetry,
+    function: &str,
+    component: &str,
+    digest: Option<&Digest>,
+    cx: &TaskContext<'_>,
+) -> opentelemetry_sdk::trace::Span {
+    let tracer = telemetry.tracer();
+    let mut attributes = vec![
+        KeyValue::new("wtrace.function", function.to_owned()),
+        KeyValue::new("wtrace.component", component.to_owned()),
+        KeyValue::new("wtrace.task_id", cx.task_id.to_owned()),
+        KeyValue::new("wtrace.job_id", cx.job_id.to_owned()),
+        KeyValue::new("wtrace.worker_id", cx.worker_id.to_owned()),
+        KeyValue::new("wtrace.node_id", cx.node_id.to_owned()),
+        KeyValue::new("wtrace.attempt", i64::from(cx.attempt)),
+        KeyValue::new("process.pid", i64::from(std::process::id())),
+    ];
+    if let Some(digest) = digest {
+        attributes.push(KeyValue::new("wtrace.component.digest", digest.to_string()));
+    }
+    tracer
+        .span_builder(format!("{function} execute"))
+        .with_kind(SpanKind::Consumer)
+        .with_attributes(attributes)
+        .start_with_context(tracer, &context_with_parent(cx.parent.clone()))
+}
+
+/// Records the execute span of a task that could not even start (its
+/// component failed to load), so the trace shows the failure.
+pub fn record_failure(
+    telemetry: Option<&Telemetry>,
+    component: &str,
+    error: &TaskError,
+    cx: &TaskContext<'_>,
+) {
+    if let Some(telemetry) = telemetry {
+        let mut span = execute_span(telemetry, &error.function, component, None, cx);
+        record_error(&mut span, error);
+        span.end();
+    }
+}
+
+/// Marks a span failed: status ERROR and an `exception` event.
+pub fn record_error(span: &mut impl opentelemetry::trace::Span, error: &TaskError) {
+    span.set_status(Status::error(error.message.clone()));
+    let mut attributes = vec![
+        KeyValue::new("exception.type", error.kind.exception_type()),
+        KeyValue::new("exception.message", error.message.clone()),
+    ];
+    if let Some(backtrace) = &error.backtrace {
+        attributes.push(KeyValue::new("exception.stacktrace", backtrace.clone()));
+    }
+    span.add_event("exception", attributes);
+}
+
+/// Turns a wasmtime error from instantiating or calling a guest into a
+/// [`TaskError`] that names the limit hit, if any.
+fn guest_error(
+    function: &str,
+    default: TaskErrorKind,
+    error: &wasmtime::Error,
+    limits: &crate::config::Limits,
+) -> TaskError {
+    let backtrace = error
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|bt| bt.to_string())
+        .filter(|bt| !bt.trim().is_empty());
+    let (kind, message) = if let Some(stopped) = error.downcast_ref::<sandbox::Stopped>() {
+        (stopped.kind, stopped.message.clone())
+    } else {
+        match error.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::OutOfFuel) => (
+                TaskErrorKind::OutOfFuel,
+                format!(
+                    "ran out of fuel after {} units (raise the limit with --fuel)",
+                    limits.fuel.unwrap_or(0)
+                ),
+            ),
+            Some(trap) => (TaskErrorKind::Trap, format!("trapped: {trap}")),
+            None if default == TaskErrorKind::Instantiate => {
+                (default, format!("cannot instantiate: {}", chain(error)))
+            }
+            None => (default, format!("trapped: {}", error.root_cause())),
+        }
+    };
+    TaskError {
+        kind,
+        function: function.to_owned(),
+        message,
+        backtrace,
+    }
+}

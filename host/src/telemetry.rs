@@ -1,0 +1,52 @@
+//! A process's tracing: the tracer provider its startup hook configured.
+
+use opentelemetry::InstrumentationScope;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+
+use crate::error::{Error, Result};
+
+/// The tracer provider of this process, and the tracer wtrace's own spans
+/// (submit, execute) and guest spans are made with.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+}
+
+impl Telemetry {
+    /// Wraps a provider (the one a hook configured, or one built by hand, for
+    /// instance with an in-memory exporter in tests).
+    pub fn new(provider: SdkTracerProvider) -> Self {
+        let scope = InstrumentationScope::builder("wtrace")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        let tracer = provider.tracer_with_scope(scope);
+        Self { provider, tracer }
+    }
+
+    /// The tracer.
+    pub fn tracer(&self) -> &SdkTracer {
+        &self.tracer
+    }
+
+    /// The provider.
+    pub fn provider(&self) -> &SdkTracerProvider {
+        &self.provider
+    }
+
+    /// Exports every finished span now.
+    pub fn flush(&self) -> Result<()> {
+        self.provider
+            .force_flush()
+            .map_err(|e| Error::Config(format!("flushing spans failed: {e}")))
+    }
+
+    /// Flushes and shuts down every processor and exporter. Spans that end
+    /// afterwards are not exported.
+    pub fn shutdown(&self) -> Result<()> {
+        self.provider
+            .shutdown()
+            .map_err(|e| Error::Config(format!("shutting down span export failed: {e}")))
+    }
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every wtrace test on a fresh machine: installs what the tests need
+# (the wasm32-wasip2 Rust target; the rotel OTLP collector from PyPI and the
+# libpython it links), then `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+setup_rust_target
+# setup_rotel  (enabled with the OTLP tests)
+cargo test --release "$@"
