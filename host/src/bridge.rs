@@ -162,7 +162,7 @@ impl SpanBridge {
                     .links
                     .into_iter()
                     .filter_map(span_context_from_wit)
-                    .map(|cx| Link::with_context(cx))
+                    .map(Link::with_context)
                     .collect();
                 let span = tracer
                     .span_builder(name.clone())

@@ -51,9 +51,7 @@ impl FromStr for HookSpec {
     fn from_str(spec: &str) -> Result<Self> {
         let spec = spec.trim();
         let (source, export) = match spec.rsplit_once(':') {
-            Some((path, export)) if !export.contains(['/', '\\']) => {
-                (path, export)
-            }
+            Some((path, export)) if !export.contains(['/', '\\']) => (path, export),
             _ => (spec, DEFAULT_EXPORT),
         };
         if source.is_empty() || export.is_empty() {

@@ -1,1 +1,292 @@
+//! Helpers for wtrace's integration tests: the test guests, the `wtrace`
+//! binary, span directories and process checks.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use wtrace::spans::{SpanFiles, SpanRecord};
+
+/// Paths of the guest components, built from source by `build.rs`.
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+/// The `wtrace` binary of this build (`cargo test` builds it with the tests).
+pub fn wtrace_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let bin = profile_dir.join("wtrace");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `scripts/test.sh` (or `cargo test --release`), which builds it",
+        bin.display()
+    );
+    bin
+}
+
+/// A `wtrace` command whose processes carry a unique marker in their
+/// environment, so tests can tell whether any of them outlived it.
+#[derive(Debug)]
+pub struct Wtrace {
+    marker: String,
+    command: Command,
+}
+
+impl Wtrace {
+    /// `wtrace <args>`.
+    pub fn new<I, S>(args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let marker = format!("{}-{}", std::process::id(), unique());
+        let mut command = Command::new(wtrace_bin());
+        command
+            .args(args)
+            .env("WTRACE_TEST_MARKER", &marker)
+            .env_remove("TRACEPARENT")
+            .env_remove("OTEL_TRACES_SAMPLER")
+            .env_remove("OTEL_TRACES_SAMPLER_ARG");
+        Self { marker, command }
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.command.env(key, value);
+        self
+    }
+
+    /// Runs to completion; panics if any process it started is still alive
+    /// after it exits.
+    pub fn run(mut self) -> Run {
+        let child = self
+            .command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start wtrace");
+        let pid = child.id();
+        let output = child.wait_with_output().expect("run wtrace");
+        let run = Run {
+            pid,
+            status: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            output,
+        };
+        let left = processes_with_marker(&self.marker);
+        assert!(
+            left.is_empty(),
+            "processes left running after wtrace exited: {left:?}\nstderr:\n{}",
+            run.stderr
+        );
+        run
+    }
+
+    /// The command, to spawn by hand.
+    pub fn command(&mut self) -> &mut Command {
+        &mut self.command
+    }
+
+    /// The marker its processes carry.
+    pub fn marker(&self) -> &str {
+        &self.marker
+    }
+}
+
+/// A finished `wtrace` run.
+#[derive(Debug)]
+pub struct Run {
+    /// The driver's pid.
+    pub pid: u32,
+    /// Exit code (none when killed by a signal).
+    pub status: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// The raw output.
+    pub output: Output,
+}
+
+impl Run {
+    /// Asserts success and returns stdout.
+    pub fn success(&self) -> &str {
+        assert_eq!(
+            self.status,
+            Some(0),
+            "wtrace failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Asserts a failure exit and returns stderr.
+    pub fn failure(&self) -> &str {
+        assert!(
+            self.status.is_some_and(|c| c != 0),
+            "wtrace should have failed (exit {:?})\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        &self.stderr
+    }
+}
+
+/// Pids of live processes whose environment holds `WTRACE_TEST_MARKER=marker`.
+pub fn processes_with_marker(marker: &str) -> Vec<u32> {
+    let needle = format!("WTRACE_TEST_MARKER={marker}");
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if is_zombie(pid) {
+            continue;
+        }
+        if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ"))
+            && environ
+                .split(|b| *b == 0)
+                .any(|var| var == needle.as_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit(')')
+                .next()
+                .map(|rest| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+/// Whether `pid` is a live (non-zombie) process.
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
+}
+
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{nanos:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A fresh directory for span files, allowed to hooks with `--allow-span-dir`.
+pub fn span_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("wtrace-spans-")
+        .tempdir()
+        .expect("create a span directory")
+}
+
+/// The spans in a directory, and the files they came from, by pid.
+#[derive(Debug)]
+pub struct Spans {
+    /// Every span.
+    pub files: SpanFiles,
+}
+
+impl Spans {
+    /// Reads every `*.json` file in `dir`.
+    pub fn read(dir: &Path) -> Self {
+        let files = SpanFiles::read(&[dir.to_owned()]).expect("read span files");
+        assert!(
+            files.warnings.is_empty(),
+            "span files have bad lines: {:?}",
+            files.warnings
+        );
+        Self { files }
+    }
+
+    /// Reads the given files.
+    pub fn read_files(paths: &[PathBuf]) -> Self {
+        let files = SpanFiles::read(paths).expect("read span files");
+        assert!(
+            files.warnings.is_empty(),
+            "span files have bad lines: {:?}",
+            files.warnings
+        );
+        Self { files }
+    }
+
+    /// Every span.
+    pub fn all(&self) -> &[SpanRecord] {
+        &self.files.spans
+    }
+
+    /// The one span named `name`.
+    pub fn one(&self, name: &str) -> &SpanRecord {
+        let found: Vec<&SpanRecord> = self.files.spans.iter().filter(|s| s.name == name).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "expected exactly one span named {name:?}; spans: {:?}",
+            self.names()
+        );
+        found[0]
+    }
+
+    /// Spans named `name`.
+    pub fn named(&self, name: &str) -> Vec<&SpanRecord> {
+        self.files.spans.iter().filter(|s| s.name == name).collect()
+    }
+
+    /// Every span's name.
+    pub fn names(&self) -> Vec<&str> {
+        self.files.spans.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// Spans by file.
+    pub fn by_file(&self) -> BTreeMap<PathBuf, Vec<&SpanRecord>> {
+        let mut map: BTreeMap<PathBuf, Vec<&SpanRecord>> = BTreeMap::new();
+        for span in &self.files.spans {
+            map.entry(span.file.clone()).or_default().push(span);
+        }
+        map
+    }
+}
+
+/// Asserts `child` is a direct child of `parent` in the same trace.
+pub fn assert_child_of(child: &SpanRecord, parent: &SpanRecord) {
+    assert_eq!(
+        child.trace_id, parent.trace_id,
+        "{} and {} are in different traces",
+        child.name, parent.name
+    );
+    assert_eq!(
+        child.parent_span_id, parent.span_id,
+        "{}'s parent should be {} ({}), is {}",
+        child.name, parent.name, parent.span_id, child.parent_span_id
+    );
+}
+
+/// The pid a span file is named after (`<pid>.json`).
+pub fn file_pid(path: &Path) -> u32 {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{} is not named <pid>.json", path.display()))
+}

@@ -167,7 +167,14 @@ impl Client {
         };
         let telemetry = match telemetry {
             Some(given) => given,
-            None => run_cluster_hook(&config)?,
+            None => {
+                // Hooks use synchronous WASI, which must not run on an async thread.
+                let config = config.clone();
+                let handle = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || run_cluster_hook(&config, handle))
+                    .await
+                    .map_err(|e| Error::Cluster(format!("the hook's thread failed: {e}")))??
+            }
         };
 
         let (requests, rx) = mpsc::unbounded_channel();
@@ -362,7 +369,10 @@ impl Client {
 }
 
 /// Runs the cluster's hook in this driver process, as Ray does.
-fn run_cluster_hook(config: &ClusterConfig) -> Result<Option<Telemetry>> {
+fn run_cluster_hook(
+    config: &ClusterConfig,
+    handle: tokio::runtime::Handle,
+) -> Result<Option<Telemetry>> {
     let Some(blob) = &config.hook else {
         return Ok(None);
     };
@@ -379,13 +389,8 @@ fn run_cluster_hook(config: &ClusterConfig) -> Result<Option<Telemetry>> {
         node_id: "driver".into(),
         job_id: config.job_id.clone(),
     };
-    hook.run(
-        &runtime,
-        info,
-        &config.policy,
-        tokio::runtime::Handle::try_current().ok(),
-    )
-    .map(Some)
+    hook.run(&runtime, info, &config.policy, Some(handle))
+        .map(Some)
 }
 
 async fn write_loop(

@@ -252,13 +252,8 @@ async fn serve(
                 tx,
             }));
             tokio::spawn(write_loop(writer, rx));
-            loop {
-                match reader.recv::<FromWorker>().await {
-                    Ok(Some(message)) => {
-                        let _ = events.send(EventBox(Event::WorkerMessage(conn, message)));
-                    }
-                    _ => break,
-                }
+            while let Ok(Some(message)) = reader.recv::<FromWorker>().await {
+                let _ = events.send(EventBox(Event::WorkerMessage(conn, message)));
             }
             let _ = events.send(EventBox(Event::WorkerLeft(conn)));
         }
@@ -266,13 +261,8 @@ async fn serve(
             let (tx, rx) = mpsc::unbounded_channel();
             let _ = events.send(EventBox(Event::DriverJoined { conn, tx }));
             tokio::spawn(write_loop(writer, rx));
-            loop {
-                match reader.recv::<FromDriver>().await {
-                    Ok(Some(message)) => {
-                        let _ = events.send(EventBox(Event::DriverMessage(conn, message)));
-                    }
-                    _ => break,
-                }
+            while let Ok(Some(message)) = reader.recv::<FromDriver>().await {
+                let _ = events.send(EventBox(Event::DriverMessage(conn, message)));
             }
             let _ = events.send(EventBox(Event::DriverLeft(conn)));
         }

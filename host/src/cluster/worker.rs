@@ -113,7 +113,18 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
                 digest: blob.digest.clone(),
                 bytes: blob.bytes.clone().into(),
             };
-            match hook.run(&runtime, info.clone(), &config.policy, Some(handle.clone())) {
+            // Hooks use synchronous WASI, which must not run on an async thread.
+            let (rt, info, policy, handle) = (
+                runtime.clone(),
+                info.clone(),
+                config.policy.clone(),
+                handle.clone(),
+            );
+            let ran =
+                tokio::task::spawn_blocking(move || hook.run(&rt, info, &policy, Some(handle)))
+                    .await
+                    .map_err(|e| Error::Cluster(format!("the hook's thread failed: {e}")))?;
+            match ran {
                 Ok(telemetry) => Some(telemetry),
                 Err(error) => {
                     let _ = writer

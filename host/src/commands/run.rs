@@ -90,17 +90,24 @@ impl RunCommand {
                 component
             };
             drop(component);
-            let telemetry = match &hook {
-                Some(hook) => Some(hook.run(
-                    &runtime,
-                    WorkerInfo {
+            // Hooks use synchronous WASI, which must not run on an async thread.
+            let telemetry = match hook {
+                Some(hook) => {
+                    let info = WorkerInfo {
                         worker_id: "driver".into(),
                         node_id: "driver".into(),
                         job_id: options.job_id.clone(),
-                    },
-                    &policy,
-                    Some(tokio::runtime::Handle::current()),
-                )?),
+                    };
+                    let handle = tokio::runtime::Handle::current();
+                    let rt = runtime.clone();
+                    let policy = policy.clone();
+                    Some(
+                        tokio::task::spawn_blocking(move || {
+                            hook.run(&rt, info, &policy, Some(handle))
+                        })
+                        .await??,
+                    )
+                }
                 None => None,
             };
             let outcome = drive(options, telemetry.clone(), &name, bytes, &invocations).await;

@@ -71,7 +71,7 @@ pub enum AnyExporter {
     /// See [`FileExporter`].
     File(FileExporter),
     /// The OpenTelemetry OTLP exporter.
-    Otlp(opentelemetry_otlp::SpanExporter),
+    Otlp(Box<opentelemetry_otlp::SpanExporter>),
 }
 
 impl SpanExporter for AnyExporter {
@@ -172,7 +172,7 @@ pub fn build(
                 }
             };
             built
-                .map(AnyExporter::Otlp)
+                .map(|e| AnyExporter::Otlp(Box::new(e)))
                 .map_err(|e| format!("cannot build OTLP exporter for {endpoint}: {e}"))
         }
     }

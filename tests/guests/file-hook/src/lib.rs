@@ -1,0 +1,22 @@
+//! Test hook: spans to `$WTRACE_SPAN_DIR/{pid}.json` (simple processor unless
+//! `WTRACE_TEST_BATCH` is set), with the `OTEL_TRACES_SAMPLER` sampler.
+
+use wtrace_guest::hook::{self, Exporter, FileExporter, Processor};
+
+fn setup_tracing() -> Result<(), String> {
+    let dir = hook::env("WTRACE_SPAN_DIR").ok_or("WTRACE_SPAN_DIR is not set")?;
+    hook::set_resource(&hook::resource_from_env("wtrace-tests"));
+    if let Some(sampler) = hook::sampler_from_env()? {
+        hook::set_sampler(sampler);
+    }
+    let exporter = Exporter::File(FileExporter {
+        path: format!("{dir}/{{pid}}.json"),
+    });
+    hook::add_span_processor(&if hook::env("WTRACE_TEST_BATCH").is_some() {
+        Processor::Batch(exporter)
+    } else {
+        Processor::Simple(exporter)
+    })
+}
+
+wtrace_guest::export_hook!(setup_tracing);

@@ -1,0 +1,110 @@
+//! Test task: one export per edge case of the span protocol, using the raw
+//! bindings where the SDK's guard would prevent the misuse.
+
+wit_bindgen::generate!({
+    inline: "
+        package tests:span-edges;
+        world span-edges {
+            export nested-three: func();
+            export never-ended: func();
+            export child-outlives-parent: func();
+            export double-end: func() -> string;
+            export dropped-handle: func();
+            export trap-in-span: func();
+            export fails: func(reason: string) -> result<u32, string>;
+            export add: func(a: u32, b: u32) -> u32;
+            export attributes: func();
+            export many-spans: func(n: u32) -> u32;
+        }
+    ",
+});
+
+use wtrace_guest::wit::wtrace::tracing::tracer as raw;
+use wtrace_guest::{SpanBuilder, SpanKind, in_span, kv, span};
+
+fn start(name: &str) -> raw::Span {
+    raw::start_span(
+        name,
+        &raw::SpanOptions {
+            kind: None,
+            attributes: Vec::new(),
+            links: Vec::new(),
+            parent: None,
+        },
+    )
+}
+
+struct Edges;
+
+impl Guest for Edges {
+    fn nested_three() {
+        in_span("level-1", |_| {
+            in_span("level-2", |_| {
+                in_span("level-3", |s| s.set_attribute("depth", 3));
+            });
+        });
+    }
+
+    fn never_ended() {
+        let open = start("never-ended");
+        // Leak the handle: the guest never ends or drops it.
+        std::mem::forget(open);
+    }
+
+    fn child_outlives_parent() {
+        let parent = start("parent");
+        let child = start("child");
+        raw::end_span(&parent).unwrap();
+        raw::end_span(&child).unwrap();
+    }
+
+    fn double_end() -> String {
+        let once = start("ended-twice");
+        raw::end_span(&once).unwrap();
+        raw::end_span(&once).unwrap_err()
+    }
+
+    fn dropped_handle() {
+        let dropped = start("dropped-handle");
+        drop(dropped);
+        in_span("after-drop", |_| {});
+    }
+
+    fn trap_in_span() {
+        let _outer = span("outer");
+        let _inner = span("inner");
+        panic!("trapping with two spans open");
+    }
+
+    fn fails(reason: String) -> Result<u32, String> {
+        let _work = span("doomed-work");
+        Err(reason)
+    }
+
+    fn add(a: u32, b: u32) -> u32 {
+        a + b
+    }
+
+    fn attributes() {
+        let s = SpanBuilder::new("attributed")
+            .kind(SpanKind::Client)
+            .attribute("at.start", "yes")
+            .start();
+        s.set_attribute("text", "hello");
+        s.set_attribute("count", 42);
+        s.set_attribute("ratio", 0.5);
+        s.set_attribute("flag", true);
+        s.set_attribute("tags", &["a", "b"][..]);
+        s.add_event("checkpoint", &[kv("step", 1)]);
+        s.set_error("went wrong on purpose");
+    }
+
+    fn many_spans(n: u32) -> u32 {
+        for i in 0..n {
+            in_span("many", |s| s.set_attribute("i", i));
+        }
+        n
+    }
+}
+
+export!(Edges);
