@@ -15,6 +15,7 @@ wit_bindgen::generate!({
             export add: func(a: u32, b: u32) -> u32;
             export attributes: func();
             export many-spans: func(n: u32) -> u32;
+            export spin: func(ms: u32) -> u32;
         }
     ",
 });
@@ -104,6 +105,16 @@ impl Guest for Edges {
             in_span("many", |s| s.set_attribute("i", i));
         }
         n
+    }
+
+    fn spin(ms: u32) -> u32 {
+        let _busy = span("spinning");
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(ms.into());
+        let mut turns = 0u32;
+        while std::time::Instant::now() < until {
+            turns = turns.wrapping_add(1);
+        }
+        turns
     }
 }
 

@@ -1,0 +1,128 @@
+//! A run's life: Ctrl-C flushes every process's spans; compiled components
+//! are cached by digest.
+
+use std::os::unix::process::CommandExt as _;
+use std::time::{Duration, Instant};
+
+use wtrace_tests::{Spans, Wtrace, alive, guests, span_dir};
+
+#[test]
+fn ctrl_c_stops_the_run_and_flushes_every_span() {
+    let dir = span_dir();
+    let mut wtrace = Wtrace::new([
+        "run".to_owned(),
+        format!("--tracing-startup-hook={}", guests::FILE_HOOK),
+        format!("--allow-span-dir={}", dir.path().display()),
+        "--num-workers=1".to_owned(),
+        guests::SPAN_EDGES.to_owned(),
+        "spin(60000)".to_owned(),
+    ])
+    .env("WTRACE_SPAN_DIR", dir.path())
+    // Batch processors hold spans in memory: only a flush gets them out.
+    .env("WTRACE_TEST_BATCH", "1");
+    let marker = wtrace.marker().to_owned();
+    let child = wtrace
+        .command()
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+
+    // Wait until the worker is running the task (its span file exists).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(dir.path()).unwrap().count() < 2 {
+        assert!(Instant::now() < deadline, "the worker never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Ctrl-C in a terminal signals the whole foreground process group.
+    let started = Instant::now();
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(-(pid as i32), libc::SIGINT);
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "exit 130 after Ctrl-C:\n{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the 60 s task was interrupted"
+    );
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        wtrace_tests::processes_with_marker(&marker).is_empty(),
+        "no process left"
+    );
+    assert!(!alive(pid));
+
+    let spans = Spans::read(dir.path());
+    let submit = spans.one("spin submit");
+    let execute = spans.one("spin execute");
+    let spinning = spans.one("spinning");
+    wtrace_tests::assert_child_of(execute, submit);
+    wtrace_tests::assert_child_of(spinning, execute);
+    let error = execute.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("interrupted"),
+        "the execute span says why it ended: {error:?}"
+    );
+    assert_eq!(spinning.attributes["wtrace.unended"], "true");
+}
+
+#[test]
+fn compiled_components_are_cached_by_digest() {
+    let cache = tempfile::tempdir().unwrap();
+    Wtrace::new([
+        "run".to_owned(),
+        format!("--cache-dir={}", cache.path().display()),
+        "--num-workers=1".to_owned(),
+        guests::HELLO.to_owned(),
+        "my-function()".to_owned(),
+    ])
+    .run()
+    .success();
+    let digest = wtrace::Digest::of(&std::fs::read(guests::HELLO).unwrap());
+    let cached: Vec<_> = walk(cache.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert_eq!(cached[0].file_stem().unwrap().to_str().unwrap(), digest.0);
+
+    // A second run loads it instead of compiling: the file is not rewritten.
+    let before = std::fs::metadata(&cached[0]).unwrap().modified().unwrap();
+    Wtrace::new([
+        "run".to_owned(),
+        format!("--cache-dir={}", cache.path().display()),
+        "--num-workers=1".to_owned(),
+        guests::HELLO.to_owned(),
+        "my-function()".to_owned(),
+    ])
+    .run()
+    .success();
+    assert_eq!(
+        std::fs::metadata(&cached[0]).unwrap().modified().unwrap(),
+        before
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
