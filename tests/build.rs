@@ -14,6 +14,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("file-hook", "FILE_HOOK"),
     ("misbehaving-hooks", "MISBEHAVING_HOOKS"),
     ("span-edges", "SPAN_EDGES"),
+    ("fanout", "FANOUT"),
 ];
 
 fn main() {

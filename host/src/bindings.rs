@@ -1,12 +1,21 @@
-//! Host bindings generated from `wit/`.
+//! Host bindings generated from `wit/`: every interface a wtrace host
+//! provides to guests.
 
 wasmtime::component::bindgen!({
+    inline: "
+        package wtrace:host;
+        world host {
+            import wtrace:tracing/tracer@0.1.0;
+            import wtrace:tracing/provider@0.1.0;
+            import wtrace:tracing/tasks@0.1.0;
+        }
+    ",
     path: "../wit",
-    world: "hook",
     imports: { default: trappable },
     with: {
         "wtrace:tracing/tracer.span": crate::bridge::GuestSpan,
+        "wtrace:tracing/tasks.task-ref": crate::nested::PendingTask,
     },
 });
 
-pub(crate) use wtrace::tracing::{provider, tracer, types};
+pub(crate) use wtrace::tracing::{provider, tasks, tracer, types};

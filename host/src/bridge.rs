@@ -90,6 +90,11 @@ impl SpanBridge {
         }
     }
 
+    /// The tracer guest spans go to, if tracing.
+    pub(crate) fn tracer(&self) -> Option<&SdkTracer> {
+        self.tracer.as_ref()
+    }
+
     /// Spans started by the guest, recorded or not.
     pub fn started(&self) -> u32 {
         self.started
@@ -118,7 +123,8 @@ impl SpanBridge {
         }
     }
 
-    fn current(&self, table: &ResourceTable) -> SpanContext {
+    /// The guest's current span: its innermost open span, else the root.
+    pub(crate) fn current(&self, table: &ResourceTable) -> SpanContext {
         self.open
             .last()
             .and_then(|rep| table.get(&Resource::<GuestSpan>::new_borrow(*rep)).ok())

@@ -28,6 +28,10 @@ pub struct Limits {
     pub attribute_value_length: u32,
     /// Largest task output (stdout and stderr each) kept, in bytes.
     pub output_bytes: u32,
+    /// Tasks one task may submit (`--max-nested-tasks`).
+    pub nested_tasks: u32,
+    /// How deep tasks may submit tasks that submit tasks (`--max-nesting-depth`).
+    pub nesting_depth: u32,
 }
 
 impl Default for Limits {
@@ -43,6 +47,8 @@ impl Default for Limits {
             events_per_span: 128,
             attribute_value_length: 8 << 10,
             output_bytes: 1 << 20,
+            nested_tasks: 1_000,
+            nesting_depth: 16,
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::bridge::{BridgeLimits, SpanBridge};
 use crate::config::ExportPolicy;
 use crate::engine::{Digest, Runtime};
 use crate::error::{Error, Result, chain};
+use crate::nested::TasksState;
 use crate::provider::{ProviderState, WorkerInfo};
 use crate::sandbox::{self, CapturedOutput, StoreState};
 use crate::telemetry::Telemetry;
@@ -158,7 +159,8 @@ impl HookComponent {
             SpanContext::empty_context(),
             BridgeLimits::from(limits),
         );
-        let mut state = StoreState::new(wasi, bridge, limits.memory_bytes);
+        let tasks = TasksState::new(None, limits, None);
+        let mut state = StoreState::new(wasi, bridge, tasks, limits.memory_bytes);
         state.provider = Some(ProviderState::new(info, policy.clone(), tokio));
         let mut store = Store::new(runtime.engine(), state);
         store.limiter(|s| &mut s.memory);

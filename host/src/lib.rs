@@ -26,6 +26,7 @@ pub mod error;
 pub mod export;
 pub mod hook;
 mod ids;
+pub mod nested;
 pub mod provider;
 mod sandbox;
 pub mod spans;

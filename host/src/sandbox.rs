@@ -7,6 +7,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bridge::{self, Bridge, SpanBridge};
+use crate::nested::{self, Tasks, TasksState};
 use crate::provider::{self, Provider, ProviderState};
 
 /// The data of every store wtrace creates.
@@ -15,16 +16,23 @@ pub(crate) struct StoreState {
     pub(crate) table: ResourceTable,
     pub(crate) bridge: SpanBridge,
     pub(crate) provider: Option<ProviderState>,
+    pub(crate) tasks: TasksState,
     pub(crate) memory: MemoryLimiter,
 }
 
 impl StoreState {
-    pub(crate) fn new(wasi: WasiCtx, bridge: SpanBridge, memory_limit: u64) -> Self {
+    pub(crate) fn new(
+        wasi: WasiCtx,
+        bridge: SpanBridge,
+        tasks: TasksState,
+        memory_limit: u64,
+    ) -> Self {
         Self {
             wasi,
             table: ResourceTable::new(),
             bridge,
             provider: None,
+            tasks,
             memory: MemoryLimiter::new(memory_limit),
         }
     }
@@ -33,6 +41,14 @@ impl StoreState {
         Bridge {
             table: &mut self.table,
             state: &mut self.bridge,
+        }
+    }
+
+    fn tasks(&mut self) -> Tasks<'_> {
+        Tasks {
+            table: &mut self.table,
+            bridge: &self.bridge,
+            state: &mut self.tasks,
         }
     }
 
@@ -55,17 +71,20 @@ impl WasiView for StoreState {
     }
 }
 
-/// The linker for tasks: WASI and `wtrace:tracing/tracer`.
+/// The linker for tasks: WASI, `wtrace:tracing/tracer` and `tasks`.
 pub(crate) fn task_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     bridge::add_to_linker(&mut linker, StoreState::bridge)?;
+    nested::add_to_linker(&mut linker, StoreState::tasks)?;
     Ok(linker)
 }
 
-/// The linker for tracing startup hooks: a task's, plus `provider`.
+/// The linker for tracing startup hooks: WASI, `tracer` and `provider`.
 pub(crate) fn hook_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState>> {
-    let mut linker = task_linker(engine)?;
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    bridge::add_to_linker(&mut linker, StoreState::bridge)?;
     provider::add_to_linker(&mut linker, StoreState::provider)?;
     Ok(linker)
 }

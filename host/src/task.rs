@@ -17,6 +17,7 @@ use crate::bridge::{BridgeLimits, SpanBridge, context_with_parent};
 use crate::engine::{Digest, Runtime};
 use crate::error::{Error, Result, chain};
 use crate::hook::{list_or_none, root_export_names};
+use crate::nested::{NestedContext, OutputChunk, Submitter, TasksState};
 use crate::sandbox::{self, CapturedOutput, StoreState};
 use crate::telemetry::Telemetry;
 use crate::wave;
@@ -42,6 +43,8 @@ pub enum TaskErrorKind {
     MemoryLimit,
     /// The export returned `err(..)`.
     Returned,
+    /// The task submitted too many nested tasks, or nested too deep.
+    NestingLimit,
     /// The worker running it died, on every attempt.
     WorkerDied,
     /// The cluster could not run it.
@@ -61,6 +64,7 @@ impl TaskErrorKind {
             Self::Interrupted => "wtrace.Interrupted",
             Self::MemoryLimit => "wtrace.MemoryLimit",
             Self::Returned => "wtrace.GuestError",
+            Self::NestingLimit => "wtrace.NestingLimit",
             Self::WorkerDied => "wtrace.WorkerDied",
             Self::Cluster => "wtrace.ClusterError",
         }
@@ -104,6 +108,20 @@ pub struct TaskOutput {
     /// What the guest wrote to stderr.
     #[serde(with = "serde_bytes")]
     pub stderr: Vec<u8>,
+    /// Output of the nested tasks it waited for, in the order it got them.
+    pub nested: Vec<OutputChunk>,
+}
+
+impl TaskOutput {
+    /// The output of a task that failed before it ran.
+    pub fn failed(error: TaskError) -> Self {
+        Self {
+            result: Err(error),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            nested: Vec::new(),
+        }
+    }
 }
 
 /// Who is running a task, recorded on its execute span.
@@ -123,6 +141,10 @@ pub struct TaskContext<'a> {
     pub attempt: u32,
     /// Set to stop the task at its next epoch tick.
     pub abort: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Where the task's own submissions go; none outside a cluster.
+    pub submitter: Option<Arc<dyn Submitter>>,
+    /// How deep this task is nested (0 when a driver submitted it).
+    pub depth: u32,
 }
 
 /// One export of a task component, with its types.
@@ -325,9 +347,25 @@ pub fn execute(
         root,
         BridgeLimits::from(limits),
     );
+    let nested = cx.submitter.clone().map(|submitter| NestedContext {
+        submitter,
+        task_id: cx.task_id.to_owned(),
+        component: component.digest.clone(),
+        component_name: component.name.clone(),
+        depth: cx.depth,
+        job_id: cx.job_id.to_owned(),
+        worker_id: cx.worker_id.to_owned(),
+        node_id: cx.node_id.to_owned(),
+    });
+    let tasks = TasksState::new(nested, limits, cx.abort.clone());
     let mut store = Store::new(
         runtime.engine(),
-        StoreState::new(sandbox::wasi_ctx(&output, []), bridge, limits.memory_bytes),
+        StoreState::new(
+            sandbox::wasi_ctx(&output, []),
+            bridge,
+            tasks,
+            limits.memory_bytes,
+        ),
     );
     store.limiter(|s| &mut s.memory);
     sandbox::arm_deadline(&mut store, limits.timeout, "--timeout", cx.abort.clone());
@@ -384,6 +422,9 @@ pub fn execute(
             "wtrace.spans_dropped",
             i64::from(state.bridge.dropped()),
         ));
+        if cx.depth > 0 {
+            span.set_attribute(KeyValue::new("wtrace.depth", i64::from(cx.depth)));
+        }
         if let Some(fuel) = limits.fuel {
             let left = store.get_fuel().unwrap_or(0);
             span.set_attribute(KeyValue::new(
@@ -396,11 +437,13 @@ pub fn execute(
         }
         span.end();
     }
+    let nested = std::mem::take(&mut store.data_mut().tasks.output);
     drop(store);
     TaskOutput {
         result,
         stdout: output.stdout.contents().to_vec(),
         stderr: output.stderr.contents().to_vec(),
+        nested,
     }
 }
 

@@ -85,6 +85,8 @@ fn run_with(
         parent,
         attempt: 0,
         abort: None,
+        submitter: None,
+        depth: 0,
     };
     let output = task::execute(
         &linker,

@@ -38,6 +38,7 @@ pub mod wit {
             world imports {
                 import wtrace:tracing/tracer@0.1.0;
                 import wtrace:tracing/provider@0.1.0;
+                import wtrace:tracing/tasks@0.1.0;
             }
         ",
         path: "../../wit",
@@ -51,6 +52,7 @@ pub mod __private {
 }
 
 pub mod hook;
+pub mod tasks;
 
 use wit::wtrace::tracing::tracer as raw;
 pub use wit::wtrace::tracing::tracer::SpanOptions;

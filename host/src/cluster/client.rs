@@ -90,6 +90,8 @@ pub struct TaskResult {
     pub stderr: Vec<u8>,
     /// The pid of the worker that ran it (0 when none did).
     pub pid: u32,
+    /// Output of the nested tasks it waited for.
+    pub nested: Vec<crate::nested::OutputChunk>,
 }
 
 impl TaskRef {
@@ -112,6 +114,7 @@ impl TaskRef {
             stdout: done.output.stdout,
             stderr: done.output.stderr,
             pid: done.pid,
+            nested: done.output.nested,
         })
     }
 }
@@ -125,18 +128,30 @@ impl Client {
         token: &str,
         telemetry: Option<Telemetry>,
     ) -> Result<Self> {
-        Self::connect_inner(addr, token, telemetry.map(Some)).await
+        Self::connect_inner(addr, token, telemetry.map(Some), None).await
     }
 
     /// Connects without tracing submissions at all.
     pub async fn connect_untraced(addr: SocketAddr, token: &str) -> Result<Self> {
-        Self::connect_inner(addr, token, Some(None)).await
+        Self::connect_inner(addr, token, Some(None), None).await
+    }
+
+    /// Connects, running the cluster's hook here, after checking that it is
+    /// `hook`: a driver given a different hook than its cluster's is an
+    /// error, not silently ignored.
+    pub async fn connect_with_hook(
+        addr: SocketAddr,
+        token: &str,
+        hook: &HookComponent,
+    ) -> Result<Self> {
+        Self::connect_inner(addr, token, None, Some(hook)).await
     }
 
     async fn connect_inner(
         addr: SocketAddr,
         token: &str,
         telemetry: Option<Option<Telemetry>>,
+        expected_hook: Option<&HookComponent>,
     ) -> Result<Self> {
         let stream = TcpStream::connect(addr).await.map_err(|e| {
             Error::Cluster(format!(
@@ -165,6 +180,9 @@ impl Client {
                 )));
             }
         };
+        if let Some(expected) = expected_hook {
+            check_same_hook(&config, expected)?;
+        }
         let telemetry = match telemetry {
             Some(given) => given,
             None => {
@@ -311,6 +329,7 @@ impl Client {
                 invocation: invocation.text.clone(),
                 traceparent: traceparent(&context),
                 tracestate: Some(context.trace_state().header()).filter(|s| !s.is_empty()),
+                depth: 0,
             });
             spans.extend(span);
             refs.push(TaskRef {
@@ -365,6 +384,26 @@ impl Client {
             .requests
             .send(message)
             .map_err(|_| Error::Cluster("the connection to the cluster is closed".into()))
+    }
+}
+
+fn check_same_hook(config: &ClusterConfig, expected: &HookComponent) -> Result<()> {
+    let mismatch = |cluster: String| {
+        Err(Error::Hook {
+            hook: expected.display.clone(),
+            cause: format!(
+                "this driver's hook ({}) is not the cluster's ({cluster}); drop \
+                 --tracing-startup-hook to use the cluster's, or restart the cluster with this one",
+                expected.digest
+            ),
+        })
+    };
+    match &config.hook {
+        None => mismatch("the cluster has no hook".into()),
+        Some(hook) if hook.digest != expected.digest || hook.export != expected.export => {
+            mismatch(format!("{}, {}", hook.display, hook.digest))
+        }
+        Some(_) => Ok(()),
     }
 }
 

@@ -64,13 +64,22 @@ struct Worker {
     tx: mpsc::UnboundedSender<ToWorker>,
     ready: bool,
     leased: HashSet<u64>,
+    /// Leased tasks waiting for nested tasks: they hold no CPU.
+    waiting: usize,
     has: HashSet<Digest>,
     done: u64,
 }
 
+/// Who submitted a task, and so gets its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Origin {
+    Driver(ConnId),
+    Worker(ConnId),
+}
+
 struct Task {
     submission: Submission,
-    driver: ConnId,
+    origin: Origin,
     attempt: u32,
     worker: Option<ConnId>,
 }
@@ -326,6 +335,7 @@ impl State {
                         tx,
                         ready: false,
                         leased: HashSet::new(),
+                        waiting: 0,
                         has: HashSet::new(),
                         done: 0,
                     },
@@ -340,17 +350,7 @@ impl State {
             Event::DriverMessage(conn, message) => self.driver_message(conn, message),
             Event::DriverLeft(conn) => {
                 self.drivers.remove(&conn);
-                // Its queued tasks are of no use to anyone now.
-                let orphans: Vec<u64> = self
-                    .tasks
-                    .iter()
-                    .filter(|(_, t)| t.driver == conn && t.worker.is_none())
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in orphans {
-                    self.tasks.remove(&id);
-                }
-                self.queue.retain(|id| self.tasks.contains_key(id));
+                self.forget_queued(Origin::Driver(conn));
             }
             Event::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -361,6 +361,39 @@ impl State {
                     ready: self.workers.values().filter(|w| w.ready).count(),
                     failed: self.failed_hooks.clone(),
                 });
+            }
+        }
+    }
+
+    /// Drops the queued tasks of a submitter that is gone: no one would get
+    /// their results. (Running ones finish; their results are dropped.)
+    fn forget_queued(&mut self, origin: Origin) {
+        let orphans: Vec<u64> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.origin == origin && t.worker.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphans {
+            self.tasks.remove(&id);
+        }
+        self.queue.retain(|id| self.tasks.contains_key(id));
+    }
+
+    /// Sends results to whoever submitted the tasks.
+    fn reply(&self, results: HashMap<Origin, Vec<Done>>) {
+        for (origin, results) in results {
+            match origin {
+                Origin::Driver(conn) => {
+                    if let Some(tx) = self.drivers.get(&conn) {
+                        let _ = tx.send(ToDriver::Results(results));
+                    }
+                }
+                Origin::Worker(conn) => {
+                    if let Some(worker) = self.workers.get(&conn) {
+                        let _ = worker.tx.send(ToWorker::Results(results));
+                    }
+                }
             }
         }
     }
@@ -379,8 +412,15 @@ impl State {
                         .push((worker.info.worker_id.clone(), worker.pid, error));
                 }
             }
+            FromWorker::Submit(submissions) => self.submit(Origin::Worker(conn), submissions),
+            FromWorker::Waiting(count) => {
+                if let Some(worker) = self.workers.get_mut(&conn) {
+                    worker.waiting = count as usize;
+                }
+                self.dispatch();
+            }
             FromWorker::Done(batch) => {
-                let mut replies: HashMap<ConnId, Vec<Done>> = HashMap::new();
+                let mut replies: HashMap<Origin, Vec<Done>> = HashMap::new();
                 for done in batch {
                     if let Some(worker) = self.workers.get_mut(&conn) {
                         worker.leased.remove(&done.id);
@@ -392,17 +432,13 @@ impl State {
                         continue;
                     };
                     self.done += 1;
-                    replies.entry(task.driver).or_default().push(Done {
+                    replies.entry(task.origin).or_default().push(Done {
                         id: task.submission.tag,
                         pid: done.pid,
                         output: done.output,
                     });
                 }
-                for (driver, results) in replies {
-                    if let Some(tx) = self.drivers.get(&driver) {
-                        let _ = tx.send(ToDriver::Results(results));
-                    }
-                }
+                self.reply(replies);
                 self.dispatch();
             }
         }
@@ -412,7 +448,8 @@ impl State {
         let Some(worker) = self.workers.remove(&conn) else {
             return;
         };
-        let mut failed: HashMap<ConnId, Vec<Done>> = HashMap::new();
+        self.forget_queued(Origin::Worker(conn));
+        let mut failed: HashMap<Origin, Vec<Done>> = HashMap::new();
         let mut leased: Vec<u64> = worker.leased.into_iter().collect();
         leased.sort_unstable();
         for id in leased.into_iter().rev() {
@@ -432,24 +469,16 @@ impl State {
                         task.attempt, worker.info.worker_id, worker.pid
                     ),
                 );
-                failed.entry(task.driver).or_default().push(Done {
+                failed.entry(task.origin).or_default().push(Done {
                     id: task.submission.tag,
                     pid: worker.pid,
-                    output: TaskOutput {
-                        result: Err(error),
-                        stdout: Vec::new(),
-                        stderr: Vec::new(),
-                    },
+                    output: TaskOutput::failed(error),
                 });
             } else {
                 self.queue.push_front(id);
             }
         }
-        for (driver, results) in failed {
-            if let Some(tx) = self.drivers.get(&driver) {
-                let _ = tx.send(ToDriver::Results(results));
-            }
-        }
+        self.reply(failed);
         self.dispatch();
     }
 
@@ -462,48 +491,7 @@ impl State {
                     bytes: Arc::new(bytes),
                 });
             }
-            FromDriver::Submit(submissions) => {
-                let mut rejected = Vec::new();
-                for submission in submissions {
-                    if !self.components.contains_key(&submission.component) {
-                        rejected.push(Done {
-                            id: submission.tag,
-                            pid: 0,
-                            output: TaskOutput {
-                                result: Err(TaskError::new(
-                                    TaskErrorKind::Cluster,
-                                    &submission.function,
-                                    format!(
-                                        "component {} was never uploaded to this cluster",
-                                        submission.component
-                                    ),
-                                )),
-                                stdout: Vec::new(),
-                                stderr: Vec::new(),
-                            },
-                        });
-                        continue;
-                    }
-                    let id = self.next_task;
-                    self.next_task += 1;
-                    self.tasks.insert(
-                        id,
-                        Task {
-                            submission,
-                            driver: conn,
-                            attempt: 0,
-                            worker: None,
-                        },
-                    );
-                    self.queue.push_back(id);
-                }
-                if !rejected.is_empty()
-                    && let Some(tx) = self.drivers.get(&conn)
-                {
-                    let _ = tx.send(ToDriver::Results(rejected));
-                }
-                self.dispatch();
-            }
+            FromDriver::Submit(submissions) => self.submit(Origin::Driver(conn), submissions),
             FromDriver::Status => {
                 if let Some(tx) = self.drivers.get(&conn) {
                     let _ = tx.send(ToDriver::Status(Box::new(self.status())));
@@ -511,6 +499,45 @@ impl State {
             }
             FromDriver::Shutdown => self.shutdown(),
         }
+    }
+
+    /// Queues tasks; those naming an unknown component fail at once.
+    fn submit(&mut self, origin: Origin, submissions: Vec<Submission>) {
+        let mut rejected = Vec::new();
+        for submission in submissions {
+            if !self.components.contains_key(&submission.component) {
+                let error = TaskError::new(
+                    TaskErrorKind::Cluster,
+                    &submission.function,
+                    format!(
+                        "component {} is not stored in this cluster; upload it first (wtrace submit does)",
+                        submission.component
+                    ),
+                );
+                rejected.push(Done {
+                    id: submission.tag,
+                    pid: 0,
+                    output: TaskOutput::failed(error),
+                });
+                continue;
+            }
+            let id = self.next_task;
+            self.next_task += 1;
+            self.tasks.insert(
+                id,
+                Task {
+                    submission,
+                    origin,
+                    attempt: 0,
+                    worker: None,
+                },
+            );
+            self.queue.push_back(id);
+        }
+        if !rejected.is_empty() {
+            self.reply(HashMap::from([(origin, rejected)]));
+        }
+        self.dispatch();
     }
 
     /// Tells every worker to finish its current task, flush and exit.
@@ -531,8 +558,10 @@ impl State {
             let Some((&conn, _)) = self
                 .workers
                 .iter()
-                .filter(|(_, w)| w.ready && w.leased.len() < WORKER_CAPACITY)
-                .min_by_key(|(_, w)| w.leased.len())
+                .filter(|(_, w)| {
+                    w.ready && w.leased.len() - w.waiting.min(w.leased.len()) < WORKER_CAPACITY
+                })
+                .min_by_key(|(_, w)| w.leased.len() - w.waiting.min(w.leased.len()))
             else {
                 break;
             };
@@ -562,6 +591,7 @@ impl State {
                 invocation: task.submission.invocation.clone(),
                 traceparent: task.submission.traceparent.clone(),
                 tracestate: task.submission.tracestate.clone(),
+                depth: task.submission.depth,
             });
         }
         for (conn, leases) in batches {
@@ -594,6 +624,7 @@ impl State {
             done: self.done,
             components: self.components.len(),
             uptime: self.started.elapsed(),
+            failed_hooks: self.failed_hooks.clone(),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod head;
 pub mod node;
 pub mod protocol;
+pub mod session;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -102,7 +103,8 @@ impl LocalCluster {
             node_id: format!("n-{}", random_hex(3)),
             cache_dir: options.cache_dir.clone(),
         })?;
-        if let Err(error) = node.wait_ready(&head, options.ready_timeout).await {
+        let readiness = || async { Ok(head.readiness().await) };
+        if let Err(error) = node.wait_ready(readiness, options.ready_timeout).await {
             head.shutdown();
             node.stop(Duration::from_secs(5)).await;
             return Err(error);
@@ -128,6 +130,14 @@ impl LocalCluster {
     /// Connects a client; `telemetry` as in [`Client::connect`].
     pub async fn client(&self, telemetry: Option<crate::Telemetry>) -> Result<Client> {
         Client::connect(self.head.addr(), self.head.token(), telemetry).await
+    }
+
+    /// Waits until the cluster was stopped (by a driver's
+    /// [`Client::shutdown_cluster`] or [`Head::shutdown`]) and every worker of
+    /// this node exited.
+    pub async fn wait_stopped(self) {
+        self.head.stopped().await;
+        self.node.stop(Duration::from_secs(10)).await;
     }
 
     /// Stops every worker gracefully (each flushes its spans), then returns.

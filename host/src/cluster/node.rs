@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use std::sync::Mutex;
 use tokio::process::{Child, Command};
 
-use super::head::Head;
+use super::head::Readiness;
 use crate::error::{Error, Result};
 
 /// Exit code of a worker that could not start (its hook failed, or the head
@@ -93,12 +93,19 @@ impl Node {
     }
 
     /// Waits until every worker has run the hook; fails with the hook's
-    /// error, or if a worker exits first, or after `timeout`.
-    pub async fn wait_ready(&self, head: &Head, timeout: Duration) -> Result<()> {
+    /// error, or if a worker exits first, or after `timeout`. `readiness`
+    /// asks the head how far its workers got.
+    pub async fn wait_ready<F, Fut>(&self, mut readiness: F, timeout: Duration) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Readiness>>,
+    {
         let deadline = Instant::now() + timeout;
         loop {
-            let readiness = head.readiness().await;
-            if let Some((worker, pid, message)) = readiness.failed.first() {
+            let readiness = readiness().await?;
+            let mine = |worker: &str| worker.starts_with(&format!("{}-", self.options.node_id));
+            if let Some((worker, pid, message)) = readiness.failed.iter().find(|(w, _, _)| mine(w))
+            {
                 return Err(Error::Cluster(format!(
                     "worker {worker} (pid {pid}) could not start: {message}"
                 )));
@@ -125,6 +132,23 @@ impl Node {
         }
     }
 
+    /// Waits until every worker has exited for good (told to stop, or its
+    /// head gone); crashed workers are replaced meanwhile.
+    pub async fn wait(self) {
+        for watcher in self.watchers {
+            let _ = watcher.await;
+        }
+    }
+
+    /// Asks every worker to stop (SIGTERM: each flushes its spans), then
+    /// waits as [`Node::stop`] does.
+    pub async fn terminate(self, grace: Duration) {
+        for pid in self.pids() {
+            signal(pid, libc::SIGTERM);
+        }
+        self.stop(grace).await;
+    }
+
     /// Waits for every worker to exit (after the head told them to stop),
     /// killing those still running after `grace`. No worker is replaced
     /// from now on.
@@ -135,7 +159,7 @@ impl Node {
             let left = deadline.saturating_duration_since(Instant::now());
             if tokio::time::timeout(left, &mut watcher).await.is_err() {
                 if let Some(pid) = slot.lock().unwrap().pid {
-                    kill(pid);
+                    signal(pid, libc::SIGKILL);
                 }
                 let _ = watcher.await;
             }
@@ -143,13 +167,13 @@ impl Node {
     }
 }
 
-/// Sends SIGKILL to `pid`.
+/// Sends `signal` to process `pid`.
 #[allow(unsafe_code)]
-fn kill(pid: u32) {
+pub fn signal(pid: u32, signal: i32) {
     if let Ok(pid) = i32::try_from(pid) {
         // SAFETY: kill(2) has no memory-safety preconditions.
         unsafe {
-            libc::kill(pid, libc::SIGKILL);
+            libc::kill(pid, signal);
         }
     }
 }

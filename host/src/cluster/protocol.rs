@@ -107,6 +107,8 @@ pub struct Lease {
     pub traceparent: Option<String>,
     /// W3C tracestate accompanying the traceparent.
     pub tracestate: Option<String>,
+    /// How deep the task is nested (0 when a driver submitted it).
+    pub depth: u32,
 }
 
 /// A finished task.
@@ -128,6 +130,8 @@ pub enum ToWorker {
     Welcome(Box<ClusterConfig>),
     /// Tasks to run, in order.
     Run(Vec<Lease>),
+    /// Results of tasks the worker's tasks submitted, by the worker's tags.
+    Results(Vec<Done>),
     /// Finish the current task, flush spans, exit.
     Shutdown,
 }
@@ -141,6 +145,11 @@ pub enum FromWorker {
     HookFailed(String),
     /// Tasks finished.
     Done(Vec<Done>),
+    /// Tasks submitted by running tasks.
+    Submit(Vec<Submission>),
+    /// How many of the worker's tasks are waiting for nested tasks; they
+    /// hold no CPU, so the head may lease the worker more.
+    Waiting(u32),
 }
 
 /// A task a driver submits.
@@ -160,6 +169,8 @@ pub struct Submission {
     pub traceparent: Option<String>,
     /// Its tracestate.
     pub tracestate: Option<String>,
+    /// 0 from a driver, else the submitting task's depth + 1.
+    pub depth: u32,
 }
 
 /// Driver → head.
@@ -232,6 +243,8 @@ pub struct ClusterStatus {
     pub components: usize,
     /// Seconds since the head started.
     pub uptime: Duration,
+    /// Workers whose hook failed: (worker id, pid, message).
+    pub failed_hooks: Vec<(String, u32, String)>,
 }
 
 /// Reads length-prefixed postcard messages.

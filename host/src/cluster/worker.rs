@@ -2,23 +2,25 @@
 //! then runs leased tasks one at a time on an executor thread, each in a
 //! fresh instance inside its `execute` span.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::protocol::{
-    ClusterConfig, Done, FromWorker, Hello, Lease, PROTOCOL_VERSION, Reader, ToWorker, Writer,
+    ClusterConfig, Done, FromWorker, Hello, Lease, PROTOCOL_VERSION, Reader, Submission, ToWorker,
+    Writer,
 };
 use crate::bridge::parse_traceparent;
 use crate::engine::{Digest, Runtime};
 use crate::error::{Error, Result};
 use crate::hook::HookComponent;
+use crate::nested::{NestedResult, NestedTask, Submitter};
 use crate::provider::WorkerInfo;
 use crate::task::{
     self, TaskComponent, TaskContext, TaskError, TaskErrorKind, TaskLinker, TaskOutput,
@@ -138,32 +140,31 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
     let linker = TaskLinker::new(&runtime)?;
     writer.send(&FromWorker::Ready).await.map_err(lost)?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (lease_tx, lease_rx) = std::sync::mpsc::channel::<Vec<Lease>>();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let executor = {
-        let stop = stop.clone();
-        let telemetry = telemetry.clone();
-        let worker = Executor {
-            linker,
-            telemetry,
-            info,
-            components: HashMap::new(),
-            abort: stop.clone(),
-        };
-        std::thread::Builder::new()
-            .name("wtrace-executor".into())
-            .spawn(move || worker.run(lease_rx, done_tx, &stop))
-            .map_err(|e| Error::io("cannot start the executor thread", e))?
-    };
-    let results = tokio::spawn(async move {
-        while let Some(done) = done_rx.recv().await {
-            let mut batch = vec![done];
-            while let Ok(done) = done_rx.try_recv() {
-                batch.push(done);
+    let (out, mut out_rx) = mpsc::unbounded_channel::<FromWorker>();
+    let pool = Arc::new(Pool {
+        linker,
+        telemetry: telemetry.clone(),
+        info,
+        components: Mutex::new(HashMap::new()),
+        state: Mutex::new(PoolState::default()),
+        wake: Condvar::new(),
+        abort: Arc::new(AtomicBool::new(false)),
+        out,
+        pending: Mutex::new(HashMap::new()),
+        next_tag: AtomicU64::new(1),
+    });
+    let sender = tokio::spawn(async move {
+        while let Some(message) = out_rx.recv().await {
+            if writer.feed(&message).await.is_err() {
+                return;
             }
-            if writer.send(&FromWorker::Done(batch)).await.is_err() {
-                break;
+            while let Ok(message) = out_rx.try_recv() {
+                if writer.feed(&message).await.is_err() {
+                    return;
+                }
+            }
+            if writer.flush().await.is_err() {
+                return;
             }
         }
     });
@@ -173,22 +174,19 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
     loop {
         tokio::select! {
             message = reader.recv::<ToWorker>() => match message {
-                Ok(Some(ToWorker::Run(leases))) => {
-                    if lease_tx.send(leases).is_err() {
-                        break;
-                    }
-                }
+                Ok(Some(ToWorker::Run(leases))) => Pool::push(&pool, leases),
+                Ok(Some(ToWorker::Results(results))) => pool.deliver(results),
                 Ok(Some(ToWorker::Welcome(_))) => {}
-                // Shutdown, or the head is gone: finish the running task only.
+                // Shutdown, or the head is gone: stop the running tasks.
                 Ok(Some(ToWorker::Shutdown)) | Ok(None) | Err(_) => break,
             },
             _ = terminate.recv() => break,
         }
     }
-    stop.store(true, Ordering::SeqCst);
-    drop(lease_tx);
-    let _ = tokio::task::spawn_blocking(move || executor.join()).await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), results).await;
+    let closing = pool.clone();
+    let _ = tokio::task::spawn_blocking(move || closing.close(Duration::from_secs(10))).await;
+    drop(pool);
+    let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
     if let Some(telemetry) = telemetry {
         // Exporters may block (OTLP over HTTP); keep the runtime free.
         let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
@@ -196,44 +194,108 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
     Ok(())
 }
 
-/// Runs leases in order on its own thread.
-struct Executor {
+/// The worker's executor threads and what they share.
+///
+/// One thread runs tasks, in lease order. When a task waits for a nested
+/// task, it holds no CPU: if leases are queued and no other thread can run
+/// them, a thread is added, so a task waiting on a task queued behind it
+/// never deadlocks the worker. Extra threads exit once their task is done.
+struct Pool {
     linker: TaskLinker,
     telemetry: Option<Telemetry>,
     info: WorkerInfo,
-    components: HashMap<Digest, Arc<TaskComponent>>,
+    components: Mutex<HashMap<Digest, Arc<TaskComponent>>>,
+    state: Mutex<PoolState>,
+    wake: Condvar,
     abort: Arc<AtomicBool>,
+    out: mpsc::UnboundedSender<FromWorker>,
+    pending: Mutex<HashMap<u64, std::sync::mpsc::Sender<NestedResult>>>,
+    next_tag: AtomicU64,
 }
 
-impl Executor {
-    fn run(
-        mut self,
-        leases: std::sync::mpsc::Receiver<Vec<Lease>>,
-        done: mpsc::UnboundedSender<Done>,
-        stop: &AtomicBool,
-    ) {
-        let pid = std::process::id();
-        for batch in leases {
-            for lease in batch {
-                if stop.load(Ordering::SeqCst) {
-                    return;
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    leases: VecDeque<Lease>,
+    /// Executor threads alive.
+    threads: usize,
+    /// Threads whose task is waiting for a nested task.
+    waiting: usize,
+    closed: bool,
+}
+
+impl PoolState {
+    /// Threads able to run a task now.
+    fn runnable(&self) -> usize {
+        self.threads - self.waiting
+    }
+}
+
+/// How a task's submissions reach the head.
+#[derive(Debug)]
+struct PoolSubmitter(Arc<Pool>);
+
+impl Pool {
+    fn push(pool: &Arc<Self>, leases: Vec<Lease>) {
+        let mut state = pool.state.lock().unwrap();
+        state.leases.extend(leases);
+        if state.runnable() == 0 {
+            Self::spawn_thread(pool, &mut state);
+        }
+        pool.wake.notify_one();
+    }
+
+    fn spawn_thread(pool: &Arc<Self>, state: &mut PoolState) {
+        let pool = pool.clone();
+        let spawned = std::thread::Builder::new()
+            .name("wtrace-executor".into())
+            .spawn(move || pool.run_thread());
+        if spawned.is_ok() {
+            state.threads += 1;
+        }
+    }
+
+    fn run_thread(self: Arc<Self>) {
+        let submitter: Arc<dyn Submitter> = Arc::new(PoolSubmitter(self.clone()));
+        loop {
+            let lease = {
+                let mut state = self.state.lock().unwrap();
+                loop {
+                    if state.closed {
+                        state.threads -= 1;
+                        self.wake.notify_all();
+                        return;
+                    }
+                    if let Some(lease) = state.leases.pop_front() {
+                        break lease;
+                    }
+                    state = self.wake.wait(state).unwrap();
                 }
-                let output = self.run_one(&lease);
-                if done
-                    .send(Done {
-                        id: lease.lease_id,
-                        pid,
-                        output,
-                    })
-                    .is_err()
-                {
-                    return;
-                }
+            };
+            let output = self.run_one(&lease, &submitter);
+            let _ = self.out.send(FromWorker::Done(vec![Done {
+                id: lease.lease_id,
+                pid: std::process::id(),
+                output,
+            }]));
+            let mut state = self.state.lock().unwrap();
+            if state.runnable() > 1 || state.closed {
+                // Another thread can carry on (a waiting task resumed).
+                state.threads -= 1;
+                self.wake.notify_all();
+                return;
             }
         }
     }
 
-    fn run_one(&mut self, lease: &Lease) -> TaskOutput {
+    fn run_one(&self, lease: &Lease, submitter: &Arc<dyn Submitter>) -> TaskOutput {
         let component = self.component(lease);
         let parent = lease
             .traceparent
@@ -247,6 +309,8 @@ impl Executor {
             parent,
             attempt: lease.attempt,
             abort: Some(self.abort.clone()),
+            submitter: Some(submitter.clone()),
+            depth: lease.depth,
         };
         match component {
             Ok(component) => task::execute(
@@ -264,17 +328,13 @@ impl Executor {
                     error.to_string(),
                 );
                 task::record_failure(self.telemetry.as_ref(), &lease.component.name, &error, &cx);
-                TaskOutput {
-                    result: Err(error),
-                    stdout: Vec::new(),
-                    stderr: Vec::new(),
-                }
+                TaskOutput::failed(error)
             }
         }
     }
 
-    fn component(&mut self, lease: &Lease) -> Result<Arc<TaskComponent>> {
-        if let Some(component) = self.components.get(&lease.component.digest) {
+    fn component(&self, lease: &Lease) -> Result<Arc<TaskComponent>> {
+        if let Some(component) = self.components.lock().unwrap().get(&lease.component.digest) {
             return Ok(component.clone());
         }
         let bytes = lease.component.bytes.as_deref().ok_or_else(|| {
@@ -285,7 +345,78 @@ impl Executor {
         })?;
         let component = Arc::new(self.linker.load(&lease.component.name, bytes)?);
         self.components
+            .lock()
+            .unwrap()
             .insert(lease.component.digest.clone(), component.clone());
         Ok(component)
+    }
+
+    fn deliver(&self, results: Vec<Done>) {
+        let mut pending = self.pending.lock().unwrap();
+        for done in results {
+            if let Some(tx) = pending.remove(&done.id) {
+                let _ = tx.send(NestedResult {
+                    pid: done.pid,
+                    output: done.output,
+                });
+            }
+        }
+    }
+
+    /// Stops every task (at its next epoch tick or wait check) and waits up
+    /// to `grace` for the threads to finish.
+    fn close(&self, grace: Duration) {
+        self.abort.store(true, Ordering::SeqCst);
+        let mut state = self.state.lock().unwrap();
+        state.closed = true;
+        state.leases.clear();
+        self.wake.notify_all();
+        let deadline = std::time::Instant::now() + grace;
+        while state.threads > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self.wake.wait_timeout(state, left).unwrap().0;
+        }
+    }
+}
+
+impl Submitter for PoolSubmitter {
+    fn submit(
+        &self,
+        task: NestedTask,
+    ) -> std::result::Result<std::sync::mpsc::Receiver<NestedResult>, String> {
+        let pool = &self.0;
+        let tag = pool.next_tag.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        pool.pending.lock().unwrap().insert(tag, tx);
+        pool.out
+            .send(FromWorker::Submit(vec![Submission {
+                tag,
+                task_id: task.task_id,
+                component: task.component,
+                function: task.function,
+                invocation: task.invocation,
+                traceparent: task.traceparent,
+                tracestate: task.tracestate,
+                depth: task.depth,
+            }]))
+            .map_err(|_| "the worker is shutting down".to_owned())?;
+        Ok(rx)
+    }
+
+    fn waiting(&self, waiting: bool) {
+        let pool = &self.0;
+        let mut state = pool.state.lock().unwrap();
+        if waiting {
+            state.waiting += 1;
+            if state.runnable() == 0 && !state.leases.is_empty() && !state.closed {
+                Pool::spawn_thread(pool, &mut state);
+            }
+        } else {
+            state.waiting -= 1;
+        }
+        let _ = pool.out.send(FromWorker::Waiting(state.waiting as u32));
     }
 }

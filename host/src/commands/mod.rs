@@ -1,8 +1,14 @@
 //! One module per subcommand.
 
 mod args;
+mod cluster_args;
+mod common;
 mod run;
 mod spans;
+mod start;
+mod status;
+mod stop;
+mod submit;
 mod worker;
 
 use std::process::ExitCode;
@@ -20,6 +26,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Run(run::RunCommand),
+    Start(start::StartCommand),
+    Submit(submit::SubmitCommand),
+    Status(status::StatusCommand),
+    Stop(stop::StopCommand),
     Spans(spans::SpansCommand),
     #[command(hide = true)]
     Worker(worker::WorkerCommand),
@@ -30,6 +40,10 @@ impl Cli {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Run(command) => command.run(),
+            Command::Start(command) => command.run(),
+            Command::Submit(command) => command.run(),
+            Command::Status(command) => command.run(),
+            Command::Stop(command) => command.run(),
             Command::Spans(command) => command.run(),
             Command::Worker(command) => command.run(),
         }

@@ -1,19 +1,18 @@
 //! `wtrace run`: a one-shot local cluster — start workers, run the
 //! invocations, print results, flush every span, exit.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use clap::Args;
-use wtrace::cluster::{LocalCluster, LocalClusterOptions, TaskResult};
+use wtrace::cluster::{LocalCluster, LocalClusterOptions};
 use wtrace::provider::WorkerInfo;
-use wtrace::task::TaskLinker;
 use wtrace::wave::Invocation;
 use wtrace::{Runtime, Telemetry};
 
 use super::args::{HookArgs, SandboxArgs};
+use super::common::{check_component, outer_context, print_result, read_component};
 
 /// Run task invocations on a local cluster, traced, and print their results.
 ///
@@ -44,17 +43,7 @@ impl RunCommand {
             .iter()
             .map(|i| i.parse::<Invocation>())
             .collect::<Result<Vec<_>, _>>()?;
-        let bytes = std::fs::read(&self.component).with_context(|| {
-            format!(
-                "cannot read the task component {}",
-                self.component.display()
-            )
-        })?;
-        let name = self
-            .component
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| self.component.display().to_string());
+        let (name, bytes) = read_component(&self.component)?;
         let hook = self.hook.spec()?.map(|spec| spec.load()).transpose()?;
         let limits = self.sandbox.limits();
         let policy = self.sandbox.policy()?;
@@ -79,17 +68,7 @@ impl RunCommand {
             // Everything that can be checked here is, before any worker starts:
             // the component, its exports and argument types, and the hook.
             let runtime = Runtime::new(limits, options.cache_dir.clone())?;
-            let component = {
-                let linker = TaskLinker::new(&runtime)?;
-                let component = linker.load(&name, &bytes)?;
-                for invocation in &invocations {
-                    component
-                        .check(&runtime, invocation)
-                        .map_err(|e| anyhow!("{}: {e}", self.component.display()))?;
-                }
-                component
-            };
-            drop(component);
+            check_component(&runtime, &self.component, &name, &bytes, &invocations)?;
             // Hooks use synchronous WASI, which must not run on an async thread.
             let telemetry = match hook {
                 Some(hook) => {
@@ -163,51 +142,4 @@ async fn drive(
     .await;
     cluster.stop().await;
     result
-}
-
-/// `TRACEPARENT` (and `TRACESTATE`) from the environment: the OpenTelemetry
-/// environment-carrier convention, so a CI pipeline's trace can contain ours.
-fn outer_context() -> opentelemetry::Context {
-    let Ok(traceparent) = std::env::var("TRACEPARENT") else {
-        return opentelemetry::Context::new();
-    };
-    let tracestate = std::env::var("TRACESTATE").ok();
-    match wtrace::bridge::parse_traceparent(&traceparent, tracestate.as_deref()) {
-        Some(parent) => wtrace::bridge::context_with_parent(Some(parent)),
-        None => {
-            eprintln!(
-                "warning: ignoring TRACEPARENT={traceparent:?}: not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"
-            );
-            opentelemetry::Context::new()
-        }
-    }
-}
-
-/// Prints a task's output lines (prefixed like Ray's) and its result; returns
-/// whether it failed.
-fn print_result(result: &TaskResult) -> bool {
-    let prefix = format!("({} pid={})", result.function, result.pid);
-    let mut stdout = std::io::stdout().lock();
-    for line in String::from_utf8_lossy(&result.stdout).lines() {
-        let _ = writeln!(stdout, "{prefix} {line}");
-    }
-    let mut stderr = std::io::stderr().lock();
-    for line in String::from_utf8_lossy(&result.stderr).lines() {
-        let _ = writeln!(stderr, "{prefix} {line}");
-    }
-    match &result.value {
-        Ok(value) => {
-            if !value.is_empty() {
-                let _ = writeln!(stdout, "{value}");
-            }
-            false
-        }
-        Err(error) => {
-            let _ = writeln!(stderr, "error: task {error}");
-            if let Some(backtrace) = &error.backtrace {
-                let _ = writeln!(stderr, "{backtrace}");
-            }
-            true
-        }
-    }
 }

@@ -1,0 +1,101 @@
+//! What `run` and `submit` share: reading and checking a task component,
+//! the outer trace context, and printing results.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow};
+use wtrace::Runtime;
+use wtrace::cluster::TaskResult;
+use wtrace::task::TaskLinker;
+use wtrace::wave::Invocation;
+
+/// A task component's file name and bytes.
+pub fn read_component(path: &Path) -> anyhow::Result<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the task component {}", path.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    Ok((name, bytes))
+}
+
+/// Compiles the component (warming the cache workers read) and checks that
+/// every invocation names an export and fits its parameters, so mistakes are
+/// reported before anything runs.
+pub fn check_component(
+    runtime: &Runtime,
+    path: &Path,
+    name: &str,
+    bytes: &[u8],
+    invocations: &[Invocation],
+) -> anyhow::Result<()> {
+    let linker = TaskLinker::new(runtime)?;
+    let component = linker.load(name, bytes)?;
+    for invocation in invocations {
+        component.check(runtime, invocation).map_err(|e| {
+            anyhow!(
+                "{}: cannot run {}: {}",
+                path.display(),
+                invocation,
+                e.message
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// `TRACEPARENT` (and `TRACESTATE`) from the environment: the OpenTelemetry
+/// environment-carrier convention, so a CI pipeline's trace can contain ours.
+pub fn outer_context() -> opentelemetry::Context {
+    let Ok(traceparent) = std::env::var("TRACEPARENT") else {
+        return opentelemetry::Context::new();
+    };
+    let tracestate = std::env::var("TRACESTATE").ok();
+    match wtrace::bridge::parse_traceparent(&traceparent, tracestate.as_deref()) {
+        Some(parent) => wtrace::bridge::context_with_parent(Some(parent)),
+        None => {
+            eprintln!(
+                "warning: ignoring TRACEPARENT={traceparent:?}: not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"
+            );
+            opentelemetry::Context::new()
+        }
+    }
+}
+
+/// Prints a task's output lines and those of the nested tasks it waited
+/// for (each prefixed like Ray's), then its result; returns whether it failed.
+pub fn print_result(result: &TaskResult) -> bool {
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr().lock();
+    let chunks = result
+        .nested
+        .iter()
+        .map(|c| (&c.function, c.pid, &c.stdout, &c.stderr))
+        .chain([(&result.function, result.pid, &result.stdout, &result.stderr)]);
+    for (function, pid, out, err) in chunks {
+        let prefix = format!("({function} pid={pid})");
+        for line in String::from_utf8_lossy(out).lines() {
+            let _ = writeln!(stdout, "{prefix} {line}");
+        }
+        for line in String::from_utf8_lossy(err).lines() {
+            let _ = writeln!(stderr, "{prefix} {line}");
+        }
+    }
+    match &result.value {
+        Ok(value) => {
+            if !value.is_empty() {
+                let _ = writeln!(stdout, "{value}");
+            }
+            false
+        }
+        Err(error) => {
+            let _ = writeln!(stderr, "error: task {error}");
+            if let Some(backtrace) = &error.backtrace {
+                let _ = writeln!(stderr, "{backtrace}");
+            }
+            true
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! `wtrace start`: a cluster in the background — a head with its workers
+//! (`--head`), or one more node of workers for a running head (`--address`).
+//!
+//! The command re-runs itself as a detached daemon (marked by
+//! `WTRACE_DAEMON=1`, with the same arguments) and returns once the daemon
+//! reports its workers ready, or fails with the daemon's error.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use wtrace::cluster::session::{NodeRecord, Session, ensure_dir, process_alive, session_dir};
+use wtrace::cluster::{Client, LocalCluster, LocalClusterOptions, Node, NodeOptions};
+
+use super::args::{HookArgs, SandboxArgs};
+use super::cluster_args::resolve;
+
+const DAEMON: &str = "WTRACE_DAEMON";
+
+/// Start a cluster in the background: a head and a node of workers
+/// (`--head`), or another node of workers for a running head (`--address`).
+///
+/// Returns once every worker has run the tracing startup hook.
+#[derive(Debug, Args)]
+pub struct StartCommand {
+    /// Start a head, with a node of workers on this machine.
+    #[arg(long, required_unless_present = "address", conflicts_with = "address")]
+    head: bool,
+    /// Add a node of workers to the head at HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    address: Option<String>,
+    /// The head's port (default: any free port).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// The address the head listens on. Anything but loopback exposes the
+    /// head to the network; every connection must still present the token.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Worker processes on this node (default: one per core).
+    #[arg(short = 'n', long, value_name = "N")]
+    num_workers: Option<usize>,
+    /// Times a task is retried when its worker dies.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    max_retries: u32,
+    /// The cluster's token, for --address (default: from this machine's session file).
+    #[arg(long, env = "WTRACE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(flatten)]
+    hook: HookArgs,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+impl StartCommand {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let daemon = std::env::var_os(DAEMON).is_some();
+        let dir = session_dir();
+        ensure_dir(&dir)?;
+        if self.head {
+            if daemon {
+                self.head_daemon(&dir)
+            } else {
+                self.spawn_head(&dir)
+            }
+        } else if daemon {
+            self.node_daemon(&dir)
+        } else {
+            self.spawn_node(&dir)
+        }
+    }
+
+    fn workers(&self) -> usize {
+        self.num_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+
+    fn spawn_head(&self, dir: &Path) -> anyhow::Result<ExitCode> {
+        if let Some(session) = Session::read(dir)?
+            && process_alive(session.pid)
+        {
+            bail!(
+                "a wtrace cluster is already running at {} (head pid {}); stop it with `wtrace stop`",
+                session.address,
+                session.pid
+            );
+        }
+        // Check what can be checked here, so mistakes show at once.
+        self.hook.spec()?.map(|spec| spec.load()).transpose()?;
+        self.sandbox.policy()?;
+        anyhow::ensure!(self.workers() > 0, "--num-workers must be at least 1");
+
+        let log = dir.join("head.log");
+        let pid = spawn_daemon(&log)?;
+        let session = wait_for(pid, &log, || {
+            Session::read(dir).ok().flatten().filter(|s| s.pid == pid)
+        })?;
+        let hook = session
+            .hook
+            .as_deref()
+            .unwrap_or("none (nothing is traced)");
+        println!(
+            "wtrace: started a cluster at {} (head pid {pid}, {} workers, hook {hook})",
+            session.address,
+            self.workers()
+        );
+        println!("  submit tasks:  wtrace submit tasks.wasm 'my-function()'");
+        println!("  see it:        wtrace status");
+        println!("  stop it:       wtrace stop");
+        println!(
+            "  add a node:    wtrace start --address {} --token <token from {}>",
+            session.address,
+            Session::path(dir).display()
+        );
+        println!("  head log:      {}", log.display());
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn spawn_node(&self, dir: &Path) -> anyhow::Result<ExitCode> {
+        let address = resolve(self.address.as_deref().expect("--address or --head"))?;
+        let node_id = format!("n-{}", short_id());
+        let log = dir.join(format!("node-{node_id}.log"));
+        let pid = spawn_daemon_with(&log, &[("WTRACE_NODE_ID", &node_id)])?;
+        let node = wait_for(pid, &log, || NodeRecord::read(dir, &node_id).ok().flatten())?;
+        println!(
+            "wtrace: node {} joined the cluster at {address} with {} workers (node pid {pid}; log {})",
+            node.node_id,
+            self.workers(),
+            log.display()
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+        Ok(tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?)
+    }
+
+    fn head_daemon(self, dir: &Path) -> anyhow::Result<ExitCode> {
+        let hook = self.hook.spec()?.map(|spec| spec.load()).transpose()?;
+        let mut options = LocalClusterOptions::new(std::env::current_exe()?);
+        options.num_workers = self.workers();
+        options.hook = hook.clone();
+        options.limits = self.sandbox.limits();
+        options.policy = self.sandbox.policy()?;
+        options.max_retries = self.max_retries;
+        options.cache_dir = self.sandbox.cache_dir();
+        options.bind = SocketAddr::new(self.bind, self.port);
+        Self::runtime()?.block_on(async move {
+            let cluster = LocalCluster::start(options).await?;
+            Session {
+                address: cluster.head().addr(),
+                token: cluster.head().token().to_owned(),
+                pid: std::process::id(),
+                job_id: cluster.config().job_id.clone(),
+                hook: hook.map(|h| format!("{} ({})", h.display, h.digest)),
+                log: dir.join("head.log"),
+            }
+            .write(dir)?;
+            eprintln!("wtrace head: serving at {}", cluster.head().addr());
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = cluster.head().stopped() => {}
+                _ = terminate.recv() => cluster.head().shutdown(),
+                _ = tokio::signal::ctrl_c() => cluster.head().shutdown(),
+            }
+            cluster.wait_stopped().await;
+            if Session::read(dir)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.pid == std::process::id())
+            {
+                Session::remove(dir);
+            }
+            eprintln!("wtrace head: stopped");
+            Ok(ExitCode::SUCCESS)
+        })
+    }
+
+    fn node_daemon(self, dir: &Path) -> anyhow::Result<ExitCode> {
+        let address = resolve(self.address.as_deref().expect("--address"))?;
+        let node_id = std::env::var("WTRACE_NODE_ID").context("WTRACE_NODE_ID is not set")?;
+        let token = match &self.token {
+            Some(token) => token.clone(),
+            None => match Session::read(dir)? {
+                Some(session) if session.address == address => session.token,
+                _ => bail!(
+                    "joining {address} needs the cluster's token: pass --token or set WTRACE_TOKEN"
+                ),
+            },
+        };
+        let workers = self.workers();
+        let cache_dir = self.sandbox.cache_dir();
+        Self::runtime()?.block_on(async move {
+            let client = Client::connect_untraced(address, &token).await?;
+            let node = Node::spawn(NodeOptions {
+                num_workers: workers,
+                worker_exe: std::env::current_exe()?,
+                head: address,
+                token,
+                node_id: node_id.clone(),
+                cache_dir,
+            })?;
+            let prefix = format!("{node_id}-");
+            let readiness = || async {
+                let status = client.status().await?;
+                Ok(wtrace::cluster::head::Readiness {
+                    ready: status
+                        .workers
+                        .iter()
+                        .filter(|w| w.ready && w.worker_id.starts_with(&prefix))
+                        .count(),
+                    failed: status.failed_hooks,
+                })
+            };
+            if let Err(error) = node
+                .wait_ready(readiness, std::time::Duration::from_secs(60))
+                .await
+            {
+                node.terminate(Duration::from_secs(5)).await;
+                return Err(error.into());
+            }
+            drop(client);
+            NodeRecord {
+                node_id: node_id.clone(),
+                pid: std::process::id(),
+                address,
+                log: dir.join(format!("node-{node_id}.log")),
+            }
+            .write(dir)?;
+            eprintln!("wtrace node {node_id}: {workers} workers serving {address}");
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let pids = node.pids();
+            tokio::select! {
+                _ = node.wait() => {}
+                _ = terminate.recv() => {
+                    for pid in pids {
+                        wtrace::cluster::node::signal(pid, libc::SIGTERM);
+                    }
+                }
+            }
+            NodeRecord::remove(dir, &node_id);
+            eprintln!("wtrace node {node_id}: stopped");
+            Ok(ExitCode::SUCCESS)
+        })
+    }
+}
+
+fn short_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!(
+        "{:06x}",
+        (nanos as u64 ^ u64::from(std::process::id()).rotate_left(20)) & 0xff_ffff
+    )
+}
+
+fn spawn_daemon(log: &Path) -> anyhow::Result<u32> {
+    spawn_daemon_with(log, &[])
+}
+
+/// Re-runs this command (same arguments) detached, as a daemon whose output
+/// goes to `log`.
+fn spawn_daemon_with(log: &Path, env: &[(&str, &str)]) -> anyhow::Result<u32> {
+    let file =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
+        .args(std::env::args_os().skip(1))
+        .env(DAEMON, "1")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: setsid(2) is async-signal-safe, as pre_exec requires.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = command.spawn().context("cannot start the daemon")?;
+    let pid = child.id();
+    // The daemon outlives this process; reap it if it fails early.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    Ok(pid)
+}
+
+/// Waits until `ready` returns something, or the daemon exits (an error with
+/// its log), or two minutes pass.
+fn wait_for<T>(pid: u32, log: &Path, mut ready: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(found) = ready() {
+            return Ok(found);
+        }
+        if !process_alive(pid) {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let reason = text
+                .lines()
+                .filter(|l| l.starts_with("error:"))
+                .map(|l| l.trim_start_matches("error:").trim())
+                .next_back()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("see {}", log.display()));
+            bail!("the cluster did not start: {reason}");
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the cluster is not ready after 2 minutes; see {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,79 @@
+//! `wtrace stop`: stop the cluster gracefully, every span flushed.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use wtrace::cluster::Client;
+use wtrace::cluster::node::signal;
+use wtrace::cluster::session::{NodeRecord, Session, process_alive, session_dir};
+
+use super::cluster_args::ClusterArgs;
+
+/// Stop the cluster: every worker stops its task, flushes its spans and
+/// exits, then the head and the nodes exit.
+#[derive(Debug, Args)]
+pub struct StopCommand {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+impl StopCommand {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let (address, token) = self.cluster.locate()?;
+        let dir = session_dir();
+        let session = Session::read(&dir)?.filter(|s| s.address == address);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let workers = rt.block_on(async {
+            let client = Client::connect_untraced(address, &token).await?;
+            let workers = client.status().await?.workers.len();
+            client.shutdown_cluster().await?;
+            anyhow::Ok(workers)
+        });
+        let workers = match workers {
+            Ok(workers) => workers,
+            Err(error) => match &session {
+                // The head is alive but not answering: ask it to stop.
+                Some(session) if process_alive(session.pid) => {
+                    eprintln!(
+                        "warning: {error}; sending SIGTERM to the head (pid {})",
+                        session.pid
+                    );
+                    signal(session.pid, libc::SIGTERM);
+                    0
+                }
+                _ => return Err(error),
+            },
+        };
+        // Wait for the processes of this machine to exit.
+        let mut pids: Vec<u32> = session.iter().map(|s| s.pid).collect();
+        let nodes: Vec<NodeRecord> = NodeRecord::all(&dir)
+            .into_iter()
+            .filter(|n| n.address == address)
+            .collect();
+        pids.extend(nodes.iter().map(|n| n.pid));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pids.iter().any(|pid| process_alive(*pid)) {
+            if Instant::now() > deadline {
+                for pid in pids.iter().filter(|pid| process_alive(**pid)) {
+                    eprintln!("warning: pid {pid} did not exit; killing it");
+                    signal(*pid, libc::SIGKILL);
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if session.is_some() {
+            Session::remove(&dir);
+        }
+        for node in nodes {
+            NodeRecord::remove(&dir, &node.node_id);
+        }
+        println!(
+            "wtrace: stopped the cluster at {address} ({workers} workers flushed their spans)"
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}

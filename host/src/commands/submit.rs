@@ -1,0 +1,161 @@
+//! `wtrace submit`: run tasks on the running cluster.
+
+use std::io::{BufRead as _, IsTerminal as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use wtrace::cluster::Client;
+use wtrace::wave::Invocation;
+use wtrace::{Limits, Runtime};
+
+use super::args::HookArgs;
+use super::cluster_args::ClusterArgs;
+use super::common::{check_component, outer_context, print_result, read_component};
+
+/// Submit task invocations to the running cluster and print their results.
+///
+/// The component is uploaded once (by digest). This process runs the
+/// cluster's tracing startup hook, so its submit spans are exported too.
+#[derive(Debug, Args)]
+pub struct SubmitCommand {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Must name the cluster's own hook if given: a different one is an error.
+    #[command(flatten)]
+    hook: HookArgs,
+    /// Submit every invocation N times.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    repeat: usize,
+    /// Also read invocations from FILE, one per line (`-`: standard input).
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Where compiled components are cached (default: ~/.cache/wtrace).
+    #[arg(long, value_name = "DIR", env = "WTRACE_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// The task component (.wasm).
+    component: PathBuf,
+    /// Invocations in WAVE, e.g. 'my-function()' or 'add(1, 2)'.
+    #[arg(value_name = "INVOCATION")]
+    invocations: Vec<String>,
+}
+
+impl SubmitCommand {
+    fn invocations(&self) -> anyhow::Result<Vec<Invocation>> {
+        let mut texts = self.invocations.clone();
+        if let Some(file) = &self.file {
+            let reader: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(std::io::BufReader::new(
+                    std::fs::File::open(file)
+                        .with_context(|| format!("cannot read {}", file.display()))?,
+                ))
+            };
+            for line in reader.lines() {
+                let line = line?;
+                if !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+                    texts.push(line);
+                }
+            }
+        }
+        if texts.is_empty() {
+            bail!("nothing to submit: give invocations like 'my-function()', or --file");
+        }
+        let parsed = texts
+            .iter()
+            .map(|t| t.parse::<Invocation>())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(std::iter::repeat_n(parsed, self.repeat).flatten().collect())
+    }
+
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let invocations = self.invocations()?;
+        let (address, token) = self.cluster.locate()?;
+        let (name, bytes) = read_component(&self.component)?;
+        let cache_dir = self
+            .cache_dir
+            .clone()
+            .or_else(wtrace::engine::default_cache_dir);
+        let runtime = Runtime::new(Limits::default(), cache_dir)?;
+        let unique: Vec<Invocation> = {
+            let mut seen = std::collections::HashSet::new();
+            invocations
+                .iter()
+                .filter(|i| seen.insert(i.text.clone()))
+                .cloned()
+                .collect()
+        };
+        check_component(&runtime, &self.component, &name, &bytes, &unique)?;
+        let hook = self.hook.spec()?.map(|spec| spec.load()).transpose()?;
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let client = match &hook {
+                Some(hook) => Client::connect_with_hook(address, &token, hook).await?,
+                None => Client::connect(address, &token, None).await?,
+            };
+            let outcome = submit(&client, &name, bytes, &invocations).await;
+            if let Some(telemetry) = client.telemetry().cloned() {
+                tokio::task::spawn_blocking(move || telemetry.shutdown()).await??;
+            }
+            outcome
+        })
+    }
+}
+
+async fn submit(
+    client: &Client,
+    name: &str,
+    bytes: Vec<u8>,
+    invocations: &[Invocation],
+) -> anyhow::Result<ExitCode> {
+    let digest = client.upload(name, bytes).await?;
+    let tasks = client
+        .submit_many(&digest, invocations, &outer_context())
+        .await?;
+    let bar = (tasks.len() > 1 && std::io::stderr().is_terminal()).then(|| {
+        let bar = ProgressBar::new(tasks.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} tasks  {per_sec}  eta {eta}")
+                .expect("valid template"),
+        );
+        bar
+    });
+    let mut failed = 0usize;
+    let gather = async {
+        for task in tasks {
+            let result = task.get().await?;
+            let print = || print_result(&result);
+            failed += usize::from(match &bar {
+                Some(bar) => {
+                    let failed = bar.suspend(print);
+                    bar.inc(1);
+                    failed
+                }
+                None => print(),
+            });
+        }
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        gathered = gather => gathered?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted: the cluster keeps running; flushing this driver's spans");
+            return Ok(ExitCode::from(130));
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} tasks failed", invocations.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,355 @@
+//! The host side of `wtrace:tracing/tasks`: tasks that submit tasks.
+//!
+//! A nested submission gets its own `<function> submit` span, a child of the
+//! calling guest's current span, and travels to the head like a driver's.
+//! While a guest waits in `task-ref.get`, its worker is told (through
+//! [`Submitter::waiting`]) so that it can run other tasks meanwhile.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, SpanKind, Tracer as _};
+use serde::{Deserialize, Serialize};
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+use crate::bindings::tasks;
+use crate::bridge::{SpanBridge, context_with_parent, traceparent};
+use crate::engine::Digest;
+use crate::sandbox::Stopped;
+use crate::task::{TaskErrorKind, TaskOutput};
+use crate::wave::Invocation;
+
+/// A task submitted from inside a task.
+#[derive(Debug, Clone)]
+pub struct NestedTask {
+    /// Its id: the parent's id, a dot, a counter.
+    pub task_id: String,
+    /// The component to run.
+    pub component: Digest,
+    /// The export to call.
+    pub function: String,
+    /// The whole invocation in WAVE.
+    pub invocation: String,
+    /// Its submit span.
+    pub traceparent: Option<String>,
+    /// Its tracestate.
+    pub tracestate: Option<String>,
+    /// How deep it is nested (1 for a task submitted by a top-level task).
+    pub depth: u32,
+}
+
+/// A nested task's result as it comes back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NestedResult {
+    /// The pid of the worker that ran it.
+    pub pid: u32,
+    /// Its output.
+    pub output: TaskOutput,
+}
+
+/// The output of a nested task, carried up to whoever submitted the root task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    /// The export that ran.
+    pub function: String,
+    /// The worker's pid.
+    pub pid: u32,
+    /// What it wrote to stdout.
+    #[serde(with = "serde_bytes")]
+    pub stdout: Vec<u8>,
+    /// What it wrote to stderr.
+    #[serde(with = "serde_bytes")]
+    pub stderr: Vec<u8>,
+}
+
+/// Where nested tasks go. A worker implements it over its connection to
+/// the head.
+///
+/// Both methods are called from executor threads, possibly concurrently;
+/// neither may block for long.
+pub trait Submitter: Send + Sync + std::fmt::Debug {
+    /// Queues `task`; its result will arrive on the returned channel.
+    fn submit(&self, task: NestedTask) -> Result<Receiver<NestedResult>, String>;
+
+    /// The calling task starts (`true`) or stops waiting for results. A
+    /// waiting task holds no CPU, so the worker may run another meanwhile.
+    fn waiting(&self, waiting: bool);
+}
+
+/// Who a task is, for the nested tasks it submits.
+#[derive(Clone)]
+pub struct NestedContext {
+    /// Where submissions go.
+    pub submitter: Arc<dyn Submitter>,
+    /// The submitting task's id.
+    pub task_id: String,
+    /// The submitting task's component.
+    pub component: Digest,
+    /// Its component's file name.
+    pub component_name: String,
+    /// Its nesting depth (0 for a task a driver submitted).
+    pub depth: u32,
+    /// The job.
+    pub job_id: String,
+    /// This worker.
+    pub worker_id: String,
+    /// This node.
+    pub node_id: String,
+}
+
+impl std::fmt::Debug for NestedContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NestedContext")
+            .field("task_id", &self.task_id)
+            .field("depth", &self.depth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A submitted nested task, held in the store's resource table.
+#[derive(Debug)]
+pub struct PendingTask {
+    function: String,
+    rx: Option<Receiver<NestedResult>>,
+    answer: Option<Result<String, String>>,
+}
+
+/// The state of `tasks` for one task's store.
+pub(crate) struct TasksState {
+    context: Option<NestedContext>,
+    max_tasks: u32,
+    max_depth: u32,
+    submitted: u32,
+    deadline: Instant,
+    budget: Duration,
+    abort: Option<Arc<AtomicBool>>,
+    /// Output of the nested tasks whose results were fetched.
+    pub(crate) output: Vec<OutputChunk>,
+}
+
+impl TasksState {
+    pub(crate) fn new(
+        context: Option<NestedContext>,
+        limits: &crate::config::Limits,
+        abort: Option<Arc<AtomicBool>>,
+    ) -> Self {
+        Self {
+            context,
+            max_tasks: limits.nested_tasks,
+            max_depth: limits.nesting_depth,
+            submitted: 0,
+            deadline: Instant::now() + limits.timeout,
+            budget: limits.timeout,
+            abort,
+            output: Vec::new(),
+        }
+    }
+}
+
+/// The tasks interface as seen by host calls.
+#[allow(missing_debug_implementations)]
+pub(crate) struct Tasks<'a> {
+    pub(crate) table: &'a mut ResourceTable,
+    pub(crate) bridge: &'a SpanBridge,
+    pub(crate) state: &'a mut TasksState,
+}
+
+impl Tasks<'_> {
+    fn submit_to(
+        &mut self,
+        component: Option<Digest>,
+        function: String,
+        args: String,
+    ) -> wasmtime::Result<Result<Resource<PendingTask>, String>> {
+        let Some(context) = self.state.context.clone() else {
+            return Ok(Err(
+                "nested tasks need a cluster: this task was not run by a wtrace worker".into(),
+            ));
+        };
+        if context.depth + 1 > self.state.max_depth {
+            return Err(Stopped::error(
+                TaskErrorKind::NestingLimit,
+                format!(
+                    "nesting depth limit reached: tasks may nest {} deep (raise it with --max-nesting-depth)",
+                    self.state.max_depth
+                ),
+            ));
+        }
+        if self.state.submitted >= self.state.max_tasks {
+            return Err(Stopped::error(
+                TaskErrorKind::NestingLimit,
+                format!(
+                    "nested task limit reached: a task may submit {} tasks (raise it with --max-nested-tasks)",
+                    self.state.max_tasks
+                ),
+            ));
+        }
+        let invocation: Invocation = match format!("{function}({args})").parse() {
+            Ok(invocation) => invocation,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        self.state.submitted += 1;
+        let task_id = format!("{}.{}", context.task_id, self.state.submitted);
+        let component = component.unwrap_or_else(|| context.component.clone());
+
+        let parent = self.bridge.current(self.table);
+        let (span_context, span) = match self.bridge.tracer() {
+            Some(tracer) => {
+                let span = tracer
+                    .span_builder(format!("{} submit", invocation.function))
+                    .with_kind(SpanKind::Producer)
+                    .with_attributes([
+                        KeyValue::new("wtrace.function", invocation.function.clone()),
+                        KeyValue::new("wtrace.component.digest", component.to_string()),
+                        KeyValue::new("wtrace.task_id", task_id.clone()),
+                        KeyValue::new("wtrace.job_id", context.job_id.clone()),
+                        KeyValue::new("wtrace.worker_id", context.worker_id.clone()),
+                        KeyValue::new("wtrace.node_id", context.node_id.clone()),
+                        KeyValue::new("wtrace.depth", i64::from(context.depth + 1)),
+                        KeyValue::new("process.pid", i64::from(std::process::id())),
+                    ])
+                    .start_with_context(tracer, &context_with_parent(Some(parent)));
+                (span.span_context().clone(), Some(span))
+            }
+            None => (parent, None),
+        };
+        let submitted = context.submitter.submit(NestedTask {
+            task_id,
+            component,
+            function: invocation.function.clone(),
+            invocation: invocation.text,
+            traceparent: traceparent(&span_context),
+            tracestate: Some(span_context.trace_state().header()).filter(|s| !s.is_empty()),
+            depth: context.depth + 1,
+        });
+        if let Some(mut span) = span {
+            if let Err(error) = &submitted {
+                span.set_status(opentelemetry::trace::Status::error(error.clone()));
+            }
+            span.end();
+        }
+        match submitted {
+            Ok(rx) => Ok(Ok(self.table.push(PendingTask {
+                function: invocation.function,
+                rx: Some(rx),
+                answer: None,
+            })?)),
+            Err(error) => Ok(Err(error)),
+        }
+    }
+
+    fn wait(&mut self, rx: &Receiver<NestedResult>) -> wasmtime::Result<Option<NestedResult>> {
+        loop {
+            if self
+                .state
+                .abort
+                .as_ref()
+                .is_some_and(|a| a.load(Ordering::Relaxed))
+            {
+                return Err(Stopped::error(
+                    TaskErrorKind::Interrupted,
+                    "interrupted while waiting for a nested task: the worker is shutting down"
+                        .into(),
+                ));
+            }
+            if Instant::now() >= self.state.deadline {
+                return Err(Stopped::error(
+                    TaskErrorKind::Timeout,
+                    format!(
+                        "timed out after {:?} while waiting for a nested task (raise the limit with --timeout)",
+                        self.state.budget
+                    ),
+                ));
+            }
+            match rx.recv_timeout(Duration::from_millis(10)) {
+                Ok(result) => return Ok(Some(result)),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(None),
+            }
+        }
+    }
+}
+
+impl tasks::Host for Tasks<'_> {
+    fn submit(
+        &mut self,
+        function: String,
+        args: String,
+    ) -> wasmtime::Result<Result<Resource<PendingTask>, String>> {
+        self.submit_to(None, function, args)
+    }
+
+    fn submit_to(
+        &mut self,
+        component: String,
+        function: String,
+        args: String,
+    ) -> wasmtime::Result<Result<Resource<PendingTask>, String>> {
+        let hex = component.strip_prefix("sha256:").unwrap_or(&component);
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Err(format!(
+                "{component:?} is not a component digest; expected sha256:<64 hex digits>"
+            )));
+        }
+        Tasks::submit_to(self, Some(Digest(hex.to_ascii_lowercase())), function, args)
+    }
+}
+
+impl tasks::HostTaskRef for Tasks<'_> {
+    fn get(&mut self, task: Resource<PendingTask>) -> wasmtime::Result<Result<String, String>> {
+        if let Some(answer) = &self.table.get(&task)?.answer {
+            return Ok(answer.clone());
+        }
+        let pending = self.table.get_mut(&task)?;
+        let rx = pending
+            .rx
+            .take()
+            .expect("unanswered tasks keep their channel");
+        let function = pending.function.clone();
+        let submitter = self.state.context.as_ref().map(|c| c.submitter.clone());
+        if let Some(submitter) = &submitter {
+            submitter.waiting(true);
+        }
+        let waited = self.wait(&rx);
+        if let Some(submitter) = &submitter {
+            submitter.waiting(false);
+        }
+        let answer = match waited? {
+            Some(NestedResult { pid, output }) => {
+                self.state.output.push(OutputChunk {
+                    function,
+                    pid,
+                    stdout: output.stdout,
+                    stderr: output.stderr,
+                });
+                self.state.output.extend(output.nested);
+                output.result.map_err(|e| e.to_string())
+            }
+            None => Err("lost the cluster before the nested task finished".to_owned()),
+        };
+        self.table.get_mut(&task)?.answer = Some(answer.clone());
+        Ok(answer)
+    }
+
+    fn drop(&mut self, task: Resource<PendingTask>) -> wasmtime::Result<()> {
+        self.table.delete(task)?;
+        Ok(())
+    }
+}
+
+struct TasksData;
+
+impl HasData for TasksData {
+    type Data<'a> = Tasks<'a>;
+}
+
+/// Adds `wtrace:tracing/tasks` to `linker`.
+pub(crate) fn add_to_linker<T: 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> Tasks<'_>,
+) -> wasmtime::Result<()> {
+    tasks::add_to_linker::<T, TasksData>(linker, view)
+}
