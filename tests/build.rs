@@ -15,6 +15,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("misbehaving-hooks", "MISBEHAVING_HOOKS"),
     ("span-edges", "SPAN_EDGES"),
     ("fanout", "FANOUT"),
+    ("unknown-import", "UNKNOWN_IMPORT"),
 ];
 
 fn main() {

@@ -87,6 +87,19 @@ impl Wtrace {
         run
     }
 
+    /// Runs to completion without checking for processes left behind (for
+    /// `wtrace start`, whose daemon keeps running).
+    pub fn run_detached(mut self) -> Run {
+        let output = self.command.output().expect("run wtrace");
+        Run {
+            pid: 0,
+            status: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            output,
+        }
+    }
+
     /// The command, to spawn by hand.
     pub fn command(&mut self) -> &mut Command {
         &mut self.command
@@ -289,4 +302,105 @@ pub fn file_pid(path: &Path) -> u32 {
         .and_then(|s| s.to_str())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{} is not named <pid>.json", path.display()))
+}
+
+/// A cluster started with `wtrace start --head` in its own session directory,
+/// stopped (and checked to leave no process) when dropped.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The session directory (`WTRACE_SESSION_DIR`).
+    pub session: tempfile::TempDir,
+    /// Environment given to every command.
+    pub env: Vec<(String, String)>,
+    markers: Vec<String>,
+    stopped: bool,
+}
+
+impl Cluster {
+    /// `wtrace start --head <args>` with `env`; panics unless it starts.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cluster = Self {
+            session: tempfile::Builder::new()
+                .prefix("wtrace-session-")
+                .tempdir()
+                .unwrap(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            markers: Vec::new(),
+            stopped: false,
+        };
+        let mut full = vec!["start", "--head"];
+        full.extend_from_slice(args);
+        let run = cluster.detached(&full);
+        assert_eq!(
+            run.status,
+            Some(0),
+            "wtrace start failed:\n{}\n{}",
+            run.stdout,
+            run.stderr
+        );
+        cluster
+    }
+
+    /// A `wtrace` command in this cluster's session and environment.
+    pub fn command(&self, args: &[&str]) -> Wtrace {
+        let mut command = Wtrace::new(args).env("WTRACE_SESSION_DIR", self.session.path());
+        for (key, value) in &self.env {
+            command = command.env(key, value);
+        }
+        command
+    }
+
+    /// Runs a command that leaves a daemon behind (`start`).
+    pub fn detached(&mut self, args: &[&str]) -> Run {
+        let command = self.command(args);
+        self.markers.push(command.marker().to_owned());
+        command.run_detached()
+    }
+
+    /// The session file's contents.
+    pub fn session(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.session.path().join("session.json"))
+            .expect("session file");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// `wtrace status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        let run = self.command(&["status", "--json"]).run();
+        serde_json::from_str(run.success()).expect("status JSON")
+    }
+
+    /// `wtrace stop`; asserts every process of the cluster is gone after.
+    pub fn stop(&mut self) -> Run {
+        let run = self.command(&["stop"]).run();
+        self.stopped = true;
+        for marker in &self.markers {
+            let left = processes_with_marker(marker);
+            assert!(
+                left.is_empty(),
+                "processes left after wtrace stop: {left:?}"
+            );
+        }
+        run
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.command(&["stop"]).command().output();
+        }
+        for marker in &self.markers {
+            for pid in processes_with_marker(marker) {
+                #[allow(unsafe_code)]
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+        }
+    }
 }
