@@ -8,13 +8,30 @@ setup_rust_target() {
 }
 
 # rotel (the Rust OpenTelemetry collector, on PyPI) receives OTLP in the
-# tests; its rotel-agent binary needs libpython3.11.
+# tests. The package ships no `rotel` script: its collector is the
+# rotel-agent binary inside the package directory, which needs libpython3.11.
+# Exports WTRACE_ROTEL, the path of that binary, for tests/tests/otlp.rs.
+rotel_agent_in() {
+    local agent
+    for agent in "$1"/lib/python3*/site-packages/rotel/rotel-agent; do
+        if [ -x "$agent" ]; then
+            echo "$PWD/$agent"
+            return 0
+        fi
+    done
+    return 1
+}
+
 setup_rotel() {
-    local venv=target/tools/venv
-    if [ ! -x "$venv/bin/rotel" ]; then
+    local venv=target/tools/venv agent
+    if ! agent=$(rotel_agent_in "$venv"); then
         echo "==> installing rotel into $venv"
         python3 -m venv "$venv"
         "$venv/bin/pip" install --quiet rotel
+        if ! agent=$(rotel_agent_in "$venv"); then
+            echo "error: pip installed rotel, but $venv has no rotel/rotel-agent binary" >&2
+            return 1
+        fi
     fi
     if ! ldconfig -p 2>/dev/null | grep -q 'libpython3\.11\.so'; then
         if ! find / -name 'libpython3.11.so.1.0' -path '*lib*' 2>/dev/null | grep -q .; then
@@ -23,5 +40,9 @@ setup_rotel() {
             $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libpython3.11 >/dev/null
         fi
     fi
-    export WTRACE_ROTEL="$PWD/$venv/bin/rotel"
+    if ! "$agent" --version >/dev/null; then
+        echo "error: $agent does not run (is libpython3.11 installed?)" >&2
+        return 1
+    fi
+    export WTRACE_ROTEL="$agent"
 }

@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 setup_rust_target
-# setup_rotel  (enabled with the OTLP tests)
+setup_rotel
 cargo test --release "$@"

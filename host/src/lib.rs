@@ -34,6 +34,7 @@ pub mod task;
 pub mod telemetry;
 pub mod wave;
 
+pub use cluster::Client;
 pub use config::{ExportPolicy, Limits};
 pub use engine::{Digest, Runtime};
 pub use error::{Error, Result};

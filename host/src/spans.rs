@@ -308,3 +308,54 @@ pub fn any_value_text(value: &AnyValue) -> String {
         None => String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINE: &str = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"process.pid","value":{"intValue":"42"}}]},"scopeSpans":[{"scope":{"name":"wtrace"},"spans":[{"traceId":"0af7651916cd43dd8448eb211c80319c","spanId":"b7ad6b7169203331","parentSpanId":"","name":"root","kind":4,"startTimeUnixNano":"1000","endTimeUnixNano":"3000000","status":{}},{"traceId":"0af7651916cd43dd8448eb211c80319c","spanId":"00f067aa0ba902b7","parentSpanId":"b7ad6b7169203331","name":"child","kind":5,"startTimeUnixNano":"2000","endTimeUnixNano":"4000","status":{"code":2,"message":"boom"}}]}]}]}"#;
+
+    #[test]
+    fn a_torn_last_line_is_skipped_with_a_warning() {
+        let mut files = SpanFiles::default();
+        let text = format!("{LINE}\n{}", &LINE[..40]);
+        files.add_text(Path::new("42.json"), &text);
+        assert_eq!(files.spans.len(), 2);
+        assert_eq!(files.warnings.len(), 1);
+        assert!(
+            files.warnings[0].contains("torn last line"),
+            "{:?}",
+            files.warnings
+        );
+
+        let mut files = SpanFiles::default();
+        files.add_text(Path::new("42.json"), &format!("not json\n{LINE}\n"));
+        assert_eq!(files.spans.len(), 2);
+        assert!(
+            files.warnings[0].contains("line 1 is not OTLP JSON"),
+            "{:?}",
+            files.warnings
+        );
+    }
+
+    #[test]
+    fn traces_render_as_trees() {
+        let mut files = SpanFiles::default();
+        files.add_text(Path::new("42.json"), &format!("{LINE}\n"));
+        let tree = files.render(None);
+        assert!(
+            tree.starts_with("trace 0af7651916cd43dd8448eb211c80319c  2 spans, 1 process"),
+            "{tree}"
+        );
+        assert!(
+            tree.contains("└─ root  PRODUCER  3.00 ms  pid 42"),
+            "{tree}"
+        );
+        assert!(
+            tree.contains("   └─ child  CONSUMER  2.0 µs  pid 42  ERROR: boom"),
+            "{tree}"
+        );
+        assert!(files.render(Some("ffff")).is_empty());
+        assert!(!files.render(Some("0AF765")).is_empty());
+    }
+}

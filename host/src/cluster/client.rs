@@ -369,6 +369,29 @@ impl Client {
         Ok(())
     }
 
+    /// Yields the results of `tasks` as they finish, in completion order.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: wtrace::Client, component: wtrace::Digest) -> wtrace::Result<()> {
+    /// use futures::StreamExt as _;
+    ///
+    /// let calls: Vec<wtrace::wave::Invocation> =
+    ///     (0..100).map(|i| format!("add({i}, 1)").parse()).collect::<Result<_, _>>()?;
+    /// let tasks = client.submit_many(&component, &calls, &opentelemetry::Context::new()).await?;
+    /// let mut results = wtrace::Client::results(tasks);
+    /// while let Some(result) = results.next().await {
+    ///     println!("{}", result?.value.unwrap_or_else(|e| e.to_string()));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn results(tasks: Vec<TaskRef>) -> impl futures::Stream<Item = Result<TaskResult>> {
+        tasks
+            .into_iter()
+            .map(TaskRef::get)
+            .collect::<futures::stream::FuturesUnordered<_>>()
+    }
+
     /// Exports this driver's finished spans now.
     pub fn flush(&self) {
         if let Some(telemetry) = &self.inner.telemetry {

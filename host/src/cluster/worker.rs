@@ -189,7 +189,13 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
     let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
     if let Some(telemetry) = telemetry {
         // Exporters may block (OTLP over HTTP); keep the runtime free.
-        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
+            eprintln!(
+                "wtrace worker {} (pid {}): {error}",
+                options.worker_id,
+                std::process::id()
+            );
+        }
     }
     Ok(())
 }
