@@ -189,7 +189,20 @@ fn traceparent_makes_the_submission_part_of_an_outer_trace() {
 #[test]
 fn a_second_node_joins_with_its_own_node_id_and_stop_leaves_no_process() {
     let dir = span_dir();
-    let mut cluster = traced_cluster(dir.path(), &["--num-workers=1"]);
+    // The hook exists only while the head starts: the head hands its bytes
+    // to every worker, so the new node needs no copy on disk.
+    let hooks = tempfile::tempdir().unwrap();
+    let hook = hooks.path().join("hook.wasm");
+    std::fs::copy(guests::FILE_HOOK, &hook).unwrap();
+    let mut cluster = Cluster::start(
+        &[
+            &format!("--tracing-startup-hook={}:setup_tracing", hook.display()),
+            &format!("--allow-span-dir={}", dir.path().display()),
+            "--num-workers=1",
+        ],
+        &[("WTRACE_SPAN_DIR", dir.path().to_str().unwrap())],
+    );
+    std::fs::remove_file(&hook).unwrap();
     let address = cluster.session()["address"].as_str().unwrap().to_owned();
     let token = cluster.session()["token"].as_str().unwrap().to_owned();
     let joined = cluster.detached(&[
@@ -219,6 +232,7 @@ fn a_second_node_joins_with_its_own_node_id_and_stop_leaves_no_process() {
     assert_eq!(pids.len(), 3);
 
     let invocations: Vec<String> = (0..12).map(|_| "spin(150)".to_owned()).collect();
+    // The driver runs the cluster's hook from the bytes the head sent it.
     let mut args = vec!["submit", guests::SPAN_EDGES];
     args.extend(invocations.iter().map(String::as_str));
     cluster.command(&args).run().success();

@@ -59,6 +59,12 @@ pub struct SandboxArgs {
     /// Longest attribute value in bytes; longer ones are truncated.
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().attribute_value_length)]
     pub max_attribute_length: u32,
+    /// Tasks one task may submit.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().nested_tasks)]
+    pub max_nested_tasks: u32,
+    /// How deep tasks may submit tasks that submit tasks.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().nesting_depth)]
+    pub max_nesting_depth: u32,
     /// Also let the hook's file exporters write under DIR (default: /tmp/spans only).
     #[arg(long, value_name = "DIR")]
     pub allow_span_dir: Vec<PathBuf>,
@@ -81,6 +87,8 @@ impl SandboxArgs {
             attributes_per_span: self.max_span_attributes,
             events_per_span: self.max_span_events,
             attribute_value_length: self.max_attribute_length,
+            nested_tasks: self.max_nested_tasks,
+            nesting_depth: self.max_nesting_depth,
             ..Limits::default()
         }
     }
