@@ -16,6 +16,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("span-edges", "SPAN_EDGES"),
     ("fanout", "FANOUT"),
     ("unknown-import", "UNKNOWN_IMPORT"),
+    ("hostile", "HOSTILE"),
 ];
 
 fn main() {

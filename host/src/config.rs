@@ -32,6 +32,8 @@ pub struct Limits {
     pub nested_tasks: u32,
     /// How deep tasks may submit tasks that submit tasks (`--max-nesting-depth`).
     pub nesting_depth: u32,
+    /// Largest result a task may return, in bytes of WAVE (`--max-result-size`).
+    pub result_bytes: u32,
 }
 
 impl Default for Limits {
@@ -49,6 +51,7 @@ impl Default for Limits {
             output_bytes: 1 << 20,
             nested_tasks: 1_000,
             nesting_depth: 16,
+            result_bytes: 1 << 20,
         }
     }
 }
@@ -68,5 +71,102 @@ impl Default for ExportPolicy {
             span_dirs: vec![PathBuf::from("/tmp/spans")],
             otlp_hosts: Vec::new(),
         }
+    }
+}
+
+/// What tasks may reach beyond the default sandbox. Hooks get none of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grants {
+    /// Host directories preopened for tasks (`--allow-dir HOST[:GUEST][:ro]`).
+    pub dirs: Vec<DirGrant>,
+    /// Environment variables passed to tasks, by name (`--allow-env NAME`).
+    pub env: Vec<String>,
+    /// Addresses tasks may open sockets to: `HOST:PORT`, `HOST:*` or `*`
+    /// (`--allow-net`). Name lookups are allowed when any is granted.
+    pub net: Vec<String>,
+}
+
+/// A directory granted to tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirGrant {
+    /// The directory on the worker's machine.
+    pub host: PathBuf,
+    /// Where the guest sees it.
+    pub guest: String,
+    /// Read-only.
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for DirGrant {
+    type Err = String;
+
+    /// `HOST[:GUEST][:ro]`; GUEST defaults to HOST.
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let mut parts: Vec<&str> = spec.split(':').collect();
+        let read_only = parts.last() == Some(&"ro");
+        if read_only || parts.last() == Some(&"rw") {
+            parts.pop();
+        }
+        let (host, guest) = match parts.as_slice() {
+            [host] => (*host, *host),
+            [host, guest] => (*host, *guest),
+            _ => return Err(format!("{spec:?} is not HOST[:GUEST][:ro]")),
+        };
+        if host.is_empty() || guest.is_empty() {
+            return Err(format!("{spec:?} is not HOST[:GUEST][:ro]"));
+        }
+        Ok(Self {
+            host: PathBuf::from(host),
+            guest: guest.to_owned(),
+            read_only,
+        })
+    }
+}
+
+/// Whether `addr` is granted by the `--allow-net` patterns.
+pub fn net_allowed(patterns: &[String], addr: &std::net::SocketAddr) -> bool {
+    patterns.iter().any(|pattern| {
+        if pattern == "*" {
+            return true;
+        }
+        let Some((host, port)) = pattern.rsplit_once(':') else {
+            return false;
+        };
+        let host = host.trim_matches(['[', ']']);
+        let host_ok = match host {
+            "*" => true,
+            "localhost" => addr.ip().is_loopback(),
+            _ => host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip == addr.ip()),
+        };
+        host_ok && (port == "*" || port.parse::<u16>().is_ok_and(|p| p == addr.port()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_grants_parse() {
+        let grant: DirGrant = "/data".parse().unwrap();
+        assert_eq!((grant.guest.as_str(), grant.read_only), ("/data", false));
+        let grant: DirGrant = "/srv/in:/in:ro".parse().unwrap();
+        assert_eq!(grant.host, PathBuf::from("/srv/in"));
+        assert_eq!((grant.guest.as_str(), grant.read_only), ("/in", true));
+        assert!("a:b:c:d".parse::<DirGrant>().is_err());
+        assert!(":x".parse::<DirGrant>().is_err());
+    }
+
+    #[test]
+    fn net_grants_match() {
+        let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert!(net_allowed(&["127.0.0.1:8080".into()], &addr));
+        assert!(net_allowed(&["localhost:*".into()], &addr));
+        assert!(net_allowed(&["*".into()], &addr));
+        assert!(!net_allowed(&["127.0.0.1:8081".into()], &addr));
+        assert!(!net_allowed(&["10.0.0.1:*".into()], &addr));
+        assert!(!net_allowed(&[], &addr));
     }
 }

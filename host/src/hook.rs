@@ -16,7 +16,7 @@ use crate::engine::{Digest, Runtime};
 use crate::error::{Error, Result, chain};
 use crate::nested::TasksState;
 use crate::provider::{ProviderState, WorkerInfo};
-use crate::sandbox::{self, CapturedOutput, StoreState};
+use crate::sandbox::{self, CapturedOutput, Deadline, StoreState};
 use crate::telemetry::Telemetry;
 use crate::wave;
 
@@ -152,19 +152,25 @@ impl HookComponent {
             .filter(|(k, _)| k.starts_with("OTEL_") || k.starts_with("WTRACE_"))
             .filter(|(k, _)| k != "WTRACE_TOKEN")
             .collect();
-        let wasi = sandbox::wasi_ctx(&output, env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let wasi = sandbox::wasi_ctx(
+            &output,
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            None,
+        )
+        .map_err(|e| self.error(e))?;
         let limits = runtime.limits();
         let bridge = SpanBridge::new(
             None,
             SpanContext::empty_context(),
             BridgeLimits::from(limits),
         );
-        let tasks = TasksState::new(None, limits, None);
-        let mut state = StoreState::new(wasi, bridge, tasks, limits.memory_bytes);
+        let tasks = TasksState::new(None, limits);
+        let deadline = Deadline::new(limits.hook_timeout, "a faster hook", None);
+        let mut state = StoreState::new(wasi, bridge, tasks, limits.memory_bytes, deadline);
         state.provider = Some(ProviderState::new(info, policy.clone(), tokio));
         let mut store = Store::new(runtime.engine(), state);
         store.limiter(|s| &mut s.memory);
-        sandbox::arm_deadline(&mut store, limits.hook_timeout, "a faster hook", None);
+        sandbox::arm_deadline(&mut store);
 
         let outcome = pre.instantiate(&mut store).and_then(|instance| {
             let func = instance

@@ -19,6 +19,7 @@
 
 mod bindings;
 pub mod bridge;
+pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod engine;
@@ -35,7 +36,7 @@ pub mod telemetry;
 pub mod wave;
 
 pub use cluster::Client;
-pub use config::{ExportPolicy, Limits};
+pub use config::{DirGrant, ExportPolicy, Grants, Limits};
 pub use engine::{Digest, Runtime};
 pub use error::{Error, Result};
 pub use hook::{HookComponent, HookSpec};

@@ -6,9 +6,7 @@
 //! [`Submitter::waiting`]) so that it can run other tasks meanwhile.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, SpanKind, Tracer as _};
@@ -18,7 +16,8 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use crate::bindings::tasks;
 use crate::bridge::{SpanBridge, context_with_parent, traceparent};
 use crate::engine::Digest;
-use crate::sandbox::Stopped;
+use crate::engine::EPOCH_TICK;
+use crate::sandbox::{Deadline, Stopped};
 use crate::task::{TaskErrorKind, TaskOutput};
 use crate::wave::Invocation;
 
@@ -123,27 +122,17 @@ pub(crate) struct TasksState {
     max_tasks: u32,
     max_depth: u32,
     submitted: u32,
-    deadline: Instant,
-    budget: Duration,
-    abort: Option<Arc<AtomicBool>>,
     /// Output of the nested tasks whose results were fetched.
     pub(crate) output: Vec<OutputChunk>,
 }
 
 impl TasksState {
-    pub(crate) fn new(
-        context: Option<NestedContext>,
-        limits: &crate::config::Limits,
-        abort: Option<Arc<AtomicBool>>,
-    ) -> Self {
+    pub(crate) fn new(context: Option<NestedContext>, limits: &crate::config::Limits) -> Self {
         Self {
             context,
             max_tasks: limits.nested_tasks,
             max_depth: limits.nesting_depth,
             submitted: 0,
-            deadline: Instant::now() + limits.timeout,
-            budget: limits.timeout,
-            abort,
             output: Vec::new(),
         }
     }
@@ -155,6 +144,7 @@ pub(crate) struct Tasks<'a> {
     pub(crate) table: &'a mut ResourceTable,
     pub(crate) bridge: &'a SpanBridge,
     pub(crate) state: &'a mut TasksState,
+    pub(crate) deadline: &'a Deadline,
 }
 
 impl Tasks<'_> {
@@ -243,28 +233,8 @@ impl Tasks<'_> {
 
     fn wait(&mut self, rx: &Receiver<NestedResult>) -> wasmtime::Result<Option<NestedResult>> {
         loop {
-            if self
-                .state
-                .abort
-                .as_ref()
-                .is_some_and(|a| a.load(Ordering::Relaxed))
-            {
-                return Err(Stopped::error(
-                    TaskErrorKind::Interrupted,
-                    "interrupted while waiting for a nested task: the worker is shutting down"
-                        .into(),
-                ));
-            }
-            if Instant::now() >= self.state.deadline {
-                return Err(Stopped::error(
-                    TaskErrorKind::Timeout,
-                    format!(
-                        "timed out after {:?} while waiting for a nested task (raise the limit with --timeout)",
-                        self.state.budget
-                    ),
-                ));
-            }
-            match rx.recv_timeout(Duration::from_millis(10)) {
+            self.deadline.check(" while waiting for a nested task")?;
+            match rx.recv_timeout(EPOCH_TICK) {
                 Ok(result) => return Ok(Some(result)),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(None),

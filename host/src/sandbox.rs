@@ -1,14 +1,20 @@
 //! What a guest's store holds and may reach: deny-by-default WASI, captured
 //! output, a memory limiter, and the span bridge.
 
-use wasmtime::component::{Linker, ResourceTable};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bridge::{self, Bridge, SpanBridge};
+use crate::config::{Grants, net_allowed};
 use crate::nested::{self, Tasks, TasksState};
 use crate::provider::{self, Provider, ProviderState};
+use crate::task::TaskErrorKind;
 
 /// The data of every store wtrace creates.
 pub(crate) struct StoreState {
@@ -18,6 +24,7 @@ pub(crate) struct StoreState {
     pub(crate) provider: Option<ProviderState>,
     pub(crate) tasks: TasksState,
     pub(crate) memory: MemoryLimiter,
+    pub(crate) deadline: Deadline,
 }
 
 impl StoreState {
@@ -26,6 +33,7 @@ impl StoreState {
         bridge: SpanBridge,
         tasks: TasksState,
         memory_limit: u64,
+        deadline: Deadline,
     ) -> Self {
         Self {
             wasi,
@@ -34,6 +42,7 @@ impl StoreState {
             provider: None,
             tasks,
             memory: MemoryLimiter::new(memory_limit),
+            deadline,
         }
     }
 
@@ -49,6 +58,7 @@ impl StoreState {
             table: &mut self.table,
             bridge: &self.bridge,
             state: &mut self.tasks,
+            deadline: &self.deadline,
         }
     }
 
@@ -75,6 +85,7 @@ impl WasiView for StoreState {
 pub(crate) fn task_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    add_deadline_aware_poll(&mut linker)?;
     bridge::add_to_linker(&mut linker, StoreState::bridge)?;
     nested::add_to_linker(&mut linker, StoreState::tasks)?;
     Ok(linker)
@@ -84,6 +95,7 @@ pub(crate) fn task_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState
 pub(crate) fn hook_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    add_deadline_aware_poll(&mut linker)?;
     bridge::add_to_linker(&mut linker, StoreState::bridge)?;
     provider::add_to_linker(&mut linker, StoreState::provider)?;
     Ok(linker)
@@ -106,11 +118,12 @@ impl CapturedOutput {
 }
 
 /// A WASI context that grants nothing but clocks, random and the captured
-/// output, plus the given environment variables.
+/// output, plus `env` and whatever `grants` adds (directories, sockets).
 pub(crate) fn wasi_ctx<'a>(
     output: &CapturedOutput,
     env: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> WasiCtx {
+    grants: Option<&Grants>,
+) -> Result<WasiCtx, String> {
     let mut builder = WasiCtxBuilder::new();
     builder
         .stdout(output.stdout.clone())
@@ -121,14 +134,42 @@ pub(crate) fn wasi_ctx<'a>(
     for (key, value) in env {
         builder.env(key, value);
     }
-    builder.build()
+    if let Some(grants) = grants {
+        for dir in &grants.dirs {
+            let perms = if dir.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            builder
+                .preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(|e| {
+                    format!(
+                        "cannot open the granted directory {} (--allow-dir): {e}",
+                        dir.host.display()
+                    )
+                })?;
+        }
+        if !grants.net.is_empty() {
+            let patterns = Arc::new(grants.net.clone());
+            builder
+                .allow_tcp(true)
+                .allow_udp(true)
+                .allow_ip_name_lookup(true)
+                .socket_addr_check(move |addr, _| {
+                    let allowed = net_allowed(&patterns, &addr);
+                    Box::pin(async move { allowed })
+                });
+        }
+    }
+    Ok(builder.build())
 }
 
 /// A guest stopped by the host: a limit it reached, or an interruption.
 /// Carried inside the wasmtime error so the task's failure can name it.
 #[derive(Debug)]
 pub(crate) struct Stopped {
-    pub(crate) kind: crate::task::TaskErrorKind,
+    pub(crate) kind: TaskErrorKind,
     pub(crate) message: String,
 }
 
@@ -141,40 +182,127 @@ impl std::fmt::Display for Stopped {
 impl std::error::Error for Stopped {}
 
 impl Stopped {
-    pub(crate) fn error(kind: crate::task::TaskErrorKind, message: String) -> wasmtime::Error {
+    pub(crate) fn error(kind: TaskErrorKind, message: String) -> wasmtime::Error {
         wasmtime::Error::new(Self { kind, message })
     }
 }
 
-/// Arms a store's deadline: the guest traps once `budget` has passed, or as
-/// soon as `abort` is set, checked every epoch tick (10 ms).
-pub(crate) fn arm_deadline(
-    store: &mut wasmtime::Store<StoreState>,
-    budget: std::time::Duration,
+/// When a guest must stop: its wall-time budget, and an abort flag its
+/// worker sets when shutting down. Checked at every epoch tick (10 ms) while
+/// the guest computes, and while it waits in a blocking host call.
+#[derive(Debug, Clone)]
+pub(crate) struct Deadline {
+    at: Instant,
+    budget: Duration,
     flag: &'static str,
-    abort: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
-) {
-    use crate::task::TaskErrorKind;
-    let deadline = std::time::Instant::now() + budget;
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if abort
+    abort: Option<Arc<AtomicBool>>,
+}
+
+impl Deadline {
+    /// `budget` from now; `flag` is the option that raises it.
+    pub(crate) fn new(
+        budget: Duration,
+        flag: &'static str,
+        abort: Option<Arc<AtomicBool>>,
+    ) -> Self {
+        Self {
+            at: Instant::now() + budget,
+            budget,
+            flag,
+            abort,
+        }
+    }
+
+    /// An error if the guest must stop now.
+    pub(crate) fn check(&self, doing: &str) -> wasmtime::Result<()> {
+        if self
+            .abort
             .as_ref()
-            .is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed))
+            .is_some_and(|a| a.load(Ordering::Relaxed))
         {
             return Err(Stopped::error(
                 TaskErrorKind::Interrupted,
-                "interrupted: the worker is shutting down".into(),
+                format!("interrupted{doing}: the worker is shutting down"),
             ));
         }
-        if std::time::Instant::now() >= deadline {
+        if Instant::now() >= self.at {
             return Err(Stopped::error(
                 TaskErrorKind::Timeout,
-                format!("timed out after {budget:?} (raise the limit with {flag})"),
+                format!(
+                    "timed out after {:?}{doing} (raise the limit with {})",
+                    self.budget, self.flag
+                ),
             ));
         }
+        Ok(())
+    }
+
+    /// Runs a blocking host operation, giving up when the deadline passes or
+    /// the worker aborts.
+    pub(crate) fn wait<F: std::future::Future>(
+        &self,
+        doing: &str,
+        operation: F,
+    ) -> wasmtime::Result<F::Output> {
+        self.check(doing)?;
+        wasmtime_wasi::runtime::in_tokio(async {
+            let operation = std::pin::pin!(operation);
+            let mut ticks = tokio::time::interval(crate::engine::EPOCH_TICK);
+            let mut operation = operation;
+            loop {
+                tokio::select! {
+                    done = &mut operation => return Ok(done),
+                    _ = ticks.tick() => self.check(doing)?,
+                }
+            }
+        })
+    }
+}
+
+/// Arms a store's deadline: the guest traps once it passes, checked at
+/// every epoch tick.
+pub(crate) fn arm_deadline(store: &mut wasmtime::Store<StoreState>) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|store| {
+        store.data().deadline.check("")?;
         Ok(wasmtime::UpdateDeadline::Continue(1))
     });
+}
+
+/// Replaces WASI's blocking waits (`poll`, `pollable.block`: how a guest
+/// sleeps or waits for I/O) with ones that honour the store's [`Deadline`]:
+/// a guest asleep in the host is as bound by `--timeout` as one computing.
+fn add_deadline_aware_poll(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi_io::bindings::wasi::io::poll::{Host as _, HostPollable as _};
+    use wasmtime_wasi_io::poll::DynPollable;
+    linker.allow_shadowing(true);
+    let mut poll = linker.instance("wasi:io/poll@0.2.12")?;
+    poll.func_wrap(
+        "poll",
+        |mut store: wasmtime::StoreContextMut<'_, StoreState>,
+         (list,): (Vec<Resource<DynPollable>>,)| {
+            let state = store.data_mut();
+            let deadline = state.deadline.clone();
+            let ready =
+                deadline.wait(" while waiting in wasi:io/poll", state.table.poll(list))??;
+            Ok((ready,))
+        },
+    )?;
+    poll.func_wrap(
+        "[method]pollable.block",
+        |mut store: wasmtime::StoreContextMut<'_, StoreState>,
+         (pollable,): (Resource<DynPollable>,)| {
+            let state = store.data_mut();
+            let deadline = state.deadline.clone();
+            deadline.wait(
+                " while blocked in wasi:io/poll",
+                state.table.block(pollable),
+            )??;
+            Ok(())
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Refuses memory growth past the limit with an error naming it, and
@@ -200,7 +328,7 @@ impl ResourceLimiter for MemoryLimiter {
         let desired = desired as u64;
         if desired > self.limit {
             return Err(Stopped::error(
-                crate::task::TaskErrorKind::MemoryLimit,
+                TaskErrorKind::MemoryLimit,
                 format!(
                     "memory limit exceeded: the guest asked for {} MiB of linear memory, the limit is {} MiB (raise it with --max-memory)",
                     desired >> 20,

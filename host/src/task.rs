@@ -14,11 +14,13 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, Type, Val};
 
 use crate::bridge::{BridgeLimits, SpanBridge, context_with_parent};
+use crate::check::World;
+use crate::config::Grants;
 use crate::engine::{Digest, Runtime};
 use crate::error::{Error, Result, chain};
 use crate::hook::{list_or_none, root_export_names};
 use crate::nested::{NestedContext, OutputChunk, Submitter, TasksState};
-use crate::sandbox::{self, CapturedOutput, StoreState};
+use crate::sandbox::{self, CapturedOutput, Deadline, StoreState};
 use crate::telemetry::Telemetry;
 use crate::wave;
 
@@ -43,6 +45,8 @@ pub enum TaskErrorKind {
     MemoryLimit,
     /// The export returned `err(..)`.
     Returned,
+    /// The result was larger than allowed.
+    ResultTooLarge,
     /// The task submitted too many nested tasks, or nested too deep.
     NestingLimit,
     /// The worker running it died, on every attempt.
@@ -64,6 +68,7 @@ impl TaskErrorKind {
             Self::Interrupted => "wtrace.Interrupted",
             Self::MemoryLimit => "wtrace.MemoryLimit",
             Self::Returned => "wtrace.GuestError",
+            Self::ResultTooLarge => "wtrace.ResultTooLarge",
             Self::NestingLimit => "wtrace.NestingLimit",
             Self::WorkerDied => "wtrace.WorkerDied",
             Self::Cluster => "wtrace.ClusterError",
@@ -176,6 +181,8 @@ impl std::fmt::Debug for TaskComponent {
 pub struct TaskLinker {
     runtime: Runtime,
     linker: Linker<StoreState>,
+    grants: Grants,
+    env: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for TaskLinker {
@@ -185,13 +192,27 @@ impl std::fmt::Debug for TaskLinker {
 }
 
 impl TaskLinker {
-    /// A linker offering tasks WASI (deny by default) and the span bridge.
+    /// A linker offering tasks WASI (deny by default), the span bridge and
+    /// nested tasks.
     pub fn new(runtime: &Runtime) -> Result<Self> {
+        Self::with_grants(runtime, Grants::default())
+    }
+
+    /// Like [`TaskLinker::new`], plus what `grants` allows. Granted
+    /// environment variables take their values from this process.
+    pub fn with_grants(runtime: &Runtime, grants: Grants) -> Result<Self> {
         let linker = sandbox::task_linker(runtime.engine())
             .map_err(|e| Error::Config(format!("cannot link tasks: {}", chain(&e))))?;
+        let env = grants
+            .env
+            .iter()
+            .filter_map(|name| std::env::var(name).ok().map(|value| (name.clone(), value)))
+            .collect();
         Ok(Self {
             runtime: runtime.clone(),
             linker,
+            grants,
+            env,
         })
     }
 
@@ -204,17 +225,22 @@ impl TaskLinker {
     /// `name` is its file name, shown in errors and on spans.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<TaskComponent> {
         let (digest, component) = self.runtime.load(Path::new(name), bytes)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| Error::Component {
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            let missing =
+                crate::check::missing_imports(self.runtime.engine(), &component, World::Task);
+            let cause = if missing.is_empty() {
+                chain(&e)
+            } else {
+                missing.join(", ")
+            };
+            Error::Component {
                 path: name.into(),
                 cause: format!(
-                    "it imports something wtrace does not provide to tasks: {} \
-                 (tasks may import WASI 0.2 and wtrace:tracing/tracer)",
-                    chain(&e)
+                    "it imports what wtrace does not provide to tasks: {cause} (tasks may import \
+                     WASI 0.2 and wtrace:tracing/tracer and tasks; see `wtrace check`)"
                 ),
-            })?;
+            }
+        })?;
         Ok(TaskComponent {
             name: name.to_owned(),
             digest,
@@ -357,18 +383,26 @@ pub fn execute(
         worker_id: cx.worker_id.to_owned(),
         node_id: cx.node_id.to_owned(),
     });
-    let tasks = TasksState::new(nested, limits, cx.abort.clone());
+    let tasks = TasksState::new(nested, limits);
+    let env = linker.env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let wasi = match sandbox::wasi_ctx(&output, env, Some(&linker.grants)) {
+        Ok(wasi) => wasi,
+        Err(message) => {
+            let error = TaskError::new(TaskErrorKind::Instantiate, function, message);
+            if let Some(span) = &mut span {
+                record_error(span, &error);
+                span.end();
+            }
+            return TaskOutput::failed(error);
+        }
+    };
+    let deadline = Deadline::new(limits.timeout, "--timeout", cx.abort.clone());
     let mut store = Store::new(
         runtime.engine(),
-        StoreState::new(
-            sandbox::wasi_ctx(&output, []),
-            bridge,
-            tasks,
-            limits.memory_bytes,
-        ),
+        StoreState::new(wasi, bridge, tasks, limits.memory_bytes, deadline),
     );
     store.limiter(|s| &mut s.memory);
-    sandbox::arm_deadline(&mut store, limits.timeout, "--timeout", cx.abort.clone());
+    sandbox::arm_deadline(&mut store);
     if let Some(fuel) = limits.fuel {
         let _ = store.set_fuel(fuel);
     }
@@ -401,7 +435,21 @@ pub fn execute(
                         .unwrap_or_else(|| "err".into())
                 ),
             )),
-            _ => Ok(wave::format_results(&results)),
+            _ => {
+                let text = wave::format_results(&results);
+                if text.len() > limits.result_bytes as usize {
+                    return Err(TaskError::new(
+                        TaskErrorKind::ResultTooLarge,
+                        function,
+                        format!(
+                            "its result is {} bytes of WAVE; the limit is {} (raise it with --max-result-size)",
+                            text.len(),
+                            limits.result_bytes
+                        ),
+                    ));
+                }
+                Ok(text)
+            }
         }
     })();
 

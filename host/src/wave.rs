@@ -14,6 +14,43 @@ pub fn kebab(name: &str) -> String {
     name.trim().replace('_', "-")
 }
 
+/// The longest invocation accepted, in bytes.
+pub const MAX_INVOCATION_BYTES: usize = 16 << 20;
+
+/// The deepest nesting of brackets accepted in arguments (the WAVE parser
+/// recurses once per level).
+pub const MAX_NESTING: usize = 128;
+
+/// Rejects invocations too large or too deeply nested to parse safely.
+fn check_shape(text: &str) -> std::result::Result<(), String> {
+    if text.len() > MAX_INVOCATION_BYTES {
+        return Err(format!(
+            "the invocation is {} MiB; at most {} MiB is accepted (pass large data another way)",
+            text.len() >> 20,
+            MAX_INVOCATION_BYTES >> 20
+        ));
+    }
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        match (in_string, b) {
+            (true, b'\\') => escaped = !escaped,
+            (true, b'"') if !escaped => in_string = false,
+            (true, _) => escaped = false,
+            (false, b'"') => in_string = true,
+            (false, b'(' | b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, b')' | b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if deepest > MAX_NESTING {
+            return Err(format!("arguments nest deeper than {MAX_NESTING} levels"));
+        }
+    }
+    Ok(())
+}
+
 /// A task invocation: `function(arg, …)` with WAVE arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
@@ -45,6 +82,7 @@ impl std::str::FromStr for Invocation {
                 "expected a function name, as in `my-function(1, \"two\")`".into(),
             ));
         }
+        check_shape(&text).map_err(error)?;
         let call = UntypedFuncCall::parse(&text).map_err(|e| {
             error(format!(
                 "{}; write arguments in WAVE, as in `add(1, 2)` or `greet(\"x\")`",
@@ -80,6 +118,7 @@ fn describe_parse_error(text: &str, error: &wasm_wave::parser::ParserError) -> S
 
 /// Parses the arguments of `text` (an [`Invocation`]'s text) as values of `params`.
 pub fn parse_args(text: &str, params: &[Type]) -> std::result::Result<Vec<Val>, String> {
+    check_shape(text)?;
     let call = UntypedFuncCall::parse(text).map_err(|e| describe_parse_error(text, &e))?;
     call.to_wasm_params::<Val>(params.iter())
         .map_err(|e| describe_parse_error(text, &e))
@@ -282,6 +321,15 @@ mod tests {
         assert!(err.contains("invalid invocation"), "{err}");
         assert!(err.contains("WAVE"), "{err}");
         assert!("(1)".parse::<Invocation>().is_err());
+
+        let deep = format!("f({}{})", "[".repeat(100_000), "]".repeat(100_000));
+        let err = deep.parse::<Invocation>().unwrap_err().to_string();
+        assert!(err.contains("nest deeper than 128"), "{err}");
+        let huge = format!("f(\"{}\")", "x".repeat(17 << 20));
+        let err = huge.parse::<Invocation>().unwrap_err().to_string();
+        assert!(err.contains("at most 16 MiB"), "{err}");
+        let brackets_in_strings = format!("f(\"{}\")", "[".repeat(1000));
+        assert!(brackets_in_strings.parse::<Invocation>().is_ok());
     }
 
     #[test]

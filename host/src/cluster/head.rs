@@ -101,6 +101,9 @@ struct State {
     done: u64,
     failed_hooks: Vec<(String, u32, String)>,
     stopping: bool,
+    /// Nested tasks submitted so far under each root task (by its id), so a
+    /// fork bomb of tasks submitting tasks stops at `--max-nested-tasks`.
+    trees: HashMap<String, u32>,
 }
 
 /// A running head.
@@ -145,6 +148,7 @@ impl Head {
             done: 0,
             failed_hooks: Vec::new(),
             stopping: false,
+            trees: HashMap::new(),
         };
         tokio::spawn(run_state(state, rx, stopped_tx));
         tokio::spawn(accept(listener, token.clone(), events.clone()));
@@ -431,6 +435,9 @@ impl State {
                     let Some(task) = self.tasks.remove(&done.id) else {
                         continue;
                     };
+                    if task.submission.depth == 0 {
+                        self.trees.remove(&task.submission.task_id);
+                    }
                     self.done += 1;
                     replies.entry(task.origin).or_default().push(Done {
                         id: task.submission.tag,
@@ -505,6 +512,14 @@ impl State {
     fn submit(&mut self, origin: Origin, submissions: Vec<Submission>) {
         let mut rejected = Vec::new();
         for submission in submissions {
+            if let Some(error) = self.over_tree_budget(&submission) {
+                rejected.push(Done {
+                    id: submission.tag,
+                    pid: 0,
+                    output: TaskOutput::failed(error),
+                });
+                continue;
+            }
             if !self.components.contains_key(&submission.component) {
                 let error = TaskError::new(
                     TaskErrorKind::Cluster,
@@ -538,6 +553,28 @@ impl State {
             self.reply(HashMap::from([(origin, rejected)]));
         }
         self.dispatch();
+    }
+
+    /// Counts a nested submission against its root task's tree; an error
+    /// once the tree has submitted `--max-nested-tasks` tasks.
+    fn over_tree_budget(&mut self, submission: &Submission) -> Option<TaskError> {
+        if submission.depth == 0 {
+            return None;
+        }
+        let root = submission.task_id.split('.').next().unwrap_or_default();
+        let limit = self.config.limits.nested_tasks;
+        let count = self.trees.entry(root.to_owned()).or_insert(0);
+        *count += 1;
+        (*count > limit).then(|| {
+            TaskError::new(
+                TaskErrorKind::NestingLimit,
+                &submission.function,
+                format!(
+                    "task {root} and the tasks it started have submitted {limit} tasks, the limit \
+                     (raise it with --max-nested-tasks)"
+                ),
+            )
+        })
     }
 
     /// Tells every worker to finish its current task, flush and exit.

@@ -20,7 +20,7 @@ pub use head::Head;
 pub use node::{Node, NodeOptions};
 pub use protocol::{ClusterConfig, ClusterStatus, HookBlob};
 
-use crate::config::{ExportPolicy, Limits};
+use crate::config::{ExportPolicy, Grants, Limits};
 use crate::error::Result;
 use crate::hook::HookComponent;
 use crate::ids::random_hex;
@@ -36,6 +36,8 @@ pub struct LocalClusterOptions {
     pub limits: Limits,
     /// Where hooks may export spans.
     pub policy: ExportPolicy,
+    /// What tasks may reach beyond the default sandbox.
+    pub grants: Grants,
     /// Retries of a task whose worker died.
     pub max_retries: u32,
     /// The `wtrace` executable workers run.
@@ -58,6 +60,7 @@ impl LocalClusterOptions {
             hook: None,
             limits: Limits::default(),
             policy: ExportPolicy::default(),
+            grants: Grants::default(),
             max_retries: 3,
             worker_exe,
             cache_dir: crate::engine::default_cache_dir(),
@@ -92,6 +95,7 @@ impl LocalCluster {
             }),
             limits: options.limits.clone(),
             policy: options.policy.clone(),
+            grants: options.grants.clone(),
             max_retries: options.max_retries,
         };
         let head = Head::start(options.bind, token.clone(), config.clone()).await?;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use crate::config::{ExportPolicy, Limits};
+use crate::config::{ExportPolicy, Grants, Limits};
 use crate::engine::Digest;
 use crate::provider::WorkerInfo;
 use crate::task::TaskOutput;
@@ -72,6 +72,8 @@ pub struct ClusterConfig {
     pub limits: Limits,
     /// Where hooks may export spans.
     pub policy: ExportPolicy,
+    /// What tasks may reach beyond the default sandbox.
+    pub grants: Grants,
     /// How often a task is retried when its worker dies.
     pub max_retries: u32,
 }

@@ -137,7 +137,7 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
             }
         }
     };
-    let linker = TaskLinker::new(&runtime)?;
+    let linker = TaskLinker::with_grants(&runtime, config.grants.clone())?;
     writer.send(&FromWorker::Ready).await.map_err(lost)?;
 
     let (out, mut out_rx) = mpsc::unbounded_channel::<FromWorker>();

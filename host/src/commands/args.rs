@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use wtrace::{ExportPolicy, HookSpec, Limits};
+use wtrace::{DirGrant, ExportPolicy, Grants, HookSpec, Limits};
 
 /// The tracing startup hook.
 #[derive(Debug, Clone, Args)]
@@ -65,6 +65,21 @@ pub struct SandboxArgs {
     /// How deep tasks may submit tasks that submit tasks.
     #[arg(long, value_name = "N", default_value_t = Limits::default().nesting_depth)]
     pub max_nesting_depth: u32,
+    /// Largest result a task may return (its WAVE text), e.g. 1M.
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    pub max_result_size: u64,
+    /// Longest the tracing startup hook may run.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub hook_timeout: Duration,
+    /// Let tasks use a host directory: HOST[:GUEST][:ro] (repeatable).
+    #[arg(long, value_name = "HOST[:GUEST][:ro]")]
+    pub allow_dir: Vec<DirGrant>,
+    /// Pass this environment variable to tasks (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub allow_env: Vec<String>,
+    /// Let tasks open sockets to HOST:PORT (`*` for any port or any address; repeatable).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub allow_net: Vec<String>,
     /// Also let the hook's file exporters write under DIR (default: /tmp/spans only).
     #[arg(long, value_name = "DIR")]
     pub allow_span_dir: Vec<PathBuf>,
@@ -89,6 +104,8 @@ impl SandboxArgs {
             attribute_value_length: self.max_attribute_length,
             nested_tasks: self.max_nested_tasks,
             nesting_depth: self.max_nesting_depth,
+            result_bytes: u32::try_from(self.max_result_size).unwrap_or(u32::MAX),
+            hook_timeout: self.hook_timeout,
             ..Limits::default()
         }
     }
@@ -104,6 +121,35 @@ impl SandboxArgs {
             .otlp_hosts
             .extend(self.allow_otlp_host.iter().cloned());
         Ok(policy)
+    }
+
+    pub fn grants(&self) -> anyhow::Result<Grants> {
+        let mut dirs = Vec::new();
+        for grant in &self.allow_dir {
+            let host = std::path::absolute(&grant.host)
+                .with_context(|| format!("--allow-dir {}", grant.host.display()))?;
+            if !host.is_dir() {
+                bail!("--allow-dir {}: not a directory", host.display());
+            }
+            dirs.push(DirGrant {
+                host,
+                ..grant.clone()
+            });
+        }
+        for pattern in &self.allow_net {
+            let ok = pattern == "*"
+                || pattern.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && (port == "*" || port.parse::<u16>().is_ok())
+                });
+            if !ok {
+                bail!("--allow-net {pattern:?}: expected HOST:PORT, HOST:* or *");
+            }
+        }
+        Ok(Grants {
+            dirs,
+            env: self.allow_env.clone(),
+            net: self.allow_net.clone(),
+        })
     }
 
     pub fn cache_dir(&self) -> Option<PathBuf> {

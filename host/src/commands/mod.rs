@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod args;
+mod check;
 mod cluster_args;
 mod common;
 mod run;
@@ -31,6 +32,7 @@ enum Command {
     Status(status::StatusCommand),
     Stop(stop::StopCommand),
     Spans(spans::SpansCommand),
+    Check(check::CheckCommand),
     #[command(hide = true)]
     Worker(worker::WorkerCommand),
 }
@@ -45,6 +47,7 @@ impl Cli {
             Command::Status(command) => command.run(),
             Command::Stop(command) => command.run(),
             Command::Spans(command) => command.run(),
+            Command::Check(command) => command.run(),
             Command::Worker(command) => command.run(),
         }
     }

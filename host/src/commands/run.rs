@@ -57,6 +57,7 @@ impl RunCommand {
         options.hook = hook.clone();
         options.limits = limits.clone();
         options.policy = policy.clone();
+        options.grants = self.sandbox.grants()?;
         options.max_retries = self.max_retries;
         options.cache_dir = self.sandbox.cache_dir();
 

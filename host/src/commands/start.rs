@@ -79,6 +79,7 @@ impl StartCommand {
     }
 
     fn spawn_head(&self, dir: &Path) -> anyhow::Result<ExitCode> {
+        self.sandbox.grants()?;
         if let Some(session) = Session::read(dir)?
             && process_alive(session.pid)
         {
@@ -148,6 +149,7 @@ impl StartCommand {
         options.hook = hook.clone();
         options.limits = self.sandbox.limits();
         options.policy = self.sandbox.policy()?;
+        options.grants = self.sandbox.grants()?;
         options.max_retries = self.max_retries;
         options.cache_dir = self.sandbox.cache_dir();
         options.bind = SocketAddr::new(self.bind, self.port);

@@ -1,0 +1,149 @@
+//! Test task: one export per attack on the sandbox. Each must be contained
+//! (the task fails or is limited) while its worker stays healthy.
+
+wit_bindgen::generate!({
+    inline: "
+        package tests:hostile;
+        world hostile {
+            export spin-forever: func();
+            export memory-bomb: func() -> u64;
+            export stack-overflow: func(n: u64) -> u64;
+            export sleep-forever: func();
+            export read-file: func(path: string) -> result<string, string>;
+            export write-file: func(path: string) -> result<_, string>;
+            export read-env: func() -> list<tuple<string, string>>;
+            export connect: func(address: string) -> result<string, string>;
+            export million-spans: func() -> u32;
+            export huge-attribute: func(mib: u32);
+            export deep-spans: func(n: u32) -> u32;
+            export stale-handle: func();
+            export out-of-order: func();
+            export huge-result: func(mib: u32) -> string;
+            export echo: func(value: string) -> u32;
+            export fine: func() -> string;
+        }
+    ",
+});
+
+use wtrace_guest::wit::wtrace::tracing::tracer as raw;
+use wtrace_guest::{in_span, span};
+
+fn raw_span(name: &str) -> raw::Span {
+    raw::start_span(
+        name,
+        &raw::SpanOptions {
+            kind: None,
+            attributes: Vec::new(),
+            links: Vec::new(),
+            parent: None,
+        },
+    )
+}
+
+struct Hostile;
+
+impl Guest for Hostile {
+    fn spin_forever() {
+        let _busy = span("spinning");
+        let mut x = 0u64;
+        loop {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+    }
+
+    fn memory_bomb() -> u64 {
+        let mut hoard: Vec<Vec<u8>> = Vec::new();
+        loop {
+            hoard.push(vec![7u8; 16 << 20]);
+            std::hint::black_box(&hoard);
+        }
+    }
+
+    #[allow(unconditional_recursion)]
+    fn stack_overflow(n: u64) -> u64 {
+        let pad = std::hint::black_box([n; 64]);
+        Self::stack_overflow(n + 1) + pad[3]
+    }
+
+    fn sleep_forever() {
+        let _asleep = span("asleep");
+        std::thread::sleep(std::time::Duration::from_secs(3600 * 24));
+    }
+
+    fn read_file(path: String) -> Result<String, String> {
+        std::fs::read_to_string(&path).map_err(|e| e.to_string())
+    }
+
+    fn write_file(path: String) -> Result<(), String> {
+        std::fs::write(&path, b"written by a guest").map_err(|e| e.to_string())
+    }
+
+    fn read_env() -> Vec<(String, String)> {
+        std::env::vars().collect()
+    }
+
+    fn connect(address: String) -> Result<String, String> {
+        std::net::TcpStream::connect(&address)
+            .map(|s| format!("connected to {:?}", s.peer_addr()))
+            .map_err(|e| e.to_string())
+    }
+
+    fn million_spans() -> u32 {
+        for _ in 0..1_000_000 {
+            let s = raw_span("one-of-a-million");
+            raw::end_span(&s).ok();
+        }
+        1_000_000
+    }
+
+    fn huge_attribute(mib: u32) {
+        let s = span("huge");
+        s.set_attribute("blob", "x".repeat((mib as usize) << 20));
+    }
+
+    fn deep_spans(n: u32) -> u32 {
+        let mut open = Vec::new();
+        for _ in 0..n {
+            open.push(raw_span("deep"));
+        }
+        std::mem::forget(open);
+        n
+    }
+
+    fn stale_handle() {
+        let s = raw_span("stale");
+        let handle = s.take_handle();
+        // SAFETY (test of misuse): rebuild the handle after the span was ended and dropped.
+        #[allow(unsafe_code)]
+        let first = unsafe { raw::Span::from_handle(handle) };
+        raw::end_span(&first).ok();
+        drop(first);
+        #[allow(unsafe_code)]
+        let stale = unsafe { raw::Span::from_handle(handle) };
+        raw::end_span(&stale).ok();
+    }
+
+    fn out_of_order() {
+        let a = raw_span("a");
+        let b = raw_span("b");
+        let c = raw_span("c");
+        raw::end_span(&a).ok();
+        raw::end_span(&c).ok();
+        raw::end_span(&b).ok();
+        in_span("after", |_| {});
+    }
+
+    fn huge_result(mib: u32) -> String {
+        "r".repeat((mib as usize) << 20)
+    }
+
+    fn echo(value: String) -> u32 {
+        value.len() as u32
+    }
+
+    fn fine() -> String {
+        "still fine".into()
+    }
+}
+
+export!(Hostile);
