@@ -18,4 +18,4 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub(crate) use wtrace::tracing::{provider, tasks, tracer, types};
+pub(crate) use self::wtrace::tracing::{provider, tasks, tracer, types};
