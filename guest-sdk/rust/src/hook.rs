@@ -15,6 +15,7 @@
 //! }
 //!
 //! wtrace_guest::export_hook!(setup_tracing);
+//! # fn main() {}
 //! ```
 //!
 //! A hook sees only the `OTEL_*` and `WTRACE_*` environment variables of the
