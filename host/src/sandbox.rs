@@ -157,7 +157,9 @@ pub(crate) fn wasi_ctx<'a>(
                 .allow_udp(true)
                 .allow_ip_name_lookup(true)
                 .socket_addr_check(move |addr, _| {
-                    let allowed = net_allowed(&patterns, &addr);
+                    // An ephemeral local bind comes with every connection.
+                    let ephemeral = addr.ip().is_unspecified() && addr.port() == 0;
+                    let allowed = ephemeral || net_allowed(&patterns, &addr);
                     Box::pin(async move { allowed })
                 });
         }

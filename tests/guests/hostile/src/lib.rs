@@ -83,9 +83,31 @@ impl Guest for Hostile {
     }
 
     fn connect(address: String) -> Result<String, String> {
-        std::net::TcpStream::connect(&address)
-            .map(|s| format!("connected to {:?}", s.peer_addr()))
-            .map_err(|e| e.to_string())
+        // Raw wasi:sockets: Rust's std::net is not usable on wasm32-wasip2 yet.
+        use wasip2::sockets::instance_network::instance_network;
+        use wasip2::sockets::network::{
+            ErrorCode, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress,
+        };
+        use wasip2::sockets::tcp_create_socket::create_tcp_socket;
+        let addr: std::net::SocketAddrV4 = address.parse().map_err(|e| format!("{e}"))?;
+        let o = addr.ip().octets();
+        let remote = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+            port: addr.port(),
+            address: (o[0], o[1], o[2], o[3]),
+        });
+        let network = instance_network();
+        let socket = create_tcp_socket(IpAddressFamily::Ipv4).map_err(|e| format!("{e:?}"))?;
+        socket
+            .start_connect(&network, remote)
+            .map_err(|e| format!("{e:?}"))?;
+        let ready = socket.subscribe();
+        loop {
+            match socket.finish_connect() {
+                Ok(_streams) => return Ok(format!("connected to {address}")),
+                Err(ErrorCode::WouldBlock) => ready.block(),
+                Err(e) => return Err(format!("{e:?}")),
+            }
+        }
     }
 
     fn million_spans() -> u32 {

@@ -10,6 +10,8 @@ wit_bindgen::generate!({
             export setup-refused-file: func() -> result<_, string>;
             export setup-refused-endpoint: func() -> result<_, string>;
             export setup-fails-in-workers: func() -> result<_, string>;
+            export setup-spin: func() -> result<_, string>;
+            export setup-env-report: func() -> result<_, string>;
         }
     ",
 });
@@ -44,6 +46,18 @@ impl Guest for Hooks {
             headers: Vec::new(),
             timeout_ms: 0,
         })))
+    }
+
+    fn setup_spin() -> Result<(), String> {
+        let mut x = 0u64;
+        loop {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+    }
+
+    fn setup_env_report() -> Result<(), String> {
+        let names: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+        Err(format!("environment: {}", names.join(",")))
     }
 
     fn setup_fails_in_workers() -> Result<(), String> {
