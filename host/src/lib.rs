@@ -28,6 +28,8 @@ pub mod export;
 pub mod hook;
 mod ids;
 pub mod nested;
+#[cfg(test)]
+mod properties;
 pub mod provider;
 mod sandbox;
 pub mod spans;
