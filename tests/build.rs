@@ -17,6 +17,8 @@ const GUESTS: &[(&str, &str)] = &[
     ("fanout", "FANOUT"),
     ("unknown-import", "UNKNOWN_IMPORT"),
     ("hostile", "HOSTILE"),
+    ("ecosystem", "ECOSYSTEM"),
+    ("wasi-otel", "WASI_OTEL"),
 ];
 
 fn main() {

@@ -8,6 +8,7 @@ wasmtime::component::bindgen!({
             import wtrace:tracing/tracer@0.1.0;
             import wtrace:tracing/provider@0.1.0;
             import wtrace:tracing/tasks@0.1.0;
+            import wasi:otel/tracing@0.2.0-rc.2;
         }
     ",
     path: "../wit",
@@ -19,3 +20,8 @@ wasmtime::component::bindgen!({
 });
 
 pub(crate) use self::wtrace::tracing::{provider, tasks, tracer, types};
+
+/// `wasi:otel@0.2.0-rc.2`.
+pub(crate) mod otel {
+    pub(crate) use super::wasi::otel::{tracing, types};
+}

@@ -245,6 +245,78 @@ impl SpanBridge {
     }
 }
 
+/// A span a guest made itself (through `wasi:otel`) and handed over ended.
+#[derive(Debug)]
+pub(crate) struct GuestSpanData {
+    pub(crate) context: SpanContext,
+    pub(crate) parent: Option<SpanId>,
+    pub(crate) kind: SpanKind,
+    pub(crate) name: String,
+    pub(crate) start: std::time::SystemTime,
+    pub(crate) end: std::time::SystemTime,
+    pub(crate) attributes: Vec<KeyValue>,
+    pub(crate) events: Vec<opentelemetry::trace::Event>,
+    pub(crate) links: Vec<Link>,
+    pub(crate) status: Status,
+}
+
+impl SpanBridge {
+    pub(crate) fn attribute_value_length(&self) -> u32 {
+        self.limits.attribute_value_length
+    }
+
+    /// The context of a span of this bridge (the root or an open guest span).
+    fn known(&self, table: &ResourceTable, id: SpanId) -> Option<SpanContext> {
+        if self.root.span_id() == id {
+            return Some(self.root.clone());
+        }
+        self.open.iter().rev().find_map(|rep| {
+            let span = table.get(&Resource::<GuestSpan>::new_borrow(*rep)).ok()?;
+            (span.context.span_id() == id).then(|| span.context.clone())
+        })
+    }
+
+    /// Replays a span the guest made through the tracer, keeping its ids and
+    /// times: the sampler, limits and processors apply as to any span.
+    pub(crate) fn record_guest_span(&mut self, table: &ResourceTable, data: GuestSpanData) {
+        let Some(tracer) = self.tracer.clone() else {
+            return;
+        };
+        self.started = self.started.saturating_add(1);
+        if self.started > self.limits.spans_per_task {
+            self.dropped += 1;
+            return;
+        }
+        // A parent of ours carries our sampling decision; the guest's own
+        // spans carry the guest's.
+        let parent = data.parent.map(|id| {
+            self.known(table, id).unwrap_or_else(|| {
+                SpanContext::new(
+                    data.context.trace_id(),
+                    id,
+                    data.context.trace_flags(),
+                    false,
+                    TraceState::default(),
+                )
+            })
+        });
+        let builder = tracer
+            .span_builder(data.name)
+            .with_kind(data.kind)
+            .with_start_time(data.start)
+            .with_attributes(data.attributes)
+            .with_events(data.events)
+            .with_links(data.links);
+        let mut span = crate::provider::with_guest_ids(
+            data.context.trace_id(),
+            data.context.span_id(),
+            || builder.start_with_context(&tracer, &context_with_parent(parent)),
+        );
+        span.set_status(data.status);
+        span.end_with_timestamp(data.end);
+    }
+}
+
 /// The bridge as seen by host calls: the store's resource table and the
 /// bridge state, borrowed together.
 #[allow(missing_debug_implementations)]
@@ -398,7 +470,7 @@ pub(crate) fn key_value(kv: types::KeyValue, max: u32) -> KeyValue {
     KeyValue::new(truncate(kv.key, max), value)
 }
 
-fn truncate(mut s: String, max: usize) -> String {
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut end = max;
         while !s.is_char_boundary(end) {

@@ -207,6 +207,10 @@ pub fn import_status(name: &str, world: World, grants: &Grants) -> ImportStatus 
                 denied("--allow-net HOST:PORT")
             }
         }
+        "wasi:otel" if version == "0.2.0-rc.2" && world == World::Task => match interface {
+            "wasi:otel/tracing" | "wasi:otel/types" => ImportStatus::Provided,
+            _ => ImportStatus::Missing,
+        },
         "wtrace:tracing" if version.starts_with("0.1") => match (interface, world) {
             ("wtrace:tracing/tracer" | "wtrace:tracing/types", _) => ImportStatus::Provided,
             ("wtrace:tracing/tasks", World::Task) => ImportStatus::Provided,

@@ -35,6 +35,7 @@ mod sandbox;
 pub mod spans;
 pub mod task;
 pub mod telemetry;
+mod wasi_otel;
 pub mod wave;
 
 pub use cluster::Client;

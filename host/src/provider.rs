@@ -91,6 +91,7 @@ impl ProviderState {
 
         let mut builder = SdkTracerProvider::builder()
             .with_resource(resource)
+            .with_id_generator(GuestIds::default())
             .with_sampler(
                 self.sampler
                     .unwrap_or_else(|| Sampler::ParentBased(Box::new(Sampler::AlwaysOn))),
@@ -231,4 +232,47 @@ pub fn host_name() -> String {
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// Span and trace ids: random, except for spans a guest already identified
+/// (through `wasi:otel`), which keep the guest's ids so the guest's own
+/// children and propagated contexts stay valid.
+///
+/// [`with_guest_ids`] sets the ids for spans started on this thread inside
+/// its closure; the SDK tracer asks the generator for each new span's id
+/// (and, for a root span, trace id) as it builds it.
+#[derive(Debug, Default)]
+pub struct GuestIds {
+    random: opentelemetry_sdk::trace::RandomIdGenerator,
+}
+
+thread_local! {
+    static NEXT_IDS: std::cell::Cell<Option<(opentelemetry::trace::TraceId, opentelemetry::trace::SpanId)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Runs `start` (which starts one span) with the ids that span must get.
+pub fn with_guest_ids<T>(
+    trace_id: opentelemetry::trace::TraceId,
+    span_id: opentelemetry::trace::SpanId,
+    start: impl FnOnce() -> T,
+) -> T {
+    NEXT_IDS.with(|ids| ids.set(Some((trace_id, span_id))));
+    let started = start();
+    NEXT_IDS.with(|ids| ids.set(None));
+    started
+}
+
+impl opentelemetry_sdk::trace::IdGenerator for GuestIds {
+    fn new_trace_id(&self) -> opentelemetry::trace::TraceId {
+        NEXT_IDS
+            .with(|ids| ids.get().map(|(trace, _)| trace))
+            .unwrap_or_else(|| self.random.new_trace_id())
+    }
+
+    fn new_span_id(&self) -> opentelemetry::trace::SpanId {
+        NEXT_IDS
+            .with(|ids| ids.get().map(|(_, span)| span))
+            .unwrap_or_else(|| self.random.new_span_id())
+    }
 }

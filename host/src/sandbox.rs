@@ -88,6 +88,7 @@ pub(crate) fn task_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState
     add_deadline_aware_poll(&mut linker)?;
     bridge::add_to_linker(&mut linker, StoreState::bridge)?;
     nested::add_to_linker(&mut linker, StoreState::tasks)?;
+    crate::wasi_otel::add_to_linker(&mut linker, StoreState::bridge)?;
     Ok(linker)
 }
 

@@ -52,7 +52,11 @@ pub mod __private {
 }
 
 pub mod hook;
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
 pub mod tasks;
+#[cfg(feature = "tracing")]
+pub mod tracing_layer;
 
 use wit::wtrace::tracing::tracer as raw;
 pub use wit::wtrace::tracing::tracer::SpanOptions;
