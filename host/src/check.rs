@@ -207,6 +207,13 @@ pub fn import_status(name: &str, world: World, grants: &Grants) -> ImportStatus 
                 denied("--allow-net HOST:PORT")
             }
         }
+        "wasi:http" if version.starts_with("0.2") && world == World::Task => {
+            if grants.http.is_empty() {
+                denied("--allow-http HOST[:PORT]")
+            } else {
+                ImportStatus::Provided
+            }
+        }
         "wasi:otel" if version == "0.2.0-rc.2" && world == World::Task => match interface {
             "wasi:otel/tracing" | "wasi:otel/types" => ImportStatus::Provided,
             _ => ImportStatus::Missing,
@@ -245,9 +252,13 @@ mod tests {
             ImportStatus::Missing
         );
         assert_eq!(
-            import_status("wasi:http/outgoing-handler@0.2.6", World::Task, &none),
+            import_status("wasi:http/outgoing-handler@0.2.6", World::Hook, &none),
             ImportStatus::Missing
         );
+        assert!(matches!(
+            import_status("wasi:http/outgoing-handler@0.2.6", World::Task, &none),
+            ImportStatus::Denied { grant } if grant.starts_with("--allow-http")
+        ));
         assert_eq!(
             import_status("wasi:cli/stdout@0.3.0", World::Task, &none),
             ImportStatus::Missing

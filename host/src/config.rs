@@ -84,6 +84,26 @@ pub struct Grants {
     /// Addresses tasks may open sockets to: `HOST:PORT`, `HOST:*` or `*`
     /// (`--allow-net`). Name lookups are allowed when any is granted.
     pub net: Vec<String>,
+    /// Hosts tasks may send HTTP requests to (`wasi:http`): `HOST`,
+    /// `HOST:PORT` or `*` (`--allow-http`).
+    #[serde(default)]
+    pub http: Vec<String>,
+}
+
+/// Whether an HTTP request to `host` (and `port`) is granted by the
+/// `--allow-http` patterns.
+pub fn http_allowed(patterns: &[String], host: &str, port: u16) -> bool {
+    patterns.iter().any(|pattern| {
+        if pattern == "*" {
+            return true;
+        }
+        match pattern.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => {
+                h.eq_ignore_ascii_case(host) && p.parse() == Ok(port)
+            }
+            _ => pattern.eq_ignore_ascii_case(host),
+        }
+    })
 }
 
 /// A directory granted to tasks.
@@ -157,6 +177,15 @@ mod tests {
         assert_eq!((grant.guest.as_str(), grant.read_only), ("/in", true));
         assert!("a:b:c:d".parse::<DirGrant>().is_err());
         assert!(":x".parse::<DirGrant>().is_err());
+    }
+
+    #[test]
+    fn http_grants_match() {
+        assert!(http_allowed(&["127.0.0.1:8080".into()], "127.0.0.1", 8080));
+        assert!(!http_allowed(&["127.0.0.1:8080".into()], "127.0.0.1", 8081));
+        assert!(http_allowed(&["example.com".into()], "EXAMPLE.com", 443));
+        assert!(http_allowed(&["*".into()], "anything", 1));
+        assert!(!http_allowed(&[], "example.com", 80));
     }
 
     #[test]

@@ -201,7 +201,7 @@ impl HookComponent {
             .into_data()
             .provider
             .expect("hook store has provider state");
-        Ok(Telemetry::new(state.build(limits)))
+        Ok(state.build(limits))
     }
 
     fn load_component(&self, runtime: &Runtime) -> Result<Component> {

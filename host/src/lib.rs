@@ -26,6 +26,7 @@ pub mod engine;
 pub mod error;
 pub mod export;
 pub mod hook;
+pub mod http_client;
 mod ids;
 pub mod nested;
 #[cfg(test)]

@@ -48,6 +48,7 @@ pub struct ProviderState {
     resource: Vec<KeyValue>,
     sampler: Option<Sampler>,
     processors: Vec<ProcessorChoice>,
+    instrumentations: Vec<String>,
 }
 
 impl ProviderState {
@@ -66,11 +67,18 @@ impl ProviderState {
             resource: Vec::new(),
             sampler: None,
             processors: Vec::new(),
+            instrumentations: Vec::new(),
         }
     }
 
-    /// Builds the tracer provider the hook asked for.
-    pub fn build(self, limits: &Limits) -> SdkTracerProvider {
+    /// Builds the process's telemetry as the hook asked.
+    pub fn build(self, limits: &Limits) -> crate::Telemetry {
+        let instrumentations = self.instrumentations.clone();
+        crate::Telemetry::new(self.build_provider(limits))
+            .with_instrumentations(instrumentations.iter().map(String::as_str))
+    }
+
+    fn build_provider(self, limits: &Limits) -> SdkTracerProvider {
         let pid = std::process::id();
         let mut attributes = vec![
             KeyValue::new("service.name", "wtrace"),
@@ -207,6 +215,19 @@ impl provider::Host for Provider<'_> {
             }
         };
         Ok(choice.map(|choice| self.state.processors.push(choice)))
+    }
+
+    fn enable_instrumentation(&mut self, name: String) -> wasmtime::Result<Result<(), String>> {
+        if !crate::http_client::INSTRUMENTATIONS.contains(&name.as_str()) {
+            return Ok(Err(format!(
+                "unknown instrumentation {name:?}; known: {}",
+                crate::http_client::INSTRUMENTATIONS.join(", ")
+            )));
+        }
+        if !self.state.instrumentations.contains(&name) {
+            self.state.instrumentations.push(name);
+        }
+        Ok(Ok(()))
     }
 }
 

@@ -9,9 +9,11 @@ use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bridge::{self, Bridge, SpanBridge};
 use crate::config::{Grants, net_allowed};
+use crate::http_client::HttpHooks;
 use crate::nested::{self, Tasks, TasksState};
 use crate::provider::{self, Provider, ProviderState};
 use crate::task::TaskErrorKind;
@@ -25,6 +27,8 @@ pub(crate) struct StoreState {
     pub(crate) tasks: TasksState,
     pub(crate) memory: MemoryLimiter,
     pub(crate) deadline: Deadline,
+    http: WasiHttpCtx,
+    pub(crate) http_hooks: HttpHooks,
 }
 
 impl StoreState {
@@ -43,6 +47,8 @@ impl StoreState {
             tasks,
             memory: MemoryLimiter::new(memory_limit),
             deadline,
+            http: WasiHttpCtx::new(),
+            http_hooks: HttpHooks::new(Arc::default(), None),
         }
     }
 
@@ -72,6 +78,18 @@ impl StoreState {
     }
 }
 
+impl WasiHttpView for StoreState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        // Outgoing requests are children of the guest's current span.
+        self.http_hooks.parent = self.bridge.current(&self.table);
+        WasiHttpCtxView {
+            hooks: &mut self.http_hooks,
+            table: &mut self.table,
+            ctx: &mut self.http,
+        }
+    }
+}
+
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -87,6 +105,7 @@ pub(crate) fn task_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     add_deadline_aware_poll(&mut linker)?;
     bridge::add_to_linker(&mut linker, StoreState::bridge)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
     nested::add_to_linker(&mut linker, StoreState::tasks)?;
     crate::wasi_otel::add_to_linker(&mut linker, StoreState::bridge)?;
     Ok(linker)

@@ -19,6 +19,7 @@ use crate::config::Grants;
 use crate::engine::{Digest, Runtime};
 use crate::error::{Error, Result, chain};
 use crate::hook::{list_or_none, root_export_names};
+use crate::http_client::HttpHooks;
 use crate::nested::{NestedContext, OutputChunk, Submitter, TasksState};
 use crate::sandbox::{self, CapturedOutput, Deadline, StoreState};
 use crate::telemetry::Telemetry;
@@ -182,6 +183,7 @@ pub struct TaskLinker {
     runtime: Runtime,
     linker: Linker<StoreState>,
     grants: Grants,
+    http_grants: Arc<Vec<String>>,
     env: Vec<(String, String)>,
 }
 
@@ -211,6 +213,7 @@ impl TaskLinker {
         Ok(Self {
             runtime: runtime.clone(),
             linker,
+            http_grants: Arc::new(grants.http.clone()),
             grants,
             env,
         })
@@ -400,6 +403,12 @@ pub fn execute(
     let mut store = Store::new(
         runtime.engine(),
         StoreState::new(wasi, bridge, tasks, limits.memory_bytes, deadline),
+    );
+    store.data_mut().http_hooks = HttpHooks::new(
+        linker.http_grants.clone(),
+        telemetry
+            .filter(|t| t.traces_http_client())
+            .map(|t| t.tracer().clone()),
     );
     store.limiter(|s| &mut s.memory);
     sandbox::arm_deadline(&mut store);

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 pub struct Telemetry {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    http_client: bool,
 }
 
 impl Telemetry {
@@ -22,7 +23,27 @@ impl Telemetry {
             .with_version(env!("CARGO_PKG_VERSION"))
             .build();
         let tracer = provider.tracer_with_scope(scope);
-        Self { provider, tracer }
+        Self {
+            provider,
+            tracer,
+            http_client: false,
+        }
+    }
+
+    /// Turns on the host instrumentations named (see
+    /// [`crate::http_client::INSTRUMENTATIONS`]).
+    pub fn with_instrumentations<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
+        for name in names {
+            if name == "http-client" {
+                self.http_client = true;
+            }
+        }
+        self
+    }
+
+    /// Whether outgoing HTTP requests of tasks are traced.
+    pub fn traces_http_client(&self) -> bool {
+        self.http_client
     }
 
     /// The tracer.

@@ -23,7 +23,7 @@
 
 pub use crate::wit::wtrace::tracing::provider::{
     Exporter, FileExporter, OtlpExporter, OtlpProtocol, Processor, Sampler, WorkerInfo,
-    add_span_processor, current_worker, set_resource, set_sampler,
+    add_span_processor, current_worker, enable_instrumentation, set_resource, set_sampler,
 };
 
 use crate::{KeyValue, kv};

@@ -80,6 +80,9 @@ pub struct SandboxArgs {
     /// Let tasks open sockets to HOST:PORT (`*` for any port or any address; repeatable).
     #[arg(long, value_name = "HOST:PORT")]
     pub allow_net: Vec<String>,
+    /// Let tasks send HTTP requests (wasi:http) to HOST or HOST:PORT (`*`: anywhere; repeatable).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub allow_http: Vec<String>,
     /// Also let the hook's file exporters write under DIR (default: /tmp/spans only).
     #[arg(long, value_name = "DIR")]
     pub allow_span_dir: Vec<PathBuf>,
@@ -149,6 +152,7 @@ impl SandboxArgs {
             dirs,
             env: self.allow_env.clone(),
             net: self.allow_net.clone(),
+            http: self.allow_http.clone(),
         })
     }
 

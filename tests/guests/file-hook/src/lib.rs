@@ -9,6 +9,9 @@ fn setup_tracing() -> Result<(), String> {
     if let Some(sampler) = hook::sampler_from_env()? {
         hook::set_sampler(sampler);
     }
+    if let Some(name) = hook::env("WTRACE_TEST_INSTRUMENT") {
+        hook::enable_instrumentation(&name)?;
+    }
     let exporter = Exporter::File(FileExporter {
         path: format!("{dir}/{{pid}}.json"),
     });

@@ -21,6 +21,7 @@ wit_bindgen::generate!({
             export huge-result: func(mib: u32) -> string;
             export echo: func(value: string) -> u32;
             export fine: func() -> string;
+            export http-get: func(authority: string, path: string) -> result<u16, string>;
         }
     ",
 });
@@ -161,6 +162,36 @@ impl Guest for Hostile {
 
     fn echo(value: String) -> u32 {
         value.len() as u32
+    }
+
+    fn http_get(authority: String, path: String) -> Result<u16, String> {
+        use wasip2::http::outgoing_handler::handle;
+        use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
+        in_span("fetch", |_| {
+            let request = OutgoingRequest::new(Fields::new());
+            request.set_method(&Method::Get).map_err(|()| "method")?;
+            request
+                .set_scheme(Some(&Scheme::Http))
+                .map_err(|()| "scheme")?;
+            request
+                .set_authority(Some(&authority))
+                .map_err(|()| "authority")?;
+            request
+                .set_path_with_query(Some(&path))
+                .map_err(|()| "path")?;
+            let response = handle(request, None).map_err(|e| format!("{e:?}"))?;
+            loop {
+                match response.get() {
+                    Some(result) => {
+                        let response = result
+                            .map_err(|()| "response taken twice".to_owned())?
+                            .map_err(|e| format!("{e:?}"))?;
+                        return Ok(response.status());
+                    }
+                    None => response.subscribe().block(),
+                }
+            }
+        })
     }
 
     fn fine() -> String {
