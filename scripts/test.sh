@@ -7,4 +7,6 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 setup_rust_target
 setup_rotel
+source scripts/setup-c.sh
+setup_c_guests
 cargo test --release "$@"

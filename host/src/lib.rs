@@ -22,6 +22,7 @@ pub mod bridge;
 pub mod check;
 pub mod cluster;
 pub mod config;
+pub mod diagnostics;
 pub mod engine;
 pub mod error;
 pub mod export;

@@ -24,6 +24,9 @@ pub struct RunCommand {
     /// Worker processes to start (default: one per core).
     #[arg(short = 'n', long, value_name = "N")]
     num_workers: Option<usize>,
+    /// Run every invocation N times.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    repeat: usize,
     /// Times a task is retried when its worker dies.
     #[arg(long, value_name = "N", default_value_t = 3)]
     max_retries: u32,
@@ -38,11 +41,12 @@ pub struct RunCommand {
 
 impl RunCommand {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let invocations = self
+        let unique = self
             .invocations
             .iter()
             .map(|i| i.parse::<Invocation>())
             .collect::<Result<Vec<_>, _>>()?;
+        anyhow::ensure!(self.repeat > 0, "--repeat must be at least 1");
         let (name, bytes) = read_component(&self.component)?;
         let hook = self.hook.spec()?.map(|spec| spec.load()).transpose()?;
         let limits = self.sandbox.limits();
@@ -69,7 +73,9 @@ impl RunCommand {
             // Everything that can be checked here is, before any worker starts:
             // the component, its exports and argument types, and the hook.
             let runtime = Runtime::new(limits, options.cache_dir.clone())?;
-            check_component(&runtime, &self.component, &name, &bytes, &invocations)?;
+            check_component(&runtime, &self.component, &name, &bytes, &unique)?;
+            let invocations: Vec<Invocation> =
+                std::iter::repeat_n(unique, self.repeat).flatten().collect();
             // Hooks use synchronous WASI, which must not run on an async thread.
             let telemetry = match hook {
                 Some(hook) => {

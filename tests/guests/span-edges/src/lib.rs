@@ -16,6 +16,8 @@ wit_bindgen::generate!({
             export attributes: func();
             export many-spans: func(n: u32) -> u32;
             export spin: func(ms: u32) -> u32;
+            export bench-spans: func(n: u32) -> u32;
+            export noop: func();
         }
     ",
 });
@@ -106,6 +108,27 @@ impl Guest for Edges {
         }
         n
     }
+
+    fn bench_spans(n: u32) -> u32 {
+        // The unit of the span benchmark: start, two attributes, end.
+        let options = raw::SpanOptions {
+            kind: None,
+            attributes: Vec::new(),
+            links: Vec::new(),
+            parent: None,
+        };
+        let one = wtrace_guest::Value::S64(1);
+        let two = wtrace_guest::Value::String("two".into());
+        for _ in 0..n {
+            let span = raw::start_span("bench", &options);
+            span.set_attribute("a", &one);
+            span.set_attribute("b", &two);
+            raw::end_span(&span).ok();
+        }
+        n
+    }
+
+    fn noop() {}
 
     fn spin(ms: u32) -> u32 {
         let _busy = span("spinning");

@@ -1,0 +1,62 @@
+"""The Ray side of wtrace's benchmark: the same workload on Ray.
+
+2000 trivial tasks submitted at once, then all gathered, without and with
+Ray's default tracing hook; and a cold start (a whole process doing ray.init,
+one task and shutdown). Prints one JSON line: tasks/s and milliseconds.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import ray
+
+N = 2000
+HOOK = "ray.util.tracing.setup_local_tmp_tracing:setup_tracing"
+
+
+@ray.remote
+def my_function():
+    return 1
+
+
+def rate(tracing):
+    kwargs = {"num_cpus": os.cpu_count(), "include_dashboard": False, "log_to_driver": False}
+    if tracing:
+        kwargs["_tracing_startup_hook"] = HOOK
+    ray.init(**kwargs)
+    try:
+        ray.get([my_function.remote() for _ in range(200)])  # warm the workers
+        best = 0.0
+        for _ in range(3):
+            start = time.perf_counter()
+            results = ray.get([my_function.remote() for _ in range(N)])
+            elapsed = time.perf_counter() - start
+            assert sum(results) == N
+            best = max(best, N / elapsed)
+        return best
+    finally:
+        ray.shutdown()
+
+
+def cold_ms():
+    code = (
+        "import ray\n"
+        f"ray.init(num_cpus={os.cpu_count()}, include_dashboard=False, _tracing_startup_hook='{HOOK}')\n"
+        "@ray.remote\n"
+        "def f():\n    return 1\n"
+        "assert ray.get(f.remote()) == 1\n"
+        "ray.shutdown()\n"
+    )
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    return (time.perf_counter() - start) * 1000
+
+
+if __name__ == "__main__":
+    plain = rate(False)
+    traced = rate(True)
+    cold = cold_ms()
+    print(json.dumps({"plain": plain, "traced": traced, "cold_ms": cold}))

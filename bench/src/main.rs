@@ -1,0 +1,542 @@
+//! wtrace's benchmarks: every figure as a ratio taken in one run, against the
+//! native OpenTelemetry SDK and against Ray on the same machine.
+//!
+//! ```text
+//! scripts/bench.sh            # sets up (Ray in a venv, rotel) and runs everything
+//! cargo run --release -p wtrace-bench -- --quick --no-ray
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, Tracer as _};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SimpleSpanProcessor};
+use wtrace::cluster::{LocalCluster, LocalClusterOptions};
+use wtrace::export::FileExporter;
+use wtrace::task::{self, TaskContext, TaskLinker};
+use wtrace::wave::Invocation;
+use wtrace::{HookSpec, Limits, Runtime, Telemetry};
+use wtrace_tests::guests;
+
+struct Options {
+    quick: bool,
+    ray: bool,
+    only: Option<String>,
+}
+
+struct Report {
+    rows: Vec<(String, String, String)>,
+}
+
+impl Report {
+    fn row(&mut self, what: &str, value: String, target: &str) {
+        println!("{what:<58} {value:>22}   {target}");
+        self.rows.push((what.to_owned(), value, target.to_owned()));
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = Options {
+        quick: args.iter().any(|a| a == "--quick"),
+        ray: !args.iter().any(|a| a == "--no-ray"),
+        only: args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1).cloned()),
+    };
+    let wants = |name: &str| options.only.as_deref().is_none_or(|only| only == name);
+    println!("wtrace benchmarks on {} ({} cores)", machine(), cores());
+    println!("{:<58} {:>22}   target", "measure", "result");
+    let mut report = Report { rows: Vec::new() };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    if wants("span") {
+        spans(&options, &mut report)?;
+    }
+    let mut wtrace_traced = None;
+    if wants("tasks") {
+        wtrace_traced = Some(rt.block_on(tasks(&options, &mut report))?);
+    }
+    if wants("cold") || wants("ray") {
+        cold_start(&mut report, &options, wtrace_traced)?;
+    }
+    if wants("memory") {
+        rt.block_on(memory(&options, &mut report))?;
+    }
+    if wants("export") {
+        rt.block_on(export(&options, &mut report))?;
+    }
+    if let Some(path) = std::env::var_os("WTRACE_BENCH_JSON") {
+        let rows: Vec<_> = report
+            .rows
+            .iter()
+            .map(|(w, v, t)| serde_json::json!({"measure": w, "result": v, "target": t}))
+            .collect();
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;
+    }
+    Ok(())
+}
+
+fn machine() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or_default().trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+fn wtrace_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("bench path");
+    exe.parent().expect("target/<profile>").join("wtrace")
+}
+
+/// A provider with a simple processor writing OTLP-JSON lines to `path`.
+fn file_telemetry(path: &Path) -> anyhow::Result<Telemetry> {
+    let exporter = FileExporter::open(path)?;
+    Ok(Telemetry::new(
+        SdkTracerProvider::builder()
+            .with_span_processor(SimpleSpanProcessor::new(exporter))
+            .build(),
+    ))
+}
+
+/// Guest span (start + 2 attributes + end through the bridge) against the
+/// same span made with the SDK directly; same processor and file exporter.
+fn spans(options: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let n: u32 = if options.quick { 50_000 } else { 200_000 };
+    let dir = tempfile::tempdir()?;
+    let mut native = Vec::new();
+    let mut guest = Vec::new();
+    let runtime = Runtime::new(
+        Limits {
+            spans_per_task: u32::MAX,
+            open_spans: u32::MAX,
+            ..Limits::default()
+        },
+        None,
+    )?;
+    let linker = TaskLinker::new(&runtime)?;
+    let component = linker.load("span-edges.wasm", &std::fs::read(guests::SPAN_EDGES)?)?;
+    for round in 0..5 {
+        let telemetry = file_telemetry(&dir.path().join(format!("native-{round}.json")))?;
+        let tracer = telemetry.tracer();
+        let started = Instant::now();
+        for _ in 0..n {
+            let mut span = tracer.span_builder("bench").start(tracer);
+            span.set_attribute(KeyValue::new("a", 1));
+            span.set_attribute(KeyValue::new("b", "two"));
+            span.end();
+        }
+        native.push(started.elapsed().as_nanos() as f64 / f64::from(n));
+
+        let telemetry = file_telemetry(&dir.path().join(format!("guest-{round}.json")))?;
+        let cx = TaskContext {
+            task_id: "bench",
+            job_id: "bench",
+            worker_id: "bench",
+            node_id: "bench",
+            parent: None,
+            attempt: 0,
+            abort: None,
+            submitter: None,
+            depth: 0,
+        };
+        let call = format!("bench-spans({n})");
+        let started = Instant::now();
+        let output = task::execute(
+            &linker,
+            Some(&telemetry),
+            &component,
+            "bench-spans",
+            &call,
+            &cx,
+        );
+        let elapsed = started.elapsed();
+        output.result.map_err(|e| anyhow::anyhow!("{e}"))?;
+        guest.push(elapsed.as_nanos() as f64 / f64::from(n));
+    }
+    let (native, guest) = (median(native), median(guest));
+    report.row(
+        "native span, simple processor + file (ns)",
+        format!("{native:.0}"),
+        "",
+    );
+    report.row(
+        "guest span through the bridge, same (ns)",
+        format!("{guest:.0}"),
+        "",
+    );
+    report.row(
+        "guest span / native span",
+        format!("{:.2}x", guest / native),
+        "<= 1.50x",
+    );
+    Ok(())
+}
+
+async fn cluster_rate(workers: usize, hook: Option<&str>, n: usize) -> anyhow::Result<f64> {
+    let mut options = LocalClusterOptions::new(wtrace_bin());
+    options.num_workers = workers;
+    options.hook = hook.map(|h| h.parse::<HookSpec>()?.load()).transpose()?;
+    let cluster = LocalCluster::start(options).await?;
+    let client = cluster.client(None).await?;
+    let component = client.upload_file(guests::HELLO.as_ref()).await?;
+    let call: Invocation = "my-function()".parse()?;
+    let warm: Vec<Invocation> = vec![call.clone(); 200];
+    for task in client
+        .submit_many(&component, &warm, &opentelemetry::Context::new())
+        .await?
+    {
+        task.get().await?;
+    }
+    let calls = vec![call; n];
+    let started = Instant::now();
+    let tasks = client
+        .submit_many(&component, &calls, &opentelemetry::Context::new())
+        .await?;
+    for task in tasks {
+        task.get()
+            .await?
+            .value
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    if let Some(telemetry) = client.telemetry().cloned() {
+        tokio::task::spawn_blocking(move || telemetry.shutdown()).await??;
+    }
+    client.shutdown_cluster().await?;
+    cluster.stop().await;
+    Ok(rate)
+}
+
+fn run_rate(hook: Option<&str>, n: usize) -> anyhow::Result<f64> {
+    let mut command = Command::new(wtrace_bin());
+    command.args([
+        "run",
+        "-n",
+        &cores().to_string(),
+        "--repeat",
+        &n.to_string(),
+    ]);
+    if let Some(hook) = hook {
+        command.arg(format!("--tracing-startup-hook={hook}"));
+    }
+    command.args([guests::HELLO, "my-function()"]);
+    let started = Instant::now();
+    let output = command.output()?;
+    let elapsed = started.elapsed();
+    if !output.status.success() {
+        bail!(
+            "wtrace run failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// Trivial tasks per second, without and with tracing (the default hook).
+async fn tasks(options: &Options, report: &mut Report) -> anyhow::Result<f64> {
+    let n = if options.quick { 5_000 } else { 20_000 };
+    let rounds = if options.quick { 1 } else { 3 };
+    let mut plain = Vec::new();
+    let mut traced = Vec::new();
+    for _ in 0..rounds {
+        plain.push(run_rate(None, n)?);
+        traced.push(run_rate(Some("default"), n)?);
+    }
+    let (plain, traced) = (median(plain), median(traced));
+    report.row(
+        &format!("wtrace run, {n} tasks, no hook (tasks/s)"),
+        format!("{plain:.0}"),
+        "",
+    );
+    report.row(
+        &format!("wtrace run, {n} tasks, default hook (tasks/s)"),
+        format!("{traced:.0}"),
+        "",
+    );
+    report.row(
+        "wtrace run: traced / untraced",
+        format!("{:.2}x", traced / plain),
+        ">= 0.90x",
+    );
+
+    let mut plain = Vec::new();
+    let mut traced = Vec::new();
+    for _ in 0..rounds {
+        plain.push(cluster_rate(cores(), None, n).await?);
+        traced.push(cluster_rate(cores(), Some("default"), n).await?);
+    }
+    let (plain, traced) = (median(plain), median(traced));
+    report.row(
+        &format!("cluster, {n} tasks, no hook (tasks/s)"),
+        format!("{plain:.0}"),
+        "",
+    );
+    report.row(
+        &format!("cluster, {n} tasks, default hook (tasks/s)"),
+        format!("{traced:.0}"),
+        "",
+    );
+    report.row(
+        "cluster: traced / untraced",
+        format!("{:.2}x", traced / plain),
+        ">= 0.90x",
+    );
+
+    // The Ray workload: 2000 tasks submitted at once, then all gathered.
+    let mut ray_shaped = Vec::new();
+    for _ in 0..rounds.max(3) {
+        ray_shaped.push(cluster_rate(cores(), Some("default"), 2000).await?);
+    }
+    let ray_shaped = median(ray_shaped);
+    report.row(
+        "cluster, 2000 tasks at once, default hook (tasks/s)",
+        format!("{ray_shaped:.0}"),
+        "",
+    );
+    Ok(ray_shaped)
+}
+
+/// `wtrace run` of one traced task as a process, and Ray's equivalent.
+fn cold_start(
+    report: &mut Report,
+    options: &Options,
+    wtrace_traced: Option<f64>,
+) -> anyhow::Result<()> {
+    // Warm the compile cache first.
+    let once = || -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let output = Command::new(wtrace_bin())
+            .args([
+                "run",
+                "--tracing-startup-hook=default",
+                guests::HELLO,
+                "my-function()",
+            ])
+            .output()?;
+        if !output.status.success() {
+            bail!("{}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(started.elapsed().as_secs_f64() * 1000.0)
+    };
+    once()?;
+    let cold = median(
+        (0..10)
+            .map(|_| once())
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    );
+    report.row(
+        "wtrace run cold start, one traced task (ms)",
+        format!("{cold:.1}"),
+        "<= 100 ms",
+    );
+    if !options.ray {
+        return Ok(());
+    }
+    let ray = ray_bench()?;
+    report.row(
+        "Ray, 2000 tasks, no tracing (tasks/s)",
+        format!("{:.0}", ray.plain),
+        "",
+    );
+    report.row(
+        "Ray, 2000 tasks, default tracing hook (tasks/s)",
+        format!("{:.0}", ray.traced),
+        "",
+    );
+    if let Some(wtrace) = wtrace_traced {
+        report.row(
+            "wtrace / Ray, 2000 tasks, both traced",
+            format!("{:.1}x", wtrace / ray.traced),
+            ">= 50x",
+        );
+    }
+    report.row(
+        "Ray cold start, ray.init + one task + shutdown (ms)",
+        format!("{:.0}", ray.cold_ms),
+        "",
+    );
+    report.row(
+        "Ray cold start / wtrace cold start",
+        format!("{:.0}x", ray.cold_ms / cold),
+        "",
+    );
+    Ok(())
+}
+
+struct Ray {
+    plain: f64,
+    traced: f64,
+    cold_ms: f64,
+}
+
+fn ray_bench() -> anyhow::Result<Ray> {
+    let python = std::env::var("WTRACE_RAY_PYTHON")
+        .unwrap_or_else(|_| "target/tools/ray-venv/bin/python".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("ray_bench.py");
+    let output = Command::new(&python)
+        .arg(&script)
+        .output()
+        .with_context(|| {
+            format!("cannot run {python} (run scripts/bench.sh, which installs Ray)")
+        })?;
+    if !output.status.success() {
+        bail!(
+            "the Ray benchmark failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let last = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    let value: serde_json::Value =
+        serde_json::from_str(&last).with_context(|| format!("Ray printed {last:?}"))?;
+    Ok(Ray {
+        plain: value["plain"].as_f64().unwrap_or_default(),
+        traced: value["traced"].as_f64().unwrap_or_default(),
+        cold_ms: value["cold_ms"].as_f64().unwrap_or_default(),
+    })
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")
+}
+
+/// A worker's resident memory idle, and after many tasks.
+async fn memory(options: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let total = if options.quick { 100_000 } else { 1_000_000 };
+    let mut cluster_options = LocalClusterOptions::new(wtrace_bin());
+    cluster_options.num_workers = 1;
+    cluster_options.hook = Some("default".parse::<HookSpec>()?.load()?);
+    let cluster = LocalCluster::start(cluster_options).await?;
+    let pid = cluster.worker_pids()[0];
+    let client = cluster.client(None).await?;
+    let component = client.upload_file(guests::HELLO.as_ref()).await?;
+    let batch: Vec<Invocation> = vec!["my-func()".parse()?; 10_000];
+    let run = |count: usize| {
+        let client = &client;
+        let component = &component;
+        let batch = &batch;
+        async move {
+            for _ in 0..count / batch.len() {
+                for task in client
+                    .submit_many(component, batch, &opentelemetry::Context::new())
+                    .await?
+                {
+                    task.get().await?;
+                }
+            }
+            anyhow::Ok(())
+        }
+    };
+    run(20_000).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let idle = rss_kib(pid)?;
+    run(total).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = rss_kib(pid)?;
+    report.row(
+        "worker RSS idle, after warm-up (MiB)",
+        format!("{:.1}", idle as f64 / 1024.0),
+        "",
+    );
+    report.row(
+        &format!("worker RSS after {total} more traced tasks (MiB)"),
+        format!("{:.1}", after as f64 / 1024.0),
+        "no growth beyond noise",
+    );
+    report.row(
+        "worker RSS growth",
+        format!("{:+.1}%", (after as f64 / idle as f64 - 1.0) * 100.0),
+        "< 5%",
+    );
+    if let Some(telemetry) = client.telemetry().cloned() {
+        tokio::task::spawn_blocking(move || telemetry.shutdown()).await??;
+    }
+    client.shutdown_cluster().await?;
+    cluster.stop().await;
+    Ok(())
+}
+
+/// Spans per second one worker sustains to the file exporter, all exported.
+async fn export(options: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let tasks = if options.quick { 5 } else { 20 };
+    let per_task = 20_000u32;
+    let dir = tempfile::tempdir()?;
+    let mut cluster_options = LocalClusterOptions::new(wtrace_bin());
+    cluster_options.num_workers = 1;
+    cluster_options.limits.spans_per_task = per_task + 1;
+    cluster_options.limits.open_spans = u32::MAX;
+    cluster_options.policy.span_dirs.push(dir.path().to_owned());
+    cluster_options.hook = Some(
+        format!("{}:setup-tracing", guests::FILE_HOOK)
+            .parse::<HookSpec>()?
+            .load()?,
+    );
+    // The file hook writes where WTRACE_SPAN_DIR says, batching with WTRACE_TEST_BATCH.
+    // SAFETY: set before any thread of ours reads the environment concurrently.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("WTRACE_SPAN_DIR", dir.path());
+        std::env::set_var("WTRACE_TEST_BATCH", "1");
+    }
+    let cluster = LocalCluster::start(cluster_options).await?;
+    let client = cluster
+        .client(Some(Telemetry::new(SdkTracerProvider::builder().build())))
+        .await?;
+    let component = client.upload_file(guests::SPAN_EDGES.as_ref()).await?;
+    let calls: Vec<Invocation> = vec![format!("bench-spans({per_task})").parse()?; tasks];
+    let started = Instant::now();
+    for task in client
+        .submit_many(&component, &calls, &opentelemetry::Context::new())
+        .await?
+    {
+        task.get()
+            .await?
+            .value
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    client.shutdown_cluster().await?;
+    cluster.stop().await;
+    let elapsed = started.elapsed();
+    let files = wtrace::spans::SpanFiles::read(&[dir.path().to_owned()])?;
+    let exported = files.spans.iter().filter(|s| s.name == "bench").count();
+    let expected = tasks * per_task as usize;
+    report.row(
+        "file export: spans/s one worker sustains, flushed",
+        format!("{:.0}", expected as f64 / elapsed.as_secs_f64()),
+        "",
+    );
+    report.row(
+        "file export: spans exported / spans made",
+        format!("{exported}/{expected}"),
+        "zero dropped",
+    );
+    Ok(())
+}
