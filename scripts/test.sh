@@ -9,4 +9,8 @@ setup_rust_target
 setup_rotel
 source scripts/setup-c.sh
 setup_c_guests
+source scripts/setup-python.sh
+setup_python_guests
+source scripts/setup-js.sh
+setup_js_guests
 cargo test --release "$@"
