@@ -17,6 +17,8 @@ use crate::config::{ExportPolicy, Limits};
 use crate::export::{self, AnyExporter, ExporterSpec, OtlpProtocol, PathVars};
 
 /// Spans a batch processor queues before it drops (and counts) new ones.
+/// Memory is taken only as spans queue up; a full queue drops spans and the
+/// SDK reports how many on stderr.
 pub const BATCH_QUEUE_SIZE: usize = 1 << 16;
 
 /// Which process a hook runs in.
@@ -112,7 +114,7 @@ impl ProviderState {
                     builder.with_span_processor(SimpleSpanProcessor::new(exporter))
                 }
                 ProcessorChoice::Batch(exporter) => builder.with_span_processor(
-                    BatchSpanProcessor::builder(exporter)
+                    BatchSpanProcessor::builder(crate::export::Background(exporter))
                         .with_batch_config(
                             BatchConfigBuilder::default()
                                 .with_max_queue_size(BATCH_QUEUE_SIZE)

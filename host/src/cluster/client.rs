@@ -29,6 +29,10 @@ use crate::wave::Invocation;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Done>>>>;
 
+/// Submissions per message: large enough to amortize a message, small
+/// enough that workers start before a big submission is fully prepared.
+const SUBMIT_CHUNK: usize = 256;
+
 /// A connection to a wtrace cluster.
 ///
 /// ```no_run
@@ -292,62 +296,77 @@ impl Client {
                     "component {component} was not uploaded by this client"
                 ))
             })?;
-        let mut submissions = Vec::with_capacity(invocations.len());
+        // Values every submit span of this call shares, made once.
+        let text = |s: String| opentelemetry::Value::String(std::sync::Arc::<str>::from(s).into());
+        let component_name = text(name);
+        let digest = text(component.to_string());
+        let job_id = text(self.inner.config.job_id.clone());
+        let pid = i64::from(std::process::id());
         let mut refs = Vec::with_capacity(invocations.len());
-        let mut spans = Vec::new();
-        for invocation in invocations {
-            let tag = self.inner.next_tag.fetch_add(1, Ordering::Relaxed);
-            let task_id = format!("{}-{tag}", self.inner.driver_id);
-            let (tx, rx) = oneshot::channel();
-            self.inner.pending.lock().unwrap().insert(tag, tx);
-            let (context, span) = match &self.inner.telemetry {
-                Some(telemetry) => {
-                    let tracer = telemetry.tracer();
-                    let span = tracer
-                        .span_builder(format!("{} submit", invocation.function))
-                        .with_kind(SpanKind::Producer)
-                        .with_attributes([
-                            KeyValue::new("wtrace.function", invocation.function.clone()),
-                            KeyValue::new("wtrace.component", name.clone()),
-                            KeyValue::new("wtrace.component.digest", component.to_string()),
-                            KeyValue::new("wtrace.task_id", task_id.clone()),
-                            KeyValue::new("wtrace.job_id", self.inner.config.job_id.clone()),
-                            KeyValue::new("wtrace.worker_id", "driver"),
-                            KeyValue::new("wtrace.node_id", "driver"),
-                            KeyValue::new("process.pid", i64::from(std::process::id())),
-                        ])
-                        .start_with_context(tracer, parent);
-                    (span.span_context().clone(), Some(span))
-                }
-                None => (parent.span().span_context().clone(), None),
-            };
-            submissions.push(Submission {
-                tag,
-                task_id,
-                component: component.clone(),
-                function: invocation.function.clone(),
-                invocation: invocation.text.clone(),
-                traceparent: traceparent(&context),
-                tracestate: Some(context.trace_state().header()).filter(|s| !s.is_empty()),
-                depth: 0,
-            });
-            spans.extend(span);
-            refs.push(TaskRef {
-                function: invocation.function.clone(),
-                rx,
-            });
-        }
-        let sent = self.request(FromDriver::Submit(submissions));
-        for mut span in spans {
-            if let Err(error) = &sent {
-                record_error(
-                    &mut span,
-                    &TaskError::new(TaskErrorKind::Cluster, "submit", error.to_string()),
-                );
+        // Chunks go out as soon as they are ready, so workers start while
+        // the rest is prepared.
+        for chunk in invocations.chunks(SUBMIT_CHUNK) {
+            let mut submissions = Vec::with_capacity(chunk.len());
+            let mut spans = Vec::new();
+            let mut senders = Vec::with_capacity(chunk.len());
+            for invocation in chunk {
+                let tag = self.inner.next_tag.fetch_add(1, Ordering::Relaxed);
+                let task_id = format!("{}-{tag}", self.inner.driver_id);
+                let (tx, rx) = oneshot::channel();
+                senders.push((tag, tx));
+                let (context, span) = match &self.inner.telemetry {
+                    Some(telemetry) => {
+                        let tracer = telemetry.tracer();
+                        let span = tracer
+                            .span_builder(format!("{} submit", invocation.function))
+                            .with_kind(SpanKind::Producer)
+                            .with_attributes([
+                                KeyValue::new("wtrace.function", invocation.function.clone()),
+                                KeyValue::new("wtrace.component", component_name.clone()),
+                                KeyValue::new("wtrace.component.digest", digest.clone()),
+                                KeyValue::new("wtrace.task_id", task_id.clone()),
+                                KeyValue::new("wtrace.job_id", job_id.clone()),
+                                KeyValue::new("wtrace.worker_id", "driver"),
+                                KeyValue::new("wtrace.node_id", "driver"),
+                                KeyValue::new("process.pid", pid),
+                            ])
+                            .start_with_context(tracer, parent);
+                        (span.span_context().clone(), Some(span))
+                    }
+                    None => (parent.span().span_context().clone(), None),
+                };
+                let state = context.trace_state();
+                submissions.push(Submission {
+                    tag,
+                    task_id,
+                    component: component.clone(),
+                    function: invocation.function.clone(),
+                    invocation: invocation.text.clone(),
+                    traceparent: traceparent(&context),
+                    tracestate: (*state != opentelemetry::trace::TraceState::NONE)
+                        .then(|| state.header())
+                        .filter(|s| !s.is_empty()),
+                    depth: 0,
+                });
+                spans.extend(span);
+                refs.push(TaskRef {
+                    function: invocation.function.clone(),
+                    rx,
+                });
             }
-            span.end();
+            self.inner.pending.lock().unwrap().extend(senders);
+            let sent = self.request(FromDriver::Submit(submissions));
+            for mut span in spans {
+                if let Err(error) = &sent {
+                    record_error(
+                        &mut span,
+                        &TaskError::new(TaskErrorKind::Cluster, "submit", error.to_string()),
+                    );
+                }
+                span.end();
+            }
+            sent?;
         }
-        sent?;
         Ok(refs)
     }
 

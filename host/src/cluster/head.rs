@@ -22,9 +22,15 @@ use crate::error::{Error, Result};
 use crate::provider::WorkerInfo;
 use crate::task::{TaskError, TaskErrorKind, TaskOutput};
 
-/// Tasks leased to one worker at a time: one running, the rest queued there
-/// so the next starts without a round trip.
-const WORKER_CAPACITY: usize = 16;
+/// Tasks leased to one worker at a time, at most: one running, the rest
+/// queued there so the next starts without a round trip. How many are leased
+/// adapts to how long the worker's tasks take: about [`QUEUED_WORK_US`] of
+/// work, so quick tasks go out in large batches while slow ones are not
+/// hoarded by one worker while another idles.
+const WORKER_CAPACITY: usize = 128;
+
+/// The work, in µs, a worker is leased ahead.
+const QUEUED_WORK_US: u64 = 3_000;
 
 type ConnId = u64;
 
@@ -66,6 +72,8 @@ struct Worker {
     leased: HashSet<u64>,
     /// Leased tasks waiting for nested tasks: they hold no CPU.
     waiting: usize,
+    /// Moving average of how long its tasks take, in µs.
+    busy_us: u64,
     has: HashSet<Digest>,
     done: u64,
 }
@@ -75,6 +83,18 @@ struct Worker {
 enum Origin {
     Driver(ConnId),
     Worker(ConnId),
+}
+
+impl Worker {
+    /// Leased tasks not waiting on nested tasks.
+    fn active(&self) -> usize {
+        self.leased.len() - self.waiting.min(self.leased.len())
+    }
+
+    /// How many tasks it may hold, given how long its tasks take.
+    fn capacity(&self) -> usize {
+        (QUEUED_WORK_US / self.busy_us.max(1)).clamp(2, WORKER_CAPACITY as u64) as usize
+    }
 }
 
 struct Task {
@@ -340,6 +360,7 @@ impl State {
                         ready: false,
                         leased: HashSet::new(),
                         waiting: 0,
+                        busy_us: QUEUED_WORK_US,
                         has: HashSet::new(),
                         done: 0,
                     },
@@ -429,6 +450,7 @@ impl State {
                     if let Some(worker) = self.workers.get_mut(&conn) {
                         worker.leased.remove(&done.id);
                         worker.done += 1;
+                        worker.busy_us = (worker.busy_us * 7 + u64::from(done.busy_us)) / 8;
                     }
                     // A task requeued after a presumed death may finish twice;
                     // only the first result counts.
@@ -442,6 +464,7 @@ impl State {
                     replies.entry(task.origin).or_default().push(Done {
                         id: task.submission.tag,
                         pid: done.pid,
+                        busy_us: done.busy_us,
                         output: done.output,
                     });
                 }
@@ -479,6 +502,7 @@ impl State {
                 failed.entry(task.origin).or_default().push(Done {
                     id: task.submission.tag,
                     pid: worker.pid,
+                    busy_us: 0,
                     output: TaskOutput::failed(error),
                 });
             } else {
@@ -516,6 +540,7 @@ impl State {
                 rejected.push(Done {
                     id: submission.tag,
                     pid: 0,
+                    busy_us: 0,
                     output: TaskOutput::failed(error),
                 });
                 continue;
@@ -532,6 +557,7 @@ impl State {
                 rejected.push(Done {
                     id: submission.tag,
                     pid: 0,
+                    busy_us: 0,
                     output: TaskOutput::failed(error),
                 });
                 continue;
@@ -595,10 +621,8 @@ impl State {
             let Some((&conn, _)) = self
                 .workers
                 .iter()
-                .filter(|(_, w)| {
-                    w.ready && w.leased.len() - w.waiting.min(w.leased.len()) < WORKER_CAPACITY
-                })
-                .min_by_key(|(_, w)| w.leased.len() - w.waiting.min(w.leased.len()))
+                .filter(|(_, w)| w.ready && w.active() < w.capacity())
+                .min_by_key(|(_, w)| w.active())
             else {
                 break;
             };

@@ -121,6 +121,8 @@ pub struct Done {
     pub id: u64,
     /// The pid of the worker that ran it.
     pub pid: u32,
+    /// How long the worker spent on it, in µs.
+    pub busy_us: u32,
     /// Its result and output.
     pub output: TaskOutput,
 }

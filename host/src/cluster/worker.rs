@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -152,22 +152,49 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
         out,
         pending: Mutex::new(HashMap::new()),
         next_tag: AtomicU64::new(1),
+        done: Mutex::new(Vec::new()),
+        done_count: AtomicUsize::new(0),
+        done_ready: tokio::sync::Notify::new(),
+        drained: AtomicBool::new(false),
     });
-    let sender = tokio::spawn(async move {
-        while let Some(message) = out_rx.recv().await {
-            if writer.feed(&message).await.is_err() {
-                return;
-            }
-            while let Ok(message) = out_rx.try_recv() {
-                if writer.feed(&message).await.is_err() {
+    let sender = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut open = true;
+            loop {
+                let waiting = pool.done_count.load(Ordering::Acquire) > 0;
+                tokio::select! {
+                    message = out_rx.recv(), if open => match message {
+                        Some(message) => {
+                            if writer.feed(&message).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => open = false,
+                    },
+                    _ = pool.done_ready.notified() => {}
+                    // Results of quick tasks wait at most this long for company.
+                    _ = tokio::time::sleep(RESULT_DELAY), if waiting => {}
+                }
+                let done = pool.take_done();
+                if !done.is_empty() && writer.feed(&FromWorker::Done(done)).await.is_err() {
+                    return;
+                }
+                while let Ok(message) = out_rx.try_recv() {
+                    if writer.feed(&message).await.is_err() {
+                        return;
+                    }
+                }
+                if writer.flush().await.is_err() {
+                    return;
+                }
+                let drained = pool.done_count.load(Ordering::Acquire) == 0;
+                if (!open || pool.drained.load(Ordering::Acquire)) && drained {
                     return;
                 }
             }
-            if writer.flush().await.is_err() {
-                return;
-            }
-        }
-    });
+        })
+    };
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::io("cannot handle SIGTERM", e))?;
@@ -185,6 +212,9 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
     }
     let closing = pool.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close(Duration::from_secs(10))).await;
+    // Every task has stopped: the sender sends what is left and stops.
+    pool.drained.store(true, Ordering::Release);
+    pool.done_ready.notify_one();
     drop(pool);
     let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
     if let Some(telemetry) = telemetry {
@@ -217,7 +247,19 @@ struct Pool {
     out: mpsc::UnboundedSender<FromWorker>,
     pending: Mutex<HashMap<u64, std::sync::mpsc::Sender<NestedResult>>>,
     next_tag: AtomicU64,
+    /// Results not yet sent, so that quick tasks' results go out together.
+    done: Mutex<Vec<Done>>,
+    done_count: AtomicUsize,
+    done_ready: tokio::sync::Notify,
+    /// Set once every executor thread has stopped.
+    drained: AtomicBool,
 }
+
+/// Results sent in one message at most.
+const RESULT_BATCH: usize = 64;
+
+/// How long a result may wait for others to share its message.
+const RESULT_DELAY: Duration = Duration::from_millis(1);
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -285,12 +327,15 @@ impl Pool {
                     state = self.wake.wait(state).unwrap();
                 }
             };
+            let started = std::time::Instant::now();
             let output = self.run_one(&lease, &submitter);
-            let _ = self.out.send(FromWorker::Done(vec![Done {
+            let busy_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+            self.finished(Done {
                 id: lease.lease_id,
                 pid: std::process::id(),
+                busy_us,
                 output,
-            }]));
+            });
             let mut state = self.state.lock().unwrap();
             if state.runnable() > 1 || state.closed {
                 // Another thread can carry on (a waiting task resumed).
@@ -299,6 +344,26 @@ impl Pool {
                 return;
             }
         }
+    }
+
+    /// Queues a result; wakes the sender when this worker has nothing else
+    /// to run now, or enough results to fill a message.
+    fn finished(&self, done: Done) {
+        let count = {
+            let mut buffer = self.done.lock().unwrap();
+            buffer.push(done);
+            buffer.len()
+        };
+        self.done_count.store(count, Ordering::Release);
+        if count >= RESULT_BATCH || self.state.lock().unwrap().leases.is_empty() {
+            self.done_ready.notify_one();
+        }
+    }
+
+    fn take_done(&self) -> Vec<Done> {
+        let mut buffer = self.done.lock().unwrap();
+        self.done_count.store(0, Ordering::Release);
+        std::mem::take(&mut *buffer)
     }
 
     fn run_one(&self, lease: &Lease, submitter: &Arc<dyn Submitter>) -> TaskOutput {

@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
-use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::Resource as SdkResource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
@@ -47,11 +49,45 @@ impl FileExporter {
 /// One OTLP-JSON line (with its newline) for `batch`.
 pub fn encode_line(batch: Vec<SpanData>, resource: &ResourceAttributesWithSchema) -> Vec<u8> {
     let request = ExportTraceServiceRequest {
-        resource_spans: group_spans_by_resource_and_scope(batch, resource),
+        resource_spans: resource_spans(batch, resource),
     };
     let mut line = serde_json::to_vec(&request).expect("OTLP messages serialize to JSON");
     line.push(b'\n');
     line
+}
+
+/// Groups spans by instrumentation scope under the resource. wtrace's spans
+/// nearly always share one scope: then there is nothing to group, and the
+/// per-span hashing of scopes is skipped.
+fn resource_spans(
+    batch: Vec<SpanData>,
+    resource: &ResourceAttributesWithSchema,
+) -> Vec<ResourceSpans> {
+    let one_scope = batch.first().is_some_and(|first| {
+        batch
+            .iter()
+            .all(|s| s.instrumentation_scope == first.instrumentation_scope)
+    });
+    if !one_scope {
+        return group_spans_by_resource_and_scope(batch, resource);
+    }
+    let scope = batch[0].instrumentation_scope.clone();
+    vec![ResourceSpans {
+        resource: Some(Resource {
+            attributes: resource.attributes.0.clone(),
+            dropped_attributes_count: 0,
+            entity_refs: Vec::new(),
+        }),
+        scope_spans: vec![ScopeSpans {
+            schema_url: scope
+                .schema_url()
+                .map(ToOwned::to_owned)
+                .unwrap_or_default(),
+            scope: Some((&scope, None).into()),
+            spans: batch.into_iter().map(Into::into).collect(),
+        }],
+        schema_url: resource.schema_url.clone().unwrap_or_default(),
+    }]
 }
 
 impl SpanExporter for FileExporter {
@@ -76,7 +112,7 @@ impl SpanExporter for FileExporter {
         self.force_flush()
     }
 
-    fn set_resource(&mut self, resource: &Resource) {
+    fn set_resource(&mut self, resource: &SdkResource) {
         self.resource = resource.into();
     }
 }

@@ -108,6 +108,49 @@ impl SpanExporter for AnyExporter {
     }
 }
 
+/// An exporter run by a batch processor's background thread, at a lower CPU
+/// priority than tasks: under load, tasks get the CPU first and the queue
+/// absorbs the spans until the exporter catches up.
+#[derive(Debug)]
+pub struct Background(pub AnyExporter);
+
+thread_local! {
+    static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Lowers the calling thread's scheduling priority (nice +10), once.
+#[allow(unsafe_code)]
+fn lower_this_threads_priority() {
+    if LOWERED.with(|l| l.replace(true)) {
+        return;
+    }
+    // SAFETY: gettid(2) and setpriority(2) on this thread's own id have no
+    // memory-safety preconditions; failure leaves the priority unchanged.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+    }
+}
+
+impl SpanExporter for Background {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        lower_this_threads_priority();
+        self.0.export(batch).await
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
+}
+
 /// Checks `spec` against `policy` and builds the exporter. The error, shown
 /// to the hook, says what was refused and which flag would allow it.
 ///
