@@ -7,7 +7,7 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SimpleSpanProcessor,
+    BatchConfigBuilder, Sampler, SdkTracerProvider, SimpleSpanProcessor,
 };
 use wasmtime::component::{HasData, Linker};
 
@@ -113,17 +113,15 @@ impl ProviderState {
                 ProcessorChoice::Simple(exporter) => {
                     builder.with_span_processor(SimpleSpanProcessor::new(exporter))
                 }
-                ProcessorChoice::Batch(exporter) => builder.with_span_processor(
-                    BatchSpanProcessor::builder(crate::export::Background(exporter))
-                        .with_batch_config(
-                            BatchConfigBuilder::default()
-                                .with_max_queue_size(BATCH_QUEUE_SIZE)
-                                .with_max_export_batch_size(2048)
-                                .with_scheduled_delay(Duration::from_millis(500))
-                                .build(),
-                        )
-                        .build(),
-                ),
+                ProcessorChoice::Batch(exporter) => {
+                    builder.with_span_processor(crate::export::Backpressure::new(
+                        exporter,
+                        BATCH_QUEUE_SIZE,
+                        BatchConfigBuilder::default()
+                            .with_max_export_batch_size(2048)
+                            .with_scheduled_delay(Duration::from_millis(500)),
+                    ))
+                }
             };
         }
         builder.build()

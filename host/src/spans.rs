@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -44,6 +43,8 @@ pub struct SpanRecord {
 /// Spans read, and what was skipped and why.
 #[derive(Debug, Default)]
 pub struct SpanFiles {
+    /// Keep only spans whose trace id starts with this (lowercase hex).
+    only: Option<String>,
     /// Every span read.
     pub spans: Vec<SpanRecord>,
     /// Lines skipped, with the reason (a torn last line of a killed process, say).
@@ -55,14 +56,21 @@ pub struct SpanFiles {
 impl SpanFiles {
     /// Reads each path: a directory means its `*.json` files, `-` standard input.
     pub fn read(paths: &[PathBuf]) -> Result<Self> {
-        let mut out = Self::default();
+        Self::read_trace(paths, None)
+    }
+
+    /// Like [`SpanFiles::read`], keeping only the spans of traces whose id
+    /// starts with `trace`: files are read a line at a time, so a large span
+    /// directory can be searched in little memory.
+    pub fn read_trace(paths: &[PathBuf], trace: Option<&str>) -> Result<Self> {
+        let mut out = Self {
+            only: trace.map(str::to_ascii_lowercase),
+            ..Self::default()
+        };
         for path in paths {
             if path == Path::new("-") {
-                let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
+                out.add_lines(path, std::io::stdin().lock())
                     .map_err(|e| Error::io("cannot read standard input", e))?;
-                out.add_text(path, &text);
             } else if path.is_dir() {
                 let mut files: Vec<PathBuf> = std::fs::read_dir(path)
                     .map_err(|e| Error::io(format!("cannot list {}", path.display()), e))?
@@ -81,33 +89,47 @@ impl SpanFiles {
     }
 
     fn add_file(&mut self, path: &Path) -> Result<()> {
-        let text = std::fs::read_to_string(path)
+        let file = std::fs::File::open(path)
             .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-        self.add_text(path, &text);
-        Ok(())
+        self.add_lines(path, std::io::BufReader::new(file))
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))
     }
 
     /// Parses OTLP-JSON lines (one `ExportTraceServiceRequest` per line).
     pub fn add_text(&mut self, file: &Path, text: &str) {
+        let _ = self.add_lines(file, text.as_bytes());
+    }
+
+    fn add_lines(&mut self, file: &Path, mut reader: impl std::io::BufRead) -> std::io::Result<()> {
         self.files.push(file.to_owned());
-        let complete = text.ends_with('\n');
-        let lines: Vec<&str> = text.lines().collect();
-        for (index, line) in lines.iter().enumerate() {
+        let mut line = String::new();
+        let mut number = 0;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            number += 1;
             if line.trim().is_empty() {
                 continue;
             }
-            match serde_json::from_str::<ExportTraceServiceRequest>(line) {
+            if let Some(only) = &self.only
+                && !line.contains(only.as_str())
+            {
+                continue;
+            }
+            match serde_json::from_str::<ExportTraceServiceRequest>(&line) {
                 Ok(request) => self.add_request(file, request),
                 Err(error) => {
-                    let torn = index + 1 == lines.len() && !complete;
+                    // Only a last line can lack its newline: a torn write.
+                    let torn = !line.ends_with('\n');
                     self.warnings.push(if torn {
                         format!(
-                            "{}: skipped a torn last line (line {}): the process was probably killed while writing it",
-                            file.display(),
-                            index + 1
+                            "{}: skipped a torn last line (line {number}): the process was probably killed while writing it",
+                            file.display()
                         )
                     } else {
-                        format!("{}: line {} is not OTLP JSON: {error}", file.display(), index + 1)
+                        format!("{}: line {number} is not OTLP JSON: {error}", file.display())
                     });
                 }
             }
@@ -123,6 +145,11 @@ impl SpanFiles {
             let pid = resource.get("process.pid").and_then(|p| p.parse().ok());
             for scope in resource_spans.scope_spans {
                 for span in scope.spans {
+                    if let Some(only) = &self.only
+                        && !hex::encode(&span.trace_id).starts_with(only.as_str())
+                    {
+                        continue;
+                    }
                     let error = (span.status.as_ref().is_some_and(|s| s.code == 2)).then(|| {
                         span.status
                             .as_ref()

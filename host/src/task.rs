@@ -471,10 +471,12 @@ pub fn execute(
             "wtrace.wasm.memory_peak_bytes",
             state.memory.peak as i64,
         ));
-        span.set_attribute(KeyValue::new(
-            "wtrace.spans_started",
-            i64::from(state.bridge.started()),
-        ));
+        if state.bridge.started() > 0 {
+            span.set_attribute(KeyValue::new(
+                "wtrace.spans_started",
+                i64::from(state.bridge.started()),
+            ));
+        }
         span.set_attribute(KeyValue::new(
             "wtrace.spans_dropped",
             i64::from(state.bridge.dropped()),
@@ -520,9 +522,11 @@ fn execute_span(
         KeyValue::new("wtrace.job_id", cx.job_id.to_owned()),
         KeyValue::new("wtrace.worker_id", cx.worker_id.to_owned()),
         KeyValue::new("wtrace.node_id", cx.node_id.to_owned()),
-        KeyValue::new("wtrace.attempt", i64::from(cx.attempt)),
         KeyValue::new("process.pid", i64::from(std::process::id())),
     ];
+    if cx.attempt > 0 {
+        attributes.push(KeyValue::new("wtrace.attempt", i64::from(cx.attempt)));
+    }
     if let Some(digest) = digest {
         attributes.push(KeyValue::new("wtrace.component.digest", digest.to_string()));
     }

@@ -19,7 +19,7 @@ pub struct SpansCommand {
 
 impl SpansCommand {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let files = SpanFiles::read(&self.paths)?;
+        let files = SpanFiles::read_trace(&self.paths, self.trace.as_deref())?;
         for warning in &files.warnings {
             eprintln!("warning: {warning}");
         }

@@ -11,7 +11,12 @@ use std::time::Duration;
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanExporter, SpanProcessor,
+};
 
 pub use console::ConsoleExporter;
 pub use file::{FileExporter, encode_line};
@@ -110,9 +115,13 @@ impl SpanExporter for AnyExporter {
 
 /// An exporter run by a batch processor's background thread, at a lower CPU
 /// priority than tasks: under load, tasks get the CPU first and the queue
-/// absorbs the spans until the exporter catches up.
+/// absorbs the spans until the exporter catches up. It counts down the
+/// spans [`Backpressure`] counted up.
 #[derive(Debug)]
-pub struct Background(pub AnyExporter);
+pub struct Background {
+    exporter: AnyExporter,
+    queued: Arc<AtomicUsize>,
+}
 
 thread_local! {
     static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -135,19 +144,90 @@ fn lower_this_threads_priority() {
 impl SpanExporter for Background {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         lower_this_threads_priority();
-        self.0.export(batch).await
+        let count = batch.len();
+        let result = self.exporter.export(batch).await;
+        self.queued.fetch_sub(
+            count.min(self.queued.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        result
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
+        self.exporter.shutdown_with_timeout(timeout)
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.0.force_flush()
+        self.exporter.force_flush()
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.0.set_resource(resource);
+        self.exporter.set_resource(resource);
+    }
+}
+
+/// A batch processor that slows span producers down instead of dropping
+/// spans: when its queue is nearly full, ending a span waits (up to
+/// [`MAX_WAIT`]) for the exporter to catch up. Past that wait — an exporter
+/// that is stuck, say — the batch processor drops spans, and the SDK says
+/// so on stderr.
+#[derive(Debug)]
+pub struct Backpressure {
+    inner: BatchSpanProcessor,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+/// The longest one span end waits for room in the queue.
+pub const MAX_WAIT: Duration = Duration::from_millis(100);
+
+impl Backpressure {
+    /// A batch processor over `exporter` with a queue of `queue_size` spans.
+    pub fn new(exporter: AnyExporter, queue_size: usize, config: BatchConfigBuilder) -> Self {
+        let queued = Arc::new(AtomicUsize::new(0));
+        let inner = BatchSpanProcessor::builder(Background {
+            exporter,
+            queued: queued.clone(),
+        })
+        .with_batch_config(config.with_max_queue_size(queue_size).build())
+        .build();
+        Self {
+            inner,
+            queued,
+            // Room for what the exporter holds while exporting.
+            limit: queue_size.saturating_sub(queue_size / 4),
+        }
+    }
+}
+
+impl SpanProcessor for Backpressure {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.queued.load(Ordering::Relaxed) >= self.limit {
+            let deadline = std::time::Instant::now() + MAX_WAIT;
+            while self.queued.load(Ordering::Relaxed) >= self.limit
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 
