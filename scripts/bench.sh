@@ -16,5 +16,6 @@ if [[ " $* " != *" --no-ray "* ]]; then
     fi
     export WTRACE_RAY_PYTHON="$PWD/$venv/bin/python"
 fi
+setup_rotel
 cargo build --release -p wtrace -p wtrace-bench
 exec target/release/wtrace-bench "$@"

@@ -73,6 +73,7 @@ fn main() -> anyhow::Result<()> {
     }
     if wants("export") {
         rt.block_on(export(&options, &mut report))?;
+        rt.block_on(export_otlp(&options, &mut report))?;
     }
     for file in span_files().difference(&before) {
         let _ = std::fs::remove_file(file);
@@ -589,4 +590,144 @@ async fn export(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         "zero dropped",
     );
     Ok(())
+}
+
+/// Spans per second one worker sustains over OTLP/gRPC to a local rotel
+/// collector, and how many rotel received.
+async fn export_otlp(options: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let Some(rotel) = rotel_agent() else {
+        report.row(
+            "OTLP export",
+            "skipped: rotel missing".into(),
+            "run scripts/bench.sh",
+        );
+        return Ok(());
+    };
+    let tasks = if options.quick { 5 } else { 20 };
+    let per_task = 20_000u32;
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+        })
+        .collect::<Result<_, _>>()?;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("rotel.log");
+    let mut collector = Command::new(rotel)
+        .args([
+            "start",
+            "--exporter",
+            "blackhole",
+            "--debug-log",
+            "traces",
+            "--debug-log-verbosity",
+            "basic",
+        ])
+        .arg("--otlp-grpc-endpoint")
+        .arg(format!("127.0.0.1:{}", ports[0]))
+        .arg("--otlp-http-endpoint")
+        .arg(format!("127.0.0.1:{}", ports[1]))
+        .arg("--pid-file")
+        .arg(dir.path().join("rotel.pid"))
+        .env("NO_COLOR", "1")
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", ports[0])).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "rotel did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: set before the cluster's processes start; no thread of ours reads it concurrently.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", ports[0]),
+        );
+        std::env::set_var("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+    }
+    let otlp_hook = guests::OTLP_HOOK;
+    let mut cluster_options = LocalClusterOptions::new(wtrace_bin());
+    cluster_options.num_workers = 1;
+    cluster_options.limits.spans_per_task = per_task + 1;
+    cluster_options.limits.open_spans = u32::MAX;
+    cluster_options.hook = Some(
+        format!("{otlp_hook}:setup-tracing")
+            .parse::<HookSpec>()?
+            .load()?,
+    );
+    let cluster = LocalCluster::start(cluster_options).await?;
+    let client = cluster
+        .client(Some(Telemetry::new(SdkTracerProvider::builder().build())))
+        .await?;
+    let component = client.upload_file(guests::SPAN_EDGES.as_ref()).await?;
+    let calls: Vec<Invocation> = vec![format!("bench-spans({per_task})").parse()?; tasks];
+    let started = Instant::now();
+    for task in client
+        .submit_many(&component, &calls, &opentelemetry::Context::new())
+        .await?
+    {
+        task.get()
+            .await?
+            .value
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    client.shutdown_cluster().await?;
+    cluster.stop().await;
+    let elapsed = started.elapsed();
+    // Each "Received traces" line of rotel's log counts a batch's spans.
+    let expected = tasks * per_task as usize;
+    let received = |log: &Path| -> usize {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                l.split(" spans=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .sum()
+    };
+    // rotel writes its log through a buffer: stop it (SIGTERM) so it flushes.
+    std::thread::sleep(Duration::from_millis(500));
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(collector.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while collector.try_wait()?.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = collector.kill();
+    let _ = collector.wait();
+    let got = received(&log);
+    report.row(
+        "OTLP/gRPC export to rotel: spans/s one worker sustains, flushed",
+        format!("{:.0}", expected as f64 / elapsed.as_secs_f64()),
+        "",
+    );
+    // rotel also receives the tasks' execute spans (one per task).
+    report.row(
+        "OTLP/gRPC export: guest spans rotel received / made",
+        format!("{}/{expected}", got.saturating_sub(tasks)),
+        "zero dropped",
+    );
+    Ok(())
+}
+
+fn rotel_agent() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("WTRACE_ROTEL") {
+        return Some(PathBuf::from(path));
+    }
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/venv/lib");
+    std::fs::read_dir(lib).ok()?.flatten().find_map(|python| {
+        let agent = python.path().join("site-packages/rotel/rotel-agent");
+        agent.exists().then_some(agent)
+    })
 }

@@ -16,10 +16,11 @@ use crate::bridge::key_value;
 use crate::config::{ExportPolicy, Limits};
 use crate::export::{self, AnyExporter, ExporterSpec, OtlpProtocol, PathVars};
 
-/// Spans a batch processor queues before it drops (and counts) new ones.
-/// Memory is taken only as spans queue up; a full queue drops spans and the
-/// SDK reports how many on stderr.
-pub const BATCH_QUEUE_SIZE: usize = 1 << 16;
+/// Spans a batch processor queues. The queue takes its memory up front (the
+/// SDK's bounded channel), so it is sized to smooth bursts, not to hold
+/// them: when it is nearly full, span producers wait for the exporter
+/// ([`crate::export::Backpressure`]) rather than lose spans.
+pub const BATCH_QUEUE_SIZE: usize = 1 << 14;
 
 /// Which process a hook runs in.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
