@@ -540,16 +540,6 @@ async fn export(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     let tasks = if options.quick { 5 } else { 20 };
     let per_task = 20_000u32;
     let dir = tempfile::tempdir()?;
-    let mut cluster_options = LocalClusterOptions::new(wtrace_bin());
-    cluster_options.num_workers = 1;
-    cluster_options.limits.spans_per_task = per_task + 1;
-    cluster_options.limits.open_spans = u32::MAX;
-    cluster_options.policy.span_dirs.push(dir.path().to_owned());
-    cluster_options.hook = Some(
-        format!("{}:setup-tracing", guests::FILE_HOOK)
-            .parse::<HookSpec>()?
-            .load()?,
-    );
     // The file hook writes where WTRACE_SPAN_DIR says, batching with WTRACE_TEST_BATCH.
     // SAFETY: set before any thread of ours reads the environment concurrently.
     #[allow(unsafe_code)]
@@ -557,6 +547,44 @@ async fn export(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         std::env::set_var("WTRACE_SPAN_DIR", dir.path());
         std::env::set_var("WTRACE_TEST_BATCH", "1");
     }
+    let elapsed = span_flood(guests::FILE_HOOK, Some(dir.path()), tasks, per_task).await?;
+    let files = wtrace::spans::SpanFiles::read(&[dir.path().to_owned()])?;
+    let exported = files.spans.iter().filter(|s| s.name == "bench").count();
+    let expected = tasks * per_task as usize;
+    report.row(
+        "file export: spans/s one worker sustains, flushed",
+        format!("{:.0}", expected as f64 / elapsed.as_secs_f64()),
+        "",
+    );
+    report.row(
+        "file export: spans exported / spans made",
+        format!("{exported}/{expected}"),
+        "zero dropped",
+    );
+    Ok(())
+}
+
+/// Runs `tasks` tasks of `per_task` spans each on one worker whose hook is
+/// `hook`, and returns the time until every span was flushed.
+async fn span_flood(
+    hook: &str,
+    span_dir: Option<&Path>,
+    tasks: usize,
+    per_task: u32,
+) -> anyhow::Result<Duration> {
+    let mut cluster_options = LocalClusterOptions::new(wtrace_bin());
+    cluster_options.num_workers = 1;
+    cluster_options.limits.spans_per_task = per_task + 1;
+    cluster_options.limits.open_spans = u32::MAX;
+    cluster_options
+        .policy
+        .span_dirs
+        .extend(span_dir.map(Path::to_owned));
+    cluster_options.hook = Some(
+        format!("{hook}:setup-tracing")
+            .parse::<HookSpec>()?
+            .load()?,
+    );
     let cluster = LocalCluster::start(cluster_options).await?;
     let client = cluster
         .client(Some(Telemetry::new(SdkTracerProvider::builder().build())))
@@ -575,21 +603,7 @@ async fn export(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     }
     client.shutdown_cluster().await?;
     cluster.stop().await;
-    let elapsed = started.elapsed();
-    let files = wtrace::spans::SpanFiles::read(&[dir.path().to_owned()])?;
-    let exported = files.spans.iter().filter(|s| s.name == "bench").count();
-    let expected = tasks * per_task as usize;
-    report.row(
-        "file export: spans/s one worker sustains, flushed",
-        format!("{:.0}", expected as f64 / elapsed.as_secs_f64()),
-        "",
-    );
-    report.row(
-        "file export: spans exported / spans made",
-        format!("{exported}/{expected}"),
-        "zero dropped",
-    );
-    Ok(())
+    Ok(started.elapsed())
 }
 
 /// Spans per second one worker sustains over OTLP/gRPC to a local rotel
@@ -648,35 +662,7 @@ async fn export_otlp(options: &Options, report: &mut Report) -> anyhow::Result<(
         );
         std::env::set_var("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
     }
-    let otlp_hook = guests::OTLP_HOOK;
-    let mut cluster_options = LocalClusterOptions::new(wtrace_bin());
-    cluster_options.num_workers = 1;
-    cluster_options.limits.spans_per_task = per_task + 1;
-    cluster_options.limits.open_spans = u32::MAX;
-    cluster_options.hook = Some(
-        format!("{otlp_hook}:setup-tracing")
-            .parse::<HookSpec>()?
-            .load()?,
-    );
-    let cluster = LocalCluster::start(cluster_options).await?;
-    let client = cluster
-        .client(Some(Telemetry::new(SdkTracerProvider::builder().build())))
-        .await?;
-    let component = client.upload_file(guests::SPAN_EDGES.as_ref()).await?;
-    let calls: Vec<Invocation> = vec![format!("bench-spans({per_task})").parse()?; tasks];
-    let started = Instant::now();
-    for task in client
-        .submit_many(&component, &calls, &opentelemetry::Context::new())
-        .await?
-    {
-        task.get()
-            .await?
-            .value
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    client.shutdown_cluster().await?;
-    cluster.stop().await;
-    let elapsed = started.elapsed();
+    let elapsed = span_flood(guests::OTLP_HOOK, None, tasks, per_task).await?;
     // Each "Received traces" line of rotel's log counts a batch's spans.
     let expected = tasks * per_task as usize;
     let received = |log: &Path| -> usize {

@@ -9,8 +9,8 @@ mod guest_langs;
 
 use std::sync::OnceLock;
 
-use guest_langs::{Built, Lang, cached, hook_spec, identity, run_seed};
-use wtrace_tests::{guests, span_dir};
+use guest_langs::{Built, Lang};
+use wtrace_tests::guests;
 
 /// A task whose function raises inside two nested `span(...)` blocks.
 const RAISE: &[guest_langs::Source] = &[
@@ -53,78 +53,17 @@ fn built() -> &'static Built {
 
 #[test]
 fn python_hook_and_python_task_trace_the_seed_example_with_a_compiled_cache() {
-    let built = built();
-    let cache = tempfile::Builder::new()
-        .prefix("wtrace-cache-")
-        .tempdir()
-        .unwrap();
-    let extra = [format!("--cache-dir={}", cache.path().display())];
-
-    let first = span_dir();
-    run_seed(
-        &hook_spec(&built.hook),
-        &built.task,
-        first.path(),
-        &extra,
-        &[],
-        "wtrace-python-example",
-    );
-    // Both big components were compiled once and stored by digest.
-    let hook_cwasm = cached(cache.path(), &built.hook);
-    let task_cwasm = cached(cache.path(), &built.task);
-    let before = (identity(&hook_cwasm), identity(&task_cwasm));
-
-    // The second run loads them from the cache (not rewritten) and traces the same.
-    let second = span_dir();
-    run_seed(
-        &hook_spec(&built.hook),
-        &built.task,
-        second.path(),
-        &extra,
-        &[],
-        "wtrace-python-example",
-    );
-    assert_eq!(
-        (identity(&hook_cwasm), identity(&task_cwasm)),
-        before,
-        "the second run must load the compiled components, not compile and store them again"
-    );
+    guest_langs::assert_seed_with_compiled_cache(built(), "wtrace-python-example");
 }
 
 #[test]
 fn python_task_runs_under_the_rust_file_hook() {
-    let dir = span_dir();
-    run_seed(
-        guests::FILE_HOOK,
-        &built().task,
-        dir.path(),
-        &[],
-        &[],
-        "wtrace-tests",
-    );
+    guest_langs::assert_task_under_rust_hook(built());
 }
 
 #[test]
 fn rust_hello_task_runs_under_the_python_hook() {
-    let dir = span_dir();
-    let spans = run_seed(
-        &hook_spec(&built().hook),
-        std::path::Path::new(guests::HELLO),
-        dir.path(),
-        &[],
-        &[
-            ("OTEL_SERVICE_NAME", "checkout"),
-            (
-                "OTEL_RESOURCE_ATTRIBUTES",
-                "deployment.environment=ci,team=obs",
-            ),
-        ],
-        "checkout",
-    );
-    for span in spans.all() {
-        assert_eq!(span.resource["deployment.environment"], "ci");
-        assert_eq!(span.resource["team"], "obs");
-    }
+    guest_langs::assert_rust_task_under_hook(built());
 }
 
 #[test]

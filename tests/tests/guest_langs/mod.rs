@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use wtrace_tests::{Run, Spans, Wtrace, assert_child_of, file_pid};
+use wtrace_tests::{Run, Spans, Wtrace, assert_child_of, file_pid, guests, span_dir};
 
 /// A guest language with an SDK under `guest-sdk/<lang>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -472,4 +472,81 @@ pub fn assert_hook_errors(hook: &Path, task: &Path) {
         elsewhere.path(),
         "--allow-span-dir",
     );
+}
+
+/// The language's hook and task trace the seed example, and a second run
+/// loads both big components from the compiled cache instead of compiling.
+pub fn assert_seed_with_compiled_cache(built: &Built, example_service: &str) {
+    let cache = tempfile::Builder::new()
+        .prefix("wtrace-cache-")
+        .tempdir()
+        .unwrap();
+    let extra = [format!("--cache-dir={}", cache.path().display())];
+
+    let first = span_dir();
+    run_seed(
+        &hook_spec(&built.hook),
+        &built.task,
+        first.path(),
+        &extra,
+        &[],
+        example_service,
+    );
+    // Both big components were compiled once and stored by digest.
+    let hook_cwasm = cached(cache.path(), &built.hook);
+    let task_cwasm = cached(cache.path(), &built.task);
+    let before = (identity(&hook_cwasm), identity(&task_cwasm));
+
+    // The second run loads them from the cache (not rewritten) and traces the same.
+    let second = span_dir();
+    run_seed(
+        &hook_spec(&built.hook),
+        &built.task,
+        second.path(),
+        &extra,
+        &[],
+        example_service,
+    );
+    assert_eq!(
+        (identity(&hook_cwasm), identity(&task_cwasm)),
+        before,
+        "the second run must load the compiled components, not compile and store them again"
+    );
+}
+
+/// The language's task under the Rust file hook.
+pub fn assert_task_under_rust_hook(built: &Built) {
+    let dir = span_dir();
+    run_seed(
+        guests::FILE_HOOK,
+        &built.task,
+        dir.path(),
+        &[],
+        &[],
+        "wtrace-tests",
+    );
+}
+
+/// The Rust hello task under the language's hook, which honours the
+/// OpenTelemetry resource variables.
+pub fn assert_rust_task_under_hook(built: &Built) {
+    let dir = span_dir();
+    let spans = run_seed(
+        &hook_spec(&built.hook),
+        std::path::Path::new(guests::HELLO),
+        dir.path(),
+        &[],
+        &[
+            ("OTEL_SERVICE_NAME", "checkout"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=ci,team=obs",
+            ),
+        ],
+        "checkout",
+    );
+    for span in spans.all() {
+        assert_eq!(span.resource["deployment.environment"], "ci");
+        assert_eq!(span.resource["team"], "obs");
+    }
 }
