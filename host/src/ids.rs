@@ -32,3 +32,10 @@ pub fn random_hex(bytes: usize) -> String {
     }
     hex::encode(buf)
 }
+
+/// This process's id, asked of the OS once (`getpid` is a system call, and
+/// every task and span records the pid).
+pub fn pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}

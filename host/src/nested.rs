@@ -199,7 +199,7 @@ impl Tasks<'_> {
                         KeyValue::new("wtrace.worker_id", context.worker_id.clone()),
                         KeyValue::new("wtrace.node_id", context.node_id.clone()),
                         KeyValue::new("wtrace.depth", i64::from(context.depth + 1)),
-                        KeyValue::new("process.pid", i64::from(std::process::id())),
+                        KeyValue::new("process.pid", i64::from(crate::ids::pid())),
                     ])
                     .start_with_context(tracer, &context_with_parent(Some(parent)));
                 (span.span_context().clone(), Some(span))

@@ -522,7 +522,7 @@ fn execute_span(
         KeyValue::new("wtrace.job_id", cx.job_id.to_owned()),
         KeyValue::new("wtrace.worker_id", cx.worker_id.to_owned()),
         KeyValue::new("wtrace.node_id", cx.node_id.to_owned()),
-        KeyValue::new("process.pid", i64::from(std::process::id())),
+        KeyValue::new("process.pid", i64::from(crate::ids::pid())),
     ];
     if cx.attempt > 0 {
         attributes.push(KeyValue::new("wtrace.attempt", i64::from(cx.attempt)));

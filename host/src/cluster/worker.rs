@@ -332,7 +332,7 @@ impl Pool {
             let busy_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
             self.finished(Done {
                 id: lease.lease_id,
-                pid: std::process::id(),
+                pid: crate::ids::pid(),
                 busy_us,
                 output,
             });
