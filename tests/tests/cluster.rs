@@ -280,6 +280,17 @@ fn busy_worker(cluster: &Cluster, except: &[u64]) -> u64 {
     }
 }
 
+/// `wtrace submit` of the span-edges guest, running in the background.
+fn spawn_submit(cluster: &Cluster, invocation: &str) -> std::process::Child {
+    cluster
+        .command(&["submit", guests::SPAN_EDGES, invocation])
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn sigkill(pid: u64) {
     #[allow(unsafe_code)]
     // SAFETY: kill(2) has no memory-safety preconditions.
@@ -292,13 +303,7 @@ fn sigkill(pid: u64) {
 fn a_killed_worker_s_task_runs_again_once_and_the_worker_is_replaced() {
     let dir = span_dir();
     let mut cluster = traced_cluster(dir.path(), &["--num-workers=2"]);
-    let mut submit = cluster.command(&["submit", guests::SPAN_EDGES, "spin(1500)"]);
-    let child = submit
-        .command()
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_submit(&cluster, "spin(1500)");
     let victim = busy_worker(&cluster, &[]);
     sigkill(victim);
     let output = child.wait_with_output().unwrap();
@@ -350,13 +355,7 @@ fn a_killed_worker_s_task_runs_again_once_and_the_worker_is_replaced() {
 #[test]
 fn a_task_that_keeps_killing_its_workers_fails_after_its_retries() {
     let mut cluster = Cluster::start(&["--num-workers=1", "--max-retries=1"], &[]);
-    let mut submit = cluster.command(&["submit", guests::SPAN_EDGES, "spin(60000)"]);
-    let child = submit
-        .command()
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_submit(&cluster, "spin(60000)");
     let first = busy_worker(&cluster, &[]);
     sigkill(first);
     let second = busy_worker(&cluster, &[first]);

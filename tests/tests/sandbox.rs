@@ -357,29 +357,23 @@ fn bad_components_and_arguments_are_clear_errors() {
     let calls = dir.path().join("calls.txt");
     std::fs::write(&calls, format!("echo(\"{}\")\n", "x".repeat(17 << 20))).unwrap();
     let session = tempfile::tempdir().unwrap();
-    let run = Wtrace::new([
-        "submit".as_ref(),
-        "--address=127.0.0.1:9".as_ref(),
-        "--token=x".as_ref(),
-        "--file".as_ref(),
-        calls.as_os_str(),
-        guests::HOSTILE.as_ref(),
-    ])
-    .env("WTRACE_SESSION_DIR", session.path())
-    .run();
+    let submit_file = |calls: &std::path::Path| {
+        Wtrace::new([
+            "submit".as_ref(),
+            "--address=127.0.0.1:9".as_ref(),
+            "--token=x".as_ref(),
+            "--file".as_ref(),
+            calls.as_os_str(),
+            guests::HOSTILE.as_ref(),
+        ])
+        .env("WTRACE_SESSION_DIR", session.path())
+        .run()
+    };
+    let run = submit_file(&calls);
     assert!(run.failure().contains("at most 16 MiB"), "{}", run.stderr);
     let deep = format!("echo({}\"x\"{})", "[".repeat(50_000), "]".repeat(50_000));
     std::fs::write(&calls, deep).unwrap();
-    let run = Wtrace::new([
-        "submit".as_ref(),
-        "--address=127.0.0.1:9".as_ref(),
-        "--token=x".as_ref(),
-        "--file".as_ref(),
-        calls.as_os_str(),
-        guests::HOSTILE.as_ref(),
-    ])
-    .env("WTRACE_SESSION_DIR", session.path())
-    .run();
+    let run = submit_file(&calls);
     assert!(
         run.failure().contains("nest deeper than 128 levels"),
         "{}",
