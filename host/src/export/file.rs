@@ -6,14 +6,12 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
-use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
 use opentelemetry_sdk::Resource as SdkResource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+
+use super::otlp_json::LineEncoder;
 
 /// Appends each exported batch to a file as one JSON line.
 ///
@@ -22,8 +20,15 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 #[derive(Debug)]
 pub struct FileExporter {
     path: PathBuf,
-    file: Mutex<File>,
+    file: Mutex<Output>,
     resource: ResourceAttributesWithSchema,
+}
+
+/// The open file and the encoder, which keeps its buffers between exports.
+#[derive(Debug)]
+struct Output {
+    file: File,
+    encoder: LineEncoder,
 }
 
 impl FileExporter {
@@ -35,7 +40,10 @@ impl FileExporter {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Self {
             path: path.to_owned(),
-            file: Mutex::new(file),
+            file: Mutex::new(Output {
+                file,
+                encoder: LineEncoder::new(),
+            }),
             resource: ResourceAttributesWithSchema::default(),
         })
     }
@@ -48,46 +56,7 @@ impl FileExporter {
 
 /// One OTLP-JSON line (with its newline) for `batch`.
 pub fn encode_line(batch: Vec<SpanData>, resource: &ResourceAttributesWithSchema) -> Vec<u8> {
-    let request = ExportTraceServiceRequest {
-        resource_spans: resource_spans(batch, resource),
-    };
-    let mut line = serde_json::to_vec(&request).expect("OTLP messages serialize to JSON");
-    line.push(b'\n');
-    line
-}
-
-/// Groups spans by instrumentation scope under the resource. wtrace's spans
-/// nearly always share one scope: then there is nothing to group, and the
-/// per-span hashing of scopes is skipped.
-fn resource_spans(
-    batch: Vec<SpanData>,
-    resource: &ResourceAttributesWithSchema,
-) -> Vec<ResourceSpans> {
-    let one_scope = batch.first().is_some_and(|first| {
-        batch
-            .iter()
-            .all(|s| s.instrumentation_scope == first.instrumentation_scope)
-    });
-    if !one_scope {
-        return group_spans_by_resource_and_scope(batch, resource);
-    }
-    let scope = batch[0].instrumentation_scope.clone();
-    vec![ResourceSpans {
-        resource: Some(Resource {
-            attributes: resource.attributes.0.clone(),
-            dropped_attributes_count: 0,
-            entity_refs: Vec::new(),
-        }),
-        scope_spans: vec![ScopeSpans {
-            schema_url: scope
-                .schema_url()
-                .map(ToOwned::to_owned)
-                .unwrap_or_default(),
-            scope: Some((&scope, None).into()),
-            spans: batch.into_iter().map(Into::into).collect(),
-        }],
-        schema_url: resource.schema_url.clone().unwrap_or_default(),
-    }]
+    LineEncoder::new().encode(batch, resource).to_vec()
 }
 
 impl SpanExporter for FileExporter {
@@ -95,16 +64,19 @@ impl SpanExporter for FileExporter {
         if batch.is_empty() {
             return Ok(());
         }
-        let line = encode_line(batch, &self.resource);
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        file.write_all(&line).map_err(|e| {
+        let mut output = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let Output { file, encoder } = &mut *output;
+        let line = encoder.encode(batch, &self.resource);
+        file.write_all(line).map_err(|e| {
             OTelSdkError::InternalFailure(format!("writing {}: {e}", self.path.display()))
         })
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        let file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        file.sync_data()
+        let output = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        output
+            .file
+            .sync_data()
             .map_err(|e| OTelSdkError::InternalFailure(format!("{}: {e}", self.path.display())))
     }
 

@@ -3,6 +3,7 @@
 
 mod console;
 mod file;
+mod otlp_json;
 
 use std::collections::HashMap;
 use std::path::{Component as PathComponent, Path, PathBuf};
@@ -20,6 +21,7 @@ use opentelemetry_sdk::trace::{
 
 pub use console::ConsoleExporter;
 pub use file::{FileExporter, encode_line};
+pub use otlp_json::LineEncoder;
 
 use crate::config::ExportPolicy;
 
