@@ -119,7 +119,7 @@ impl ProviderState {
                         exporter,
                         BATCH_QUEUE_SIZE,
                         BatchConfigBuilder::default()
-                            .with_max_export_batch_size(2048)
+                            .with_max_export_batch_size(256)
                             .with_scheduled_delay(Duration::from_millis(500)),
                     ))
                 }

@@ -26,6 +26,8 @@ use opentelemetry_sdk::trace::SpanData;
 #[derive(Debug, Default)]
 pub struct LineEncoder {
     request: ExportTraceServiceRequest,
+    /// Spans kept from a larger batch than the last, for the next one.
+    spare: Vec<Span>,
     line: Vec<u8>,
 }
 
@@ -98,11 +100,20 @@ impl LineEncoder {
             scope.schema_url().unwrap_or_default(),
         );
         let spans = &mut scope_spans.spans;
-        spans.truncate(batch.len().min(KEPT_SPANS));
+        if spans.len() > batch.len() {
+            self.spare.extend(spans.drain(batch.len()..));
+        }
+        self.spare.truncate(KEPT_SPANS.saturating_sub(batch.len()));
         for (i, data) in batch.into_iter().enumerate() {
             match spans.get_mut(i) {
                 Some(kept) => refill_span(kept, data),
-                None => spans.push(data.into()),
+                None => match self.spare.pop() {
+                    Some(mut kept) => {
+                        refill_span(&mut kept, data);
+                        spans.push(kept);
+                    }
+                    None => spans.push(data.into()),
+                },
             }
         }
     }
