@@ -164,6 +164,9 @@ struct Export {
 pub struct TaskComponent {
     name: String,
     digest: Digest,
+    /// `name` and `digest` as span attribute values, made once.
+    name_value: opentelemetry::Value,
+    digest_value: opentelemetry::Value,
     component: Component,
     pre: InstancePre<StoreState>,
     exports: Mutex<HashMap<String, Arc<Export>>>,
@@ -244,8 +247,13 @@ impl TaskLinker {
                 ),
             }
         })?;
+        let shared = |text: String| {
+            opentelemetry::Value::String(opentelemetry::StringValue::from(Arc::<str>::from(text)))
+        };
         Ok(TaskComponent {
             name: name.to_owned(),
+            name_value: shared(name.to_owned()),
+            digest_value: shared(digest.to_string()),
             digest,
             component,
             pre,
@@ -363,8 +371,15 @@ pub fn execute(
 ) -> TaskOutput {
     let runtime = linker.runtime();
     let limits = runtime.limits();
-    let mut span =
-        telemetry.map(|t| execute_span(t, function, &component.name, Some(&component.digest), cx));
+    let mut span = telemetry.map(|t| {
+        execute_span(
+            t,
+            function,
+            component.name_value.clone(),
+            Some(component.digest_value.clone()),
+            cx,
+        )
+    });
     let root = span
         .as_ref()
         .map(|s| s.span_context().clone())
@@ -510,25 +525,28 @@ pub fn execute(
 fn execute_span(
     telemetry: &Telemetry,
     function: &str,
-    component: &str,
-    digest: Option<&Digest>,
+    component: opentelemetry::Value,
+    digest: Option<opentelemetry::Value>,
     cx: &TaskContext<'_>,
 ) -> opentelemetry_sdk::trace::Span {
     let tracer = telemetry.tracer();
-    let mut attributes = vec![
+    // Room for what `execute` adds when the task is done, so the SDK's
+    // attribute list never grows.
+    let mut attributes = Vec::with_capacity(16);
+    attributes.extend([
         KeyValue::new("wtrace.function", function.to_owned()),
-        KeyValue::new("wtrace.component", component.to_owned()),
+        KeyValue::new("wtrace.component", component),
         KeyValue::new("wtrace.task_id", cx.task_id.to_owned()),
         KeyValue::new("wtrace.job_id", cx.job_id.to_owned()),
         KeyValue::new("wtrace.worker_id", cx.worker_id.to_owned()),
         KeyValue::new("wtrace.node_id", cx.node_id.to_owned()),
         KeyValue::new("process.pid", i64::from(crate::ids::pid())),
-    ];
+    ]);
     if cx.attempt > 0 {
         attributes.push(KeyValue::new("wtrace.attempt", i64::from(cx.attempt)));
     }
     if let Some(digest) = digest {
-        attributes.push(KeyValue::new("wtrace.component.digest", digest.to_string()));
+        attributes.push(KeyValue::new("wtrace.component.digest", digest));
     }
     tracer
         .span_builder(format!("{function} execute"))
@@ -546,7 +564,13 @@ pub fn record_failure(
     cx: &TaskContext<'_>,
 ) {
     if let Some(telemetry) = telemetry {
-        let mut span = execute_span(telemetry, &error.function, component, None, cx);
+        let mut span = execute_span(
+            telemetry,
+            &error.function,
+            component.to_owned().into(),
+            None,
+            cx,
+        );
         record_error(&mut span, error);
         span.end();
     }
