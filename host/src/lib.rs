@@ -17,6 +17,7 @@
 
 #![deny(missing_docs)]
 
+mod attrs;
 mod bindings;
 pub mod bridge;
 pub mod check;

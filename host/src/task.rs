@@ -534,12 +534,12 @@ fn execute_span(
     // attribute list never grows.
     let mut attributes = Vec::with_capacity(16);
     attributes.extend([
-        KeyValue::new("wtrace.function", function.to_owned()),
+        KeyValue::new("wtrace.function", crate::attrs::shared(function)),
         KeyValue::new("wtrace.component", component),
         KeyValue::new("wtrace.task_id", cx.task_id.to_owned()),
-        KeyValue::new("wtrace.job_id", cx.job_id.to_owned()),
-        KeyValue::new("wtrace.worker_id", cx.worker_id.to_owned()),
-        KeyValue::new("wtrace.node_id", cx.node_id.to_owned()),
+        KeyValue::new("wtrace.job_id", crate::attrs::shared(cx.job_id)),
+        KeyValue::new("wtrace.worker_id", crate::attrs::shared(cx.worker_id)),
+        KeyValue::new("wtrace.node_id", crate::attrs::shared(cx.node_id)),
         KeyValue::new("process.pid", i64::from(crate::ids::pid())),
     ]);
     if cx.attempt > 0 {

@@ -321,7 +321,10 @@ impl Client {
                             .span_builder(format!("{} submit", invocation.function))
                             .with_kind(SpanKind::Producer)
                             .with_attributes([
-                                KeyValue::new("wtrace.function", invocation.function.clone()),
+                                KeyValue::new(
+                                    "wtrace.function",
+                                    crate::attrs::shared(&invocation.function),
+                                ),
                                 KeyValue::new("wtrace.component", component_name.clone()),
                                 KeyValue::new("wtrace.component.digest", digest.clone()),
                                 KeyValue::new("wtrace.task_id", task_id.clone()),
