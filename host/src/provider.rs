@@ -115,11 +115,12 @@ impl ProviderState {
                     builder.with_span_processor(SimpleSpanProcessor::new(exporter))
                 }
                 ProcessorChoice::Batch(exporter) => {
+                    let batch_size = exporter.batch_size();
                     builder.with_span_processor(crate::export::Backpressure::new(
                         exporter,
                         BATCH_QUEUE_SIZE,
                         BatchConfigBuilder::default()
-                            .with_max_export_batch_size(256)
+                            .with_max_export_batch_size(batch_size)
                             .with_scheduled_delay(Duration::from_millis(500)),
                     ))
                 }

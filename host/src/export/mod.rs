@@ -81,6 +81,18 @@ pub enum AnyExporter {
     Otlp(Box<opentelemetry_otlp::SpanExporter>),
 }
 
+impl AnyExporter {
+    /// Spans per export from a batch processor. A file takes small batches,
+    /// whose spans are still in cache when encoded; an OTLP receiver takes
+    /// large ones, since each is a request.
+    pub fn batch_size(&self) -> usize {
+        match self {
+            Self::Console(_) | Self::File(_) => 256,
+            Self::Otlp(_) => 2048,
+        }
+    }
+}
+
 impl SpanExporter for AnyExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         match self {

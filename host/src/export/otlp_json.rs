@@ -28,6 +28,8 @@ pub struct LineEncoder {
     request: ExportTraceServiceRequest,
     /// Spans kept from a larger batch than the last, for the next one.
     spare: Vec<Span>,
+    /// The scope the kept message's scope was made from.
+    scope: Option<Box<opentelemetry::InstrumentationScope>>,
     line: Vec<u8>,
 }
 
@@ -79,11 +81,18 @@ impl LineEncoder {
             resource_spans.push(ResourceSpans::default());
         }
         let resource_spans = &mut resource_spans[0];
-        resource_spans.resource = Some(Resource {
-            attributes: resource.attributes.0.clone(),
-            dropped_attributes_count: 0,
-            entity_refs: Vec::new(),
-        });
+        // The resource and scope rarely change: compare rather than copy.
+        if resource_spans
+            .resource
+            .as_ref()
+            .is_none_or(|kept| kept.attributes != resource.attributes.0)
+        {
+            resource_spans.resource = Some(Resource {
+                attributes: resource.attributes.0.clone(),
+                dropped_attributes_count: 0,
+                entity_refs: Vec::new(),
+            });
+        }
         set_str(
             &mut resource_spans.schema_url,
             resource.schema_url.as_deref().unwrap_or_default(),
@@ -94,7 +103,10 @@ impl LineEncoder {
             scope_spans.push(ScopeSpans::default());
         }
         let scope_spans = &mut scope_spans[0];
-        scope_spans.scope = Some((&scope, None).into());
+        if self.scope.as_deref() != Some(&scope) {
+            scope_spans.scope = Some((&scope, None).into());
+            self.scope = Some(Box::new(scope.clone()));
+        }
         set_str(
             &mut scope_spans.schema_url,
             scope.schema_url().unwrap_or_default(),
@@ -323,16 +335,21 @@ mod tests {
 
     #[test]
     fn reused_messages_encode_exactly_as_a_fresh_conversion() {
-        let resource: ResourceAttributesWithSchema = (&opentelemetry_sdk::Resource::builder()
-            .with_service_name("wtrace")
-            .build())
-            .into();
+        let resource = |name: &'static str| -> ResourceAttributesWithSchema {
+            (&opentelemetry_sdk::Resource::builder()
+                .with_service_name(name)
+                .build())
+                .into()
+        };
+        let (first, second) = (resource("wtrace"), resource("renamed"));
         let mut encoder = LineEncoder::new();
-        // Growing, mixed-scope, then shrinking batches through one encoder.
-        for round in [0, 3, 2, 1, 0, 4] {
+        // Growing, mixed-scope, then shrinking batches through one encoder,
+        // and a resource that changes on the way.
+        for (i, round) in [0, 3, 2, 1, 0, 4].into_iter().enumerate() {
+            let resource = if i < 4 { &first } else { &second };
             let batch = spans(round);
-            let expected = reference(batch.clone(), &resource);
-            let got = encoder.encode(batch, &resource).to_vec();
+            let expected = reference(batch.clone(), resource);
+            let got = encoder.encode(batch, resource).to_vec();
             assert_eq!(
                 String::from_utf8(got).unwrap(),
                 String::from_utf8(expected).unwrap(),
