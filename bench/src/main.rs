@@ -472,7 +472,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 
 /// A worker's resident memory idle, and after many tasks.
 async fn memory(options: &Options, report: &mut Report) -> anyhow::Result<()> {
-    let total = if options.quick { 100_000 } else { 1_000_000 };
+    let total = if options.quick { 200_000 } else { 2_000_000 };
     let mut cluster_options = LocalClusterOptions::new(wtrace_bin());
     cluster_options.num_workers = 1;
     cluster_options.hook = Some("default".parse::<HookSpec>()?.load()?);
@@ -500,31 +500,33 @@ async fn memory(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     run(50_000).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let idle = rss_kib(pid)?;
-    run(total / 2).await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let half = rss_kib(pid)?;
-    run(total / 2).await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = rss_kib(pid)?;
     let mib = |kib: u64| format!("{:.1}", kib as f64 / 1024.0);
     report.row(
         "worker RSS idle, after 50000 warm-up tasks (MiB)",
         mib(idle),
         "",
     );
-    report.row(
-        &format!("worker RSS after {} more traced tasks (MiB)", total / 2),
-        mib(half),
-        "",
-    );
-    report.row(
-        &format!("worker RSS after {total} more traced tasks (MiB)"),
-        mib(after),
-        "",
-    );
+    // Four readings: the allocator's pools fill over the first ones, and
+    // growth is judged over the second half.
+    let step = total / 4;
+    let mut readings = Vec::new();
+    for i in 1..=4 {
+        run(step).await?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let rss = rss_kib(pid)?;
+        report.row(
+            &format!("worker RSS after {} more traced tasks (MiB)", i * step),
+            mib(rss),
+            "",
+        );
+        readings.push(rss);
+    }
     report.row(
         &format!("worker RSS growth over the last {} tasks", total / 2),
-        format!("{:+.1}%", (after as f64 / half as f64 - 1.0) * 100.0),
+        format!(
+            "{:+.1}%",
+            (readings[3] as f64 / readings[1] as f64 - 1.0) * 100.0
+        ),
         "no growth beyond noise",
     );
     if let Some(telemetry) = client.telemetry().cloned() {
