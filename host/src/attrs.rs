@@ -12,25 +12,29 @@ use opentelemetry::{StringValue, Value};
 const KEPT: usize = 8;
 
 thread_local! {
-    static RECENT: RefCell<Vec<(Arc<str>, Value)>> = const { RefCell::new(Vec::new()) };
+    static RECENT: RefCell<Vec<Value>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `text` as a string value whose clones share one allocation.
+pub fn text(text: impl Into<Arc<str>>) -> Value {
+    Value::String(StringValue::from(text.into()))
 }
 
 /// `text` as a string value, shared with earlier calls on this thread that
-/// passed the same text.
+/// passed the same text (the last few distinct ones are kept).
 pub fn shared(text: &str) -> Value {
     RECENT.with_borrow_mut(|recent| {
-        if let Some(i) = recent.iter().position(|(kept, _)| &**kept == text) {
-            let entry = recent.remove(i);
-            let value = entry.1.clone();
-            recent.push(entry);
-            return value;
+        let kept = recent
+            .iter()
+            .find(|value| matches!(value, Value::String(kept) if kept.as_str() == text));
+        if let Some(value) = kept {
+            return value.clone();
         }
-        let kept: Arc<str> = Arc::from(text);
-        let value = Value::String(StringValue::from(kept.clone()));
+        let value = self::text(text);
         if recent.len() == KEPT {
             recent.remove(0);
         }
-        recent.push((kept, value.clone()));
+        recent.push(value.clone());
         value
     })
 }

@@ -247,13 +247,10 @@ impl TaskLinker {
                 ),
             }
         })?;
-        let shared = |text: String| {
-            opentelemetry::Value::String(opentelemetry::StringValue::from(Arc::<str>::from(text)))
-        };
         Ok(TaskComponent {
             name: name.to_owned(),
-            name_value: shared(name.to_owned()),
-            digest_value: shared(digest.to_string()),
+            name_value: crate::attrs::text(name),
+            digest_value: crate::attrs::text(digest.to_string()),
             digest,
             component,
             pre,

@@ -297,11 +297,10 @@ impl Client {
                 ))
             })?;
         // Values every submit span of this call shares, made once.
-        let text = |s: String| opentelemetry::Value::String(std::sync::Arc::<str>::from(s).into());
-        let component_name = text(name);
-        let digest = text(component.to_string());
-        let job_id = text(self.inner.config.job_id.clone());
-        let pid = i64::from(std::process::id());
+        let component_name = crate::attrs::text(name);
+        let digest = crate::attrs::text(component.to_string());
+        let job_id = crate::attrs::text(self.inner.config.job_id.as_str());
+        let pid = i64::from(crate::ids::pid());
         let mut refs = Vec::with_capacity(invocations.len());
         // Chunks go out as soon as they are ready, so workers start while
         // the rest is prepared.

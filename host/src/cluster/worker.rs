@@ -258,6 +258,9 @@ struct Pool {
 /// Results sent in one message at most.
 const RESULT_BATCH: usize = 64;
 
+/// How long a result may wait for others to share its message.
+const RESULT_DELAY: Duration = Duration::from_millis(1);
+
 /// How long a worker waits with nothing to run before it hands freed memory
 /// back to the OS.
 const IDLE_TRIM_AFTER: Duration = Duration::from_secs(1);
@@ -279,9 +282,6 @@ fn release_free_memory() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release_free_memory() {}
-
-/// How long a result may wait for others to share its message.
-const RESULT_DELAY: Duration = Duration::from_millis(1);
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -54,11 +54,6 @@ impl FileExporter {
     }
 }
 
-/// One OTLP-JSON line (with its newline) for `batch`.
-pub fn encode_line(batch: Vec<SpanData>, resource: &ResourceAttributesWithSchema) -> Vec<u8> {
-    LineEncoder::new().encode(batch, resource).to_vec()
-}
-
 impl SpanExporter for FileExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         if batch.is_empty() {

@@ -7,20 +7,19 @@ mod otlp_json;
 
 use std::collections::HashMap;
 use std::path::{Component as PathComponent, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanExporter, SpanProcessor,
 };
 
 pub use console::ConsoleExporter;
-pub use file::{FileExporter, encode_line};
+pub use file::FileExporter;
 pub use otlp_json::LineEncoder;
 
 use crate::config::ExportPolicy;

@@ -17,7 +17,6 @@ wit_bindgen::generate!({
             export many-spans: func(n: u32) -> u32;
             export spin: func(ms: u32) -> u32;
             export bench-spans: func(n: u32) -> u32;
-            export noop: func();
         }
     ",
 });
@@ -127,8 +126,6 @@ impl Guest for Edges {
         }
         n
     }
-
-    fn noop() {}
 
     fn spin(ms: u32) -> u32 {
         let _busy = span("spinning");
