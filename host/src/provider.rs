@@ -22,6 +22,20 @@ use crate::export::{self, AnyExporter, ExporterSpec, OtlpProtocol, PathVars};
 /// ([`crate::export::Backpressure`]) rather than lose spans.
 pub const BATCH_QUEUE_SIZE: usize = 1 << 14;
 
+/// The batch processor a hook's `batch` choice makes: a [`BATCH_QUEUE_SIZE`]
+/// queue with backpressure, exported in the exporter's batch size at least
+/// every half second.
+pub fn batch_processor(exporter: AnyExporter) -> crate::export::Backpressure {
+    let batch_size = exporter.batch_size();
+    crate::export::Backpressure::new(
+        exporter,
+        BATCH_QUEUE_SIZE,
+        BatchConfigBuilder::default()
+            .with_max_export_batch_size(batch_size)
+            .with_scheduled_delay(Duration::from_millis(500)),
+    )
+}
+
 /// Which process a hook runs in.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerInfo {
@@ -115,14 +129,7 @@ impl ProviderState {
                     builder.with_span_processor(SimpleSpanProcessor::new(exporter))
                 }
                 ProcessorChoice::Batch(exporter) => {
-                    let batch_size = exporter.batch_size();
-                    builder.with_span_processor(crate::export::Backpressure::new(
-                        exporter,
-                        BATCH_QUEUE_SIZE,
-                        BatchConfigBuilder::default()
-                            .with_max_export_batch_size(batch_size)
-                            .with_scheduled_delay(Duration::from_millis(500)),
-                    ))
+                    builder.with_span_processor(batch_processor(exporter))
                 }
             };
         }
