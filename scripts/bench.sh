@@ -11,6 +11,7 @@ if [[ " $* " != *" --no-ray "* ]]; then
     venv=target/tools/ray-venv
     if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import ray, opentelemetry.sdk" 2>/dev/null; then
         echo "==> installing Ray into $venv"
+        setup_python_venv
         python3 -m venv "$venv"
         "$venv/bin/pip" install --quiet ray opentelemetry-api opentelemetry-sdk
     fi

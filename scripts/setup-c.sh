@@ -1,4 +1,4 @@
-# Set-up for C guests (sourced by scripts/test.sh): Debian's clang-19 and
+# Set-up for C guests (sourced by scripts/test.sh, after scripts/setup.sh): Debian's clang-19 and
 # wasi-libc, and the workspace's wtrace-c-tool (C bindings + componentize).
 # Idempotent, and quick when everything is there already.
 #
@@ -10,26 +10,14 @@
 WTRACE_C_APT_PACKAGES=(clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc)
 
 setup_c_guests() {
-    local missing=() pkg sudo=
+    local missing=() pkg
     for pkg in "${WTRACE_C_APT_PACKAGES[@]}"; do
         if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed'; then
             missing+=("$pkg")
         fi
     done
     if [ "${#missing[@]}" -gt 0 ]; then
-        echo "==> installing ${missing[*]} (C guests)"
-        if [ "$(id -u)" != 0 ]; then
-            if ! command -v sudo >/dev/null; then
-                echo "error: need root or sudo to install ${missing[*]}" >&2
-                return 1
-            fi
-            sudo=sudo
-        fi
-        # Install from the current lists; refresh them only when that fails.
-        if ! $sudo apt-get install -y -qq "${missing[@]}" >/dev/null; then
-            $sudo apt-get update -qq
-            $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-        fi
+        apt_install "${missing[@]}"
     fi
     if ! command -v clang-19 >/dev/null; then
         echo "error: clang-19 is not on PATH after installing it" >&2

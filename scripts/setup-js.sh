@@ -1,4 +1,4 @@
-# Set-up for JavaScript guests (sourced by scripts/test.sh): componentize-qjs
+# Set-up for JavaScript guests (sourced by scripts/test.sh, after scripts/setup.sh): componentize-qjs
 # (QuickJS) from npm, as guest-sdk/js/package-lock.json pins it, installed with
 # `npm ci` into target/tools/js; Node.js and npm from Debian when missing.
 # Idempotent, and quick when it is there already.
@@ -8,22 +8,17 @@
 #   WTRACE_NODE       the node executable
 
 setup_js_guests() {
-    local root tools sudo=
+    local root tools
     root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
     tools=$root/target/tools/js
     if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-        echo "==> installing nodejs and npm (JavaScript guests)"
-        if [ "$(id -u)" != 0 ]; then
-            if ! command -v sudo >/dev/null; then
-                echo "error: need root or sudo to install nodejs and npm" >&2
-                return 1
-            fi
-            sudo=sudo
-        fi
-        if ! $sudo apt-get install -y -qq nodejs npm >/dev/null; then
-            $sudo apt-get update -qq
-            $sudo apt-get install -y -qq nodejs npm >/dev/null
-        fi
+        apt_install nodejs npm
+    fi
+    # build.mjs reads directories recursively (Node 18.17 or later).
+    if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number);
+                  process.exit(a > 18 || (a === 18 && b >= 17) ? 0 : 1)'; then
+        echo "error: JavaScript guests need Node.js 18.17 or later; $(command -v node) is $(node --version)" >&2
+        return 1
     fi
     if ! cmp -s "$root/guest-sdk/js/package-lock.json" "$tools/package-lock.json" \
         || ! cmp -s "$root/guest-sdk/js/package.json" "$tools/package.json" \

@@ -1,4 +1,4 @@
-# Set-up for Python guests (sourced by scripts/test.sh): componentize-py from
+# Set-up for Python guests (sourced by scripts/test.sh, after scripts/setup.sh): componentize-py from
 # PyPI, at the version guest-sdk/python/requirements.txt pins, in the venv
 # target/tools/venv-py. Idempotent, and quick when it is there already.
 #
@@ -14,6 +14,7 @@ setup_python_guests() {
     want=$(sed -n 's/^componentize-py==//p' "$requirements")
     if [ "$("$tool" --version 2>/dev/null)" != "componentize-py $want" ]; then
         echo "==> installing componentize-py $want into $venv (Python guests)"
+        setup_python_venv
         python3 -m venv "$venv"
         "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
         if [ "$("$tool" --version 2>/dev/null)" != "componentize-py $want" ]; then

@@ -1,5 +1,30 @@
 # Shared set-up steps for scripts/demo.sh and scripts/test.sh (sourced).
 
+# Installs Debian packages (as root, or through sudo): from the current
+# package lists, refreshing them only when that fails.
+apt_install() {
+    local sudo=
+    echo "==> installing $* (Debian packages)"
+    if [ "$(id -u)" != 0 ]; then
+        if ! command -v sudo >/dev/null; then
+            echo "error: need root or sudo to install $*" >&2
+            return 1
+        fi
+        sudo=sudo
+    fi
+    if ! $sudo apt-get install -y -qq "$@" >/dev/null; then
+        $sudo apt-get update -qq
+        $sudo apt-get install -y -qq "$@" >/dev/null
+    fi
+}
+
+# Python's venv module (Debian packages it apart from python3).
+setup_python_venv() {
+    if ! python3 -m ensurepip --version >/dev/null 2>&1; then
+        apt_install python3-venv
+    fi
+}
+
 setup_rust_target() {
     if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
         echo "==> installing the wasm32-wasip2 Rust target"
@@ -26,6 +51,7 @@ setup_rotel() {
     local venv=target/tools/venv agent
     if ! agent=$(rotel_agent_in "$venv"); then
         echo "==> installing rotel into $venv"
+        setup_python_venv
         python3 -m venv "$venv"
         "$venv/bin/pip" install --quiet rotel
         if ! agent=$(rotel_agent_in "$venv"); then
@@ -35,9 +61,7 @@ setup_rotel() {
     fi
     if ! ldconfig -p 2>/dev/null | grep -q 'libpython3\.11\.so'; then
         if ! find / -name 'libpython3.11.so.1.0' -path '*lib*' 2>/dev/null | grep -q .; then
-            echo "==> installing libpython3.11 (needed by rotel-agent)"
-            if command -v sudo >/dev/null && [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
-            $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libpython3.11 >/dev/null
+            apt_install libpython3.11  # needed by rotel-agent
         fi
     fi
     if ! "$agent" --version >/dev/null; then

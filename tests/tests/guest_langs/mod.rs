@@ -174,9 +174,18 @@ impl Lang {
     }
 }
 
+/// The compiled-component cache of these tests, under the build's target
+/// directory rather than the user's `~/.cache/wtrace`: the big Python and
+/// JavaScript components are not byte-identical from build to build, so each
+/// test run would leave tens of MB there.
+fn test_cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("wtrace-cache")
+}
+
 /// `wtrace run` of `task` with `hook`, 2 workers, spans allowed in `span_dir`
 /// (passed to the hook as WTRACE_SPAN_DIR), and `extra` options before the
-/// component. OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are cleared.
+/// component. OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are cleared;
+/// components are cached in [`test_cache_dir`] unless `extra` says otherwise.
 pub fn run(
     hook: &str,
     task: &Path,
@@ -194,7 +203,9 @@ pub fn run(
     args.extend(extra.iter().cloned());
     args.push(task.display().to_string());
     args.extend(invocations.iter().map(|s| s.to_string()));
-    let mut wtrace = Wtrace::new(args).env("WTRACE_SPAN_DIR", span_dir);
+    let mut wtrace = Wtrace::new(args)
+        .env("WTRACE_SPAN_DIR", span_dir)
+        .env("WTRACE_CACHE_DIR", test_cache_dir());
     wtrace
         .command()
         .env_remove("OTEL_SERVICE_NAME")
@@ -442,7 +453,7 @@ pub fn assert_hook_errors(hook: &Path, task: &Path) {
             task.display().to_string(),
             "my-function()".to_owned(),
         ];
-        let mut wtrace = Wtrace::new(args);
+        let mut wtrace = Wtrace::new(args).env("WTRACE_CACHE_DIR", test_cache_dir());
         wtrace.command().env_remove("WTRACE_SPAN_DIR");
         for (key, value) in env {
             wtrace = wtrace.env(key, value);
