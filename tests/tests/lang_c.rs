@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use wtrace_tests::{Run, Spans, Wtrace, assert_child_of, file_pid, guests, span_dir};
+use guest_langs::workspace;
+use wtrace_tests::{Spans, Wtrace, guests, span_dir};
+
+mod guest_langs;
 
 /// The C hook's `service.name` when `OTEL_SERVICE_NAME` is unset.
 const C_HOOK_SERVICE: &str = "wtrace-c-file-hook";
@@ -31,13 +34,6 @@ struct CGuests {
     task: PathBuf,
     /// The same task with the proxy adapter (stdio only, no filesystem).
     task_proxy: PathBuf,
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
 }
 
 fn c_guests() -> &'static CGuests {
@@ -217,149 +213,38 @@ fn build_c_guests() -> CGuests {
 }
 
 /// `wtrace run` of the seed invocations with `hook` and `task`, spans to a
-/// fresh directory; `service` sets `OTEL_SERVICE_NAME` (else it is unset).
-fn run_seed(hook: &Path, task: &Path, service: Option<&str>) -> (Run, tempfile::TempDir) {
+/// fresh directory, asserting the seed example's output and span tree (as the
+/// other languages' tests do); `service` sets `OTEL_SERVICE_NAME`, and is
+/// otherwise the hook's own `service.name`.
+fn run_seed(
+    hook: &Path,
+    task: &Path,
+    service: Option<&str>,
+    expected_service: &str,
+) -> (Spans, tempfile::TempDir) {
     let dir = span_dir();
-    let mut wtrace = Wtrace::new([
-        "run".to_owned(),
-        format!("--tracing-startup-hook={}:setup_tracing", hook.display()),
-        format!("--allow-span-dir={}", dir.path().display()),
-        "--num-workers=2".to_owned(),
-        task.display().to_string(),
-        "my-function()".to_owned(),
-        "my-func()".to_owned(),
-    ])
-    .env("WTRACE_SPAN_DIR", dir.path());
-    match service {
-        Some(service) => wtrace = wtrace.env("OTEL_SERVICE_NAME", service),
-        None => {
-            wtrace.command().env_remove("OTEL_SERVICE_NAME");
-        }
-    }
-    (wtrace.run(), dir)
-}
-
-/// Asserts what the Rust seed test asserts of the same run: the output, and
-/// the tree `my-func submit` (driver, PRODUCER) -> `my-func execute` (worker,
-/// CONSUMER) -> `foo` (INTERNAL), one trace, pids, the hook's service.name.
-fn assert_seed_trace(run: &Run, dir: &Path, component: &str, service: &str) {
-    let stdout = run.success();
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 2, "two results: {stdout}");
-    assert_eq!(lines[0], "1", "my-function() returns 1: {stdout}");
-    let task_pid: u32 = lines[1]
-        .strip_prefix("(my-func pid=")
-        .and_then(|rest| rest.strip_suffix(") hello from inside span foo"))
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| {
-            panic!("the task's printf reaches the driver with Ray's prefix: {stdout}")
-        });
-
-    let spans = Spans::read(dir);
-    let names: BTreeSet<&str> = spans.names().into_iter().collect();
-    assert_eq!(
-        names,
-        BTreeSet::from([
-            "foo",
-            "my-func execute",
-            "my-func submit",
-            "my-function execute",
-            "my-function submit",
-        ]),
-        "exactly the seed spans: {:?}",
-        spans.names()
+    let env: Vec<(&str, &str)> = service
+        .map(|s| ("OTEL_SERVICE_NAME", s))
+        .into_iter()
+        .collect();
+    let spans = guest_langs::run_seed(
+        &guest_langs::hook_spec(hook),
+        task,
+        dir.path(),
+        &[],
+        &env,
+        expected_service,
     );
-    assert_eq!(spans.all().len(), 5, "each span once: {:?}", spans.names());
-
-    let submit = spans.one("my-func submit");
-    let execute = spans.one("my-func execute");
-    let guest_span = spans.one("foo");
-    assert_eq!(submit.kind, "PRODUCER");
-    assert_eq!(submit.pid, Some(i64::from(run.pid)), "submit in the driver");
-    assert!(submit.parent_span_id.is_empty(), "submit is a root");
-    assert_eq!(submit.attributes["wtrace.function"], "my-func");
-    assert_eq!(submit.attributes["wtrace.component"], component);
-
-    assert_eq!(execute.kind, "CONSUMER");
-    assert_child_of(execute, submit);
-    assert_eq!(
-        execute.pid,
-        Some(i64::from(task_pid)),
-        "execute runs in the worker that printed"
-    );
-    assert_ne!(
-        execute.pid, submit.pid,
-        "execute is in a worker, not the driver"
-    );
-    assert_eq!(
-        execute.attributes["wtrace.task_id"],
-        submit.attributes["wtrace.task_id"]
-    );
-    assert_eq!(execute.attributes["wtrace.spans_started"], "1");
-    assert_eq!(execute.attributes["wtrace.spans_dropped"], "0");
-
-    assert_eq!(guest_span.kind, "INTERNAL");
-    assert_child_of(guest_span, execute);
-    assert_eq!(guest_span.pid, execute.pid);
-    assert!(
-        guest_span.error.is_none(),
-        "foo ended normally: {:?}",
-        guest_span.error
-    );
-    assert!(
-        !guest_span.attributes.contains_key("wtrace.unended"),
-        "the guest ended foo itself: {:?}",
-        guest_span.attributes
-    );
-    assert!(guest_span.start >= execute.start && guest_span.end <= execute.end);
-    for span in [submit, execute, guest_span] {
-        assert_eq!(span.trace_id, submit.trace_id, "{} in one trace", span.name);
-    }
-
-    let function_submit = spans.one("my-function submit");
-    let function_execute = spans.one("my-function execute");
-    assert_child_of(function_execute, function_submit);
-    assert_ne!(
-        function_submit.trace_id, submit.trace_id,
-        "one trace per submission"
-    );
-
-    let by_file = spans.by_file();
-    assert!(
-        by_file.contains_key(&dir.join(format!("{}.json", run.pid))),
-        "the driver wrote <pid>.json: {:?}",
-        by_file.keys()
-    );
-    for (file, file_spans) in &by_file {
-        for span in file_spans {
-            assert_eq!(
-                span.pid,
-                Some(i64::from(file_pid(file))),
-                "{}: process.pid must match the file name",
-                file.display()
-            );
-            assert_eq!(
-                span.resource.get("service.name").map(String::as_str),
-                Some(service),
-                "{} in {}: the hook's service.name",
-                span.name,
-                file.display()
-            );
-        }
-    }
+    (spans, dir)
 }
 
 #[test]
 fn c_hook_and_c_task_trace_the_seed_example() {
     let c = c_guests();
-    let (run, dir) = run_seed(&c.hook, &c.task, Some("hello-c-service"));
-    assert_seed_trace(&run, dir.path(), "hello_c.wasm", "hello-c-service");
+    let (spans, dir) = run_seed(&c.hook, &c.task, Some("hello-c-service"), "hello-c-service");
 
     // `wtrace spans` prints the same tree.
-    let submit = Spans::read(dir.path())
-        .one("my-func submit")
-        .trace_id
-        .clone();
+    let submit = spans.one("my-func submit").trace_id.clone();
     let shown = Wtrace::new([
         "spans".to_owned(),
         "--trace".to_owned(),
@@ -384,22 +269,24 @@ fn c_hook_and_c_task_trace_the_seed_example() {
 #[test]
 fn c_task_runs_under_the_rust_file_hook() {
     let c = c_guests();
-    let (run, dir) = run_seed(Path::new(guests::FILE_HOOK), &c.task, None);
-    assert_seed_trace(&run, dir.path(), "hello_c.wasm", RUST_HOOK_SERVICE);
+    run_seed(
+        Path::new(guests::FILE_HOOK),
+        &c.task,
+        None,
+        RUST_HOOK_SERVICE,
+    );
 }
 
 #[test]
 fn rust_hello_task_runs_under_the_c_hook() {
     let c = c_guests();
-    let (run, dir) = run_seed(&c.hook, Path::new(guests::HELLO), None);
-    assert_seed_trace(&run, dir.path(), "hello.wasm", C_HOOK_SERVICE);
+    run_seed(&c.hook, Path::new(guests::HELLO), None, C_HOOK_SERVICE);
 }
 
 #[test]
 fn c_task_with_the_proxy_adapter_runs_too() {
     let c = c_guests();
-    let (run, dir) = run_seed(&c.hook, &c.task_proxy, None);
-    assert_seed_trace(&run, dir.path(), "hello_c_proxy.wasm", C_HOOK_SERVICE);
+    run_seed(&c.hook, &c.task_proxy, None, C_HOOK_SERVICE);
 }
 
 #[test]

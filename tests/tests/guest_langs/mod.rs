@@ -1,7 +1,8 @@
-//! Shared by `lang_python.rs` and `lang_js.rs`: builds a language's example
-//! hook and seed task from source with its toolchain (the build script of
-//! `guest-sdk/<lang>`), runs them through the real `wtrace` binary, and
-//! asserts the same span tree as the Rust seed example.
+//! Shared by `lang_python.rs` and `lang_js.rs` (and, for the seed example's
+//! assertions, `lang_c.rs`): builds a language's example hook and seed task
+//! from source with its toolchain (the build script of `guest-sdk/<lang>`),
+//! runs them through the real `wtrace` binary, and asserts the same span tree
+//! as the Rust seed example.
 
 #![allow(dead_code)] // each test crate uses its own part
 
@@ -312,6 +313,7 @@ pub fn assert_seed(run: &Run, task: &Path, span_dir: &Path, service_name: &str) 
     assert_eq!(func_submit.kind, "PRODUCER");
     assert!(func_submit.parent_span_id.is_empty());
     assert_eq!(func_submit.attributes["wtrace.function"], "my-func");
+    assert_eq!(func_submit.attributes["wtrace.component"], component);
     assert_eq!(func_execute.kind, "CONSUMER");
     assert_child_of(func_execute, func_submit);
     assert_ne!(func_execute.pid, func_submit.pid);
@@ -325,6 +327,10 @@ pub fn assert_seed(run: &Run, task: &Path, span_dir: &Path, service_name: &str) 
     assert_eq!(foo_span.kind, "INTERNAL");
     assert_child_of(foo_span, func_execute);
     assert_eq!(foo_span.trace_id, func_submit.trace_id, "one trace");
+    assert_ne!(
+        submit.trace_id, func_submit.trace_id,
+        "one trace per submission"
+    );
     assert_eq!(foo_span.pid, func_execute.pid, "foo comes from the worker");
     assert_eq!(
         func_execute.pid,
