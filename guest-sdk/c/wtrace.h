@@ -10,6 +10,7 @@
  *     void exports_hello_my_func(void) {
  *         wtrace_span_t span = wtrace_span_start("foo");
  *         printf("hello from inside span foo\n");
+ *         fflush(stdout);  // stdout is buffered: flush before returning
  *         wtrace_span_end(span);
  *     }
  *
@@ -65,8 +66,9 @@ static inline wtrace_span_t wtrace_span_start(const char *name) {
 }
 
 /* Ends `span` (the span current before it is current again) and releases its
- * handle. Returns 0, or -1 when wtrace refused (the span had ended). Do not
- * use `span` afterwards. */
+ * handle. Returns 0, or -1 when wtrace refused (the span was already ended
+ * through the raw `end_span`). Do not use `span` afterwards: a second
+ * `wtrace_span_end` of it is a use of a dropped handle. */
 static inline int wtrace_span_end(wtrace_span_t span) {
     wtrace_string_t err;
     bool ok = wtrace_tracing_tracer_end_span(wtrace_tracing_tracer_borrow_span(span), &err);
