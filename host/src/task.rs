@@ -153,6 +153,24 @@ pub struct TaskContext<'a> {
     pub depth: u32,
 }
 
+impl<'a> TaskContext<'a> {
+    /// A first attempt with no parent span, no abort flag and no way to
+    /// submit tasks of its own: a task run outside a cluster.
+    pub fn new(task_id: &'a str, job_id: &'a str, worker_id: &'a str, node_id: &'a str) -> Self {
+        Self {
+            task_id,
+            job_id,
+            worker_id,
+            node_id,
+            parent: None,
+            attempt: 0,
+            abort: None,
+            submitter: None,
+            depth: 0,
+        }
+    }
+}
+
 /// One export of a task component, with its types.
 #[derive(Debug, Clone)]
 struct Export {

@@ -78,15 +78,8 @@ fn run_with(
     let component = linker.load("span-edges.wasm", &bytes).unwrap();
     let call: wtrace::wave::Invocation = invocation.parse().unwrap();
     let cx = TaskContext {
-        task_id: "t-1",
-        job_id: "job-test",
-        worker_id: "w-1",
-        node_id: "n-1",
         parent,
-        attempt: 0,
-        abort: None,
-        submitter: None,
-        depth: 0,
+        ..TaskContext::new("t-1", "job-test", "w-1", "n-1")
     };
     let output = task::execute(
         &linker,
