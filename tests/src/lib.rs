@@ -404,3 +404,78 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Runs 40 `my-func()` tasks of the hello guest on 2 workers under `hook`
+/// once for each `OTEL_TRACES_SAMPLER` the hook SDKs accept, and asserts
+/// which traces each setting wrote: all of them, none, or the same part of
+/// them in every process (the ratio samplers decide by trace id, so workers
+/// and the driver agree). `env` is added to every run.
+pub fn assert_env_samplers(hook: &str, env: &[(&str, &str)]) {
+    enum Expect {
+        All,
+        None,
+        Part,
+    }
+    let cases = [
+        ("always_on", None, Expect::All),
+        ("always_off", None, Expect::None),
+        ("traceidratio", Some("0.5"), Expect::Part),
+        ("traceidratio", Some("0"), Expect::None),
+        ("parentbased_always_on", None, Expect::All),
+        ("parentbased_always_off", None, Expect::None),
+        ("parentbased_traceidratio", Some("0.5"), Expect::Part),
+    ];
+    const TASKS: usize = 40;
+    for (sampler, arg, expect) in cases {
+        let dir = span_dir();
+        let mut args = vec![
+            "run".to_owned(),
+            format!("--tracing-startup-hook={hook}"),
+            format!("--allow-span-dir={}", dir.path().display()),
+            "--num-workers=2".to_owned(),
+            guests::HELLO.to_owned(),
+        ];
+        args.extend((0..TASKS).map(|_| "my-func()".to_owned()));
+        let mut wtrace = Wtrace::new(args)
+            .env("WTRACE_SPAN_DIR", dir.path())
+            .env("OTEL_TRACES_SAMPLER", sampler);
+        wtrace.command().env_remove("OTEL_TRACES_SAMPLER_ARG");
+        if let Some(arg) = arg {
+            wtrace = wtrace.env("OTEL_TRACES_SAMPLER_ARG", arg);
+        }
+        for (key, value) in env {
+            wtrace = wtrace.env(key, value);
+        }
+        let run = wtrace.run();
+        let case = format!("OTEL_TRACES_SAMPLER={sampler} OTEL_TRACES_SAMPLER_ARG={arg:?}");
+        assert_eq!(
+            run.success().lines().count(),
+            TASKS,
+            "{case}: every task runs whatever is sampled"
+        );
+        let spans = Spans::read(dir.path());
+        let traces = |name: &str| -> std::collections::BTreeSet<String> {
+            spans
+                .named(name)
+                .iter()
+                .map(|s| s.trace_id.clone())
+                .collect()
+        };
+        let sampled = traces("my-func submit");
+        match expect {
+            Expect::All => assert_eq!(sampled.len(), TASKS, "{case}: every trace"),
+            Expect::None => assert!(
+                spans.all().is_empty(),
+                "{case}: no span, got {}",
+                spans.all().len()
+            ),
+            Expect::Part => assert!(
+                (4..=TASKS - 4).contains(&sampled.len()),
+                "{case}: about half of {TASKS} traces, got {}",
+                sampled.len()
+            ),
+        }
+        assert_eq!(traces("my-func execute"), sampled, "{case}: workers agree");
+        assert_eq!(traces("foo"), sampled, "{case}: guest spans agree");
+    }
+}

@@ -1,8 +1,6 @@
 //! Tracing startup hooks: the console exporter, samplers, and every way a
 //! hook can fail — each a clear error, a non-zero exit and no process left.
 
-use std::collections::HashSet;
-
 use wtrace_tests::{Spans, Wtrace, guests, span_dir};
 
 fn run_with_hook(hook: &str, invocations: &[&str]) -> wtrace_tests::Run {
@@ -90,42 +88,8 @@ fn always_off_sampler_writes_no_span() {
 }
 
 #[test]
-fn parent_based_ratio_in_workers_follows_the_driver() {
-    let dir = span_dir();
-    let mut args = vec![
-        "run".to_owned(),
-        format!("--tracing-startup-hook={}", guests::FILE_HOOK),
-        format!("--allow-span-dir={}", dir.path().display()),
-        "--num-workers=2".to_owned(),
-        guests::HELLO.to_owned(),
-    ];
-    args.extend((0..60).map(|_| "my-func()".to_owned()));
-    Wtrace::new(args)
-        .env("WTRACE_SPAN_DIR", dir.path())
-        .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
-        .env("OTEL_TRACES_SAMPLER_ARG", "0.5")
-        .run()
-        .success();
-    let spans = Spans::read(dir.path());
-    let traces_of = |name: &str| -> HashSet<String> {
-        spans
-            .named(name)
-            .iter()
-            .map(|s| s.trace_id.clone())
-            .collect()
-    };
-    let sampled = traces_of("my-func submit");
-    assert!(
-        (5..55).contains(&sampled.len()),
-        "about half of 60 root traces are sampled, got {}",
-        sampled.len()
-    );
-    assert_eq!(
-        traces_of("my-func execute"),
-        sampled,
-        "workers follow the driver's decision"
-    );
-    assert_eq!(traces_of("foo"), sampled, "guest spans follow it too");
+fn every_sampler_of_the_environment_samples_as_named() {
+    wtrace_tests::assert_env_samplers(guests::FILE_HOOK, &[]);
 }
 
 fn assert_hook_fails(hook: &str, expected: &[&str]) {

@@ -13,7 +13,8 @@ use std::sync::OnceLock;
 use guest_langs::{Built, Lang};
 use wtrace_tests::guests;
 
-/// A task whose function throws inside two nested `inSpan(...)` calls.
+/// A task whose function throws inside two nested `inSpan(...)` calls, and
+/// one that lets an exception escape an export without `result`.
 const RAISE: &[guest_langs::Source] = &[
     (
         "world.wit",
@@ -22,6 +23,7 @@ const RAISE: &[guest_langs::Source] = &[
 world raise {
   include wtrace:tracing/task-imports@0.1.0;
   export fail-in-span: func() -> result<s32, string>;
+  export throw-uncaught: func() -> s32;
 }
 ",
     ),
@@ -40,6 +42,13 @@ export function failInSpan() {
   } catch (error) {
     throw `caught: ${error.message}`;
   }
+  return 0;
+}
+
+export function throwUncaught() {
+  inSpan("doomed", () => {
+    throw new RangeError("no result here");
+  });
   return 0;
 }
 "#,
@@ -67,6 +76,11 @@ fn rust_hello_task_runs_under_the_js_hook() {
 }
 
 #[test]
+fn js_hook_reads_every_sampler_of_the_environment() {
+    guest_langs::assert_hook_samplers(built());
+}
+
+#[test]
 fn js_hook_errors_are_the_hooks_errors() {
     guest_langs::assert_hook_errors(&built().hook, std::path::Path::new(guests::HELLO));
 }
@@ -74,4 +88,36 @@ fn js_hook_errors_are_the_hooks_errors() {
 #[test]
 fn js_in_span_ends_spans_when_the_function_throws() {
     guest_langs::assert_helper_ends_spans_on_errors(built(), "TypeError");
+}
+
+#[test]
+fn js_exception_escaping_an_export_fails_the_task_with_the_error() {
+    let dir = wtrace_tests::span_dir();
+    let (run, _) = guest_langs::run(
+        guests::FILE_HOOK,
+        &built().raise,
+        &["throw-uncaught()"],
+        dir.path(),
+        &[],
+        &[],
+    );
+    let stderr = run.failure();
+    assert!(
+        stderr.contains("no result here") && stderr.contains("at throwUncaught (/app/app.js:"),
+        "the exception's message and JS stack reach the driver:\n{stderr}"
+    );
+    assert!(stderr.contains("trapped"), "the task traps:\n{stderr}");
+    let spans = wtrace_tests::Spans::read(dir.path());
+    let execute = spans.one("throw-uncaught execute");
+    let doomed = spans.one("doomed");
+    wtrace_tests::assert_child_of(doomed, execute);
+    assert_eq!(
+        doomed.error.as_deref(),
+        Some("RangeError: no result here"),
+        "inSpan marks its span failed before the exception escapes"
+    );
+    assert!(
+        execute.error.is_some(),
+        "the trap marks the execute span failed"
+    );
 }

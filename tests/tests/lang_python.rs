@@ -12,7 +12,8 @@ use std::sync::OnceLock;
 use guest_langs::{Built, Lang};
 use wtrace_tests::guests;
 
-/// A task whose function raises inside two nested `span(...)` blocks.
+/// A task whose function raises inside two nested `span(...)` blocks, and one
+/// that calls a function decorated with `@wtrace.span` twice.
 const RAISE: &[guest_langs::Source] = &[
     (
         "world.wit",
@@ -21,6 +22,7 @@ const RAISE: &[guest_langs::Source] = &[
 world raise {
   include wtrace:tracing/task-imports@0.1.0;
   export fail-in-span: func() -> result<s32, string>;
+  export decorated: func(n: s32) -> s32;
 }
 ",
     ),
@@ -32,7 +34,15 @@ from componentize_py_types import Err
 import wtrace_guest as wtrace
 
 
+@wtrace.span("load", attributes={"source": "decorator"})
+def load(n: int) -> int:
+    return n * 21
+
+
 class WitWorld(wit_world.WitWorld):
+    def decorated(self, n: int) -> int:
+        return load(n) + load(0)
+
     def fail_in_span(self) -> int:
         try:
             attributes = {"rows": 42, "ratio": 0.5, "ok": True, "tags": ["a", "b"]}
@@ -67,6 +77,11 @@ fn rust_hello_task_runs_under_the_python_hook() {
 }
 
 #[test]
+fn python_hook_reads_every_sampler_of_the_environment() {
+    guest_langs::assert_hook_samplers(built());
+}
+
+#[test]
 fn python_hook_errors_are_the_hooks_errors() {
     guest_langs::assert_hook_errors(&built().hook, std::path::Path::new(guests::HELLO));
 }
@@ -74,4 +89,40 @@ fn python_hook_errors_are_the_hooks_errors() {
 #[test]
 fn python_span_helper_ends_spans_when_the_block_raises() {
     guest_langs::assert_helper_ends_spans_on_errors(built(), "ValueError");
+}
+
+#[test]
+fn python_span_decorator_opens_a_span_per_call() {
+    let dir = wtrace_tests::span_dir();
+    let (run, _) = guest_langs::run(
+        guests::FILE_HOOK,
+        &built().raise,
+        &["decorated(2)"],
+        dir.path(),
+        &[],
+        &[],
+    );
+    assert_eq!(
+        run.success().trim(),
+        "42",
+        "the decorated function's result"
+    );
+    let spans = wtrace_tests::Spans::read(dir.path());
+    let execute = spans.one("decorated execute");
+    let loads = spans.named("load");
+    assert_eq!(loads.len(), 2, "one span per call: {:?}", spans.names());
+    for load in &loads {
+        wtrace_tests::assert_child_of(load, execute);
+        assert_eq!(
+            load.attributes.get("source").map(String::as_str),
+            Some("decorator")
+        );
+        assert!(
+            !load.attributes.contains_key("wtrace.unended"),
+            "the decorator ended it: {:?}",
+            load.attributes
+        );
+        assert!(load.error.is_none());
+    }
+    assert_ne!(loads[0].span_id, loads[1].span_id);
 }

@@ -3,7 +3,7 @@
 // the process with "wtrace:tracing/provider@0.1.0" directly. A hook sees only
 // the OTEL_* and WTRACE_* environment variables.
 
-import { env } from "./index.js";
+import { env, value } from "./index.js";
 
 export { env };
 
@@ -14,11 +14,11 @@ export function resourceFromEnv(defaultServiceName) {
     const at = pair.indexOf("=");
     const key = pair.slice(0, at).trim();
     if (at > 0 && key !== "" && key !== "service.name") {
-      resource.push({ key, value: { tag: "string", val: pair.slice(at + 1).trim() } });
+      resource.push({ key, value: value(pair.slice(at + 1).trim()) });
     }
   }
   const service = env("OTEL_SERVICE_NAME") ?? defaultServiceName;
-  resource.push({ key: "service.name", value: { tag: "string", val: service } });
+  resource.push({ key: "service.name", value: value(service) });
   return resource;
 }
 

@@ -446,6 +446,15 @@ pub fn assert_helper_ends_spans_on_errors(built: &Built, error_type: &str) {
     );
 }
 
+/// The language's hook reads every `OTEL_TRACES_SAMPLER` as the Rust SDK does.
+pub fn assert_hook_samplers(built: &Built) {
+    let cache = test_cache_dir();
+    wtrace_tests::assert_env_samplers(
+        &hook_spec(&built.hook),
+        &[("WTRACE_CACHE_DIR", cache.to_str().unwrap())],
+    );
+}
+
 /// Hook failures surface as the hook's own errors, before any task runs.
 pub fn assert_hook_errors(hook: &Path, task: &Path) {
     let spans = wtrace_tests::span_dir();
