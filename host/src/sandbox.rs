@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Linker, Resource, ResourceTable};
@@ -104,6 +105,7 @@ pub(crate) fn task_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     add_deadline_aware_poll(&mut linker)?;
+    add_deadline_aware_streams(&mut linker)?;
     bridge::add_to_linker(&mut linker, StoreState::bridge)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
     nested::add_to_linker(&mut linker, StoreState::tasks)?;
@@ -116,6 +118,7 @@ pub(crate) fn hook_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     add_deadline_aware_poll(&mut linker)?;
+    add_deadline_aware_streams(&mut linker)?;
     bridge::add_to_linker(&mut linker, StoreState::bridge)?;
     provider::add_to_linker(&mut linker, StoreState::provider)?;
     Ok(linker)
@@ -268,9 +271,14 @@ impl Deadline {
     ) -> wasmtime::Result<F::Output> {
         self.check(doing)?;
         wasmtime_wasi::runtime::in_tokio(async {
-            let operation = std::pin::pin!(operation);
+            let mut operation = std::pin::pin!(operation);
+            // Most operations are done at once (a write to captured stdout):
+            // they need no timer.
+            let first = std::future::poll_fn(|cx| Poll::Ready(operation.as_mut().poll(cx))).await;
+            if let Poll::Ready(done) = first {
+                return Ok(done);
+            }
             let mut ticks = tokio::time::interval(crate::engine::EPOCH_TICK);
-            let mut operation = operation;
             loop {
                 tokio::select! {
                     done = &mut operation => return Ok(done),
@@ -323,6 +331,92 @@ fn add_deadline_aware_poll(linker: &mut Linker<StoreState>) -> wasmtime::Result<
             Ok(())
         },
     )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// Replaces WASI's blocking stream calls (a read from a socket that never
+/// sends, a write to one that never reads) with ones that honour the store's
+/// [`Deadline`], as [`add_deadline_aware_poll`] does for waits: each runs
+/// wasmtime-wasi's own implementation, given up when the deadline passes.
+fn add_deadline_aware_streams(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi_io::bindings::wasi::io::streams::{
+        self as wit, Host as _, HostInputStream, HostOutputStream,
+    };
+    use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream, StreamResult};
+
+    type Store<'a> = wasmtime::StoreContextMut<'a, StoreState>;
+    /// A stream call's result in its WIT form (a trap stays a trap).
+    fn lower<T>(
+        table: &mut ResourceTable,
+        result: StreamResult<T>,
+    ) -> wasmtime::Result<(Result<T, wit::StreamError>,)> {
+        Ok((match result {
+            Ok(value) => Ok(value),
+            Err(e) => Err(table.convert_stream_error(e)?),
+        },))
+    }
+
+    linker.allow_shadowing(true);
+    let mut streams = linker.instance("wasi:io/streams@0.2.12")?;
+    const READING: &str = " while blocked reading a wasi:io stream";
+    const WRITING: &str = " while blocked writing a wasi:io stream";
+    /// Shadows `$name` with `$call` on the store's table, within its deadline.
+    macro_rules! within_deadline {
+        ($name:literal, $doing:expr, $call:path, $($arg:ident: $ty:ty),*) => {
+            streams.func_wrap(
+                $name,
+                |mut store: Store<'_>, ($($arg,)*): ($($ty,)*)| {
+                    let state = store.data_mut();
+                    let deadline = state.deadline.clone();
+                    let result = deadline.wait($doing, $call(&mut state.table, $($arg),*))?;
+                    lower(&mut state.table, result)
+                },
+            )?;
+        };
+    }
+    within_deadline!(
+        "[method]input-stream.blocking-read",
+        READING,
+        HostInputStream::blocking_read,
+        stream: Resource<DynInputStream>,
+        len: u64
+    );
+    within_deadline!(
+        "[method]input-stream.blocking-skip",
+        READING,
+        HostInputStream::blocking_skip,
+        stream: Resource<DynInputStream>,
+        len: u64
+    );
+    within_deadline!(
+        "[method]output-stream.blocking-write-and-flush",
+        WRITING,
+        HostOutputStream::blocking_write_and_flush,
+        stream: Resource<DynOutputStream>,
+        bytes: Vec<u8>
+    );
+    within_deadline!(
+        "[method]output-stream.blocking-write-zeroes-and-flush",
+        WRITING,
+        HostOutputStream::blocking_write_zeroes_and_flush,
+        stream: Resource<DynOutputStream>,
+        len: u64
+    );
+    within_deadline!(
+        "[method]output-stream.blocking-flush",
+        WRITING,
+        HostOutputStream::blocking_flush,
+        stream: Resource<DynOutputStream>
+    );
+    within_deadline!(
+        "[method]output-stream.blocking-splice",
+        WRITING,
+        HostOutputStream::blocking_splice,
+        dest: Resource<DynOutputStream>,
+        src: Resource<DynInputStream>,
+        len: u64
+    );
     linker.allow_shadowing(false);
     Ok(())
 }

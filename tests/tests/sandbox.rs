@@ -222,6 +222,42 @@ fn grants_open_exactly_what_they_name() {
     assert!(!ro.path().join("x").exists());
 }
 
+#[test]
+fn socket_io_that_never_completes_is_bound_by_the_timeout() {
+    let dir = span_dir();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    // Accepts connections and holds them without reading or writing. It lets
+    // go after 30 s, so a guest the timeout failed to stop ends the test with
+    // a failure rather than a hang.
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < until {
+            match listener.accept() {
+                Ok((stream, _)) => held.push(stream),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    let cluster = cluster(dir.path(), &[&format!("--allow-net={address}")]);
+    failed_with(
+        &attack(&cluster, &format!("read-silent({address:?})")),
+        &[
+            "timed out after 2s while blocked reading a wasi:io stream",
+            "--timeout",
+        ],
+    );
+    failed_with(
+        &attack(&cluster, &format!("write-unread({address:?})")),
+        &[
+            "timed out after 2s while blocked writing a wasi:io stream",
+            "--timeout",
+        ],
+    );
+}
+
 fn cluster_with_dir(dir: &std::path::Path, grant: &str) -> Cluster {
     cluster(dir, &[&format!("--allow-dir={grant}")])
 }

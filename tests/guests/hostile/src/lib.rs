@@ -13,6 +13,8 @@ wit_bindgen::generate!({
             export write-file: func(path: string) -> result<_, string>;
             export read-env: func() -> list<tuple<string, string>>;
             export connect: func(address: string) -> result<string, string>;
+            export read-silent: func(address: string) -> result<string, string>;
+            export write-unread: func(address: string) -> result<string, string>;
             export million-spans: func() -> u32;
             export huge-attribute: func(mib: u32);
             export deep-spans: func(n: u32) -> u32;
@@ -28,6 +30,44 @@ wit_bindgen::generate!({
 
 use wtrace_guest::wit::wtrace::tracing::tracer as raw;
 use wtrace_guest::{in_span, span};
+
+/// A TCP connection over raw wasi:sockets (Rust's std::net is not usable
+/// on wasm32-wasip2 yet): its streams, and the socket they belong to (drop
+/// it last).
+type Connection = (
+    wasip2::io::streams::InputStream,
+    wasip2::io::streams::OutputStream,
+    wasip2::sockets::tcp::TcpSocket,
+);
+
+fn tcp_connect(address: &str) -> Result<Connection, String> {
+    use wasip2::sockets::instance_network::instance_network;
+    use wasip2::sockets::network::{
+        ErrorCode, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress,
+    };
+    use wasip2::sockets::tcp_create_socket::create_tcp_socket;
+    let addr: std::net::SocketAddrV4 = address.parse().map_err(|e| format!("{e}"))?;
+    let o = addr.ip().octets();
+    let remote = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+        port: addr.port(),
+        address: (o[0], o[1], o[2], o[3]),
+    });
+    let network = instance_network();
+    let socket = create_tcp_socket(IpAddressFamily::Ipv4).map_err(|e| format!("{e:?}"))?;
+    socket
+        .start_connect(&network, remote)
+        .map_err(|e| format!("{e:?}"))?;
+    let ready = socket.subscribe();
+    let streams = loop {
+        match socket.finish_connect() {
+            Ok(streams) => break streams,
+            Err(ErrorCode::WouldBlock) => ready.block(),
+            Err(e) => return Err(format!("{e:?}")),
+        }
+    };
+    drop(ready);
+    Ok((streams.0, streams.1, socket))
+}
 
 fn raw_span(name: &str) -> raw::Span {
     raw::start_span(
@@ -84,31 +124,31 @@ impl Guest for Hostile {
     }
 
     fn connect(address: String) -> Result<String, String> {
-        // Raw wasi:sockets: Rust's std::net is not usable on wasm32-wasip2 yet.
-        use wasip2::sockets::instance_network::instance_network;
-        use wasip2::sockets::network::{
-            ErrorCode, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress,
-        };
-        use wasip2::sockets::tcp_create_socket::create_tcp_socket;
-        let addr: std::net::SocketAddrV4 = address.parse().map_err(|e| format!("{e}"))?;
-        let o = addr.ip().octets();
-        let remote = IpSocketAddress::Ipv4(Ipv4SocketAddress {
-            port: addr.port(),
-            address: (o[0], o[1], o[2], o[3]),
-        });
-        let network = instance_network();
-        let socket = create_tcp_socket(IpAddressFamily::Ipv4).map_err(|e| format!("{e:?}"))?;
-        socket
-            .start_connect(&network, remote)
-            .map_err(|e| format!("{e:?}"))?;
-        let ready = socket.subscribe();
-        loop {
-            match socket.finish_connect() {
-                Ok(_streams) => return Ok(format!("connected to {address}")),
-                Err(ErrorCode::WouldBlock) => ready.block(),
-                Err(e) => return Err(format!("{e:?}")),
+        tcp_connect(&address)?;
+        Ok(format!("connected to {address}"))
+    }
+
+    fn read_silent(address: String) -> Result<String, String> {
+        let (input, output, socket) = tcp_connect(&address)?;
+        let read = input.blocking_read(1).map_err(|e| format!("{e:?}"));
+        drop((input, output));
+        drop(socket);
+        Ok(format!("read {} bytes", read?.len()))
+    }
+
+    fn write_unread(address: String) -> Result<String, String> {
+        let (input, output, socket) = tcp_connect(&address)?;
+        let chunk = [0u8; 4096];
+        let mut written = 0usize;
+        let error = loop {
+            match output.blocking_write_and_flush(&chunk) {
+                Ok(()) => written += chunk.len(),
+                Err(e) => break format!("{e:?} after {written} bytes"),
             }
-        }
+        };
+        drop((input, output));
+        drop(socket);
+        Err(error)
     }
 
     fn million_spans() -> u32 {
