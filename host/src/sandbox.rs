@@ -106,6 +106,7 @@ pub(crate) fn task_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     add_deadline_aware_poll(&mut linker)?;
     add_deadline_aware_streams(&mut linker)?;
+    add_deadline_aware_filesystem(&mut linker)?;
     bridge::add_to_linker(&mut linker, StoreState::bridge)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
     nested::add_to_linker(&mut linker, StoreState::tasks)?;
@@ -417,6 +418,85 @@ fn add_deadline_aware_streams(linker: &mut Linker<StoreState>) -> wasmtime::Resu
         src: Resource<DynInputStream>,
         len: u64
     );
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// Replaces the filesystem calls that can wait without end (opening a FIFO
+/// no one writes to, reading from it) with ones that honour the store's
+/// [`Deadline`]. Only tasks given a directory (`--allow-dir`) reach them.
+fn add_deadline_aware_filesystem(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView as _};
+    use wasmtime_wasi::p2::FsResult;
+    use wasmtime_wasi::p2::bindings::filesystem::types::{
+        DescriptorFlags, ErrorCode, Filesize, Host as _, HostDescriptor, OpenFlags, PathFlags,
+    };
+
+    type Store<'a> = wasmtime::StoreContextMut<'a, StoreState>;
+    /// A filesystem call's result in its WIT form (a trap stays a trap).
+    fn lower<T>(
+        state: &mut StoreState,
+        result: FsResult<T>,
+    ) -> wasmtime::Result<(Result<T, ErrorCode>,)> {
+        Ok((match result {
+            Ok(value) => Ok(value),
+            Err(e) => Err(state.filesystem().convert_error_code(e)?),
+        },))
+    }
+
+    linker.allow_shadowing(true);
+    let mut fs = linker.instance("wasi:filesystem/types@0.2.12")?;
+    const DOING: &str = " while blocked in wasi:filesystem";
+    fs.func_wrap(
+        "[method]descriptor.open-at",
+        |mut store: Store<'_>,
+         (fd, path_flags, path, oflags, flags): (
+            Resource<Descriptor>,
+            PathFlags,
+            String,
+            OpenFlags,
+            DescriptorFlags,
+        )| {
+            let state = store.data_mut();
+            let deadline = state.deadline.clone();
+            let result = deadline.wait(
+                DOING,
+                HostDescriptor::open_at(
+                    &mut state.filesystem(),
+                    fd,
+                    path_flags,
+                    path,
+                    oflags,
+                    flags,
+                ),
+            )?;
+            lower(state, result)
+        },
+    )?;
+    fs.func_wrap(
+        "[method]descriptor.read",
+        |mut store: Store<'_>, (fd, len, offset): (Resource<Descriptor>, Filesize, Filesize)| {
+            let state = store.data_mut();
+            let deadline = state.deadline.clone();
+            let result = deadline.wait(
+                DOING,
+                HostDescriptor::read(&mut state.filesystem(), fd, len, offset),
+            )?;
+            lower(state, result)
+        },
+    )?;
+    fs.func_wrap(
+        "[method]descriptor.write",
+        |mut store: Store<'_>, (fd, bytes, offset): (Resource<Descriptor>, Vec<u8>, Filesize)| {
+            let state = store.data_mut();
+            let deadline = state.deadline.clone();
+            let result = deadline.wait(
+                DOING,
+                HostDescriptor::write(&mut state.filesystem(), fd, bytes, offset),
+            )?;
+            lower(state, result)
+        },
+    )?;
     linker.allow_shadowing(false);
     Ok(())
 }

@@ -258,6 +258,34 @@ fn socket_io_that_never_completes_is_bound_by_the_timeout() {
     );
 }
 
+#[test]
+fn a_fifo_no_one_writes_to_is_bound_by_the_timeout() {
+    let dir = span_dir();
+    let data = tempfile::tempdir().unwrap();
+    let fifo = data.path().join("fifo");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo");
+    // After 30 s a writer comes and goes, so a guest the timeout failed to
+    // stop ends the test with a failure rather than a hang.
+    let writer = fifo.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(30));
+        let _ = std::fs::OpenOptions::new().write(true).open(writer);
+    });
+    let cluster = cluster(
+        dir.path(),
+        &[&format!("--allow-dir={}:/data", data.path().display())],
+    );
+    failed_with(
+        &attack(&cluster, r#"read-file("/data/fifo")"#),
+        &[
+            "timed out after 2s while blocked in wasi:filesystem",
+            "--timeout",
+        ],
+    );
+}
+
 fn cluster_with_dir(dir: &std::path::Path, grant: &str) -> Cluster {
     cluster(dir, &[&format!("--allow-dir={grant}")])
 }
