@@ -17,6 +17,7 @@ wit_bindgen::generate!({
             export many-spans: func(n: u32) -> u32;
             export spin: func(ms: u32) -> u32;
             export bench-spans: func(n: u32) -> u32;
+            export busy: func(rounds: u32) -> u64;
         }
     ",
 });
@@ -125,6 +126,17 @@ impl Guest for Edges {
             raw::end_span(&span).ok();
         }
         n
+    }
+
+    /// `rounds` of xorshift and no span: a task with work of its own.
+    fn busy(rounds: u32) -> u64 {
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..rounds {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        x
     }
 
     fn spin(ms: u32) -> u32 {
