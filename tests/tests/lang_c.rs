@@ -290,23 +290,13 @@ fn c_task_with_the_proxy_adapter_runs_too() {
 }
 
 #[test]
-fn c_hook_fails_clearly_without_its_span_dir() {
-    let c = c_guests();
-    let mut wtrace = Wtrace::new([
-        "run".to_owned(),
-        format!("--tracing-startup-hook={}:setup_tracing", c.hook.display()),
-        "--num-workers=1".to_owned(),
-        guests::HELLO.to_owned(),
-        "my-function()".to_owned(),
-    ]);
-    wtrace.command().env_remove("WTRACE_SPAN_DIR");
-    let run = wtrace.run();
-    let stderr = run.failure();
-    assert!(
-        stderr.contains("WTRACE_SPAN_DIR is not set"),
-        "the C hook's error string reaches the user: {stderr}"
-    );
-    assert!(run.stdout.is_empty(), "no task ran: {}", run.stdout);
+fn c_hook_errors_are_the_hooks_errors() {
+    guest_langs::assert_hook_errors(&c_guests().hook, Path::new(guests::HELLO));
+}
+
+#[test]
+fn c_hook_reads_every_sampler_of_the_environment() {
+    wtrace_tests::assert_env_samplers(&guest_langs::hook_spec(&c_guests().hook), &[]);
 }
 
 /// `wtrace check --json` of a C component: its report.

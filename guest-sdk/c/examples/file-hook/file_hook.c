@@ -5,7 +5,8 @@
  * World `wtrace:tracing/hook@0.1.0` (the repository's wit/worlds.wit):
  * exports `setup-tracing: func() -> result<_, string>`.
  *
- * A hook sees only the OTEL_* and WTRACE_* environment variables of its
+ * OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG choose the sampler. A
+ * hook sees only the OTEL_* and WTRACE_* environment variables of its
  * process; `wtrace run --allow-span-dir=DIR` must allow the directory.
  */
 #include <stdio.h>
@@ -21,6 +22,9 @@ bool exports_hook_setup_tracing(hook_string_t *err) {
     const char *service = getenv("OTEL_SERVICE_NAME");
     wtrace_hook_set_service_name(service != NULL && service[0] != '\0' ? service
                                                                        : "wtrace-c-file-hook");
+    if (!wtrace_hook_sampler_from_env(err)) {
+        return false;
+    }
 
     char path[4096];
     int n = snprintf(path, sizeof path, "%s/{pid}.json", dir);
