@@ -244,31 +244,37 @@ static inline bool wtrace_hook_sampler_from_env(wtrace_string_t *err) {
     return true;
 }
 
-/* Adds a processor (simple, or batch when `batch`) exporting to the OTLP-JSON
- * file `path` (`{pid}`, `{worker_id}`, `{node_id}` are replaced by the host).
- * Returns true, or false with the host's reason in `err` (to be returned
- * from `setup-tracing` as is: the bindings free it). */
+/* Adds a processor, simple or batch when `batch`, over `exporter` (borrowed
+ * for the call). Returns true, or false with the host's reason in `err` (to
+ * be returned from `setup-tracing` as is: the bindings free it). */
+static inline bool wtrace_hook_add_processor(const wtrace_tracing_provider_exporter_t *exporter,
+                                             bool batch, wtrace_string_t *err) {
+    wtrace_tracing_provider_processor_t processor;
+    if (batch) {
+        processor.tag = WTRACE_TRACING_PROVIDER_PROCESSOR_BATCH;
+        processor.val.batch = *exporter;
+    } else {
+        processor.tag = WTRACE_TRACING_PROVIDER_PROCESSOR_SIMPLE;
+        processor.val.simple = *exporter;
+    }
+    return wtrace_tracing_provider_add_span_processor(&processor, err);
+}
+
+/* Adds a processor exporting to the OTLP-JSON file `path` (`{pid}`,
+ * `{worker_id}`, `{node_id}` are replaced by the host). */
 static inline bool wtrace_hook_add_file_processor(const char *path, bool batch,
                                                   wtrace_string_t *err) {
-    wtrace_tracing_provider_processor_t processor;
-    processor.tag =
-        batch ? WTRACE_TRACING_PROVIDER_PROCESSOR_BATCH : WTRACE_TRACING_PROVIDER_PROCESSOR_SIMPLE;
-    wtrace_tracing_provider_exporter_t *exporter =
-        batch ? &processor.val.batch : &processor.val.simple;
-    exporter->tag = WTRACE_TRACING_PROVIDER_EXPORTER_FILE;
-    wtrace_string_set(&exporter->val.file.path, path);
-    return wtrace_tracing_provider_add_span_processor(&processor, err);
+    wtrace_tracing_provider_exporter_t exporter;
+    exporter.tag = WTRACE_TRACING_PROVIDER_EXPORTER_FILE;
+    wtrace_string_set(&exporter.val.file.path, path);
+    return wtrace_hook_add_processor(&exporter, batch, err);
 }
 
 /* Adds a processor exporting to the process's standard error. */
 static inline bool wtrace_hook_add_console_processor(bool batch, wtrace_string_t *err) {
-    wtrace_tracing_provider_processor_t processor;
-    processor.tag =
-        batch ? WTRACE_TRACING_PROVIDER_PROCESSOR_BATCH : WTRACE_TRACING_PROVIDER_PROCESSOR_SIMPLE;
-    wtrace_tracing_provider_exporter_t *exporter =
-        batch ? &processor.val.batch : &processor.val.simple;
-    exporter->tag = WTRACE_TRACING_PROVIDER_EXPORTER_CONSOLE;
-    return wtrace_tracing_provider_add_span_processor(&processor, err);
+    wtrace_tracing_provider_exporter_t exporter;
+    exporter.tag = WTRACE_TRACING_PROVIDER_EXPORTER_CONSOLE;
+    return wtrace_hook_add_processor(&exporter, batch, err);
 }
 
 #endif /* WTRACE_TRACING_PROVIDER_PROCESSOR_SIMPLE */
