@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -32,8 +33,9 @@ pub struct SpanRecord {
     pub pid: Option<i64>,
     /// Span attributes, values rendered as text.
     pub attributes: BTreeMap<String, String>,
-    /// Resource attributes, values rendered as text.
-    pub resource: BTreeMap<String, String>,
+    /// Resource attributes, values rendered as text (shared by the spans of
+    /// one resource).
+    pub resource: Arc<BTreeMap<String, String>>,
     /// Names of the span's events.
     pub events: Vec<String>,
     /// Which file it came from.
@@ -138,10 +140,12 @@ impl SpanFiles {
 
     fn add_request(&mut self, file: &Path, request: ExportTraceServiceRequest) {
         for resource_spans in request.resource_spans {
-            let resource: BTreeMap<String, String> = resource_spans
-                .resource
-                .map(|r| attributes(&r.attributes))
-                .unwrap_or_default();
+            let resource: Arc<BTreeMap<String, String>> = Arc::new(
+                resource_spans
+                    .resource
+                    .map(|r| attributes(&r.attributes))
+                    .unwrap_or_default(),
+            );
             let pid = resource.get("process.pid").and_then(|p| p.parse().ok());
             for scope in resource_spans.scope_spans {
                 for span in scope.spans {
@@ -178,35 +182,47 @@ impl SpanFiles {
 
     /// The trace ids, oldest trace first.
     pub fn trace_ids(&self) -> Vec<String> {
-        let mut first: HashMap<&str, u64> = HashMap::new();
+        self.traces()
+            .into_iter()
+            .map(|(id, _)| id.to_owned())
+            .collect()
+    }
+
+    /// The spans of each trace, oldest trace first (by its earliest span).
+    fn traces(&self) -> Vec<(&str, Vec<&SpanRecord>)> {
+        let mut by_trace: HashMap<&str, Vec<&SpanRecord>> = HashMap::new();
         for span in &self.spans {
-            let start = first.entry(&span.trace_id).or_insert(u64::MAX);
-            *start = (*start).min(span.start);
+            by_trace.entry(&span.trace_id).or_default().push(span);
         }
-        let mut ids: Vec<(&str, u64)> = first.into_iter().collect();
-        ids.sort_by_key(|(id, start)| (*start, id.to_string()));
-        ids.into_iter().map(|(id, _)| id.to_owned()).collect()
+        let mut traces: Vec<(&str, Vec<&SpanRecord>)> = by_trace.into_iter().collect();
+        traces.sort_by_cached_key(|(id, spans)| {
+            (spans.iter().map(|s| s.start).min().unwrap_or(u64::MAX), *id)
+        });
+        traces
     }
 
     /// Renders every trace (or those whose id starts with `only`) as trees.
     pub fn render(&self, only: Option<&str>) -> String {
+        let only = only.map(str::to_ascii_lowercase);
         let mut out = String::new();
-        for trace_id in self.trace_ids() {
-            if only.is_some_and(|prefix| !trace_id.starts_with(&prefix.to_ascii_lowercase())) {
+        for (trace_id, spans) in self.traces() {
+            if only
+                .as_deref()
+                .is_some_and(|prefix| !trace_id.starts_with(prefix))
+            {
                 continue;
             }
-            render_trace(&mut out, &trace_id, &self.spans);
+            render_trace(&mut out, trace_id, &spans);
         }
         out
     }
 }
 
-fn render_trace(out: &mut String, trace_id: &str, all: &[SpanRecord]) {
-    let spans: Vec<&SpanRecord> = all.iter().filter(|s| s.trace_id == trace_id).collect();
+fn render_trace(out: &mut String, trace_id: &str, spans: &[&SpanRecord]) {
     let ids: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
     let mut children: HashMap<&str, Vec<&SpanRecord>> = HashMap::new();
     let mut roots = Vec::new();
-    for span in &spans {
+    for span in spans {
         if !span.parent_span_id.is_empty() && ids.contains(span.parent_span_id.as_str()) {
             children.entry(&span.parent_span_id).or_default().push(span);
         } else {
@@ -362,6 +378,50 @@ mod tests {
             files.warnings[0].contains("line 1 is not OTLP JSON"),
             "{:?}",
             files.warnings
+        );
+    }
+
+    #[test]
+    fn traces_come_oldest_first_with_their_own_spans_however_files_interleave_them() {
+        let span = |trace: &str, id: &str, parent: &str, start: u64| SpanRecord {
+            trace_id: trace.to_owned(),
+            span_id: id.to_owned(),
+            parent_span_id: parent.to_owned(),
+            name: format!("span {id}"),
+            kind: "INTERNAL",
+            start,
+            end: start + 1_000,
+            error: None,
+            pid: Some(1),
+            attributes: BTreeMap::new(),
+            resource: Arc::default(),
+            events: Vec::new(),
+            file: PathBuf::from("1.json"),
+        };
+        let files = SpanFiles {
+            spans: vec![
+                span("cc", "c1", "", 300),
+                span("aa", "a2", "a1", 150),
+                span("bb", "b1", "", 200),
+                span("cc", "c2", "c1", 310),
+                span("aa", "a1", "", 100),
+                span("bb", "b2", "b1", 50),
+            ],
+            ..SpanFiles::default()
+        };
+        assert_eq!(files.trace_ids(), ["bb", "aa", "cc"]);
+        let tree = files.render(None);
+        let headers: Vec<&str> = tree.lines().filter(|l| l.starts_with("trace ")).collect();
+        assert_eq!(headers.len(), 3, "{tree}");
+        for (header, id) in headers.iter().zip(["bb", "aa", "cc"]) {
+            assert!(
+                header.starts_with(&format!("trace {id}  2 spans")),
+                "{tree}"
+            );
+        }
+        assert!(
+            tree.contains("└─ span a1  INTERNAL  1.0 µs  pid 1\n   └─ span a2"),
+            "{tree}"
         );
     }
 
