@@ -1,5 +1,5 @@
 //! A run's life: Ctrl-C flushes every process's spans; compiled components
-//! are cached by digest.
+//! are cached by digest; a long run prints every result, in order.
 
 use std::os::unix::process::CommandExt as _;
 use std::time::{Duration, Instant};
@@ -125,4 +125,25 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn a_long_run_prints_every_result_in_submission_order() {
+    // More tasks than `wtrace run` keeps in flight, so its window refills.
+    let repeat = 50_000;
+    let run = Wtrace::new([
+        "run".to_owned(),
+        "--num-workers=2".to_owned(),
+        "--repeat".to_owned(),
+        repeat.to_string(),
+        guests::SPAN_EDGES.to_owned(),
+        "add(1, 2)".to_owned(),
+        "add(40, 2)".to_owned(),
+    ])
+    .run();
+    let lines: Vec<&str> = run.success().lines().collect();
+    assert_eq!(lines.len(), 2 * repeat, "one result per task");
+    for (i, pair) in lines.chunks(2).enumerate() {
+        assert_eq!(pair, ["3", "42"], "results {} and {}", 2 * i, 2 * i + 1);
+    }
 }

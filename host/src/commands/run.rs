@@ -74,8 +74,6 @@ impl RunCommand {
             // the component, its exports and argument types, and the hook.
             let runtime = Runtime::new(limits, options.cache_dir.clone())?;
             check_component(&runtime, &self.component, &name, &bytes, &unique)?;
-            let invocations: Vec<Invocation> =
-                std::iter::repeat_n(unique, self.repeat).flatten().collect();
             // Hooks use synchronous WASI, which must not run on an async thread.
             let telemetry = match hook {
                 Some(hook) => {
@@ -96,7 +94,8 @@ impl RunCommand {
                 }
                 None => None,
             };
-            let outcome = drive(options, telemetry.clone(), &name, bytes, &invocations).await;
+            let invocations = std::iter::repeat_n(unique.as_slice(), self.repeat).flatten();
+            let outcome = drive(options, telemetry.clone(), &name, bytes, invocations).await;
             if let Some(telemetry) = telemetry {
                 tokio::task::spawn_blocking(move || telemetry.shutdown()).await??;
             }
@@ -105,12 +104,18 @@ impl RunCommand {
     }
 }
 
-async fn drive(
+/// Most tasks submitted and not yet printed: enough to keep every worker
+/// busy, few enough that a run of millions holds only these in memory.
+const IN_FLIGHT: usize = 1 << 16;
+/// Submissions per batch while refilling.
+const REFILL: usize = 4096;
+
+async fn drive<'a>(
     options: LocalClusterOptions,
     telemetry: Option<Telemetry>,
     name: &str,
     bytes: Vec<u8>,
-    invocations: &[Invocation],
+    mut invocations: impl Iterator<Item = &'a Invocation>,
 ) -> anyhow::Result<ExitCode> {
     let cluster = LocalCluster::start(options).await?;
     let result = async {
@@ -126,10 +131,28 @@ async fn drive(
         };
         let digest = client.upload(name, bytes).await?;
         let parent = outer_context();
-        let tasks = client.submit_many(&digest, invocations, &parent).await?;
         let mut failed = false;
         let gather = async {
-            for task in tasks {
+            // Results print in submission order; submissions are topped up
+            // whenever half the window has been printed.
+            let mut in_flight = std::collections::VecDeque::new();
+            loop {
+                if in_flight.len() <= IN_FLIGHT / 2 {
+                    while in_flight.len() < IN_FLIGHT {
+                        let batch: Vec<Invocation> = invocations
+                            .by_ref()
+                            .take(REFILL.min(IN_FLIGHT - in_flight.len()))
+                            .cloned()
+                            .collect();
+                        if batch.is_empty() {
+                            break;
+                        }
+                        in_flight.extend(client.submit_many(&digest, &batch, &parent).await?);
+                    }
+                }
+                let Some(task) = in_flight.pop_front() else {
+                    break;
+                };
                 let result = task.get().await?;
                 failed |= print_result(&result);
             }
