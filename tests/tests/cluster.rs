@@ -500,3 +500,26 @@ fn submitting_without_a_cluster_or_to_a_dead_one_says_so() {
         nothing.stderr
     );
 }
+
+#[test]
+fn a_long_submission_prints_every_result_in_order() {
+    let mut cluster = Cluster::start(&["--num-workers=2"], &[]);
+    // More tasks than `wtrace submit` keeps in flight, so its window refills.
+    let repeat = 40_000;
+    let run = cluster
+        .command(&[
+            "submit",
+            "--repeat",
+            &repeat.to_string(),
+            guests::SPAN_EDGES,
+            "add(1, 2)",
+            "add(40, 2)",
+        ])
+        .run();
+    let lines: Vec<&str> = run.success().lines().collect();
+    assert_eq!(lines.len(), 2 * repeat, "one result per task");
+    for (i, pair) in lines.chunks(2).enumerate() {
+        assert_eq!(pair, ["3", "42"], "results {} and {}", 2 * i, 2 * i + 1);
+    }
+    cluster.stop();
+}

@@ -1,14 +1,53 @@
 //! What `run` and `submit` share: reading and checking a task component,
-//! the outer trace context, and printing results.
+//! the outer trace context, submitting in a window, and printing results.
 
 use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::{Context as _, anyhow};
+use wtrace::Digest;
 use wtrace::Runtime;
-use wtrace::cluster::TaskResult;
+use wtrace::cluster::{Client, TaskResult};
 use wtrace::task::TaskLinker;
 use wtrace::wave::Invocation;
+
+/// Most tasks submitted and not yet gathered: enough to keep every worker
+/// busy, few enough that a run of millions holds only these in memory.
+const IN_FLIGHT: usize = 1 << 16;
+/// Submissions per batch while refilling the window.
+const REFILL: usize = 4096;
+
+/// Submits `invocations` of `component` and hands each result to `gathered`
+/// in submission order. At most [`IN_FLIGHT`] tasks are out at once: the
+/// window is topped up whenever half of it has been gathered.
+pub async fn submit_in_order<'a>(
+    client: &Client,
+    component: &Digest,
+    mut invocations: impl Iterator<Item = &'a Invocation>,
+    mut gathered: impl FnMut(TaskResult),
+) -> anyhow::Result<()> {
+    let parent = outer_context();
+    let mut in_flight = std::collections::VecDeque::new();
+    loop {
+        if in_flight.len() <= IN_FLIGHT / 2 {
+            while in_flight.len() < IN_FLIGHT {
+                let batch: Vec<Invocation> = invocations
+                    .by_ref()
+                    .take(REFILL.min(IN_FLIGHT - in_flight.len()))
+                    .cloned()
+                    .collect();
+                if batch.is_empty() {
+                    break;
+                }
+                in_flight.extend(client.submit_many(component, &batch, &parent).await?);
+            }
+        }
+        let Some(task) = in_flight.pop_front() else {
+            return Ok(());
+        };
+        gathered(task.get().await?);
+    }
+}
 
 /// A task component's file name and bytes.
 pub fn read_component(path: &Path) -> anyhow::Result<(String, Vec<u8>)> {

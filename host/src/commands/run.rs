@@ -12,7 +12,7 @@ use wtrace::wave::Invocation;
 use wtrace::{Runtime, Telemetry};
 
 use super::args::{HookArgs, SandboxArgs};
-use super::common::{check_component, outer_context, print_result, read_component};
+use super::common::{check_component, print_result, read_component, submit_in_order};
 
 /// Run task invocations on a local cluster, traced, and print their results.
 ///
@@ -104,18 +104,12 @@ impl RunCommand {
     }
 }
 
-/// Most tasks submitted and not yet printed: enough to keep every worker
-/// busy, few enough that a run of millions holds only these in memory.
-const IN_FLIGHT: usize = 1 << 16;
-/// Submissions per batch while refilling.
-const REFILL: usize = 4096;
-
 async fn drive<'a>(
     options: LocalClusterOptions,
     telemetry: Option<Telemetry>,
     name: &str,
     bytes: Vec<u8>,
-    mut invocations: impl Iterator<Item = &'a Invocation>,
+    invocations: impl Iterator<Item = &'a Invocation>,
 ) -> anyhow::Result<ExitCode> {
     let cluster = LocalCluster::start(options).await?;
     let result = async {
@@ -130,34 +124,10 @@ async fn drive<'a>(
             }
         };
         let digest = client.upload(name, bytes).await?;
-        let parent = outer_context();
         let mut failed = false;
-        let gather = async {
-            // Results print in submission order; submissions are topped up
-            // whenever half the window has been printed.
-            let mut in_flight = std::collections::VecDeque::new();
-            loop {
-                if in_flight.len() <= IN_FLIGHT / 2 {
-                    while in_flight.len() < IN_FLIGHT {
-                        let batch: Vec<Invocation> = invocations
-                            .by_ref()
-                            .take(REFILL.min(IN_FLIGHT - in_flight.len()))
-                            .cloned()
-                            .collect();
-                        if batch.is_empty() {
-                            break;
-                        }
-                        in_flight.extend(client.submit_many(&digest, &batch, &parent).await?);
-                    }
-                }
-                let Some(task) = in_flight.pop_front() else {
-                    break;
-                };
-                let result = task.get().await?;
-                failed |= print_result(&result);
-            }
-            anyhow::Ok(())
-        };
+        let gather = submit_in_order(&client, &digest, invocations, |result| {
+            failed |= print_result(&result);
+        });
         tokio::select! {
             gathered = gather => {
                 gathered?;

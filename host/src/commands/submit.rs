@@ -13,7 +13,7 @@ use wtrace::{Limits, Runtime};
 
 use super::args::HookArgs;
 use super::cluster_args::ClusterArgs;
-use super::common::{check_component, outer_context, print_result, read_component};
+use super::common::{check_component, print_result, read_component, submit_in_order};
 
 /// Submit task invocations to the running cluster and print their results.
 ///
@@ -43,6 +43,7 @@ pub struct SubmitCommand {
 }
 
 impl SubmitCommand {
+    /// The invocations given, each once (`--repeat` applies when submitting).
     fn invocations(&self) -> anyhow::Result<Vec<Invocation>> {
         let mut texts = self.invocations.clone();
         if let Some(file) = &self.file {
@@ -64,11 +65,10 @@ impl SubmitCommand {
         if texts.is_empty() {
             bail!("nothing to submit: give invocations like 'my-function()', or --file");
         }
-        let parsed = texts
+        Ok(texts
             .iter()
             .map(|t| t.parse::<Invocation>())
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(std::iter::repeat_n(parsed, self.repeat).flatten().collect())
+            .collect::<Result<Vec<_>, _>>()?)
     }
 
     pub fn run(self) -> anyhow::Result<ExitCode> {
@@ -100,7 +100,7 @@ impl SubmitCommand {
                 Some(hook) => Client::connect_with_hook(address, &token, hook).await?,
                 None => Client::connect(address, &token, None).await?,
             };
-            let outcome = submit(&client, &name, bytes, &invocations).await;
+            let outcome = submit(&client, &name, bytes, &invocations, self.repeat).await;
             if let Some(telemetry) = client.telemetry().cloned() {
                 tokio::task::spawn_blocking(move || telemetry.shutdown()).await??;
             }
@@ -114,13 +114,12 @@ async fn submit(
     name: &str,
     bytes: Vec<u8>,
     invocations: &[Invocation],
+    repeat: usize,
 ) -> anyhow::Result<ExitCode> {
     let digest = client.upload(name, bytes).await?;
-    let tasks = client
-        .submit_many(&digest, invocations, &outer_context())
-        .await?;
-    let bar = (tasks.len() > 1 && std::io::stderr().is_terminal()).then(|| {
-        let bar = ProgressBar::new(tasks.len() as u64);
+    let total = invocations.len() * repeat;
+    let bar = (total > 1 && std::io::stderr().is_terminal()).then(|| {
+        let bar = ProgressBar::new(total as u64);
         bar.set_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} tasks  {per_sec}  eta {eta}")
                 .expect("valid template"),
@@ -128,21 +127,18 @@ async fn submit(
         bar
     });
     let mut failed = 0usize;
-    let gather = async {
-        for task in tasks {
-            let result = task.get().await?;
-            let print = || print_result(&result);
-            failed += usize::from(match &bar {
-                Some(bar) => {
-                    let failed = bar.suspend(print);
-                    bar.inc(1);
-                    failed
-                }
-                None => print(),
-            });
-        }
-        anyhow::Ok(())
-    };
+    let all = std::iter::repeat_n(invocations, repeat).flatten();
+    let gather = submit_in_order(client, &digest, all, |result| {
+        let print = || print_result(&result);
+        failed += usize::from(match &bar {
+            Some(bar) => {
+                let failed = bar.suspend(print);
+                bar.inc(1);
+                failed
+            }
+            None => print(),
+        });
+    });
     tokio::select! {
         gathered = gather => gathered?,
         _ = tokio::signal::ctrl_c() => {
@@ -154,7 +150,7 @@ async fn submit(
         bar.finish_and_clear();
     }
     if failed > 0 {
-        eprintln!("{failed} of {} tasks failed", invocations.len());
+        eprintln!("{failed} of {total} tasks failed");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
