@@ -1,5 +1,6 @@
 //! A run's life: Ctrl-C flushes every process's spans; compiled components
-//! are cached by digest; a long run prints every result, in order.
+//! are cached by digest; a long run prints every result, in order; a run
+//! whose output closes stops.
 
 use std::os::unix::process::CommandExt as _;
 use std::time::{Duration, Instant};
@@ -146,4 +147,50 @@ fn a_long_run_prints_every_result_in_submission_order() {
     for (i, pair) in lines.chunks(2).enumerate() {
         assert_eq!(pair, ["3", "42"], "results {} and {}", 2 * i, 2 * i + 1);
     }
+}
+
+#[test]
+fn a_run_whose_output_closes_stops_and_flushes() {
+    use std::io::BufRead as _;
+    let dir = span_dir();
+    let mut wtrace = Wtrace::new([
+        "run".to_owned(),
+        format!("--tracing-startup-hook={}", guests::FILE_HOOK),
+        format!("--allow-span-dir={}", dir.path().display()),
+        "--num-workers=2".to_owned(),
+        "--repeat=1000000".to_owned(),
+        guests::SPAN_EDGES.to_owned(),
+        "add(1, 2)".to_owned(),
+    ])
+    .env("WTRACE_SPAN_DIR", dir.path());
+    let marker = wtrace.marker().to_owned();
+    let mut child = wtrace
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one result, then go away like `| head -1`.
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "3\n");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(141),
+        "stops as a process stopped by SIGPIPE would; stderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "quietly: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(wtrace_tests::processes_with_marker(&marker).is_empty());
+    // Every process flushed whole lines: the driver and both workers.
+    let spans = Spans::read(dir.path());
+    assert_eq!(spans.files.files.len(), 3);
+    assert!(!spans.named("add execute").is_empty());
 }

@@ -24,7 +24,7 @@ pub async fn submit_in_order<'a>(
     client: &Client,
     component: &Digest,
     mut invocations: impl Iterator<Item = &'a Invocation>,
-    mut gathered: impl FnMut(TaskResult),
+    mut gathered: impl FnMut(TaskResult) -> std::io::Result<()>,
 ) -> anyhow::Result<()> {
     let parent = outer_context();
     let mut in_flight = std::collections::VecDeque::new();
@@ -45,8 +45,20 @@ pub async fn submit_in_order<'a>(
         let Some(task) = in_flight.pop_front() else {
             return Ok(());
         };
-        gathered(task.get().await?);
+        gathered(task.get().await?)?;
     }
+}
+
+/// The exit code when standard output closes early (`wtrace run … | head`):
+/// what a shell reports for a process stopped by SIGPIPE.
+pub const OUTPUT_CLOSED: u8 = 141;
+
+/// Whether `error` is standard output having closed: the reader is gone, so
+/// the run stops quietly.
+pub fn output_closed(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// A task component's file name and bytes.
@@ -105,7 +117,7 @@ pub fn outer_context() -> opentelemetry::Context {
 
 /// Prints a task's output lines and those of the nested tasks it waited
 /// for (each prefixed like Ray's), then its result; returns whether it failed.
-pub fn print_result(result: &TaskResult) -> bool {
+pub fn print_result(result: &TaskResult) -> std::io::Result<bool> {
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
     let chunks = result
@@ -116,7 +128,7 @@ pub fn print_result(result: &TaskResult) -> bool {
     for (function, pid, out, err) in chunks {
         let prefix = format!("({function} pid={pid})");
         for line in String::from_utf8_lossy(out).lines() {
-            let _ = writeln!(stdout, "{prefix} {line}");
+            writeln!(stdout, "{prefix} {line}")?;
         }
         for line in String::from_utf8_lossy(err).lines() {
             let _ = writeln!(stderr, "{prefix} {line}");
@@ -125,16 +137,16 @@ pub fn print_result(result: &TaskResult) -> bool {
     match &result.value {
         Ok(value) => {
             if !value.is_empty() {
-                let _ = writeln!(stdout, "{value}");
+                writeln!(stdout, "{value}")?;
             }
-            false
+            Ok(false)
         }
         Err(error) => {
             let _ = writeln!(stderr, "error: task {error}");
             if let Some(backtrace) = &error.backtrace {
                 let _ = writeln!(stderr, "{backtrace}");
             }
-            true
+            Ok(true)
         }
     }
 }

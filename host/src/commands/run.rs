@@ -12,7 +12,9 @@ use wtrace::wave::Invocation;
 use wtrace::{Runtime, Telemetry};
 
 use super::args::{HookArgs, SandboxArgs};
-use super::common::{check_component, print_result, read_component, submit_in_order};
+use super::common::{
+    OUTPUT_CLOSED, check_component, output_closed, print_result, read_component, submit_in_order,
+};
 
 /// Run task invocations on a local cluster, traced, and print their results.
 ///
@@ -126,13 +128,15 @@ async fn drive<'a>(
         let digest = client.upload(name, bytes).await?;
         let mut failed = false;
         let gather = submit_in_order(&client, &digest, invocations, |result| {
-            failed |= print_result(&result);
+            failed |= print_result(&result)?;
+            Ok(())
         });
         tokio::select! {
-            gathered = gather => {
-                gathered?;
-                Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
-            }
+            gathered = gather => match gathered {
+                Err(error) if output_closed(&error) => Ok(ExitCode::from(OUTPUT_CLOSED)),
+                Err(error) => Err(error),
+                Ok(()) => Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }),
+            },
             _ = tokio::signal::ctrl_c() => {
                 eprintln!("interrupted: stopping workers and flushing spans");
                 Ok(ExitCode::from(130))

@@ -13,7 +13,9 @@ use wtrace::{Limits, Runtime};
 
 use super::args::HookArgs;
 use super::cluster_args::ClusterArgs;
-use super::common::{check_component, print_result, read_component, submit_in_order};
+use super::common::{
+    OUTPUT_CLOSED, check_component, output_closed, print_result, read_component, submit_in_order,
+};
 
 /// Submit task invocations to the running cluster and print their results.
 ///
@@ -132,15 +134,19 @@ async fn submit(
         let print = || print_result(&result);
         failed += usize::from(match &bar {
             Some(bar) => {
-                let failed = bar.suspend(print);
+                let failed = bar.suspend(print)?;
                 bar.inc(1);
                 failed
             }
-            None => print(),
+            None => print()?,
         });
+        Ok(())
     });
     tokio::select! {
-        gathered = gather => gathered?,
+        gathered = gather => match gathered {
+            Err(error) if output_closed(&error) => return Ok(ExitCode::from(OUTPUT_CLOSED)),
+            other => other?,
+        },
         _ = tokio::signal::ctrl_c() => {
             eprintln!("interrupted: the cluster keeps running; flushing this driver's spans");
             return Ok(ExitCode::from(130));
