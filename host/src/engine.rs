@@ -140,9 +140,22 @@ impl Runtime {
     }
 
     fn compile(&self, name: &Path, bytes: &[u8]) -> Result<Component> {
-        Component::new(&self.inner.engine, bytes).map_err(|e| Error::Component {
-            path: name.to_owned(),
-            cause: format!("not a valid WebAssembly component: {}", chain(&e)),
+        Component::new(&self.inner.engine, bytes).map_err(|e| {
+            let detail = chain(&e);
+            // The pool's slots are sized by --max-memory: a component whose
+            // initial memory is larger cannot run here, valid or not.
+            let cause = if detail.contains("pooling allocator") && detail.contains("memory") {
+                format!(
+                    "its initial memory is larger than --max-memory ({} bytes) allows; raise --max-memory ({detail})",
+                    self.inner.limits.memory_bytes
+                )
+            } else {
+                format!("not a valid WebAssembly component: {detail}")
+            };
+            Error::Component {
+                path: name.to_owned(),
+                cause,
+            }
         })
     }
 

@@ -417,6 +417,23 @@ fn bad_components_and_arguments_are_clear_errors() {
         run.stderr
     );
 
+    // A valid component whose initial memory is over --max-memory.
+    let run = Wtrace::new([
+        "run",
+        "-n1",
+        "--max-memory=1M",
+        guests::HELLO,
+        "my-function()",
+    ])
+    .run();
+    let stderr = run.failure();
+    assert!(
+        stderr.contains("initial memory is larger than --max-memory")
+            && stderr.contains("raise --max-memory")
+            && !stderr.contains("not a valid"),
+        "{stderr}"
+    );
+
     // Huge and deeply nested arguments, from a file (argv could not hold them).
     let calls = dir.path().join("calls.txt");
     std::fs::write(&calls, format!("echo(\"{}\")\n", "x".repeat(17 << 20))).unwrap();
