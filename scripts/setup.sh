@@ -59,10 +59,10 @@ setup_rotel() {
             return 1
         fi
     fi
-    if ! ldconfig -p 2>/dev/null | grep -q 'libpython3\.11\.so'; then
-        if ! find / -name 'libpython3.11.so.1.0' -path '*lib*' 2>/dev/null | grep -q .; then
-            apt_install libpython3.11  # needed by rotel-agent
-        fi
+    # Ask the binary itself: a libpython3.11 elsewhere on disk (pyenv's, say)
+    # is no use unless the loader finds it.
+    if ! "$agent" --version >/dev/null 2>&1; then
+        apt_install libpython3.11
     fi
     if ! "$agent" --version >/dev/null; then
         echo "error: $agent does not run (is libpython3.11 installed?)" >&2
