@@ -282,14 +282,10 @@ async fn cluster_rate(workers: usize, hook: Option<&str>, n: usize) -> anyhow::R
     Ok(rate)
 }
 
-/// A whole `wtrace run` of `n` trivial tasks as a process: its rate, and
-/// the CPU (user + system, driver and workers) it spent per task in µs.
-fn run_rate(hook: Option<&str>, n: usize) -> anyhow::Result<(f64, f64)> {
-    run_rate_of(guests::HELLO, "my-function()", hook, n)
-}
-
-/// [`run_rate`] of `invocation` of the component at `guest`.
-fn run_rate_of(
+/// A whole `wtrace run` of `n` × `invocation` of the component at `guest`,
+/// as a process: its rate, and the CPU (user + system, driver and workers)
+/// it spent per task in µs.
+fn run_rate(
     guest: &str,
     invocation: &str,
     hook: Option<&str>,
@@ -322,6 +318,36 @@ fn run_rate_of(
         n as f64 / elapsed.as_secs_f64(),
         cpu.as_secs_f64() * 1e6 / n as f64,
     ))
+}
+
+/// `rounds` pairs of `wtrace run`s of `n` × `invocation`, untraced then
+/// with the default hook, after a warm-up run that fills the compile cache:
+/// each pair's rates, and the median CPU per task of each side.
+fn run_pairs(guest: &str, invocation: &str, n: usize, rounds: usize) -> anyhow::Result<RunPairs> {
+    run_rate(guest, invocation, Some("default"), 1)?;
+    let mut runs = Vec::new();
+    let mut cpu = Vec::new();
+    for _ in 0..rounds {
+        let (plain, plain_cpu) = run_rate(guest, invocation, None, n)?;
+        let (traced, traced_cpu) = run_rate(guest, invocation, Some("default"), n)?;
+        runs.push((plain, traced));
+        cpu.push((plain_cpu, traced_cpu));
+    }
+    let (plain_cpu, traced_cpu): (Vec<f64>, Vec<f64>) = cpu.into_iter().unzip();
+    Ok(RunPairs {
+        rates: runs,
+        plain_cpu: median(plain_cpu),
+        traced_cpu: median(traced_cpu),
+    })
+}
+
+/// Untraced and traced `wtrace run`s of one workload.
+struct RunPairs {
+    /// (untraced, traced) tasks per second, a pair per round.
+    rates: Vec<(f64, f64)>,
+    /// Median CPU per task, µs.
+    plain_cpu: f64,
+    traced_cpu: f64,
 }
 
 /// CPU time of every finished child process and of the processes they
@@ -437,23 +463,12 @@ const BUSY_ROUNDS: u32 = 40_000;
 async fn tasks(options: &Options, report: &mut Report) -> anyhow::Result<f64> {
     let n = if options.quick { 5_000 } else { 20_000 };
     let rounds = if options.quick { 1 } else { 3 };
-    // Warm the compile cache (the task and the default hook), so no round
-    // pays for compiling.
-    run_rate(Some("default"), 1)?;
-    let mut runs = Vec::new();
-    let mut cpu = Vec::new();
-    for _ in 0..rounds {
-        let (plain, plain_cpu) = run_rate(None, n)?;
-        let (traced, traced_cpu) = run_rate(Some("default"), n)?;
-        runs.push((plain, traced));
-        cpu.push((plain_cpu, traced_cpu));
-    }
-    overhead_rows(report, "wtrace run", n, runs, ">= 0.90x");
+    let trivial = run_pairs(guests::HELLO, "my-function()", n, rounds)?;
+    let (plain_cpu, traced_cpu) = (trivial.plain_cpu, trivial.traced_cpu);
+    overhead_rows(report, "wtrace run", n, trivial.rates, ">= 0.90x");
     // Why the ratio is what it is. On saturated cores, 0.9x the rate leaves
     // tracing a ninth of an untraced task's CPU; compare what it takes, and
     // what the file export of one of a task's two spans costs.
-    let (plain_cpu, traced_cpu): (Vec<f64>, Vec<f64>) = cpu.into_iter().unzip();
-    let (plain_cpu, traced_cpu) = (median(plain_cpu), median(traced_cpu));
     report.row(
         "wtrace run: CPU per task, no hook / default hook (us)",
         format!("{plain_cpu:.1} / {traced_cpu:.1}"),
@@ -474,23 +489,13 @@ async fn tasks(options: &Options, report: &mut Report) -> anyhow::Result<f64> {
     // real tasks pays.
     let busy = format!("busy({BUSY_ROUNDS})");
     let n_busy = n / 2;
-    // Warm the compile cache.
-    run_rate_of(guests::SPAN_EDGES, &busy, Some("default"), 1)?;
-    let mut runs = Vec::new();
-    let mut cpu = Vec::new();
-    for _ in 0..rounds {
-        let (plain, plain_cpu) = run_rate_of(guests::SPAN_EDGES, &busy, None, n_busy)?;
-        let (traced, traced_cpu) = run_rate_of(guests::SPAN_EDGES, &busy, Some("default"), n_busy)?;
-        runs.push((plain, traced));
-        cpu.push((plain_cpu, traced_cpu));
-    }
-    let (plain_cpu, traced_cpu): (Vec<f64>, Vec<f64>) = cpu.into_iter().unzip();
+    let busy = run_pairs(guests::SPAN_EDGES, &busy, n_busy, rounds)?;
     report.row(
         "busy-task run: CPU per task, no hook / default hook (us)",
-        format!("{:.0} / {:.0}", median(plain_cpu), median(traced_cpu)),
+        format!("{:.0} / {:.0}", busy.plain_cpu, busy.traced_cpu),
         "",
     );
-    overhead_rows(report, "busy-task run", n_busy, runs, "");
+    overhead_rows(report, "busy-task run", n_busy, busy.rates, "");
     let mut runs = Vec::new();
     for _ in 0..rounds {
         runs.push((

@@ -20,7 +20,7 @@ use super::otlp_json::LineEncoder;
 #[derive(Debug)]
 pub struct FileExporter {
     path: PathBuf,
-    file: Mutex<Output>,
+    output: Mutex<Output>,
     resource: ResourceAttributesWithSchema,
 }
 
@@ -40,7 +40,7 @@ impl FileExporter {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Self {
             path: path.to_owned(),
-            file: Mutex::new(Output {
+            output: Mutex::new(Output {
                 file,
                 encoder: LineEncoder::new(),
             }),
@@ -59,7 +59,7 @@ impl SpanExporter for FileExporter {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut output = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut output = self.output.lock().unwrap_or_else(|e| e.into_inner());
         let Output { file, encoder } = &mut *output;
         let line = encoder.encode(batch, &self.resource);
         file.write_all(line).map_err(|e| {
