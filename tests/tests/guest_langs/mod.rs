@@ -1,5 +1,5 @@
-//! Shared by `lang_python.rs` and `lang_js.rs` (and, for the seed example's
-//! assertions, `lang_c.rs`): builds a language's example hook and seed task
+//! Shared by `lang_python.rs` and `lang_js.rs` (and, for the seed, hook-error
+//! and sampler assertions, `lang_c.rs`): builds a language's example hook and seed task
 //! from source with its toolchain (the build script of `guest-sdk/<lang>`),
 //! runs them through the real `wtrace` binary, and asserts the same span tree
 //! as the Rust seed example.
