@@ -16,9 +16,9 @@ use opentelemetry::trace::{Span as _, Tracer as _};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SimpleSpanProcessor, SpanData, SpanExporter};
 use wtrace::cluster::{LocalCluster, LocalClusterOptions};
-use wtrace::export::FileExporter;
-use wtrace::task::{self, TaskContext, TaskLinker};
-use wtrace::wave::Invocation;
+use wtrace::exec::task::{self, TaskContext, TaskLinker};
+use wtrace::runtime::wave::Invocation;
+use wtrace::telemetry::export::FileExporter;
 use wtrace::{HookSpec, Limits, Runtime, Telemetry};
 use wtrace_tests::guests;
 
@@ -205,8 +205,8 @@ fn spans(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         let exporter = FileExporter::open(&dir.path().join(format!("batch-{round}.json")))?;
         let telemetry = Telemetry::new(
             SdkTracerProvider::builder()
-                .with_span_processor(wtrace::provider::batch_processor(
-                    wtrace::export::AnyExporter::File(exporter),
+                .with_span_processor(wtrace::capabilities::provider::batch_processor(
+                    wtrace::telemetry::export::AnyExporter::File(exporter),
                 ))
                 .build(),
         );
@@ -438,8 +438,9 @@ async fn span_export_cost(options: &Options) -> anyhow::Result<f64> {
         .find(|span| span.name == "my-function execute")
         .context("the task made no execute span")?;
     let dir = tempfile::tempdir()?;
-    let exporter =
-        wtrace::export::AnyExporter::File(FileExporter::open(&dir.path().join("export.json"))?);
+    let exporter = wtrace::telemetry::export::AnyExporter::File(FileExporter::open(
+        &dir.path().join("export.json"),
+    )?);
     let batch_size = exporter.batch_size();
     let batches = if options.quick { 200 } else { 1000 };
     let mut rounds = Vec::new();

@@ -40,7 +40,7 @@ pub enum Error {
 
     /// A task failed: it trapped, returned an error, or its worker died.
     #[error("{0}")]
-    Task(#[from] crate::task::TaskError),
+    Task(#[from] crate::outcome::TaskError),
 
     /// The cluster could not be reached or misbehaved.
     #[error("{0}")]

@@ -7,43 +7,40 @@
 //! parented under the task's `<function> execute` span, itself a child of the
 //! `<function> submit` span of whoever submitted it, across processes.
 //!
-//! The pieces, from the bottom up:
-//! - [`engine::Runtime`]: the wasmtime engine and compiled-component cache;
-//! - [`bridge`] and [`provider`]: the host side of the WIT interfaces;
-//! - [`hook`]: loading and running a tracing startup hook into a [`Telemetry`];
-//! - [`task`]: running one task in a fresh instance inside its execute span;
+//! The modules, from the bottom up (each uses only those above it):
+//! - [`error`], [`outcome`], [`config`]: the error type, what a task came to,
+//!   limits and grants;
+//! - [`runtime`]: the wasmtime engine, compiled-component cache, WAVE and
+//!   component introspection (`wtrace check`);
+//! - [`telemetry`]: a process's tracer provider, its exporters, trace context;
+//! - `sandbox`: what a guest may reach and for how long (WASI, deadlines,
+//!   memory);
+//! - [`capabilities`]: the host side of wtrace's WIT interfaces, the guest
+//!   boundary: span bridge, provider, nested tasks, `wasi:otel`, `wasi:http`;
+//! - [`exec`]: running a hook or a task in a store built from the two above;
 //! - [`cluster`]: head, workers and drivers as processes;
 //! - [`spans`]: reading span files back as trace trees.
 
 #![deny(missing_docs)]
 
 mod attrs;
-mod bindings;
-pub mod bridge;
-pub mod check;
+pub mod capabilities;
 pub mod cluster;
 pub mod config;
-pub mod diagnostics;
-pub mod engine;
 pub mod error;
-pub mod export;
-pub mod hook;
-pub mod http_client;
+pub mod exec;
 mod ids;
-pub mod nested;
+pub mod outcome;
 #[cfg(test)]
 mod properties;
-pub mod provider;
+pub mod runtime;
 mod sandbox;
 pub mod spans;
-pub mod task;
 pub mod telemetry;
-mod wasi_otel;
-pub mod wave;
 
 pub use cluster::Client;
 pub use config::{DirGrant, ExportPolicy, Grants, Limits};
-pub use engine::{Digest, Runtime};
 pub use error::{Error, Result};
-pub use hook::{HookComponent, HookSpec};
+pub use exec::hook::{HookComponent, HookSpec};
+pub use runtime::{Digest, Runtime};
 pub use telemetry::Telemetry;

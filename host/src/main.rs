@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    wtrace::diagnostics::report_to_stderr();
+    wtrace::telemetry::diagnostics::report_to_stderr();
     let cli = commands::Cli::parse();
     match cli.run() {
         Ok(code) => code,

@@ -10,12 +10,13 @@ use std::str::FromStr as _;
 use proptest::prelude::*;
 use wasmtime::component::Type;
 
-use crate::bindings::types;
-use crate::bridge::{key_value, parse_traceparent, span_context_from_wit, traceparent};
+use crate::capabilities::bindings::types;
+use crate::capabilities::tracer::{key_value, span_context_from_wit};
 use crate::cluster::protocol::{FromDriver, FromWorker, Hello, ToDriver, ToWorker};
-use crate::hook::HookSpec;
+use crate::exec::hook::HookSpec;
+use crate::runtime::wave::{Invocation, parse_args};
 use crate::spans::SpanFiles;
-use crate::wave::{Invocation, parse_args};
+use crate::telemetry::context::{parse_traceparent, traceparent};
 
 /// Text biased towards WAVE's syntax.
 fn wave_like() -> impl Strategy<Value = String> {

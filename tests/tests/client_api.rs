@@ -5,7 +5,7 @@ use futures::StreamExt as _;
 use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use wtrace::cluster::{LocalCluster, LocalClusterOptions};
-use wtrace::wave::Invocation;
+use wtrace::runtime::wave::Invocation;
 use wtrace::{Client, Telemetry};
 use wtrace_tests::{guests, wtrace_bin};
 

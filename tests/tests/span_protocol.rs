@@ -7,7 +7,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use wtrace::task::{self, TaskContext, TaskErrorKind, TaskLinker, TaskOutput};
+use wtrace::exec::task::{self, TaskContext, TaskErrorKind, TaskLinker, TaskOutput};
 use wtrace::{Limits, Runtime, Telemetry};
 use wtrace_tests::guests;
 
@@ -76,7 +76,7 @@ fn run_with(
     let linker = TaskLinker::new(&runtime).unwrap();
     let bytes = std::fs::read(guests::SPAN_EDGES).unwrap();
     let component = linker.load("span-edges.wasm", &bytes).unwrap();
-    let call: wtrace::wave::Invocation = invocation.parse().unwrap();
+    let call: wtrace::runtime::wave::Invocation = invocation.parse().unwrap();
     let cx = TaskContext {
         parent,
         ..TaskContext::new("t-1", "job-test", "w-1", "n-1")

@@ -15,7 +15,7 @@
 use futures::StreamExt as _;
 use wtrace::Client;
 use wtrace::cluster::session::{Session, session_dir};
-use wtrace::wave::Invocation;
+use wtrace::runtime::wave::Invocation;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

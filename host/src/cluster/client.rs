@@ -17,15 +17,16 @@ use super::protocol::{
     ClusterConfig, ClusterStatus, Done, FromDriver, Hello, PROTOCOL_VERSION, Reader, Submission,
     ToDriver, Writer,
 };
-use crate::bridge::traceparent;
-use crate::engine::{Digest, Runtime};
+use crate::capabilities::provider::WorkerInfo;
 use crate::error::{Error, Result};
-use crate::hook::HookComponent;
+use crate::exec::hook::HookComponent;
+use crate::exec::task::record_error;
 use crate::ids::random_hex;
-use crate::provider::WorkerInfo;
-use crate::task::{TaskError, TaskErrorKind, record_error};
+use crate::outcome::{TaskError, TaskErrorKind};
+use crate::runtime::wave::Invocation;
+use crate::runtime::{Digest, Runtime};
 use crate::telemetry::Telemetry;
-use crate::wave::Invocation;
+use crate::telemetry::context::traceparent;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Done>>>>;
 
@@ -95,7 +96,7 @@ pub struct TaskResult {
     /// The pid of the worker that ran it (0 when none did).
     pub pid: u32,
     /// Output of the nested tasks it waited for.
-    pub nested: Vec<crate::nested::OutputChunk>,
+    pub nested: Vec<crate::outcome::OutputChunk>,
 }
 
 impl TaskRef {
@@ -396,7 +397,7 @@ impl Client {
     /// # async fn demo(client: wtrace::Client, component: wtrace::Digest) -> wtrace::Result<()> {
     /// use futures::StreamExt as _;
     ///
-    /// let calls: Vec<wtrace::wave::Invocation> =
+    /// let calls: Vec<wtrace::runtime::wave::Invocation> =
     ///     (0..100).map(|i| format!("add({i}, 1)").parse()).collect::<Result<_, _>>()?;
     /// let tasks = client.submit_many(&component, &calls, &opentelemetry::Context::new()).await?;
     /// let mut results = wtrace::Client::results(tasks);
@@ -459,7 +460,7 @@ fn run_cluster_hook(
     let Some(blob) = &config.hook else {
         return Ok(None);
     };
-    let runtime = Runtime::new(config.limits.clone(), crate::engine::default_cache_dir())?;
+    let runtime = Runtime::new(config.limits.clone(), crate::runtime::default_cache_dir())?;
     let hook = HookComponent {
         display: blob.display.clone(),
         name: blob.name.clone().into(),

@@ -17,10 +17,10 @@ use super::protocol::{
     ClusterConfig, ClusterStatus, ComponentRef, Done, FromDriver, FromWorker, Hello, Lease,
     PROTOCOL_VERSION, Reader, Submission, ToDriver, ToWorker, WorkerStatus, Writer,
 };
-use crate::engine::Digest;
+use crate::capabilities::provider::WorkerInfo;
 use crate::error::{Error, Result};
-use crate::provider::WorkerInfo;
-use crate::task::{TaskError, TaskErrorKind, TaskOutput};
+use crate::outcome::{TaskError, TaskErrorKind, TaskOutput};
+use crate::runtime::Digest;
 
 /// Tasks leased to one worker at a time, at most: one running, the rest
 /// queued there so the next starts without a round trip. How many are leased

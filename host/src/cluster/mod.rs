@@ -22,7 +22,7 @@ pub use protocol::{ClusterConfig, ClusterStatus, HookBlob};
 
 use crate::config::{ExportPolicy, Grants, Limits};
 use crate::error::Result;
-use crate::hook::HookComponent;
+use crate::exec::hook::HookComponent;
 use crate::ids::random_hex;
 
 /// How to start a cluster on this machine.
@@ -63,7 +63,7 @@ impl LocalClusterOptions {
             grants: Grants::default(),
             max_retries: 3,
             worker_exe,
-            cache_dir: crate::engine::default_cache_dir(),
+            cache_dir: crate::runtime::default_cache_dir(),
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             ready_timeout: Duration::from_secs(60),
             job_id: format!("job-{}", random_hex(4)),

@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
+use crate::capabilities::provider::WorkerInfo;
 use crate::config::{ExportPolicy, Grants, Limits};
-use crate::engine::Digest;
-use crate::provider::WorkerInfo;
-use crate::task::TaskOutput;
+use crate::outcome::TaskOutput;
+use crate::runtime::Digest;
 
 /// Bumped whenever a message changes shape.
 pub const PROTOCOL_VERSION: u32 = 1;

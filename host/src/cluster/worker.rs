@@ -16,16 +16,16 @@ use super::protocol::{
     ClusterConfig, Done, FromWorker, Hello, Lease, PROTOCOL_VERSION, Reader, Submission, ToWorker,
     Writer,
 };
-use crate::bridge::parse_traceparent;
-use crate::engine::{Digest, Runtime};
+use crate::capabilities::provider::WorkerInfo;
+use crate::capabilities::tasks::{NestedResult, NestedTask, Submitter};
 use crate::error::{Error, Result};
-use crate::hook::HookComponent;
-use crate::nested::{NestedResult, NestedTask, Submitter};
-use crate::provider::WorkerInfo;
-use crate::task::{
+use crate::exec::hook::HookComponent;
+use crate::exec::task::{
     self, TaskComponent, TaskContext, TaskError, TaskErrorKind, TaskLinker, TaskOutput,
 };
+use crate::runtime::{Digest, Runtime};
 use crate::telemetry::Telemetry;
+use crate::telemetry::context::parse_traceparent;
 
 /// How a worker process finds its head and names itself.
 #[derive(Debug, Clone)]

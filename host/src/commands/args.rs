@@ -159,7 +159,7 @@ impl SandboxArgs {
     pub fn cache_dir(&self) -> Option<PathBuf> {
         self.cache_dir
             .clone()
-            .or_else(wtrace::engine::default_cache_dir)
+            .or_else(wtrace::runtime::default_cache_dir)
     }
 }
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use wtrace::check::{self, ImportStatus, World};
+use wtrace::runtime::check::{self, ImportStatus, World};
 use wtrace::{Limits, Runtime};
 
 use super::args::SandboxArgs;
@@ -50,7 +50,7 @@ impl CheckCommand {
             &self.component,
             &bytes,
             world,
-            &wtrace::wave::kebab(&self.export),
+            &wtrace::runtime::wave::kebab(&self.export),
             &self.sandbox.grants()?,
         ) {
             Ok(report) => report,

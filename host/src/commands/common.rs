@@ -8,8 +8,8 @@ use anyhow::{Context as _, anyhow};
 use wtrace::Digest;
 use wtrace::Runtime;
 use wtrace::cluster::{Client, TaskResult};
-use wtrace::task::TaskLinker;
-use wtrace::wave::Invocation;
+use wtrace::exec::task::TaskLinker;
+use wtrace::runtime::wave::Invocation;
 
 /// Most tasks submitted and not yet gathered: enough to keep every worker
 /// busy, few enough that a run of millions holds only these in memory.
@@ -104,8 +104,8 @@ pub fn outer_context() -> opentelemetry::Context {
         return opentelemetry::Context::new();
     };
     let tracestate = std::env::var("TRACESTATE").ok();
-    match wtrace::bridge::parse_traceparent(&traceparent, tracestate.as_deref()) {
-        Some(parent) => wtrace::bridge::context_with_parent(Some(parent)),
+    match wtrace::telemetry::context::parse_traceparent(&traceparent, tracestate.as_deref()) {
+        Some(parent) => wtrace::telemetry::context::context_with_parent(Some(parent)),
         None => {
             eprintln!(
                 "warning: ignoring TRACEPARENT={traceparent:?}: not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
+use wtrace::capabilities::provider::WorkerInfo;
 use wtrace::cluster::{LocalCluster, LocalClusterOptions};
-use wtrace::provider::WorkerInfo;
-use wtrace::wave::Invocation;
+use wtrace::runtime::wave::Invocation;
 use wtrace::{Runtime, Telemetry};
 
 use super::args::{HookArgs, SandboxArgs};

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use wtrace::cluster::Client;
-use wtrace::wave::Invocation;
+use wtrace::runtime::wave::Invocation;
 use wtrace::{Limits, Runtime};
 
 use super::args::HookArgs;
@@ -80,7 +80,7 @@ impl SubmitCommand {
         let cache_dir = self
             .cache_dir
             .clone()
-            .or_else(wtrace::engine::default_cache_dir);
+            .or_else(wtrace::runtime::default_cache_dir);
         let runtime = Runtime::new(Limits::default(), cache_dir)?;
         let unique: Vec<Invocation> = {
             let mut seen = std::collections::HashSet::new();

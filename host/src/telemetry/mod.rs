@@ -1,10 +1,20 @@
-//! A process's tracing: the tracer provider its startup hook configured.
+//! A process's tracing: the tracer provider its startup hook configured,
+//! the exporters it may choose, trace context across processes, and the
+//! SDK's own warnings.
+
+pub mod context;
+pub mod diagnostics;
+pub mod export;
 
 use opentelemetry::InstrumentationScope;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 use crate::error::{Error, Result};
+
+/// The host instrumentations a hook may enable: `http-client` makes each
+/// outgoing `wasi:http` request of a task a CLIENT span.
+pub const INSTRUMENTATIONS: &[&str] = &["http-client"];
 
 /// The tracer provider of this process, and the tracer wtrace's own spans
 /// (submit, execute) and guest spans are made with.
@@ -31,7 +41,7 @@ impl Telemetry {
     }
 
     /// Turns on the host instrumentations named (see
-    /// [`crate::http_client::INSTRUMENTATIONS`]).
+    /// [`INSTRUMENTATIONS`]).
     pub fn with_instrumentations<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
         for name in names {
             if name == "http-client" {

@@ -1,4 +1,9 @@
-//! The wasmtime engine every process shares, and its compiled-component cache.
+//! The wasmtime engine every process shares, its compiled-component cache,
+//! WAVE (task arguments and results), and what a component imports and
+//! exports (`wtrace check`).
+
+pub mod check;
+pub mod wave;
 
 use std::collections::HashMap;
 use std::fs;

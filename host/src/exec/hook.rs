@@ -10,15 +10,18 @@ use wasmtime::Store;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Type};
 
-use crate::bridge::{BridgeLimits, SpanBridge};
+use super::store::{StoreState, hook_linker};
+use crate::capabilities::provider::{ProviderState, WorkerInfo};
+use crate::capabilities::tasks::TasksState;
+use crate::capabilities::tracer::{BridgeLimits, SpanBridge};
 use crate::config::ExportPolicy;
-use crate::engine::{Digest, Runtime};
 use crate::error::{Error, Result, chain};
-use crate::nested::TasksState;
-use crate::provider::{ProviderState, WorkerInfo};
-use crate::sandbox::{self, CapturedOutput, Deadline, StoreState};
+use crate::outcome::TaskErrorKind;
+use crate::runtime::check::{list_or_none, root_export_names};
+use crate::runtime::wave;
+use crate::runtime::{Digest, Runtime};
+use crate::sandbox::{self, CapturedOutput, Deadline};
 use crate::telemetry::Telemetry;
-use crate::wave;
 
 /// The built-in default hook, built from `examples/hooks/local-tmp`: every
 /// process writes its spans to `/tmp/spans/<pid>.json`.
@@ -138,7 +141,7 @@ impl HookComponent {
         tokio: Option<tokio::runtime::Handle>,
     ) -> Result<Telemetry> {
         let component = self.load_component(runtime)?;
-        let linker = sandbox::hook_linker(runtime.engine())
+        let linker = hook_linker(runtime.engine())
             .map_err(|e| self.error(format!("cannot link: {}", chain(&e))))?;
         let pre = linker.instantiate_pre(&component).map_err(|e| {
             self.error(format!(
@@ -185,7 +188,7 @@ impl HookComponent {
             }
             Err(e) => {
                 let cause = match e.downcast_ref::<sandbox::Stopped>() {
-                    Some(stopped) if stopped.kind == crate::task::TaskErrorKind::Timeout => {
+                    Some(stopped) if stopped.kind == TaskErrorKind::Timeout => {
                         format!(
                             "{} did not return within {:?}; a hook must finish quickly",
                             self.export, limits.hook_timeout
@@ -237,27 +240,6 @@ impl HookComponent {
             )));
         }
         Ok(component)
-    }
-}
-
-/// The names of a component's root exports.
-pub(crate) fn root_export_names(runtime: &Runtime, component: &Component) -> Vec<String> {
-    component
-        .component_type()
-        .exports(runtime.engine())
-        .map(|(name, _)| name.to_owned())
-        .collect()
-}
-
-pub(crate) fn list_or_none(names: &[String]) -> String {
-    if names.is_empty() {
-        "none".into()
-    } else {
-        names
-            .iter()
-            .map(|n| format!("`{n}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
     }
 }
 

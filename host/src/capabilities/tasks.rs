@@ -13,13 +13,14 @@ use opentelemetry::trace::{Span as _, SpanKind, Tracer as _};
 use serde::{Deserialize, Serialize};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use crate::bindings::tasks;
-use crate::bridge::{SpanBridge, context_with_parent, traceparent};
-use crate::engine::Digest;
-use crate::engine::EPOCH_TICK;
+use super::bindings::tasks;
+use crate::capabilities::tracer::SpanBridge;
+use crate::outcome::{OutputChunk, TaskErrorKind, TaskOutput};
+use crate::runtime::Digest;
+use crate::runtime::EPOCH_TICK;
+use crate::runtime::wave::Invocation;
 use crate::sandbox::{Deadline, Stopped};
-use crate::task::{TaskErrorKind, TaskOutput};
-use crate::wave::Invocation;
+use crate::telemetry::context::{context_with_parent, traceparent};
 
 /// A task submitted from inside a task.
 #[derive(Debug, Clone)]
@@ -47,21 +48,6 @@ pub struct NestedResult {
     pub pid: u32,
     /// Its output.
     pub output: TaskOutput,
-}
-
-/// The output of a nested task, carried up to whoever submitted the root task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OutputChunk {
-    /// The export that ran.
-    pub function: String,
-    /// The worker's pid.
-    pub pid: u32,
-    /// What it wrote to stdout.
-    #[serde(with = "serde_bytes")]
-    pub stdout: Vec<u8>,
-    /// What it wrote to stderr.
-    #[serde(with = "serde_bytes")]
-    pub stderr: Vec<u8>,
 }
 
 /// Where nested tasks go. A worker implements it over its connection to

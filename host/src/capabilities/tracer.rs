@@ -21,8 +21,9 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{SdkTracer, Span as SdkSpan};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use crate::bindings::{tracer, types};
+use super::bindings::{tracer, types};
 use crate::config::Limits;
+use crate::telemetry::context::context_with_parent;
 
 /// Live span handles a guest may hold at once before the host traps it: a
 /// guard against a guest exhausting host memory with handles.
@@ -307,7 +308,7 @@ impl SpanBridge {
             .with_attributes(data.attributes)
             .with_events(data.events)
             .with_links(data.links);
-        let mut span = crate::provider::with_guest_ids(
+        let mut span = crate::capabilities::provider::with_guest_ids(
             data.context.trace_id(),
             data.context.span_id(),
             || builder.start_with_context(&tracer, &context_with_parent(parent)),
@@ -520,56 +521,4 @@ fn trace_state_pairs(state: &TraceState) -> Vec<(String, String)> {
         .filter_map(|pair| pair.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
-}
-
-/// The W3C `traceparent` header of a span context; none when it is invalid.
-pub fn traceparent(cx: &SpanContext) -> Option<String> {
-    cx.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            cx.trace_id(),
-            cx.span_id(),
-            cx.trace_flags().to_u8()
-        )
-    })
-}
-
-/// Parses a W3C `traceparent` (and optional `tracestate`) into a remote span
-/// context; none when malformed.
-pub fn parse_traceparent(traceparent: &str, tracestate: Option<&str>) -> Option<SpanContext> {
-    let mut parts = traceparent.trim().split('-');
-    let version = parts.next()?;
-    let trace_id = parts.next()?;
-    let span_id = parts.next()?;
-    let flags = parts.next()?;
-    if version.len() != 2 || version == "ff" || trace_id.len() != 32 || span_id.len() != 16 {
-        return None;
-    }
-    if version == "00" && parts.next().is_some() {
-        return None;
-    }
-    let trace_id = TraceId::from_hex(trace_id).ok()?;
-    let span_id = SpanId::from_hex(span_id).ok()?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
-        return None;
-    }
-    let state = tracestate
-        .and_then(|s| s.parse::<TraceState>().ok())
-        .unwrap_or_default();
-    Some(SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::new(flags) & TraceFlags::SAMPLED,
-        true,
-        state,
-    ))
-}
-
-/// A context whose span is `cx` (a span of another process, or the execute span).
-pub fn context_with_parent(cx: Option<SpanContext>) -> Context {
-    match cx {
-        Some(cx) => Context::new().with_remote_span_context(cx),
-        None => Context::new(),
-    }
 }

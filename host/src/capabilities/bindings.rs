@@ -14,8 +14,8 @@ wasmtime::component::bindgen!({
     path: "../wit",
     imports: { default: trappable },
     with: {
-        "wtrace:tracing/tracer.span": crate::bridge::GuestSpan,
-        "wtrace:tracing/tasks.task-ref": crate::nested::PendingTask,
+        "wtrace:tracing/tracer.span": crate::capabilities::tracer::GuestSpan,
+        "wtrace:tracing/tasks.task-ref": crate::capabilities::tasks::PendingTask,
     },
 });
 

@@ -11,23 +11,23 @@ use opentelemetry_sdk::trace::{
 };
 use wasmtime::component::{HasData, Linker};
 
-use crate::bindings::provider;
-use crate::bridge::key_value;
+use super::bindings::provider;
+use crate::capabilities::tracer::key_value;
 use crate::config::{ExportPolicy, Limits};
-use crate::export::{self, AnyExporter, ExporterSpec, OtlpProtocol, PathVars};
+use crate::telemetry::export::{self, AnyExporter, ExporterSpec, OtlpProtocol, PathVars};
 
 /// Spans a batch processor queues. The queue takes its memory up front (the
 /// SDK's bounded channel), so it is sized to smooth bursts, not to hold
 /// them: when it is nearly full, span producers wait for the exporter
-/// ([`crate::export::Backpressure`]) rather than lose spans.
+/// ([`crate::telemetry::export::Backpressure`]) rather than lose spans.
 pub const BATCH_QUEUE_SIZE: usize = 1 << 14;
 
 /// The batch processor a hook's `batch` choice makes: a [`BATCH_QUEUE_SIZE`]
 /// queue with backpressure, exported in the exporter's batch size at least
 /// every half second.
-pub fn batch_processor(exporter: AnyExporter) -> crate::export::Backpressure {
+pub fn batch_processor(exporter: AnyExporter) -> crate::telemetry::export::Backpressure {
     let batch_size = exporter.batch_size();
-    crate::export::Backpressure::new(
+    crate::telemetry::export::Backpressure::new(
         exporter,
         BATCH_QUEUE_SIZE,
         BatchConfigBuilder::default()
@@ -181,7 +181,7 @@ impl provider::Host for Provider<'_> {
 
     fn set_resource(
         &mut self,
-        attributes: Vec<crate::bindings::types::KeyValue>,
+        attributes: Vec<super::bindings::types::KeyValue>,
     ) -> wasmtime::Result<()> {
         self.state
             .resource
@@ -227,10 +227,10 @@ impl provider::Host for Provider<'_> {
     }
 
     fn enable_instrumentation(&mut self, name: String) -> wasmtime::Result<Result<(), String>> {
-        if !crate::http_client::INSTRUMENTATIONS.contains(&name.as_str()) {
+        if !crate::telemetry::INSTRUMENTATIONS.contains(&name.as_str()) {
             return Ok(Err(format!(
                 "unknown instrumentation {name:?}; known: {}",
-                crate::http_client::INSTRUMENTATIONS.join(", ")
+                crate::telemetry::INSTRUMENTATIONS.join(", ")
             )));
         }
         if !self.state.instrumentations.contains(&name) {

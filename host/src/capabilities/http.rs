@@ -11,11 +11,8 @@ use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, Tracer as _
 use opentelemetry_sdk::trace::SdkTracer;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::bridge::{context_with_parent, traceparent};
 use crate::config::http_allowed;
-
-/// The instrumentations a hook may enable.
-pub const INSTRUMENTATIONS: &[&str] = &["http-client"];
+use crate::telemetry::context::{context_with_parent, traceparent};
 
 /// Decides and traces a store's outgoing requests.
 #[derive(Debug)]
@@ -100,4 +97,13 @@ impl WasiHttpHooks for HttpHooks {
             ))
         })
     }
+}
+
+/// Adds `wasi:http/outgoing-handler` (and its types) to `linker`: every
+/// request goes through the store's [`HttpHooks`], which refuse what
+/// `--allow-http` does not grant.
+pub(crate) fn add_to_linker<T: wasmtime_wasi_http::WasiHttpView + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+) -> wasmtime::Result<()> {
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(linker)
 }

@@ -16,8 +16,8 @@ use opentelemetry::trace::{
 use opentelemetry::{KeyValue, Value};
 use wasmtime::component::{HasData, Linker};
 
-use crate::bindings::otel::{tracing as wt, types as wty};
-use crate::bridge::{Bridge, GuestSpanData};
+use super::bindings::otel::{tracing as wt, types as wty};
+use crate::capabilities::tracer::{Bridge, GuestSpanData};
 
 impl wt::Host for Bridge<'_> {
     fn on_start(&mut self, _context: wt::SpanContext) -> wasmtime::Result<()> {
@@ -88,7 +88,7 @@ fn context(cx: wt::SpanContext) -> Option<SpanContext> {
     cx.is_valid().then_some(cx)
 }
 
-fn time(datetime: crate::bindings::wasi::clocks::wall_clock::Datetime) -> SystemTime {
+fn time(datetime: super::bindings::wasi::clocks::wall_clock::Datetime) -> SystemTime {
     UNIX_EPOCH + Duration::new(datetime.seconds, datetime.nanoseconds.min(999_999_999))
 }
 
@@ -145,7 +145,7 @@ fn span_data(span: wt::SpanData, max: u32) -> Option<GuestSpanData> {
 /// An attribute whose value is JSON (an OpenTelemetry `AnyValue`).
 fn attribute(kv: wty::KeyValue, max: u32) -> KeyValue {
     let max = max as usize;
-    let text = |s: String| -> Value { crate::bridge::truncate(s, max).into() };
+    let text = |s: String| -> Value { crate::capabilities::tracer::truncate(s, max).into() };
     let value = match serde_json::from_str::<serde_json::Value>(&kv.value) {
         Ok(serde_json::Value::String(s)) => text(s),
         Ok(serde_json::Value::Bool(b)) => b.into(),
@@ -158,7 +158,7 @@ fn attribute(kv: wty::KeyValue, max: u32) -> KeyValue {
         }
         _ => text(kv.value.clone()),
     };
-    KeyValue::new(crate::bridge::truncate(kv.key, max), value)
+    KeyValue::new(crate::capabilities::tracer::truncate(kv.key, max), value)
 }
 
 /// A homogeneous JSON array as an attribute array.

@@ -10,9 +10,9 @@ use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
 
 use crate::config::Grants;
-use crate::engine::Runtime;
 use crate::error::Result;
-use crate::wave;
+use crate::runtime::Runtime;
+use crate::runtime::wave;
 
 /// The world a component is checked against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -225,6 +225,27 @@ pub fn import_status(name: &str, world: World, grants: &Grants) -> ImportStatus 
             _ => ImportStatus::Missing,
         },
         _ => ImportStatus::Missing,
+    }
+}
+
+/// The names of a component's root exports.
+pub(crate) fn root_export_names(runtime: &Runtime, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .exports(runtime.engine())
+        .map(|(name, _)| name.to_owned())
+        .collect()
+}
+
+pub(crate) fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

@@ -8,127 +8,23 @@ use std::time::Instant;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, SpanContext, SpanKind, Status, Tracer as _};
-use serde::{Deserialize, Serialize};
 use wasmtime::Store;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, Type, Val};
 
-use crate::bridge::{BridgeLimits, SpanBridge, context_with_parent};
-use crate::check::World;
+use super::store::{StoreState, task_linker};
+use crate::capabilities::http::HttpHooks;
+use crate::capabilities::tasks::{NestedContext, Submitter, TasksState};
+use crate::capabilities::tracer::{BridgeLimits, SpanBridge};
 use crate::config::Grants;
-use crate::engine::{Digest, Runtime};
 use crate::error::{Error, Result, chain};
-use crate::hook::{list_or_none, root_export_names};
-use crate::http_client::HttpHooks;
-use crate::nested::{NestedContext, OutputChunk, Submitter, TasksState};
-use crate::sandbox::{self, CapturedOutput, Deadline, StoreState};
+pub use crate::outcome::{TaskError, TaskErrorKind, TaskOutput};
+use crate::runtime::check::{World, list_or_none, root_export_names};
+use crate::runtime::wave;
+use crate::runtime::{Digest, Runtime};
+use crate::sandbox::{self, CapturedOutput, Deadline};
 use crate::telemetry::Telemetry;
-use crate::wave;
-
-/// Why a task failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TaskErrorKind {
-    /// The component has no such export, or it is not a function.
-    UnknownExport,
-    /// The arguments do not parse or do not fit the export's parameters.
-    InvalidArguments,
-    /// The component could not be loaded or instantiated.
-    Instantiate,
-    /// The guest trapped (or a host call it made failed).
-    Trap,
-    /// The guest ran past its time limit.
-    Timeout,
-    /// The guest ran out of fuel.
-    OutOfFuel,
-    /// The worker stopped it (the cluster is shutting down).
-    Interrupted,
-    /// The guest asked for more memory than allowed.
-    MemoryLimit,
-    /// The export returned `err(..)`.
-    Returned,
-    /// The result was larger than allowed.
-    ResultTooLarge,
-    /// The task submitted too many nested tasks, or nested too deep.
-    NestingLimit,
-    /// The worker running it died, on every attempt.
-    WorkerDied,
-    /// The cluster could not run it.
-    Cluster,
-}
-
-impl TaskErrorKind {
-    /// The `exception.type` recorded on the execute span.
-    pub fn exception_type(self) -> &'static str {
-        match self {
-            Self::UnknownExport => "wtrace.UnknownExport",
-            Self::InvalidArguments => "wtrace.InvalidArguments",
-            Self::Instantiate => "wtrace.InstantiationError",
-            Self::Trap => "wasm.Trap",
-            Self::Timeout => "wtrace.Timeout",
-            Self::OutOfFuel => "wtrace.OutOfFuel",
-            Self::Interrupted => "wtrace.Interrupted",
-            Self::MemoryLimit => "wtrace.MemoryLimit",
-            Self::Returned => "wtrace.GuestError",
-            Self::ResultTooLarge => "wtrace.ResultTooLarge",
-            Self::NestingLimit => "wtrace.NestingLimit",
-            Self::WorkerDied => "wtrace.WorkerDied",
-            Self::Cluster => "wtrace.ClusterError",
-        }
-    }
-}
-
-/// A task's failure, as shown to whoever submitted it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{function}: {message}")]
-pub struct TaskError {
-    /// What kind of failure.
-    pub kind: TaskErrorKind,
-    /// The export that was called.
-    pub function: String,
-    /// What happened, and what to do about it.
-    pub message: String,
-    /// The guest's wasm backtrace, when it trapped.
-    pub backtrace: Option<String>,
-}
-
-impl TaskError {
-    /// A failure of `function`.
-    pub fn new(kind: TaskErrorKind, function: &str, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            function: function.to_owned(),
-            message: message.into(),
-            backtrace: None,
-        }
-    }
-}
-
-/// A task's result (WAVE) and its captured output.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskOutput {
-    /// The results in WAVE, or why there are none.
-    pub result: std::result::Result<String, TaskError>,
-    /// What the guest wrote to stdout.
-    #[serde(with = "serde_bytes")]
-    pub stdout: Vec<u8>,
-    /// What the guest wrote to stderr.
-    #[serde(with = "serde_bytes")]
-    pub stderr: Vec<u8>,
-    /// Output of the nested tasks it waited for, in the order it got them.
-    pub nested: Vec<OutputChunk>,
-}
-
-impl TaskOutput {
-    /// The output of a task that failed before it ran.
-    pub fn failed(error: TaskError) -> Self {
-        Self {
-            result: Err(error),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            nested: Vec::new(),
-        }
-    }
-}
+use crate::telemetry::context::context_with_parent;
 
 /// Who is running a task, recorded on its execute span.
 #[derive(Debug, Clone)]
@@ -224,7 +120,7 @@ impl TaskLinker {
     /// Like [`TaskLinker::new`], plus what `grants` allows. Granted
     /// environment variables take their values from this process.
     pub fn with_grants(runtime: &Runtime, grants: Grants) -> Result<Self> {
-        let linker = sandbox::task_linker(runtime.engine())
+        let linker = task_linker(runtime.engine())
             .map_err(|e| Error::Config(format!("cannot link tasks: {}", chain(&e))))?;
         let env = grants
             .env
@@ -250,8 +146,11 @@ impl TaskLinker {
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<TaskComponent> {
         let (digest, component) = self.runtime.load(Path::new(name), bytes)?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            let missing =
-                crate::check::missing_imports(self.runtime.engine(), &component, World::Task);
+            let missing = crate::runtime::check::missing_imports(
+                self.runtime.engine(),
+                &component,
+                World::Task,
+            );
             let cause = if missing.is_empty() {
                 chain(&e)
             } else {
