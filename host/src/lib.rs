@@ -36,6 +36,7 @@ mod properties;
 pub mod runtime;
 mod sandbox;
 pub mod spans;
+mod sync;
 pub mod telemetry;
 
 pub use cluster::Client;

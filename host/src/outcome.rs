@@ -33,6 +33,9 @@ pub enum TaskErrorKind {
     WorkerDied,
     /// The cluster could not run it.
     Cluster,
+    /// The host itself failed while serving the task (a wtrace bug, contained
+    /// to this task).
+    HostPanic,
 }
 
 impl TaskErrorKind {
@@ -52,6 +55,7 @@ impl TaskErrorKind {
             Self::NestingLimit => "wtrace.NestingLimit",
             Self::WorkerDied => "wtrace.WorkerDied",
             Self::Cluster => "wtrace.ClusterError",
+            Self::HostPanic => "wtrace.HostPanic",
         }
     }
 }

@@ -53,6 +53,28 @@ fn value_type() -> impl Strategy<Value = Type> {
     ]
 }
 
+/// A value a guest's export may return, extremes included.
+fn result_value() -> impl Strategy<Value = wasmtime::component::Val> {
+    use wasmtime::component::Val;
+    let leaf = prop_oneof![
+        any::<String>().prop_map(Val::String),
+        any::<char>().prop_map(Val::Char),
+        prop_oneof![any::<f64>(), Just(f64::NAN), Just(f64::NEG_INFINITY)].prop_map(Val::Float64),
+        any::<f32>().prop_map(Val::Float32),
+        any::<i64>().prop_map(Val::S64),
+        any::<u64>().prop_map(Val::U64),
+        any::<bool>().prop_map(Val::Bool),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Val::List),
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Val::Tuple),
+            prop::option::of(inner.clone().prop_map(Box::new)).prop_map(Val::Option),
+            prop::option::of(inner.prop_map(Box::new)).prop_map(|v| Val::Result(Err(v))),
+        ]
+    })
+}
+
 proptest! {
     #[test]
     fn invocations_never_panic(text in wave_like()) {
@@ -76,6 +98,17 @@ proptest! {
             wasmtime::component::Val::S64(b),
             wasmtime::component::Val::String(s),
         ]);
+    }
+
+    #[test]
+    fn any_guest_result_formats_as_wave(values in prop::collection::vec(result_value(), 0..4)) {
+        let text = crate::runtime::wave::format_results(&values);
+        if values.len() > 1 {
+            prop_assert!(text.starts_with('('));
+        }
+        for value in &values {
+            let _ = crate::runtime::wave::display_value(value);
+        }
     }
 
     #[test]

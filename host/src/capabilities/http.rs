@@ -12,6 +12,7 @@ use opentelemetry_sdk::trace::SdkTracer;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::config::http_allowed;
+use crate::sandbox::host_call;
 use crate::telemetry::context::{context_with_parent, traceparent};
 
 /// Decides and traces a store's outgoing requests.
@@ -46,6 +47,7 @@ impl WasiHttpHooks for HttpHooks {
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = Response> + Send> {
+        let _call = host_call("wasi:http/outgoing-handler#handle");
         let uri = request.uri().clone();
         let host = uri.host().unwrap_or_default().to_owned();
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);

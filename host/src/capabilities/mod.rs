@@ -14,6 +14,8 @@
 
 pub(crate) mod bindings;
 pub mod http;
+#[cfg(test)]
+mod properties;
 pub mod provider;
 pub mod tasks;
 pub mod tracer;

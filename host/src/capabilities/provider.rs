@@ -14,6 +14,7 @@ use wasmtime::component::{HasData, Linker};
 use super::bindings::provider;
 use crate::capabilities::tracer::key_value;
 use crate::config::{ExportPolicy, Limits};
+use crate::sandbox::host_call;
 use crate::telemetry::export::{self, AnyExporter, ExporterSpec, OtlpProtocol, PathVars};
 
 /// Spans a batch processor queues. The queue takes its memory up front (the
@@ -157,6 +158,17 @@ impl ProviderState {
             worker_id: &self.info.worker_id,
             node_id: &self.info.node_id,
         };
+        let grpc = matches!(
+            spec,
+            ExporterSpec::Otlp {
+                protocol: OtlpProtocol::Grpc,
+                ..
+            }
+        );
+        if grpc && self.runtime.is_none() {
+            return Err("OTLP over gRPC needs an async runtime, and this process gave its hook                         none; export with http/protobuf instead"
+                .into());
+        }
         let _guard = self.runtime.as_ref().map(|rt| rt.enter());
         export::build(&spec, &self.policy, &vars)
     }
@@ -171,6 +183,7 @@ pub struct Provider<'a> {
 
 impl provider::Host for Provider<'_> {
     fn current_worker(&mut self) -> wasmtime::Result<provider::WorkerInfo> {
+        let _call = host_call("wtrace:tracing/provider#current-worker");
         Ok(provider::WorkerInfo {
             pid: std::process::id(),
             worker_id: self.state.info.worker_id.clone(),
@@ -183,6 +196,7 @@ impl provider::Host for Provider<'_> {
         &mut self,
         attributes: Vec<super::bindings::types::KeyValue>,
     ) -> wasmtime::Result<()> {
+        let _call = host_call("wtrace:tracing/provider#set-resource");
         self.state
             .resource
             .extend(attributes.into_iter().map(|kv| key_value(kv, 4096)));
@@ -190,6 +204,7 @@ impl provider::Host for Provider<'_> {
     }
 
     fn set_sampler(&mut self, sampler: provider::Sampler) -> wasmtime::Result<()> {
+        let _call = host_call("wtrace:tracing/provider#set-sampler");
         let ratio = |r: f64| if r.is_nan() { 0.0 } else { r.clamp(0.0, 1.0) };
         self.state.sampler = Some(match sampler {
             provider::Sampler::AlwaysOn => Sampler::AlwaysOn,
@@ -212,6 +227,7 @@ impl provider::Host for Provider<'_> {
         &mut self,
         processor: provider::Processor,
     ) -> wasmtime::Result<Result<(), String>> {
+        let _call = host_call("wtrace:tracing/provider#add-span-processor");
         if self.state.processors.len() >= 8 {
             return Ok(Err("a hook may add at most 8 span processors".into()));
         }
@@ -227,6 +243,7 @@ impl provider::Host for Provider<'_> {
     }
 
     fn enable_instrumentation(&mut self, name: String) -> wasmtime::Result<Result<(), String>> {
+        let _call = host_call("wtrace:tracing/provider#enable-instrumentation");
         if !crate::telemetry::INSTRUMENTATIONS.contains(&name.as_str()) {
             return Ok(Err(format!(
                 "unknown instrumentation {name:?}; known: {}",

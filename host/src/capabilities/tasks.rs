@@ -19,7 +19,7 @@ use crate::outcome::{OutputChunk, TaskErrorKind, TaskOutput};
 use crate::runtime::Digest;
 use crate::runtime::EPOCH_TICK;
 use crate::runtime::wave::Invocation;
-use crate::sandbox::{Deadline, Stopped};
+use crate::sandbox::{Deadline, Stopped, host_call};
 use crate::telemetry::context::{context_with_parent, traceparent};
 
 /// A task submitted from inside a task.
@@ -145,7 +145,9 @@ impl Tasks<'_> {
                 "nested tasks need a cluster: this task was not run by a wtrace worker".into(),
             ));
         };
-        if context.depth + 1 > self.state.max_depth {
+        // The depth came from the head; a wrapped sum would skip the limit.
+        let depth = context.depth.saturating_add(1);
+        if depth > self.state.max_depth {
             return Err(Stopped::error(
                 TaskErrorKind::NestingLimit,
                 format!(
@@ -184,7 +186,7 @@ impl Tasks<'_> {
                         KeyValue::new("wtrace.job_id", context.job_id.clone()),
                         KeyValue::new("wtrace.worker_id", context.worker_id.clone()),
                         KeyValue::new("wtrace.node_id", context.node_id.clone()),
-                        KeyValue::new("wtrace.depth", i64::from(context.depth + 1)),
+                        KeyValue::new("wtrace.depth", i64::from(depth)),
                         KeyValue::new("process.pid", i64::from(crate::ids::pid())),
                     ])
                     .start_with_context(tracer, &context_with_parent(Some(parent)));
@@ -199,7 +201,7 @@ impl Tasks<'_> {
             invocation: invocation.text,
             traceparent: traceparent(&span_context),
             tracestate: Some(span_context.trace_state().header()).filter(|s| !s.is_empty()),
-            depth: context.depth + 1,
+            depth,
         });
         if let Some(mut span) = span {
             if let Err(error) = &submitted {
@@ -235,6 +237,7 @@ impl tasks::Host for Tasks<'_> {
         function: String,
         args: String,
     ) -> wasmtime::Result<Result<Resource<PendingTask>, String>> {
+        let _call = host_call("wtrace:tracing/tasks#submit");
         self.submit_to(None, function, args)
     }
 
@@ -244,6 +247,7 @@ impl tasks::Host for Tasks<'_> {
         function: String,
         args: String,
     ) -> wasmtime::Result<Result<Resource<PendingTask>, String>> {
+        let _call = host_call("wtrace:tracing/tasks#submit-to");
         let hex = component.strip_prefix("sha256:").unwrap_or(&component);
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(Err(format!(
@@ -256,6 +260,7 @@ impl tasks::Host for Tasks<'_> {
 
 impl tasks::HostTaskRef for Tasks<'_> {
     fn get(&mut self, task: Resource<PendingTask>) -> wasmtime::Result<Result<String, String>> {
+        let _call = host_call("wtrace:tracing/tasks#[method]task-ref.get");
         if let Some(answer) = &self.table.get(&task)?.answer {
             return Ok(answer.clone());
         }
@@ -291,6 +296,7 @@ impl tasks::HostTaskRef for Tasks<'_> {
     }
 
     fn drop(&mut self, task: Resource<PendingTask>) -> wasmtime::Result<()> {
+        let _call = host_call("wtrace:tracing/tasks#[resource-drop]task-ref");
         self.table.delete(task)?;
         Ok(())
     }

@@ -23,6 +23,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use super::bindings::{tracer, types};
 use crate::config::Limits;
+use crate::sandbox::host_call;
 use crate::telemetry::context::context_with_parent;
 
 /// Live span handles a guest may hold at once before the host traps it: a
@@ -145,6 +146,7 @@ impl SpanBridge {
             );
         }
         self.started = self.started.saturating_add(1);
+        let name = truncate(name, self.limits.attribute_value_length as usize);
         let explicit_parent = options.parent.map(span_context_from_wit);
         let parent = match &explicit_parent {
             Some(Some(parent)) => parent.clone(),
@@ -334,14 +336,17 @@ impl tracer::Host for Bridge<'_> {
         name: String,
         options: tracer::SpanOptions,
     ) -> wasmtime::Result<Resource<GuestSpan>> {
+        let _call = host_call("wtrace:tracing/tracer#start-span");
         self.state.start(self.table, name, options)
     }
 
     fn end_span(&mut self, span: Resource<GuestSpan>) -> wasmtime::Result<Result<(), String>> {
+        let _call = host_call("wtrace:tracing/tracer#end-span");
         self.state.end(self.table, &span, false)
     }
 
     fn current_span_context(&mut self) -> wasmtime::Result<types::SpanContext> {
+        let _call = host_call("wtrace:tracing/tracer#current-span-context");
         Ok(span_context_to_wit(&self.state.current(self.table)))
     }
 }
@@ -353,6 +358,7 @@ impl tracer::HostSpan for Bridge<'_> {
         key: String,
         value: types::Value,
     ) -> wasmtime::Result<()> {
+        let _call = host_call("wtrace:tracing/tracer#[method]span.set-attribute");
         self.state.with_span(self.table, &span, |sdk, max| {
             sdk.set_attribute(key_value(types::KeyValue { key, value }, max));
         })
@@ -363,6 +369,7 @@ impl tracer::HostSpan for Bridge<'_> {
         span: Resource<GuestSpan>,
         attributes: Vec<types::KeyValue>,
     ) -> wasmtime::Result<()> {
+        let _call = host_call("wtrace:tracing/tracer#[method]span.set-attributes");
         self.state.with_span(self.table, &span, |sdk, max| {
             sdk.set_attributes(attributes.into_iter().map(|kv| key_value(kv, max)));
         })
@@ -374,12 +381,13 @@ impl tracer::HostSpan for Bridge<'_> {
         name: String,
         attributes: Vec<types::KeyValue>,
     ) -> wasmtime::Result<()> {
+        let _call = host_call("wtrace:tracing/tracer#[method]span.add-event");
         self.state.with_span(self.table, &span, |sdk, max| {
             let attributes = attributes
                 .into_iter()
                 .map(|kv| key_value(kv, max))
                 .collect();
-            sdk.add_event(name, attributes);
+            sdk.add_event(truncate(name, max as usize), attributes);
         })
     }
 
@@ -388,30 +396,38 @@ impl tracer::HostSpan for Bridge<'_> {
         span: Resource<GuestSpan>,
         status: types::Status,
     ) -> wasmtime::Result<()> {
-        self.state.with_span(self.table, &span, |sdk, _| {
+        let _call = host_call("wtrace:tracing/tracer#[method]span.set-status");
+        self.state.with_span(self.table, &span, |sdk, max| {
             sdk.set_status(match status {
                 types::Status::Unset => Status::Unset,
                 types::Status::Ok => Status::Ok,
-                types::Status::Error(description) => Status::error(description),
+                types::Status::Error(description) => {
+                    Status::error(truncate(description, max as usize))
+                }
             });
         })
     }
 
     fn update_name(&mut self, span: Resource<GuestSpan>, name: String) -> wasmtime::Result<()> {
-        self.state
-            .with_span(self.table, &span, |sdk, _| sdk.update_name(name))
+        let _call = host_call("wtrace:tracing/tracer#[method]span.update-name");
+        self.state.with_span(self.table, &span, |sdk, max| {
+            sdk.update_name(truncate(name, max as usize))
+        })
     }
 
     fn context(&mut self, span: Resource<GuestSpan>) -> wasmtime::Result<types::SpanContext> {
+        let _call = host_call("wtrace:tracing/tracer#[method]span.context");
         Ok(span_context_to_wit(&self.table.get(&span)?.context))
     }
 
     fn is_recording(&mut self, span: Resource<GuestSpan>) -> wasmtime::Result<bool> {
+        let _call = host_call("wtrace:tracing/tracer#[method]span.is-recording");
         let span = self.table.get(&span)?;
         Ok(!span.ended && span.span.as_ref().is_some_and(|s| s.is_recording()))
     }
 
     fn drop(&mut self, span: Resource<GuestSpan>) -> wasmtime::Result<()> {
+        let _call = host_call("wtrace:tracing/tracer#[resource-drop]span");
         let open = !self.table.get(&span)?.ended;
         if open {
             self.state.end(self.table, &span, true)?.ok();
@@ -471,6 +487,9 @@ pub(crate) fn key_value(kv: types::KeyValue, max: u32) -> KeyValue {
     KeyValue::new(truncate(kv.key, max), value)
 }
 
+/// `s` cut to at most `max` bytes, on a character boundary: how every text
+/// a guest hands the bridge (names, keys, values, status messages) is held
+/// to `--max-attribute-length`.
 pub(crate) fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut end = max;

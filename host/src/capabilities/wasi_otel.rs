@@ -17,15 +17,18 @@ use opentelemetry::{KeyValue, Value};
 use wasmtime::component::{HasData, Linker};
 
 use super::bindings::otel::{tracing as wt, types as wty};
-use crate::capabilities::tracer::{Bridge, GuestSpanData};
+use crate::capabilities::tracer::{Bridge, GuestSpanData, truncate};
+use crate::sandbox::host_call;
 
 impl wt::Host for Bridge<'_> {
     fn on_start(&mut self, _context: wt::SpanContext) -> wasmtime::Result<()> {
+        let _call = host_call("wasi:otel/tracing#on-start");
         // Nothing to do until the span ends: it arrives whole in `on-end`.
         Ok(())
     }
 
     fn on_end(&mut self, span: wt::SpanData) -> wasmtime::Result<()> {
+        let _call = host_call("wasi:otel/tracing#on-end");
         let max = self.state.attribute_value_length();
         if let Some(data) = span_data(span, max) {
             self.state.record_guest_span(self.table, data);
@@ -34,6 +37,7 @@ impl wt::Host for Bridge<'_> {
     }
 
     fn outer_span_context(&mut self) -> wasmtime::Result<wt::SpanContext> {
+        let _call = host_call("wasi:otel/tracing#outer-span-context");
         Ok(to_wit(&self.state.current(self.table)))
     }
 }
@@ -88,8 +92,13 @@ fn context(cx: wt::SpanContext) -> Option<SpanContext> {
     cx.is_valid().then_some(cx)
 }
 
+/// The latest time a guest may give: what OTLP's `u64` nanoseconds hold
+/// (the year 2554). Later ones are clamped, not overflowed.
+const LATEST_SECONDS: u64 = u64::MAX / 1_000_000_000 - 1;
+
 fn time(datetime: super::bindings::wasi::clocks::wall_clock::Datetime) -> SystemTime {
-    UNIX_EPOCH + Duration::new(datetime.seconds, datetime.nanoseconds.min(999_999_999))
+    let seconds = datetime.seconds.min(LATEST_SECONDS);
+    UNIX_EPOCH + Duration::new(seconds, datetime.nanoseconds.min(999_999_999))
 }
 
 /// A guest's span, checked and converted; none when its ids are invalid.
@@ -112,7 +121,7 @@ fn span_data(span: wt::SpanData, max: u32) -> Option<GuestSpanData> {
             wt::SpanKind::Consumer => SpanKind::Consumer,
             wt::SpanKind::Internal => SpanKind::Internal,
         },
-        name: span.name,
+        name: truncate(span.name, max as usize),
         start,
         end: time(span.end_time).max(start),
         attributes: attributes(span.attributes),
@@ -120,7 +129,12 @@ fn span_data(span: wt::SpanData, max: u32) -> Option<GuestSpanData> {
             .events
             .into_iter()
             .map(|e| {
-                opentelemetry::trace::Event::new(e.name, time(e.time), attributes(e.attributes), 0)
+                opentelemetry::trace::Event::new(
+                    truncate(e.name, max as usize),
+                    time(e.time),
+                    attributes(e.attributes),
+                    0,
+                )
             })
             .collect(),
         links: span
@@ -137,7 +151,7 @@ fn span_data(span: wt::SpanData, max: u32) -> Option<GuestSpanData> {
         status: match span.status {
             wt::Status::Unset => Status::Unset,
             wt::Status::Ok => Status::Ok,
-            wt::Status::Error(description) => Status::error(description),
+            wt::Status::Error(description) => Status::error(truncate(description, max as usize)),
         },
     })
 }
@@ -145,7 +159,7 @@ fn span_data(span: wt::SpanData, max: u32) -> Option<GuestSpanData> {
 /// An attribute whose value is JSON (an OpenTelemetry `AnyValue`).
 fn attribute(kv: wty::KeyValue, max: u32) -> KeyValue {
     let max = max as usize;
-    let text = |s: String| -> Value { crate::capabilities::tracer::truncate(s, max).into() };
+    let text = |s: String| -> Value { truncate(s, max).into() };
     let value = match serde_json::from_str::<serde_json::Value>(&kv.value) {
         Ok(serde_json::Value::String(s)) => text(s),
         Ok(serde_json::Value::Bool(b)) => b.into(),
@@ -158,7 +172,7 @@ fn attribute(kv: wty::KeyValue, max: u32) -> KeyValue {
         }
         _ => text(kv.value.clone()),
     };
-    KeyValue::new(crate::capabilities::tracer::truncate(kv.key, max), value)
+    KeyValue::new(truncate(kv.key, max), value)
 }
 
 /// A homogeneous JSON array as an attribute array.

@@ -24,6 +24,7 @@ use crate::exec::task::{
     self, TaskComponent, TaskContext, TaskError, TaskErrorKind, TaskLinker, TaskOutput,
 };
 use crate::runtime::{Digest, Runtime};
+use crate::sync::{lock, wait, wait_timeout};
 use crate::telemetry::Telemetry;
 use crate::telemetry::context::parse_traceparent;
 
@@ -314,7 +315,7 @@ struct PoolSubmitter(Arc<Pool>);
 
 impl Pool {
     fn push(pool: &Arc<Self>, leases: Vec<Lease>) {
-        let mut state = pool.state.lock().unwrap();
+        let mut state = lock(&pool.state);
         state.leases.extend(leases);
         if state.runnable() == 0 {
             Self::spawn_thread(pool, &mut state);
@@ -337,7 +338,7 @@ impl Pool {
         let mut worked_since_trim = false;
         loop {
             let lease = {
-                let mut state = self.state.lock().unwrap();
+                let mut state = lock(&self.state);
                 loop {
                     if state.closed {
                         state.threads -= 1;
@@ -348,22 +349,34 @@ impl Pool {
                         break lease;
                     }
                     if !worked_since_trim {
-                        state = self.wake.wait(state).unwrap();
+                        state = wait(&self.wake, state);
                         continue;
                     }
-                    let (next, waited) = self.wake.wait_timeout(state, IDLE_TRIM_AFTER).unwrap();
+                    let (next, timed_out) = wait_timeout(&self.wake, state, IDLE_TRIM_AFTER);
                     state = next;
-                    if waited.timed_out() && state.leases.is_empty() {
+                    if timed_out && state.leases.is_empty() {
                         drop(state);
                         release_free_memory();
                         worked_since_trim = false;
-                        state = self.state.lock().unwrap();
+                        state = lock(&self.state);
                     }
                 }
             };
             worked_since_trim = true;
             let started = std::time::Instant::now();
-            let output = self.run_one(&lease, &submitter);
+            // `execute` contains a panic of its own host calls; this one also
+            // covers loading the component, so a panic anywhere fails the
+            // task alone and this thread's accounting stays right.
+            let output = crate::sandbox::contain("loading and running a task", || {
+                self.run_one(&lease, &submitter)
+            })
+            .unwrap_or_else(|panic| {
+                TaskOutput::failed(TaskError::new(
+                    TaskErrorKind::HostPanic,
+                    &lease.function,
+                    panic.to_string(),
+                ))
+            });
             let busy_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
             self.finished(Done {
                 id: lease.lease_id,
@@ -371,7 +384,7 @@ impl Pool {
                 busy_us,
                 output,
             });
-            let mut state = self.state.lock().unwrap();
+            let mut state = lock(&self.state);
             if state.runnable() > 1 || state.closed {
                 // Another thread can carry on (a waiting task resumed).
                 state.threads -= 1;
@@ -385,18 +398,18 @@ impl Pool {
     /// to run now, or enough results to fill a message.
     fn finished(&self, done: Done) {
         let count = {
-            let mut buffer = self.done.lock().unwrap();
+            let mut buffer = lock(&self.done);
             buffer.push(done);
             buffer.len()
         };
         self.done_count.store(count, Ordering::Release);
-        if count >= RESULT_BATCH || self.state.lock().unwrap().leases.is_empty() {
+        if count >= RESULT_BATCH || lock(&self.state).leases.is_empty() {
             self.done_ready.notify_one();
         }
     }
 
     fn take_done(&self) -> Vec<Done> {
-        let mut buffer = self.done.lock().unwrap();
+        let mut buffer = lock(&self.done);
         self.done_count.store(0, Ordering::Release);
         std::mem::take(&mut *buffer)
     }
@@ -440,7 +453,7 @@ impl Pool {
     }
 
     fn component(&self, lease: &Lease) -> Result<Arc<TaskComponent>> {
-        if let Some(component) = self.components.lock().unwrap().get(&lease.component.digest) {
+        if let Some(component) = lock(&self.components).get(&lease.component.digest) {
             return Ok(component.clone());
         }
         let bytes = lease.component.bytes.as_deref().ok_or_else(|| {
@@ -458,7 +471,7 @@ impl Pool {
     }
 
     fn deliver(&self, results: Vec<Done>) {
-        let mut pending = self.pending.lock().unwrap();
+        let mut pending = lock(&self.pending);
         for done in results {
             if let Some(tx) = pending.remove(&done.id) {
                 let _ = tx.send(NestedResult {
@@ -473,7 +486,7 @@ impl Pool {
     /// to `grace` for the threads to finish.
     fn close(&self, grace: Duration) {
         self.abort.store(true, Ordering::SeqCst);
-        let mut state = self.state.lock().unwrap();
+        let mut state = lock(&self.state);
         state.closed = true;
         state.leases.clear();
         self.wake.notify_all();
@@ -483,7 +496,7 @@ impl Pool {
             if left.is_zero() {
                 break;
             }
-            state = self.wake.wait_timeout(state, left).unwrap().0;
+            state = wait_timeout(&self.wake, state, left).0;
         }
     }
 }
@@ -496,7 +509,7 @@ impl Submitter for PoolSubmitter {
         let pool = &self.0;
         let tag = pool.next_tag.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = std::sync::mpsc::channel();
-        pool.pending.lock().unwrap().insert(tag, tx);
+        lock(&pool.pending).insert(tag, tx);
         pool.out
             .send(FromWorker::Submit(vec![Submission {
                 tag,
@@ -514,7 +527,7 @@ impl Submitter for PoolSubmitter {
 
     fn waiting(&self, waiting: bool) {
         let pool = &self.0;
-        let mut state = pool.state.lock().unwrap();
+        let mut state = lock(&pool.state);
         if waiting {
             state.waiting += 1;
             if state.runnable() == 0 && !state.leases.is_empty() && !state.closed {

@@ -23,6 +23,7 @@ use crate::runtime::check::{World, list_or_none, root_export_names};
 use crate::runtime::wave;
 use crate::runtime::{Digest, Runtime};
 use crate::sandbox::{self, CapturedOutput, Deadline};
+use crate::sync::lock;
 use crate::telemetry::Telemetry;
 use crate::telemetry::context::context_with_parent;
 
@@ -204,7 +205,7 @@ impl TaskComponent {
         runtime: &Runtime,
         function: &str,
     ) -> std::result::Result<Arc<Export>, TaskError> {
-        if let Some(export) = self.exports.lock().unwrap().get(function) {
+        if let Some(export) = lock(&self.exports).get(function) {
             return Ok(export.clone());
         }
         let found = self.lookup(function);
@@ -346,22 +347,27 @@ pub fn execute(
     }
 
     let mut instantiate_us = 0;
-    let result = (|| {
+    let result = sandbox::contain("preparing the task", || {
         let export = component.export(runtime, function)?;
         let params = wave::parse_args(invocation, &export.params)
             .map_err(|cause| component.bad_arguments(function, invocation, &cause))?;
         let started = Instant::now();
+        let instantiating = sandbox::host_call("instantiating the component");
         let instance = component
             .pre
             .instantiate(&mut store)
             .map_err(|e| guest_error(function, TaskErrorKind::Instantiate, &e, limits))?;
+        drop(instantiating);
         instantiate_us = started.elapsed().as_micros() as i64;
         let func = instance.get_func(&mut store, export.index).ok_or_else(|| {
             TaskError::new(TaskErrorKind::UnknownExport, function, "export vanished")
         })?;
         let mut results = vec![Val::Bool(false); func.ty(&store).results().len()];
+        let calling = sandbox::host_call("calling the export");
         func.call(&mut store, &params, &mut results)
             .map_err(|e| guest_error(function, TaskErrorKind::Trap, &e, limits))?;
+        drop(calling);
+        let _formatting = sandbox::host_call("formatting the result");
         match results.as_slice() {
             [Val::Result(Err(err))] => Err(TaskError::new(
                 TaskErrorKind::Returned,
@@ -389,11 +395,18 @@ pub fn execute(
                 Ok(text)
             }
         }
-    })();
+    })
+    .unwrap_or_else(|panic| Err(host_panic(function, &panic)));
 
-    let failure = result.as_ref().err().map(|e| e.message.as_str());
+    let failure = result.as_ref().err().map(|e| e.message.clone());
     let state = store.data_mut();
-    state.bridge.finish(&mut state.table, failure);
+    let finished = sandbox::contain("ending the spans the guest left open", || {
+        state.bridge.finish(&mut state.table, failure.as_deref())
+    });
+    let result = match finished {
+        Ok(()) => result,
+        Err(panic) => Err(host_panic(function, &panic)),
+    };
     if let Some(span) = &mut span {
         span.set_attribute(KeyValue::new("wtrace.wasm.instantiate_us", instantiate_us));
         span.set_attribute(KeyValue::new(
@@ -501,6 +514,11 @@ pub fn record_error(span: &mut impl opentelemetry::trace::Span, error: &TaskErro
         attributes.push(KeyValue::new("exception.stacktrace", backtrace.clone()));
     }
     span.add_event("exception", attributes);
+}
+
+/// The failure of a task in which the host panicked.
+fn host_panic(function: &str, panic: &sandbox::HostPanic) -> TaskError {
+    TaskError::new(TaskErrorKind::HostPanic, function, panic.to_string())
 }
 
 /// Turns a wasmtime error from instantiating or calling a guest into a

@@ -18,6 +18,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use crate::config::Limits;
 use crate::error::{Error, Result, chain};
+use crate::sync::lock;
 
 /// How often the epoch advances: how often deadlines are checked.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -128,7 +129,7 @@ impl Runtime {
     /// from the cache. Returns a clear error for anything not a component.
     pub fn load(&self, name: &Path, bytes: &[u8]) -> Result<(Digest, Component)> {
         let digest = Digest::of(bytes);
-        if let Some(component) = self.inner.compiled.lock().unwrap().get(&digest) {
+        if let Some(component) = lock(&self.inner.compiled).get(&digest) {
             return Ok((digest, component.clone()));
         }
         check_is_component(name, bytes)?;

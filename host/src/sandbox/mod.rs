@@ -7,6 +7,7 @@
 //! capabilities and `exec` build on it.
 
 mod deadline;
+mod fault;
 mod limiter;
 mod wasi;
 
@@ -17,6 +18,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiView};
 
 pub(crate) use deadline::{Deadline, Stopped, arm_deadline};
+pub(crate) use fault::{HostPanic, contain, host_call};
 pub(crate) use limiter::MemoryLimiter;
 
 use crate::config::{Grants, net_allowed};

@@ -5,7 +5,7 @@
 
 use wasmtime::component::{Linker, Resource, ResourceTable};
 
-use super::Sandboxed;
+use super::{Sandboxed, host_call};
 
 /// Replaces WASI's blocking waits (`poll`, `pollable.block`: how a guest
 /// sleeps or waits for I/O) with ones that honour the store's [`Deadline`](super::Deadline):
@@ -79,6 +79,7 @@ pub(super) fn add_deadline_aware_streams<T: Sandboxed>(
             streams.func_wrap(
                 $name,
                 |mut store: Store<'_, T>, ($($arg,)*): ($($ty,)*)| {
+                    let _call = host_call(concat!("wasi:io/streams#", $name));
                     let state = store.data_mut();
                     let deadline = state.deadline().clone();
                     let table = state.ctx().table;
@@ -171,6 +172,7 @@ pub(super) fn add_deadline_aware_filesystem<T: Sandboxed>(
             OpenFlags,
             DescriptorFlags,
         )| {
+            let _call = host_call("wasi:filesystem/types#[method]descriptor.open-at");
             let state = store.data_mut();
             let deadline = state.deadline().clone();
             let result = deadline.wait(
@@ -190,6 +192,7 @@ pub(super) fn add_deadline_aware_filesystem<T: Sandboxed>(
     fs.func_wrap(
         "[method]descriptor.read",
         |mut store: Store<'_, T>, (fd, len, offset): (Resource<Descriptor>, Filesize, Filesize)| {
+            let _call = host_call("wasi:filesystem/types#[method]descriptor.read");
             let state = store.data_mut();
             let deadline = state.deadline().clone();
             let result = deadline.wait(
@@ -203,6 +206,7 @@ pub(super) fn add_deadline_aware_filesystem<T: Sandboxed>(
         "[method]descriptor.write",
         |mut store: Store<'_, T>,
          (fd, bytes, offset): (Resource<Descriptor>, Vec<u8>, Filesize)| {
+            let _call = host_call("wasi:filesystem/types#[method]descriptor.write");
             let state = store.data_mut();
             let deadline = state.deadline().clone();
             let result = deadline.wait(
