@@ -102,6 +102,24 @@ pub struct TaskOutput {
 }
 
 impl TaskOutput {
+    /// About how many bytes it takes on the wire.
+    pub fn wire_size(&self) -> usize {
+        let result = match &self.result {
+            Ok(text) => text.len(),
+            Err(error) => {
+                error.message.len()
+                    + error.function.len()
+                    + error.backtrace.as_ref().map_or(0, String::len)
+            }
+        };
+        let nested: usize = self
+            .nested
+            .iter()
+            .map(|c| c.stdout.len() + c.stderr.len() + c.function.len() + 16)
+            .sum();
+        result + self.stdout.len() + self.stderr.len() + nested + 32
+    }
+
     /// The output of a task that failed before it ran.
     pub fn failed(error: TaskError) -> Self {
         Self {

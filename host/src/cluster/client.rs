@@ -9,13 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt as _, Tracer as _};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::protocol::{
-    ClusterConfig, ClusterStatus, Done, FromDriver, Hello, PROTOCOL_VERSION, Reader, Submission,
-    ToDriver, Writer,
+    self, ClusterConfig, ClusterStatus, Done, FromDriver, Hello, OpenError, Reader, Submission,
+    ToDriver, write_loop,
 };
 use crate::capabilities::provider::WorkerInfo;
 use crate::error::{Error, Result};
@@ -57,7 +56,7 @@ pub struct Client {
 struct Inner {
     requests: mpsc::UnboundedSender<FromDriver>,
     pending: Pending,
-    status: Mutex<Vec<oneshot::Sender<ClusterStatus>>>,
+    status: Mutex<std::collections::VecDeque<oneshot::Sender<ClusterStatus>>>,
     stopped: watch::Receiver<Option<String>>,
     config: Arc<ClusterConfig>,
     telemetry: Option<Telemetry>,
@@ -158,33 +157,21 @@ impl Client {
         telemetry: Option<Option<Telemetry>>,
         expected_hook: Option<&HookComponent>,
     ) -> Result<Self> {
-        let stream = TcpStream::connect(addr).await.map_err(|e| {
-            Error::Cluster(format!(
-                "cannot reach a wtrace cluster at {addr}: {e}; start one with `wtrace start --head`"
-            ))
-        })?;
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
-        let mut reader = Reader::new(read);
-        let mut writer = Writer::new(write);
-        let lost = |e: std::io::Error| Error::Cluster(format!("lost the cluster at {addr}: {e}"));
-        writer
-            .send(&Hello::Driver {
-                version: PROTOCOL_VERSION,
-                token: token.to_owned(),
-                pid: std::process::id(),
-            })
-            .await
-            .map_err(lost)?;
-        let config = match reader.recv::<ToDriver>().await.map_err(lost)? {
-            Some(ToDriver::Welcome(config)) => Arc::new(*config),
-            Some(ToDriver::Error(message)) => return Err(Error::Cluster(message)),
-            _ => {
+        let hello = Hello::Driver {
+            token: token.to_owned(),
+            pid: std::process::id(),
+        };
+        let (reader, writer, config) = match protocol::open(addr, &hello).await {
+            Ok(opened) => opened,
+            Err(OpenError::Unreachable(e)) => {
                 return Err(Error::Cluster(format!(
-                    "the cluster at {addr} closed the connection"
+                    "cannot reach a wtrace cluster at {addr}: {e}; start one with `wtrace start --head`"
                 )));
             }
+            Err(OpenError::Refused(why)) => return Err(Error::Cluster(why)),
+            Err(error) => return Err(Error::Cluster(format!("cluster at {addr}: {error}"))),
         };
+        let config: Arc<ClusterConfig> = Arc::new(*config);
         if let Some(expected) = expected_hook {
             check_same_hook(&config, expected)?;
         }
@@ -206,7 +193,7 @@ impl Client {
         let inner = Arc::new(Inner {
             requests,
             pending: pending.clone(),
-            status: Mutex::new(Vec::new()),
+            status: Mutex::default(),
             stopped,
             config,
             telemetry,
@@ -215,12 +202,14 @@ impl Client {
             driver_id: random_hex(4),
             next_tag: AtomicU64::new(1),
         });
-        tokio::spawn(write_loop(writer, rx));
+        let closed = CancellationToken::new();
+        tokio::spawn(write_loop(writer, rx, closed.clone()));
         tokio::spawn(read_loop(
             reader,
             Arc::downgrade(&inner),
             pending,
             stopped_tx,
+            closed,
         ));
         Ok(Self { inner })
     }
@@ -237,6 +226,16 @@ impl Client {
 
     /// Uploads a component (once per digest) and returns its digest.
     pub async fn upload(&self, name: &str, bytes: Vec<u8>) -> Result<Digest> {
+        if bytes.len() > protocol::MAX_COMPONENT_BYTES {
+            return Err(Error::Component {
+                path: name.into(),
+                cause: format!(
+                    "it is {} MiB; a cluster stores components of at most {} MiB",
+                    bytes.len() >> 20,
+                    protocol::MAX_COMPONENT_BYTES >> 20
+                ),
+            });
+        }
         let digest = Digest::of(&bytes);
         self.inner
             .components
@@ -305,7 +304,13 @@ impl Client {
         let mut refs = Vec::with_capacity(invocations.len());
         // Chunks go out as soon as they are ready, so workers start while
         // the rest is prepared.
-        for chunk in invocations.chunks(SUBMIT_CHUNK) {
+        let chunks = protocol::batches(
+            invocations.iter().collect(),
+            SUBMIT_CHUNK,
+            protocol::BATCH_BYTES,
+            |invocation| invocation.text.len() + 192,
+        );
+        for chunk in chunks {
             let mut submissions = Vec::with_capacity(chunk.len());
             let mut spans = Vec::new();
             let mut senders = Vec::with_capacity(chunk.len());
@@ -376,7 +381,7 @@ impl Client {
     /// The cluster's state.
     pub async fn status(&self) -> Result<ClusterStatus> {
         let (tx, rx) = oneshot::channel();
-        self.inner.status.lock().unwrap().push(tx);
+        self.inner.status.lock().unwrap().push_back(tx);
         self.request(FromDriver::Status)?;
         rx.await
             .map_err(|_| Error::Cluster("lost the cluster while asking its status".into()))
@@ -477,33 +482,21 @@ fn run_cluster_hook(
         .map(Some)
 }
 
-async fn write_loop(
-    mut writer: Writer<OwnedWriteHalf>,
-    mut rx: mpsc::UnboundedReceiver<FromDriver>,
-) {
-    while let Some(message) = rx.recv().await {
-        if writer.feed(&message).await.is_err() {
-            return;
-        }
-        while let Ok(message) = rx.try_recv() {
-            if writer.feed(&message).await.is_err() {
-                return;
-            }
-        }
-        if writer.flush().await.is_err() {
-            return;
-        }
-    }
-}
-
 async fn read_loop(
     mut reader: Reader<tokio::net::tcp::OwnedReadHalf>,
     inner: std::sync::Weak<Inner>,
     pending: Pending,
     stopped: watch::Sender<Option<String>>,
+    closed: CancellationToken,
 ) {
     let reason = loop {
-        match reader.recv::<ToDriver>().await {
+        let message = tokio::select! {
+            message = reader.recv::<ToDriver>() => message,
+            () = closed.cancelled() => {
+                break "lost the cluster: this driver could not send to it".to_owned();
+            }
+        };
+        match message {
             Ok(Some(ToDriver::Results(results))) => {
                 let mut pending = pending.lock().unwrap();
                 for done in results {
@@ -514,18 +507,18 @@ async fn read_loop(
             }
             Ok(Some(ToDriver::Status(status))) => {
                 if let Some(inner) = inner.upgrade()
-                    && let Some(tx) = inner.status.lock().unwrap().pop()
+                    && let Some(tx) = inner.status.lock().unwrap().pop_front()
                 {
                     let _ = tx.send(*status);
                 }
             }
             Ok(Some(ToDriver::Stopped)) => break "the cluster has stopped".to_owned(),
             Ok(Some(ToDriver::Error(message))) => break message,
-            Ok(Some(ToDriver::Welcome(_))) => {}
             Ok(None) => break "the cluster closed the connection".to_owned(),
             Err(e) => break format!("lost the cluster: {e}"),
         }
     };
+    closed.cancel();
     let _ = stopped.send(Some(reason));
     // Waiting tasks learn the cluster is gone from their dropped senders.
     pending.lock().unwrap().clear();

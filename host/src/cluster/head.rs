@@ -13,9 +13,13 @@ use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
 use super::protocol::{
-    ClusterConfig, ClusterStatus, ComponentRef, Done, FromDriver, FromWorker, Hello, Lease,
-    PROTOCOL_VERSION, Reader, Submission, ToDriver, ToWorker, WorkerStatus, Writer,
+    BATCH_BYTES, ClusterConfig, ClusterStatus, ComponentRef, Done, FromDriver, FromWorker,
+    HELLO_TIMEOUT, Hello, HelloReply, Lease, MAX_FRAME, MAX_HELLO_FRAME, Reader, Submission,
+    ToDriver, ToWorker, WorkerStatus, Writer, batches, write_loop,
 };
 use crate::capabilities::provider::WorkerInfo;
 use crate::error::{Error, Result};
@@ -148,6 +152,7 @@ impl Head {
     /// Starts a head on `bind` (port 0: any free port) in the current Tokio
     /// runtime. Connections must present `token`.
     pub async fn start(bind: SocketAddr, token: String, config: ClusterConfig) -> Result<Self> {
+        raise_open_file_limit();
         let listener = TcpListener::bind(bind)
             .await
             .map_err(|e| Error::io(format!("cannot listen on {bind}"), e))?;
@@ -170,8 +175,9 @@ impl Head {
             stopping: false,
             trees: HashMap::new(),
         };
+        let config = state.config.clone();
         tokio::spawn(run_state(state, rx, stopped_tx));
-        tokio::spawn(accept(listener, token.clone(), events.clone()));
+        tokio::spawn(accept(listener, token.clone(), config, events.clone()));
         Ok(Self {
             addr,
             token,
@@ -218,16 +224,63 @@ impl Head {
     }
 }
 
-async fn accept(listener: TcpListener, token: String, events: mpsc::UnboundedSender<EventBox>) {
+/// Connections the head serves at once; more are closed as they come.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// Connections that have not yet proven the token, at once. Each holds at
+/// most a [`MAX_HELLO_FRAME`] buffer for [`HELLO_TIMEOUT`], so strangers can
+/// make the head hold a few MiB at most; more are closed as they come.
+pub const MAX_UNAUTHENTICATED: usize = 512;
+
+async fn accept(
+    listener: TcpListener,
+    token: String,
+    config: Arc<ClusterConfig>,
+    events: mpsc::UnboundedSender<EventBox>,
+) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
     let mut next_conn: ConnId = 1;
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: let some close before the next.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
+        // Over a cap the connection is dropped at once, unread.
+        let (Ok(connection), Ok(stranger)) = (
+            connections.clone().try_acquire_owned(),
+            unauthenticated.clone().try_acquire_owned(),
+        ) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         let conn = next_conn;
         next_conn += 1;
-        tokio::spawn(serve(stream, conn, token.clone(), events.clone()));
+        let (token, config, events) = (token.clone(), config.clone(), events.clone());
+        tokio::spawn(async move {
+            serve(stream, conn, &token, config, events, stranger).await;
+            drop(connection);
+        });
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit, so the
+/// head can hold [`MAX_CONNECTIONS`] connections where the default soft
+/// limit (often 1024) would refuse them.
+#[allow(unsafe_code)]
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 
@@ -241,40 +294,64 @@ fn token_matches(given: &str, expected: &str) -> bool {
             == 0
 }
 
+/// Reads and checks the connection's [`Hello`] within [`HELLO_TIMEOUT`], in
+/// frames of at most [`MAX_HELLO_FRAME`]; the error is the refusal, if the
+/// peer is to be told one.
+async fn handshake(
+    reader: &mut Reader<tokio::net::tcp::OwnedReadHalf>,
+    token: &str,
+) -> std::result::Result<Hello, Option<String>> {
+    let frame = match tokio::time::timeout(HELLO_TIMEOUT, reader.recv_frame()).await {
+        Ok(Ok(Some(frame))) => frame,
+        // Silent, gone, or announcing a frame no hello needs: no answer.
+        _ => return Err(None),
+    };
+    let hello = Hello::decode(&frame).map_err(Some)?;
+    let given = match &hello {
+        Hello::Worker { token, .. } | Hello::Driver { token, .. } => token,
+    };
+    if !token_matches(given, token) {
+        return Err(Some(
+            "wrong cluster token: connect with the token from `wtrace start` (its session file, \
+             --token-file or WTRACE_TOKEN)"
+                .into(),
+        ));
+    }
+    Ok(hello)
+}
+
 async fn serve(
     stream: TcpStream,
     conn: ConnId,
-    token: String,
+    token: &str,
+    config: Arc<ClusterConfig>,
     events: mpsc::UnboundedSender<EventBox>,
+    stranger: OwnedSemaphorePermit,
 ) {
     let (read, write) = stream.into_split();
-    let mut reader = Reader::new(read);
+    let mut reader = Reader::with_limit(read, MAX_HELLO_FRAME);
     let mut writer = Writer::new(write);
-    let hello: Hello = match reader.recv().await {
-        Ok(Some(hello)) => hello,
-        _ => return,
-    };
-    let (version, given) = match &hello {
-        Hello::Worker { version, token, .. } | Hello::Driver { version, token, .. } => {
-            (*version, token)
+    let hello = match handshake(&mut reader, token).await {
+        Ok(hello) => hello,
+        Err(refusal) => {
+            if let Some(refusal) = refusal {
+                let _ =
+                    tokio::time::timeout(HELLO_TIMEOUT, writer.send(&HelloReply::Refused(refusal)))
+                        .await;
+            }
+            return;
         }
     };
-    if !token_matches(given, &token) {
-        let _ = writer
-            .send(&ToDriver::Error(
-                "wrong cluster token: connect with the token from `wtrace start` (its session file or WTRACE_TOKEN)".into(),
-            ))
-            .await;
+    drop(stranger);
+    reader.set_limit(MAX_FRAME);
+    if writer
+        .send(&HelloReply::Welcome(Box::new((*config).clone())))
+        .await
+        .is_err()
+    {
         return;
     }
-    if version != PROTOCOL_VERSION {
-        let _ = writer
-            .send(&ToDriver::Error(format!(
-                "protocol version {version} is not this head's ({PROTOCOL_VERSION}); use the same wtrace build everywhere"
-            )))
-            .await;
-        return;
-    }
+    let closed = CancellationToken::new();
     match hello {
         Hello::Worker { info, pid, .. } => {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -284,42 +361,54 @@ async fn serve(
                 pid,
                 tx,
             }));
-            tokio::spawn(write_loop(writer, rx));
-            while let Ok(Some(message)) = reader.recv::<FromWorker>().await {
-                let _ = events.send(EventBox(Event::WorkerMessage(conn, message)));
-            }
+            let writing = tokio::spawn(write_loop(writer, rx, closed.clone()));
+            read_until_closed(&mut reader, &closed, |message| {
+                events
+                    .send(EventBox(Event::WorkerMessage(conn, message)))
+                    .is_ok()
+            })
+            .await;
             let _ = events.send(EventBox(Event::WorkerLeft(conn)));
+            let _ = writing.await;
         }
         Hello::Driver { .. } => {
             let (tx, rx) = mpsc::unbounded_channel();
             let _ = events.send(EventBox(Event::DriverJoined { conn, tx }));
-            tokio::spawn(write_loop(writer, rx));
-            while let Ok(Some(message)) = reader.recv::<FromDriver>().await {
-                let _ = events.send(EventBox(Event::DriverMessage(conn, message)));
-            }
+            let writing = tokio::spawn(write_loop(writer, rx, closed.clone()));
+            read_until_closed(&mut reader, &closed, |message| {
+                events
+                    .send(EventBox(Event::DriverMessage(conn, message)))
+                    .is_ok()
+            })
+            .await;
             let _ = events.send(EventBox(Event::DriverLeft(conn)));
+            let _ = writing.await;
         }
     }
 }
 
-/// Writes messages as they come, flushing once per burst.
-async fn write_loop<T: serde::Serialize>(
-    mut writer: Writer<tokio::net::tcp::OwnedWriteHalf>,
-    mut rx: mpsc::UnboundedReceiver<T>,
+/// Hands each message to `deliver` until the peer leaves, sends something
+/// unreadable, or the connection's writer fails; then closes the connection
+/// both ways.
+async fn read_until_closed<T: serde::de::DeserializeOwned>(
+    reader: &mut Reader<tokio::net::tcp::OwnedReadHalf>,
+    closed: &CancellationToken,
+    mut deliver: impl FnMut(T) -> bool,
 ) {
-    while let Some(message) = rx.recv().await {
-        if writer.feed(&message).await.is_err() {
-            return;
-        }
-        while let Ok(message) = rx.try_recv() {
-            if writer.feed(&message).await.is_err() {
-                return;
-            }
-        }
-        if writer.flush().await.is_err() {
-            return;
+    loop {
+        tokio::select! {
+            message = reader.recv::<T>() => match message {
+                Ok(Some(message)) => {
+                    if !deliver(message) {
+                        break;
+                    }
+                }
+                _ => break,
+            },
+            () = closed.cancelled() => break,
         }
     }
+    closed.cancel();
 }
 
 async fn run_state(
@@ -350,7 +439,6 @@ impl State {
                 if self.stopping {
                     let _ = tx.send(ToWorker::Shutdown);
                 }
-                let _ = tx.send(ToWorker::Welcome(Box::new((*self.config).clone())));
                 self.workers.insert(
                     conn,
                     Worker {
@@ -369,7 +457,6 @@ impl State {
             Event::WorkerMessage(conn, message) => self.worker_message(conn, message),
             Event::WorkerLeft(conn) => self.worker_left(conn),
             Event::DriverJoined { conn, tx } => {
-                let _ = tx.send(ToDriver::Welcome(Box::new((*self.config).clone())));
                 self.drivers.insert(conn, tx);
             }
             Event::DriverMessage(conn, message) => self.driver_message(conn, message),
@@ -405,18 +492,21 @@ impl State {
         self.queue.retain(|id| self.tasks.contains_key(id));
     }
 
-    /// Sends results to whoever submitted the tasks.
+    /// Sends results to whoever submitted the tasks, in messages of at most
+    /// [`BATCH_BYTES`] unless one result is larger alone.
     fn reply(&self, results: HashMap<Origin, Vec<Done>>) {
         for (origin, results) in results {
-            match origin {
-                Origin::Driver(conn) => {
-                    if let Some(tx) = self.drivers.get(&conn) {
-                        let _ = tx.send(ToDriver::Results(results));
+            for batch in batches(results, usize::MAX, BATCH_BYTES, Done::wire_size) {
+                match origin {
+                    Origin::Driver(conn) => {
+                        if let Some(tx) = self.drivers.get(&conn) {
+                            let _ = tx.send(ToDriver::Results(batch));
+                        }
                     }
-                }
-                Origin::Worker(conn) => {
-                    if let Some(worker) = self.workers.get(&conn) {
-                        let _ = worker.tx.send(ToWorker::Results(results));
+                    Origin::Worker(conn) => {
+                        if let Some(worker) = self.workers.get(&conn) {
+                            let _ = worker.tx.send(ToWorker::Results(batch));
+                        }
                     }
                 }
             }
@@ -616,7 +706,7 @@ impl State {
         if self.stopping {
             return;
         }
-        let mut batches: HashMap<ConnId, Vec<Lease>> = HashMap::new();
+        let mut leased: HashMap<ConnId, Vec<Lease>> = HashMap::new();
         while let Some(&id) = self.queue.front() {
             let Some((&conn, _)) = self
                 .workers
@@ -639,7 +729,7 @@ impl State {
                 .then(|| component.bytes.as_ref().clone());
             worker.leased.insert(id);
             task.worker = Some(conn);
-            batches.entry(conn).or_default().push(Lease {
+            leased.entry(conn).or_default().push(Lease {
                 lease_id: id,
                 task_id: task.submission.task_id.clone(),
                 attempt: task.attempt,
@@ -655,8 +745,10 @@ impl State {
                 depth: task.submission.depth,
             });
         }
-        for (conn, leases) in batches {
-            let _ = self.workers[&conn].tx.send(ToWorker::Run(leases));
+        for (conn, leases) in leased {
+            for batch in batches(leases, usize::MAX, BATCH_BYTES, Lease::wire_size) {
+                let _ = self.workers[&conn].tx.send(ToWorker::Run(batch));
+            }
         }
     }
 

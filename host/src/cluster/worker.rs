@@ -9,12 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::protocol::{
-    ClusterConfig, Done, FromWorker, Hello, Lease, PROTOCOL_VERSION, Reader, Submission, ToWorker,
-    Writer,
+    self, BATCH_BYTES, Done, FromWorker, Hello, Lease, Submission, ToWorker, Writer,
 };
 use crate::capabilities::provider::WorkerInfo;
 use crate::capabilities::tasks::{NestedResult, NestedTask, Submitter};
@@ -45,7 +44,7 @@ pub struct WorkerOptions {
 
 /// Runs a worker until the head tells it to stop or goes away, then flushes
 /// its spans. Blocks; call from a process's main thread.
-pub fn run(options: WorkerOptions) -> Result<()> {
+pub fn run(options: WorkerOptions) -> Result<Stopped> {
     // Ctrl-C in a terminal reaches the whole process group; the driver
     // decides when workers stop, so that every span gets flushed.
     ignore_sigint();
@@ -69,36 +68,27 @@ fn ignore_sigint() {
     }
 }
 
-async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result<()> {
-    let stream = TcpStream::connect(options.head).await.map_err(|e| {
-        Error::Cluster(format!(
-            "worker {} cannot reach the head at {}: {e}",
-            options.worker_id, options.head
-        ))
-    })?;
-    let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
-    let mut reader = Reader::new(read);
-    let mut writer = Writer::new(write);
+async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result<Stopped> {
     let lost = |e: std::io::Error| Error::Cluster(format!("lost the head: {e}"));
     let pid = std::process::id();
-    writer
-        .send(&Hello::Worker {
-            version: PROTOCOL_VERSION,
-            token: options.token.clone(),
-            info: WorkerInfo {
-                worker_id: options.worker_id.clone(),
-                node_id: options.node_id.clone(),
-                job_id: String::new(),
-            },
-            pid,
-        })
-        .await
-        .map_err(lost)?;
-    let config: Box<ClusterConfig> = match reader.recv::<ToWorker>().await.map_err(lost)? {
-        Some(ToWorker::Welcome(config)) => config,
-        _ => return Ok(()),
+    let hello = Hello::Worker {
+        token: options.token.clone(),
+        info: WorkerInfo {
+            worker_id: options.worker_id.clone(),
+            node_id: options.node_id.clone(),
+            job_id: String::new(),
+        },
+        pid,
     };
+    let (mut reader, mut writer, config) =
+        protocol::open(options.head, &hello)
+            .await
+            .map_err(|error| {
+                Error::Cluster(format!(
+                    "worker {} could not join the head at {}: {error}",
+                    options.worker_id, options.head
+                ))
+            })?;
 
     let runtime = Runtime::new(config.limits.clone(), options.cache_dir.clone())?;
     let info = WorkerInfo {
@@ -158,66 +148,50 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
         done_ready: tokio::sync::Notify::new(),
         drained: AtomicBool::new(false),
     });
+    // Set when this worker can no longer send to the head: it stops, and its
+    // node starts another in its place.
+    let closed = CancellationToken::new();
     let sender = {
         let pool = pool.clone();
+        let closed = closed.clone();
         tokio::spawn(async move {
-            let mut open = true;
-            loop {
-                let waiting = pool.done_count.load(Ordering::Acquire) > 0;
-                tokio::select! {
-                    message = out_rx.recv(), if open => match message {
-                        Some(message) => {
-                            if writer.feed(&message).await.is_err() {
-                                return;
-                            }
-                        }
-                        None => open = false,
-                    },
-                    _ = pool.done_ready.notified() => {}
-                    // Results of quick tasks wait at most this long for company.
-                    _ = tokio::time::sleep(RESULT_DELAY), if waiting => {}
-                }
-                let done = pool.take_done();
-                if !done.is_empty() && writer.feed(&FromWorker::Done(done)).await.is_err() {
-                    return;
-                }
-                while let Ok(message) = out_rx.try_recv() {
-                    if writer.feed(&message).await.is_err() {
-                        return;
-                    }
-                }
-                if writer.flush().await.is_err() {
-                    return;
-                }
-                let drained = pool.done_count.load(Ordering::Acquire) == 0;
-                if (!open || pool.drained.load(Ordering::Acquire)) && drained {
-                    return;
-                }
+            let sent = send_loop(&pool, &mut writer, &mut out_rx).await;
+            if let Err(error) = sent {
+                closed.cancel();
+                return Err(error);
             }
+            Ok(())
         })
     };
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::io("cannot handle SIGTERM", e))?;
-    loop {
+    let stopped = loop {
         tokio::select! {
             message = reader.recv::<ToWorker>() => match message {
                 Ok(Some(ToWorker::Run(leases))) => Pool::push(&pool, leases),
                 Ok(Some(ToWorker::Results(results))) => pool.deliver(results),
-                Ok(Some(ToWorker::Welcome(_))) => {}
                 // Shutdown, or the head is gone: stop the running tasks.
-                Ok(Some(ToWorker::Shutdown)) | Ok(None) | Err(_) => break,
+                Ok(Some(ToWorker::Shutdown)) | Ok(None) => break Stopped::Told,
+                Err(error) => break Stopped::Lost(format!("lost the head: {error}")),
             },
-            _ = terminate.recv() => break,
+            _ = terminate.recv() => break Stopped::Told,
+            () = closed.cancelled() => break Stopped::Lost("could not send to the head".into()),
         }
-    }
+    };
+    // Closing the connection both ways: the head sees this worker leave and
+    // redelivers what it had leased.
+    drop(reader);
     let closing = pool.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close(Duration::from_secs(10))).await;
     // Every task has stopped: the sender sends what is left and stops.
     pool.drained.store(true, Ordering::Release);
     pool.done_ready.notify_one();
     drop(pool);
-    let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
+    let stopped = match tokio::time::timeout(Duration::from_secs(5), sender).await {
+        Ok(Ok(Err(error))) => Stopped::Lost(format!("could not send to the head: {error}")),
+        _ => stopped,
+    };
     if let Some(telemetry) = telemetry {
         // Exporters may block (OTLP over HTTP); keep the runtime free.
         if let Ok(Err(error)) = tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
@@ -228,7 +202,50 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
             );
         }
     }
-    Ok(())
+    Ok(stopped)
+}
+
+/// Sends what the executors produce: messages as they come, results in
+/// batches (quick tasks' results wait [`RESULT_DELAY`] at most for company),
+/// until the pool is drained. An error is a write that failed.
+async fn send_loop(
+    pool: &Pool,
+    writer: &mut Writer<tokio::net::tcp::OwnedWriteHalf>,
+    out_rx: &mut mpsc::UnboundedReceiver<FromWorker>,
+) -> std::io::Result<()> {
+    let mut open = true;
+    loop {
+        let waiting = pool.done_count.load(Ordering::Acquire) > 0;
+        tokio::select! {
+            message = out_rx.recv(), if open => match message {
+                Some(message) => writer.feed(&message).await?,
+                None => open = false,
+            },
+            _ = pool.done_ready.notified() => {}
+            _ = tokio::time::sleep(RESULT_DELAY), if waiting => {}
+        }
+        let done = pool.take_done();
+        for batch in protocol::batches(done, RESULT_BATCH, BATCH_BYTES, Done::wire_size) {
+            writer.feed(&FromWorker::Done(batch)).await?;
+        }
+        while let Ok(message) = out_rx.try_recv() {
+            writer.feed(&message).await?;
+        }
+        writer.flush().await?;
+        let drained = pool.done_count.load(Ordering::Acquire) == 0;
+        if (!open || pool.drained.load(Ordering::Acquire)) && drained {
+            return Ok(());
+        }
+    }
+}
+
+/// Why a worker stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// The head told it to, or went away, or SIGTERM came.
+    Told,
+    /// Its connection to the head failed: its node should start another.
+    Lost(String),
 }
 
 /// The worker's executor threads and what they share.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use wtrace::cluster::node::EXIT_STARTUP_FAILED;
-use wtrace::cluster::worker::{self, WorkerOptions};
+use wtrace::cluster::worker::{self, Stopped, WorkerOptions};
 
 /// Run a worker process (internal: started by `wtrace run` and `wtrace start`).
 #[derive(Debug, Args)]
@@ -38,7 +38,16 @@ impl WorkerCommand {
             cache_dir: self.cache_dir,
         };
         match worker::run(options) {
-            Ok(()) => Ok(ExitCode::SUCCESS),
+            Ok(Stopped::Told) => Ok(ExitCode::SUCCESS),
+            // Not a startup failure: its node starts another worker in its place.
+            Ok(Stopped::Lost(reason)) => {
+                eprintln!(
+                    "wtrace worker {} (pid {}): {reason}",
+                    self.worker_id,
+                    std::process::id()
+                );
+                Ok(ExitCode::FAILURE)
+            }
             Err(error) => {
                 eprintln!(
                     "wtrace worker {} (pid {}): {error}",
