@@ -377,6 +377,51 @@ fn a_task_that_keeps_killing_its_workers_fails_after_its_retries() {
 }
 
 #[test]
+fn tasks_leased_beside_a_task_whose_worker_died_do_not_lose_an_attempt() {
+    // No retries: a task whose worker dies while it runs fails at once. The
+    // quick task leased to the same worker behind it never started, so it
+    // must run elsewhere, not fail with it.
+    let mut cluster = Cluster::start(&["--num-workers=1", "--max-retries=0"], &[]);
+    let child = cluster
+        .command(&["submit", guests::SPAN_EDGES, "spin(60000)", "spin(1)"])
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let victim = loop {
+        let status = cluster.status();
+        let worker = &status["workers"][0];
+        if worker["running"].as_u64() == Some(2) {
+            break worker["pid"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "both tasks leased: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    sigkill(victim);
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("spin: its worker died on every attempt (1 attempts"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "spin(1) delivered: {stdout}\n{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("error: task").count(),
+        1,
+        "only the running task failed: {stderr}"
+    );
+    cluster.stop();
+}
+
+#[test]
 fn bad_submissions_are_clear_errors_and_the_cluster_keeps_serving() {
     let mut cluster = Cluster::start(&["--num-workers=1"], &[]);
 

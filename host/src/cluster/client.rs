@@ -354,7 +354,7 @@ impl Client {
                     tracestate: (*state != opentelemetry::trace::TraceState::NONE)
                         .then(|| state.header())
                         .filter(|s| !s.is_empty()),
-                    depth: 0,
+                    parent: None,
                 });
                 spans.extend(span);
                 refs.push(TaskRef {

@@ -18,13 +18,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::protocol::{
     BATCH_BYTES, ClusterConfig, ClusterStatus, ComponentRef, Done, FromDriver, FromWorker,
-    HELLO_TIMEOUT, Hello, HelloReply, Lease, MAX_FRAME, MAX_HELLO_FRAME, Reader, Submission,
-    ToDriver, ToWorker, WorkerStatus, Writer, batches, write_loop,
+    HELLO_TIMEOUT, Hello, HelloReply, Lease, MAX_COMPONENT_BYTES, MAX_FRAME, MAX_HELLO_FRAME,
+    MAX_NAME_BYTES, Reader, Submission, ToDriver, ToWorker, WorkerStatus, Writer, batches,
+    write_loop,
 };
 use crate::capabilities::provider::WorkerInfo;
 use crate::error::{Error, Result};
 use crate::outcome::{TaskError, TaskErrorKind, TaskOutput};
 use crate::runtime::Digest;
+use crate::runtime::wave::MAX_INVOCATION_BYTES;
 
 /// Tasks leased to one worker at a time, at most: one running, the rest
 /// queued there so the next starts without a round trip. How many are leased
@@ -73,7 +75,14 @@ struct Worker {
     pid: u32,
     tx: mpsc::UnboundedSender<ToWorker>,
     ready: bool,
-    leased: HashSet<u64>,
+    /// Leased tasks not yet done, each with its place in the order they
+    /// were leased to this worker.
+    leased: HashMap<u64, u64>,
+    /// Leases sent to this worker so far.
+    sent: u64,
+    /// Leases the worker says it has started: a prefix of the lease order,
+    /// since it runs them first come, first served.
+    started: u64,
     /// Leased tasks waiting for nested tasks: they hold no CPU.
     waiting: usize,
     /// Moving average of how long its tasks take, in µs.
@@ -104,8 +113,26 @@ impl Worker {
 struct Task {
     submission: Submission,
     origin: Origin,
+    /// Attempts that started on a worker that then died.
     attempt: u32,
     worker: Option<ConnId>,
+    /// How deep it is nested, as the head counted: 0 from a driver.
+    depth: u32,
+    /// The id of the task at the root of its tree (its own, from a driver).
+    root: u64,
+    /// Its worker died and whether it had started is not known: its next
+    /// lease asks the worker to confirm the start before running it.
+    suspect: bool,
+}
+
+/// The tasks under one root task, so a fork bomb of tasks submitting tasks
+/// stops at `--max-nested-tasks`, whatever task ids or depths a peer sends.
+#[derive(Debug, Default)]
+struct Tree {
+    /// Nested tasks submitted under the root so far (retries included).
+    submitted: u32,
+    /// Tasks of the tree not yet finished or failed (the root among them).
+    live: u32,
 }
 
 struct Component {
@@ -125,9 +152,8 @@ struct State {
     done: u64,
     failed_hooks: Vec<(String, u32, String)>,
     stopping: bool,
-    /// Nested tasks submitted so far under each root task (by its id), so a
-    /// fork bomb of tasks submitting tasks stops at `--max-nested-tasks`.
-    trees: HashMap<String, u32>,
+    /// Live trees, by the id of their root task.
+    trees: HashMap<u64, Tree>,
 }
 
 /// A running head.
@@ -161,20 +187,7 @@ impl Head {
             .map_err(|e| Error::io("cannot read the head's address", e))?;
         let (events, rx) = mpsc::unbounded_channel();
         let (stopped_tx, stopped) = watch::channel(false);
-        let state = State {
-            config: Arc::new(config),
-            started: Instant::now(),
-            workers: BTreeMap::new(),
-            drivers: HashMap::new(),
-            components: HashMap::new(),
-            tasks: HashMap::new(),
-            queue: VecDeque::new(),
-            next_task: 1,
-            done: 0,
-            failed_hooks: Vec::new(),
-            stopping: false,
-            trees: HashMap::new(),
-        };
+        let state = State::new(config);
         let config = state.config.clone();
         tokio::spawn(run_state(state, rx, stopped_tx));
         tokio::spawn(accept(listener, token.clone(), config, events.clone()));
@@ -428,6 +441,23 @@ async fn run_state(
 }
 
 impl State {
+    fn new(config: ClusterConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+            started: Instant::now(),
+            workers: BTreeMap::new(),
+            drivers: HashMap::new(),
+            components: HashMap::new(),
+            tasks: HashMap::new(),
+            queue: VecDeque::new(),
+            next_task: 1,
+            done: 0,
+            failed_hooks: Vec::new(),
+            stopping: false,
+            trees: HashMap::new(),
+        }
+    }
+
     fn handle(&mut self, event: Event) {
         match event {
             Event::WorkerJoined {
@@ -446,7 +476,9 @@ impl State {
                         pid,
                         tx,
                         ready: false,
-                        leased: HashSet::new(),
+                        leased: HashMap::new(),
+                        sent: 0,
+                        started: 0,
                         waiting: 0,
                         busy_us: QUEUED_WORK_US,
                         has: HashSet::new(),
@@ -477,6 +509,19 @@ impl State {
         }
     }
 
+    /// Removes a finished or failed task, and its tree once none of the
+    /// tree's tasks is left.
+    fn retire(&mut self, id: u64) -> Option<Task> {
+        let task = self.tasks.remove(&id)?;
+        if let Some(tree) = self.trees.get_mut(&task.root) {
+            tree.live = tree.live.saturating_sub(1);
+            if tree.live == 0 {
+                self.trees.remove(&task.root);
+            }
+        }
+        Some(task)
+    }
+
     /// Drops the queued tasks of a submitter that is gone: no one would get
     /// their results. (Running ones finish; their results are dropped.)
     fn forget_queued(&mut self, origin: Origin) {
@@ -487,7 +532,7 @@ impl State {
             .map(|(id, _)| *id)
             .collect();
         for id in orphans {
-            self.tasks.remove(&id);
+            self.retire(id);
         }
         self.queue.retain(|id| self.tasks.contains_key(id));
     }
@@ -528,6 +573,12 @@ impl State {
                 }
             }
             FromWorker::Submit(submissions) => self.submit(Origin::Worker(conn), submissions),
+            FromWorker::Started(count) => {
+                if let Some(worker) = self.workers.get_mut(&conn) {
+                    // A worker cannot have started more than it was sent.
+                    worker.started = worker.started.max(count.min(worker.sent));
+                }
+            }
             FromWorker::Waiting(count) => {
                 if let Some(worker) = self.workers.get_mut(&conn) {
                     worker.waiting = count as usize;
@@ -537,19 +588,18 @@ impl State {
             FromWorker::Done(batch) => {
                 let mut replies: HashMap<Origin, Vec<Done>> = HashMap::new();
                 for done in batch {
-                    if let Some(worker) = self.workers.get_mut(&conn) {
-                        worker.leased.remove(&done.id);
-                        worker.done += 1;
-                        worker.busy_us = (worker.busy_us * 7 + u64::from(done.busy_us)) / 8;
+                    // Only the worker a task is leased to may finish it.
+                    let Some(worker) = self.workers.get_mut(&conn) else {
+                        break;
+                    };
+                    if worker.leased.remove(&done.id).is_none() {
+                        continue;
                     }
-                    // A task requeued after a presumed death may finish twice;
-                    // only the first result counts.
-                    let Some(task) = self.tasks.remove(&done.id) else {
+                    worker.done += 1;
+                    worker.busy_us = (worker.busy_us * 7 + u64::from(done.busy_us)) / 8;
+                    let Some(task) = self.retire(done.id) else {
                         continue;
                     };
-                    if task.submission.depth == 0 {
-                        self.trees.remove(&task.submission.task_id);
-                    }
                     self.done += 1;
                     replies.entry(task.origin).or_default().push(Done {
                         id: task.submission.tag,
@@ -564,22 +614,35 @@ impl State {
         }
     }
 
+    /// A worker is gone: the tasks it had started count an attempt (and fail
+    /// past `--max-retries`); those it had not are queued again as they
+    /// were, and those it may or may not have started become suspects.
     fn worker_left(&mut self, conn: ConnId) {
         let Some(worker) = self.workers.remove(&conn) else {
             return;
         };
         self.forget_queued(Origin::Worker(conn));
         let mut failed: HashMap<Origin, Vec<Done>> = HashMap::new();
-        let mut leased: Vec<u64> = worker.leased.into_iter().collect();
+        let mut leased: Vec<(u64, u64)> =
+            worker.leased.iter().map(|(id, seq)| (*seq, *id)).collect();
         leased.sort_unstable();
-        for id in leased.into_iter().rev() {
+        let mut again = Vec::new();
+        for (seq, id) in leased {
             let Some(task) = self.tasks.get_mut(&id) else {
                 continue;
             };
             task.worker = None;
+            let started = seq < worker.started;
+            if !started {
+                // Leased and never confirmed started: run it again, asking
+                // its next worker to say when it starts.
+                task.suspect = true;
+                again.push(id);
+                continue;
+            }
             task.attempt += 1;
             if task.attempt > self.config.max_retries {
-                let task = self.tasks.remove(&id).expect("present");
+                let task = self.retire(id).expect("present");
                 let error = TaskError::new(
                     TaskErrorKind::WorkerDied,
                     &task.submission.function,
@@ -596,8 +659,13 @@ impl State {
                     output: TaskOutput::failed(error),
                 });
             } else {
-                self.queue.push_front(id);
+                task.suspect = false;
+                again.push(id);
             }
+        }
+        // In lease order, ahead of what was queued.
+        for id in again.into_iter().rev() {
+            self.queue.push_front(id);
         }
         self.reply(failed);
         self.dispatch();
@@ -606,6 +674,15 @@ impl State {
     fn driver_message(&mut self, conn: ConnId, message: FromDriver) {
         match message {
             FromDriver::Upload { name, bytes } => {
+                if bytes.len() > MAX_COMPONENT_BYTES {
+                    if let Some(tx) = self.drivers.get(&conn) {
+                        let _ = tx.send(ToDriver::Error(format!(
+                            "component {name} is over {} MiB, the largest a cluster stores",
+                            MAX_COMPONENT_BYTES >> 20
+                        )));
+                    }
+                    return;
+                }
                 let digest = Digest::of(&bytes);
                 self.components.entry(digest).or_insert(Component {
                     name,
@@ -622,38 +699,30 @@ impl State {
         }
     }
 
-    /// Queues tasks; those naming an unknown component fail at once.
+    /// Queues tasks; those naming an unknown component, an unknown parent,
+    /// or past a nesting limit fail at once.
     fn submit(&mut self, origin: Origin, submissions: Vec<Submission>) {
         let mut rejected = Vec::new();
         for submission in submissions {
-            if let Some(error) = self.over_tree_budget(&submission) {
-                rejected.push(Done {
-                    id: submission.tag,
-                    pid: 0,
-                    busy_us: 0,
-                    output: TaskOutput::failed(error),
-                });
-                continue;
-            }
-            if !self.components.contains_key(&submission.component) {
-                let error = TaskError::new(
-                    TaskErrorKind::Cluster,
-                    &submission.function,
-                    format!(
-                        "component {} is not stored in this cluster; upload it first (wtrace submit does)",
-                        submission.component
-                    ),
-                );
-                rejected.push(Done {
-                    id: submission.tag,
-                    pid: 0,
-                    busy_us: 0,
-                    output: TaskOutput::failed(error),
-                });
-                continue;
-            }
+            let placed = self
+                .check_submission(&submission)
+                .and_then(|()| self.place(origin, &submission));
+            let (depth, root) = match placed {
+                Ok(placed) => placed,
+                Err(error) => {
+                    rejected.push(Done {
+                        id: submission.tag,
+                        pid: 0,
+                        busy_us: 0,
+                        output: TaskOutput::failed(error),
+                    });
+                    continue;
+                }
+            };
             let id = self.next_task;
             self.next_task += 1;
+            let root = root.unwrap_or(id);
+            self.trees.entry(root).or_default().live += 1;
             self.tasks.insert(
                 id,
                 Task {
@@ -661,6 +730,9 @@ impl State {
                     origin,
                     attempt: 0,
                     worker: None,
+                    depth,
+                    root,
+                    suspect: false,
                 },
             );
             self.queue.push_back(id);
@@ -671,26 +743,94 @@ impl State {
         self.dispatch();
     }
 
-    /// Counts a nested submission against its root task's tree; an error
-    /// once the tree has submitted `--max-nested-tasks` tasks.
-    fn over_tree_budget(&mut self, submission: &Submission) -> Option<TaskError> {
-        if submission.depth == 0 {
-            return None;
-        }
-        let root = submission.task_id.split('.').next().unwrap_or_default();
-        let limit = self.config.limits.nested_tasks;
-        let count = self.trees.entry(root.to_owned()).or_insert(0);
-        *count += 1;
-        (*count > limit).then(|| {
-            TaskError::new(
-                TaskErrorKind::NestingLimit,
+    /// What no submission may carry, whoever sent it.
+    fn check_submission(&self, submission: &Submission) -> std::result::Result<(), TaskError> {
+        let cluster = |message: String| {
+            Err(TaskError::new(
+                TaskErrorKind::Cluster,
                 &submission.function,
+                message,
+            ))
+        };
+        if submission.function.len() > MAX_NAME_BYTES || submission.task_id.len() > MAX_NAME_BYTES {
+            return cluster(format!(
+                "function names and task ids are at most {MAX_NAME_BYTES} bytes"
+            ));
+        }
+        if submission.invocation.len() > MAX_INVOCATION_BYTES {
+            return cluster(format!(
+                "the invocation is {} bytes; at most {MAX_INVOCATION_BYTES} are allowed",
+                submission.invocation.len()
+            ));
+        }
+        if submission
+            .traceparent
+            .as_ref()
+            .is_some_and(|t| t.len() > 64)
+            || submission
+                .tracestate
+                .as_ref()
+                .is_some_and(|t| t.len() > 512)
+        {
+            return cluster("the trace context is longer than W3C trace context allows".into());
+        }
+        if !self.components.contains_key(&submission.component) {
+            return cluster(format!(
+                "component {} is not stored in this cluster; upload it first (wtrace submit does)",
+                submission.component
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where a submission goes in its tree: its depth and, for a nested
+    /// task, its tree's root. Counted here from what the head knows, never
+    /// from numbers a peer sends.
+    fn place(
+        &mut self,
+        origin: Origin,
+        submission: &Submission,
+    ) -> std::result::Result<(u32, Option<u64>), TaskError> {
+        let Origin::Worker(conn) = origin else {
+            return Ok((0, None));
+        };
+        let error = |kind, message: String| TaskError::new(kind, &submission.function, message);
+        let parent = submission
+            .parent
+            .and_then(|id| self.tasks.get(&id))
+            .filter(|parent| parent.worker == Some(conn))
+            .ok_or_else(|| {
+                error(
+                    TaskErrorKind::Cluster,
+                    "a nested task must name the running task that submits it".into(),
+                )
+            })?;
+        let limits = &self.config.limits;
+        let depth = parent.depth.saturating_add(1);
+        if depth > limits.nesting_depth {
+            return Err(error(
+                TaskErrorKind::NestingLimit,
                 format!(
-                    "task {root} and the tasks it started have submitted {limit} tasks, the limit \
-                     (raise it with --max-nested-tasks)"
+                    "nesting depth limit reached: tasks may nest {} deep (raise it with \
+                     --max-nesting-depth)",
+                    limits.nesting_depth
                 ),
-            )
-        })
+            ));
+        }
+        let root = parent.root;
+        let tree = self.trees.entry(root).or_default();
+        tree.submitted = tree.submitted.saturating_add(1);
+        if tree.submitted > limits.nested_tasks {
+            return Err(error(
+                TaskErrorKind::NestingLimit,
+                format!(
+                    "the task tree has submitted {} tasks, the limit (raise it with \
+                     --max-nested-tasks)",
+                    limits.nested_tasks
+                ),
+            ));
+        }
+        Ok((depth, Some(root)))
     }
 
     /// Tells every worker to finish its current task, flush and exit.
@@ -722,12 +862,15 @@ impl State {
             };
             let worker = self.workers.get_mut(&conn).expect("chosen above");
             let digest = &task.submission.component;
-            let component = &self.components[digest];
+            let Some(component) = self.components.get(digest) else {
+                continue;
+            };
             let bytes = worker
                 .has
                 .insert(digest.clone())
                 .then(|| component.bytes.as_ref().clone());
-            worker.leased.insert(id);
+            worker.leased.insert(id, worker.sent);
+            worker.sent += 1;
             task.worker = Some(conn);
             leased.entry(conn).or_default().push(Lease {
                 lease_id: id,
@@ -742,7 +885,8 @@ impl State {
                 invocation: task.submission.invocation.clone(),
                 traceparent: task.submission.traceparent.clone(),
                 tracestate: task.submission.tracestate.clone(),
-                depth: task.submission.depth,
+                depth: task.depth,
+                confirm_start: task.suspect,
             });
         }
         for (conn, leases) in leased {
@@ -779,5 +923,263 @@ impl State {
             uptime: self.started.elapsed(),
             failed_hooks: self.failed_hooks.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(max_retries: u32, nested_tasks: u32, nesting_depth: u32) -> State {
+        State::new(ClusterConfig {
+            job_id: "job".into(),
+            hook: None,
+            limits: crate::config::Limits {
+                nested_tasks,
+                nesting_depth,
+                ..Default::default()
+            },
+            policy: Default::default(),
+            grants: Default::default(),
+            max_retries,
+        })
+    }
+
+    fn join_worker(state: &mut State, conn: ConnId) -> mpsc::UnboundedReceiver<ToWorker> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        state.handle(Event::WorkerJoined {
+            conn,
+            info: WorkerInfo {
+                worker_id: format!("w{conn}"),
+                node_id: "n".into(),
+                job_id: String::new(),
+            },
+            pid: conn as u32,
+            tx,
+        });
+        // As if its tasks were quick: it is leased many at once.
+        state.workers.get_mut(&conn).unwrap().busy_us = 10;
+        state.handle(Event::WorkerMessage(conn, FromWorker::Ready));
+        rx
+    }
+
+    fn join_driver(state: &mut State, conn: ConnId) -> (mpsc::UnboundedReceiver<ToDriver>, Digest) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        state.handle(Event::DriverJoined { conn, tx });
+        let bytes = b"\0asm component".to_vec();
+        let digest = Digest::of(&bytes);
+        state.handle(Event::DriverMessage(
+            conn,
+            FromDriver::Upload {
+                name: "t.wasm".into(),
+                bytes,
+            },
+        ));
+        (rx, digest)
+    }
+
+    fn submission(tag: u64, component: &Digest, parent: Option<u64>) -> Submission {
+        Submission {
+            tag,
+            task_id: format!("t-{tag}"),
+            component: component.clone(),
+            function: "f".into(),
+            invocation: "f()".into(),
+            traceparent: None,
+            tracestate: None,
+            parent,
+        }
+    }
+
+    fn leases(rx: &mut mpsc::UnboundedReceiver<ToWorker>) -> Vec<Lease> {
+        let mut out = Vec::new();
+        while let Ok(message) = rx.try_recv() {
+            if let ToWorker::Run(leases) = message {
+                out.extend(leases);
+            }
+        }
+        out
+    }
+
+    fn worker_results(rx: &mut mpsc::UnboundedReceiver<ToWorker>) -> Vec<Done> {
+        let mut out = Vec::new();
+        while let Ok(message) = rx.try_recv() {
+            if let ToWorker::Results(results) = message {
+                out.extend(results);
+            }
+        }
+        out
+    }
+
+    fn driver_results(rx: &mut mpsc::UnboundedReceiver<ToDriver>) -> Vec<Done> {
+        let mut out = Vec::new();
+        while let Ok(message) = rx.try_recv() {
+            if let ToDriver::Results(results) = message {
+                out.extend(results);
+            }
+        }
+        out
+    }
+
+    fn done(id: u64) -> Done {
+        Done {
+            id,
+            pid: 1,
+            busy_us: 10,
+            output: TaskOutput {
+                result: Ok("ok".into()),
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+                nested: Vec::new(),
+            },
+        }
+    }
+
+    fn kind(done: &Done) -> Option<TaskErrorKind> {
+        done.output.result.as_ref().err().map(|e| e.kind)
+    }
+
+    #[test]
+    fn depth_and_tree_budgets_are_the_heads_own_count() {
+        let mut state = state(3, 2, 2);
+        let mut worker = join_worker(&mut state, 1);
+        let (_driver, digest) = join_driver(&mut state, 2);
+        state.handle(Event::DriverMessage(
+            2,
+            FromDriver::Submit(vec![submission(1, &digest, None)]),
+        ));
+        let root = leases(&mut worker).pop().unwrap();
+        assert_eq!(root.depth, 0);
+
+        // A child names its parent; its depth is the parent's plus one,
+        // whatever else the peer sends.
+        state.handle(Event::WorkerMessage(
+            1,
+            FromWorker::Submit(vec![submission(10, &digest, Some(root.lease_id))]),
+        ));
+        let child = leases(&mut worker).pop().unwrap();
+        assert_eq!(child.depth, 1);
+        // A grandchild at the depth limit is fine; one below it is not.
+        state.handle(Event::WorkerMessage(
+            1,
+            FromWorker::Submit(vec![submission(11, &digest, Some(child.lease_id))]),
+        ));
+        let grandchild = leases(&mut worker).pop().unwrap();
+        assert_eq!(grandchild.depth, 2);
+        state.handle(Event::WorkerMessage(
+            1,
+            FromWorker::Submit(vec![submission(12, &digest, Some(grandchild.lease_id))]),
+        ));
+        let refused = worker_results(&mut worker);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(kind(&refused[0]), Some(TaskErrorKind::NestingLimit));
+        assert!(
+            refused[0]
+                .output
+                .result
+                .as_ref()
+                .unwrap_err()
+                .message
+                .contains("--max-nesting-depth")
+        );
+
+        // A parent that is not this worker's running task is refused.
+        state.handle(Event::WorkerMessage(
+            1,
+            FromWorker::Submit(vec![submission(13, &digest, Some(9999))]),
+        ));
+        assert_eq!(
+            kind(&worker_results(&mut worker)[0]),
+            Some(TaskErrorKind::Cluster)
+        );
+
+        // The tree has submitted 2, its budget: the next is over
+        // --max-nested-tasks, whichever task of the tree sends it.
+        state.handle(Event::WorkerMessage(
+            1,
+            FromWorker::Submit(vec![submission(14, &digest, Some(child.lease_id))]),
+        ));
+        let over = worker_results(&mut worker);
+        assert_eq!(kind(&over[0]), Some(TaskErrorKind::NestingLimit));
+        assert!(
+            over[0]
+                .output
+                .result
+                .as_ref()
+                .unwrap_err()
+                .message
+                .contains("--max-nested-tasks")
+        );
+    }
+
+    #[test]
+    fn a_tree_is_released_when_its_tasks_fail() {
+        let mut state = state(0, 100, 16);
+        let mut worker = join_worker(&mut state, 1);
+        let (mut driver, digest) = join_driver(&mut state, 2);
+        state.handle(Event::DriverMessage(
+            2,
+            FromDriver::Submit(vec![submission(1, &digest, None)]),
+        ));
+        let root = leases(&mut worker).pop().unwrap();
+        state.handle(Event::WorkerMessage(
+            1,
+            FromWorker::Submit(vec![
+                submission(10, &digest, Some(root.lease_id)),
+                submission(11, &digest, Some(root.lease_id)),
+            ]),
+        ));
+        assert_eq!(leases(&mut worker).len(), 2);
+        assert_eq!(state.trees.len(), 1);
+        state.handle(Event::WorkerMessage(1, FromWorker::Started(3)));
+        state.handle(Event::WorkerLeft(1));
+        let failed = driver_results(&mut driver);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(kind(&failed[0]), Some(TaskErrorKind::WorkerDied));
+        assert!(state.tasks.is_empty(), "every task of the tree is gone");
+        assert!(state.trees.is_empty(), "and so is the tree's budget");
+        assert!(state.queue.is_empty());
+    }
+
+    #[test]
+    fn only_leases_a_worker_started_count_an_attempt_when_it_dies() {
+        let mut state = state(0, 100, 16);
+        let mut first = join_worker(&mut state, 1);
+        let (mut driver, digest) = join_driver(&mut state, 2);
+        state.handle(Event::DriverMessage(
+            2,
+            FromDriver::Submit((1..=3).map(|tag| submission(tag, &digest, None)).collect()),
+        ));
+        let leased = leases(&mut first);
+        assert_eq!(leased.len(), 3);
+        assert!(leased.iter().all(|l| !l.confirm_start));
+        // It started the first, then died with the two behind it unstarted
+        // as far as the head knows.
+        state.handle(Event::WorkerMessage(1, FromWorker::Started(1)));
+        state.handle(Event::WorkerLeft(1));
+        let failed = driver_results(&mut driver);
+        assert_eq!(failed.len(), 1, "only the started task failed");
+        assert_eq!(failed[0].id, 1);
+        assert_eq!(kind(&failed[0]), Some(TaskErrorKind::WorkerDied));
+
+        // The other two run again, first attempt still, asking their new
+        // worker to confirm the start.
+        let mut second = join_worker(&mut state, 3);
+        let again = leases(&mut second);
+        assert_eq!(again.iter().map(|l| l.attempt).collect::<Vec<_>>(), [0, 0]);
+        assert!(again.iter().all(|l| l.confirm_start));
+        // A result from a worker the task is not leased to is ignored.
+        state.handle(Event::WorkerMessage(
+            1,
+            FromWorker::Done(vec![done(again[0].lease_id)]),
+        ));
+        assert!(driver_results(&mut driver).is_empty());
+        state.handle(Event::WorkerMessage(
+            3,
+            FromWorker::Done(again.iter().map(|l| done(l.lease_id)).collect()),
+        ));
+        let results = driver_results(&mut driver);
+        assert_eq!(results.iter().map(|d| d.id).collect::<Vec<_>>(), [2, 3]);
+        assert!(results.iter().all(|d| d.output.result.is_ok()));
     }
 }

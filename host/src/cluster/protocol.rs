@@ -41,6 +41,9 @@ pub const MAX_FRAME: usize = 256 << 20;
 /// go alone.
 pub const BATCH_BYTES: usize = 8 << 20;
 
+/// Longest function name or task id a submission may carry.
+pub const MAX_NAME_BYTES: usize = 1024;
+
 /// Largest component a cluster stores.
 pub const MAX_COMPONENT_BYTES: usize = 192 << 20;
 
@@ -203,6 +206,9 @@ pub struct Lease {
     pub tracestate: Option<String>,
     /// How deep the task is nested (0 when a driver submitted it).
     pub depth: u32,
+    /// Its last worker died before saying whether it had started it: the
+    /// worker says so ([`FromWorker::Started`]) before running it.
+    pub confirm_start: bool,
 }
 
 /// A finished task.
@@ -274,6 +280,10 @@ pub enum FromWorker {
     /// How many of the worker's tasks are waiting for nested tasks; they
     /// hold no CPU, so the head may lease the worker more.
     Waiting(u32),
+    /// How many leases the worker has started so far (it starts them in the
+    /// order they were leased): only started tasks count an attempt when
+    /// their worker dies.
+    Started(u64),
 }
 
 /// A task a driver submits.
@@ -293,8 +303,10 @@ pub struct Submission {
     pub traceparent: Option<String>,
     /// Its tracestate.
     pub tracestate: Option<String>,
-    /// 0 from a driver, else the submitting task's depth + 1.
-    pub depth: u32,
+    /// From a worker: the lease id of the running task that submits it. The
+    /// head counts depth and tree budgets from it, not from anything a peer
+    /// claims.
+    pub parent: Option<u64>,
 }
 
 /// Driver → head.

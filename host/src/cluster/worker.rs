@@ -147,6 +147,10 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
         done_count: AtomicUsize::new(0),
         done_ready: tokio::sync::Notify::new(),
         drained: AtomicBool::new(false),
+        started: AtomicU64::new(0),
+        started_sent: Mutex::new(0),
+        started_told: Condvar::new(),
+        sender_idle: AtomicBool::new(false),
     });
     // Set when this worker can no longer send to the head: it stops, and its
     // node starts another in its place.
@@ -214,8 +218,10 @@ async fn send_loop(
     out_rx: &mut mpsc::UnboundedReceiver<FromWorker>,
 ) -> std::io::Result<()> {
     let mut open = true;
+    let mut told = 0;
     loop {
         let waiting = pool.done_count.load(Ordering::Acquire) > 0;
+        pool.sender_idle.store(!waiting, Ordering::Release);
         tokio::select! {
             message = out_rx.recv(), if open => match message {
                 Some(message) => writer.feed(&message).await?,
@@ -223,6 +229,11 @@ async fn send_loop(
             },
             _ = pool.done_ready.notified() => {}
             _ = tokio::time::sleep(RESULT_DELAY), if waiting => {}
+        }
+        pool.sender_idle.store(false, Ordering::Release);
+        let started = pool.started.load(Ordering::Acquire);
+        if started != told {
+            writer.feed(&FromWorker::Started(started)).await?;
         }
         let done = pool.take_done();
         for batch in protocol::batches(done, RESULT_BATCH, BATCH_BYTES, Done::wire_size) {
@@ -232,6 +243,11 @@ async fn send_loop(
             writer.feed(&message).await?;
         }
         writer.flush().await?;
+        if started != told {
+            told = started;
+            *lock(&pool.started_sent) = started;
+            pool.started_told.notify_all();
+        }
         let drained = pool.done_count.load(Ordering::Acquire) == 0;
         if (!open || pool.drained.load(Ordering::Acquire)) && drained {
             return Ok(());
@@ -271,6 +287,14 @@ struct Pool {
     done_ready: tokio::sync::Notify,
     /// Set once every executor thread has stopped.
     drained: AtomicBool,
+    /// Leases taken off the queue to run, in lease order.
+    started: AtomicU64,
+    /// What the head has been told of `started`, once written.
+    started_sent: Mutex<u64>,
+    started_told: Condvar,
+    /// Set while the sender sleeps with nothing due: a task that starts
+    /// then wakes it, so the head hears of the start at once.
+    sender_idle: AtomicBool,
 }
 
 /// Results sent in one message at most.
@@ -326,9 +350,17 @@ impl PoolState {
     }
 }
 
-/// How a task's submissions reach the head.
+/// How a task's submissions reach the head: named by the lease of the task
+/// that submits them.
 #[derive(Debug)]
-struct PoolSubmitter(Arc<Pool>);
+struct PoolSubmitter {
+    pool: Arc<Pool>,
+    parent: u64,
+}
+
+/// How long a task whose start must be confirmed waits for the head to be
+/// told; past it (the head is gone, say) the task runs anyway.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Pool {
     fn push(pool: &Arc<Self>, leases: Vec<Lease>) {
@@ -351,7 +383,6 @@ impl Pool {
     }
 
     fn run_thread(self: Arc<Self>) {
-        let submitter: Arc<dyn Submitter> = Arc::new(PoolSubmitter(self.clone()));
         let mut worked_since_trim = false;
         loop {
             let lease = {
@@ -363,7 +394,9 @@ impl Pool {
                         return;
                     }
                     if let Some(lease) = state.leases.pop_front() {
-                        break lease;
+                        // Counted under the lock, so starts stay in lease order.
+                        let started = self.started.fetch_add(1, Ordering::AcqRel) + 1;
+                        break (lease, started);
                     }
                     if !worked_since_trim {
                         state = wait(&self.wake, state);
@@ -379,7 +412,13 @@ impl Pool {
                     }
                 }
             };
+            let (lease, count) = lease;
             worked_since_trim = true;
+            self.tell_started(count, lease.confirm_start);
+            let submitter: Arc<dyn Submitter> = Arc::new(PoolSubmitter {
+                pool: self.clone(),
+                parent: lease.lease_id,
+            });
             let started = std::time::Instant::now();
             // `execute` contains a panic of its own host calls; this one also
             // covers loading the component, so a panic anywhere fails the
@@ -408,6 +447,26 @@ impl Pool {
                 self.wake.notify_all();
                 return;
             }
+        }
+    }
+
+    /// Lets the head know `count` leases have started: at once when the
+    /// lease asks to confirm its start (its last worker died not saying),
+    /// else with the next message, waking the sender if it sleeps.
+    fn tell_started(&self, count: u64, confirm: bool) {
+        if confirm {
+            self.done_ready.notify_one();
+            let mut sent = lock(&self.started_sent);
+            let deadline = std::time::Instant::now() + CONFIRM_TIMEOUT;
+            while *sent < count && !lock(&self.state).closed {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                sent = wait_timeout(&self.started_told, sent, left).0;
+            }
+        } else if self.sender_idle.load(Ordering::Acquire) {
+            self.done_ready.notify_one();
         }
     }
 
@@ -523,7 +582,7 @@ impl Submitter for PoolSubmitter {
         &self,
         task: NestedTask,
     ) -> std::result::Result<std::sync::mpsc::Receiver<NestedResult>, String> {
-        let pool = &self.0;
+        let pool = &self.pool;
         let tag = pool.next_tag.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = std::sync::mpsc::channel();
         lock(&pool.pending).insert(tag, tx);
@@ -536,14 +595,14 @@ impl Submitter for PoolSubmitter {
                 invocation: task.invocation,
                 traceparent: task.traceparent,
                 tracestate: task.tracestate,
-                depth: task.depth,
+                parent: Some(self.parent),
             }]))
             .map_err(|_| "the worker is shutting down".to_owned())?;
         Ok(rx)
     }
 
     fn waiting(&self, waiting: bool) {
-        let pool = &self.0;
+        let pool = &self.pool;
         let mut state = lock(&pool.state);
         if waiting {
             state.waiting += 1;
