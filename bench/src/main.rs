@@ -205,7 +205,7 @@ fn spans(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         let exporter = FileExporter::open(&dir.path().join(format!("batch-{round}.json")))?;
         let telemetry = Telemetry::new(
             SdkTracerProvider::builder()
-                .with_span_processor(wtrace::capabilities::provider::batch_processor(
+                .with_span_processor(wtrace::telemetry::export::batch_processor(
                     wtrace::telemetry::export::AnyExporter::File(exporter),
                 ))
                 .build(),

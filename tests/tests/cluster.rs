@@ -377,6 +377,75 @@ fn a_task_that_keeps_killing_its_workers_fails_after_its_retries() {
 }
 
 #[test]
+fn a_delivered_result_s_spans_are_on_disk_even_if_its_worker_dies_right_after() {
+    use std::io::BufRead as _;
+    let dir = span_dir();
+    let hook = format!("--tracing-startup-hook={}", guests::FILE_HOOK);
+    let allow = format!("--allow-span-dir={}", dir.path().display());
+    let mut cluster = Cluster::start(
+        &[hook.as_str(), allow.as_str(), "--num-workers=1"],
+        &[
+            ("WTRACE_SPAN_DIR", dir.path().to_str().unwrap()),
+            // The batch processor: spans wait in memory before a write.
+            ("WTRACE_TEST_BATCH", "1"),
+        ],
+    );
+    const TASKS: usize = 400;
+    // Tasks of 3 ms: a stream of results while the worker keeps running.
+    let mut child = cluster
+        .command(&["submit", "--repeat=400", guests::SPAN_EDGES, "spin(3)"])
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready_worker = |except: &[u64]| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = cluster.status();
+            let worker = &status["workers"][0];
+            if worker["ready"] == true && !except.contains(&worker["pid"].as_u64().unwrap()) {
+                return worker["pid"].as_u64().unwrap();
+            }
+            assert!(Instant::now() < deadline, "no new worker: {status}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let mut worker = ready_worker(&[]);
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut results = 0;
+    let mut killed = Vec::new();
+    for line in stdout.lines() {
+        line.unwrap();
+        results += 1;
+        // A result is here: the worker that ran it dies this moment.
+        if [60, 160, 260].contains(&results) {
+            sigkill(worker);
+            killed.push(worker);
+            worker = ready_worker(&killed);
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(results, TASKS, "every result delivered");
+    assert_eq!(killed.len(), 3);
+    cluster.stop();
+
+    let spans = Spans::read(dir.path());
+    let delivered: HashSet<&String> = spans
+        .named("spin execute")
+        .into_iter()
+        .filter(|s| s.error.is_none())
+        .map(|s| &s.attributes["wtrace.task_id"])
+        .collect();
+    assert_eq!(
+        delivered.len(),
+        TASKS,
+        "every delivered result's execute span is on disk, though its worker was killed"
+    );
+}
+
+#[test]
 fn tasks_leased_beside_a_task_whose_worker_died_do_not_lose_an_attempt() {
     // No retries: a task whose worker dies while it runs fails at once. The
     // quick task leased to the same worker behind it never started, so it
@@ -393,13 +462,15 @@ fn tasks_leased_beside_a_task_whose_worker_died_do_not_lose_an_attempt() {
     let victim = loop {
         let status = cluster.status();
         let worker = &status["workers"][0];
-        if worker["running"].as_u64() == Some(2) {
+        if worker["leased"].as_u64() == Some(2) && worker["running"].as_u64() == Some(1) {
             break worker["pid"].as_u64().unwrap();
         }
-        assert!(Instant::now() < deadline, "both tasks leased: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "both tasks leased, one started: {status}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
-    std::thread::sleep(Duration::from_millis(200));
     sigkill(victim);
     let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -6,36 +6,16 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, Sampler, SdkTracerProvider, SimpleSpanProcessor,
-};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SimpleSpanProcessor};
 use wasmtime::component::{HasData, Linker};
 
 use super::bindings::provider;
 use crate::capabilities::tracer::key_value;
 use crate::config::{ExportPolicy, Limits};
 use crate::sandbox::host_call;
-use crate::telemetry::export::{self, AnyExporter, ExporterSpec, OtlpProtocol, PathVars};
-
-/// Spans a batch processor queues. The queue takes its memory up front (the
-/// SDK's bounded channel), so it is sized to smooth bursts, not to hold
-/// them: when it is nearly full, span producers wait for the exporter
-/// ([`crate::telemetry::export::Backpressure`]) rather than lose spans.
-pub const BATCH_QUEUE_SIZE: usize = 1 << 14;
-
-/// The batch processor a hook's `batch` choice makes: a [`BATCH_QUEUE_SIZE`]
-/// queue with backpressure, exported in the exporter's batch size at least
-/// every half second.
-pub fn batch_processor(exporter: AnyExporter) -> crate::telemetry::export::Backpressure {
-    let batch_size = exporter.batch_size();
-    crate::telemetry::export::Backpressure::new(
-        exporter,
-        BATCH_QUEUE_SIZE,
-        BatchConfigBuilder::default()
-            .with_max_export_batch_size(batch_size)
-            .with_scheduled_delay(Duration::from_millis(500)),
-    )
-}
+use crate::telemetry::export::{
+    self, AnyExporter, ExporterSpec, OtlpProtocol, PathVars, SpanFile, batch_processor,
+};
 
 /// Which process a hook runs in.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -92,11 +72,13 @@ impl ProviderState {
     /// Builds the process's telemetry as the hook asked.
     pub fn build(self, limits: &Limits) -> crate::Telemetry {
         let instrumentations = self.instrumentations.clone();
-        crate::Telemetry::new(self.build_provider(limits))
+        let (provider, files) = self.build_provider(limits);
+        crate::Telemetry::new(provider)
+            .with_span_files(files)
             .with_instrumentations(instrumentations.iter().map(String::as_str))
     }
 
-    fn build_provider(self, limits: &Limits) -> SdkTracerProvider {
+    fn build_provider(self, limits: &Limits) -> (SdkTracerProvider, Vec<SpanFile>) {
         let pid = std::process::id();
         let mut attributes = vec![
             KeyValue::new("service.name", "wtrace"),
@@ -124,17 +106,20 @@ impl ProviderState {
             )
             .with_max_attributes_per_span(limits.attributes_per_span)
             .with_max_events_per_span(limits.events_per_span);
+        let mut files = Vec::new();
         for processor in self.processors {
             builder = match processor {
                 ProcessorChoice::Simple(exporter) => {
                     builder.with_span_processor(SimpleSpanProcessor::new(exporter))
                 }
                 ProcessorChoice::Batch(exporter) => {
-                    builder.with_span_processor(batch_processor(exporter))
+                    let processor = batch_processor(exporter);
+                    files.extend(processor.file());
+                    builder.with_span_processor(processor)
                 }
             };
         }
-        builder.build()
+        (builder.build(), files)
     }
 
     fn exporter(&self, spec: provider::Exporter) -> Result<AnyExporter, String> {

@@ -104,6 +104,14 @@ impl Worker {
         self.leased.len() - self.waiting.min(self.leased.len())
     }
 
+    /// Leased tasks it said it started.
+    fn running(&self) -> usize {
+        self.leased
+            .values()
+            .filter(|seq| **seq < self.started)
+            .count()
+    }
+
     /// How many tasks it may hold, given how long its tasks take.
     fn capacity(&self) -> usize {
         (QUEUED_WORK_US / self.busy_us.max(1)).clamp(2, WORKER_CAPACITY as u64) as usize
@@ -912,12 +920,13 @@ impl State {
                     node_id: w.info.node_id.clone(),
                     pid: w.pid,
                     ready: w.ready,
-                    running: w.leased.len(),
+                    running: w.running(),
+                    leased: w.leased.len(),
                     done: w.done,
                 })
                 .collect(),
             queued: self.queue.len(),
-            running: self.workers.values().map(|w| w.leased.len()).sum(),
+            running: self.workers.values().map(Worker::running).sum(),
             done: self.done,
             components: self.components.len(),
             uptime: self.started.elapsed(),

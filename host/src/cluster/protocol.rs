@@ -352,8 +352,10 @@ pub struct WorkerStatus {
     pub pid: u32,
     /// Whether its hook ran.
     pub ready: bool,
-    /// Tasks leased to it.
+    /// Tasks it has started and not finished.
     pub running: usize,
+    /// Tasks leased to it, started or waiting their turn there.
+    pub leased: usize,
     /// Tasks it finished.
     pub done: u64,
 }

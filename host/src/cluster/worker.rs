@@ -220,8 +220,12 @@ async fn send_loop(
     let mut open = true;
     let mut told = 0;
     loop {
-        let waiting = pool.done_count.load(Ordering::Acquire) > 0;
-        pool.sender_idle.store(!waiting, Ordering::Release);
+        // Idle first, then look: a task that starts after the look sees the
+        // flag and wakes this loop, so no start goes untold.
+        pool.sender_idle.store(true, Ordering::SeqCst);
+        let waiting = pool.done_count.load(Ordering::SeqCst) > 0
+            || pool.started.load(Ordering::SeqCst) != told;
+        pool.sender_idle.store(!waiting, Ordering::SeqCst);
         tokio::select! {
             message = out_rx.recv(), if open => match message {
                 Some(message) => writer.feed(&message).await?,
@@ -236,6 +240,14 @@ async fn send_loop(
             writer.feed(&FromWorker::Started(started)).await?;
         }
         let done = pool.take_done();
+        // A result leaves only once its task's spans are in the span files:
+        // a worker killed the next moment takes none of them along.
+        if !done.is_empty()
+            && let Some(telemetry) = &pool.telemetry
+            && let Err(error) = telemetry.sync_files()
+        {
+            eprintln!("wtrace worker (pid {}): {error}", std::process::id());
+        }
         for batch in protocol::batches(done, RESULT_BATCH, BATCH_BYTES, Done::wire_size) {
             writer.feed(&FromWorker::Done(batch)).await?;
         }
@@ -395,7 +407,7 @@ impl Pool {
                     }
                     if let Some(lease) = state.leases.pop_front() {
                         // Counted under the lock, so starts stay in lease order.
-                        let started = self.started.fetch_add(1, Ordering::AcqRel) + 1;
+                        let started = self.started.fetch_add(1, Ordering::SeqCst) + 1;
                         break (lease, started);
                     }
                     if !worked_since_trim {
@@ -465,7 +477,7 @@ impl Pool {
                 }
                 sent = wait_timeout(&self.started_told, sent, left).0;
             }
-        } else if self.sender_idle.load(Ordering::Acquire) {
+        } else if self.sender_idle.load(Ordering::SeqCst) {
             self.done_ready.notify_one();
         }
     }

@@ -1,17 +1,27 @@
 //! Spans as OTLP-JSON lines in a file: the OpenTelemetry Collector's file
 //! exporter format, one `ExportTraceServiceRequest` per line.
+//!
+//! Two ways to feed a file: [`FileExporter`], an ordinary SDK exporter (for
+//! the simple processor, which writes each span as it ends), and
+//! [`FileBatchProcessor`], which batches spans in memory and writes them on
+//! the thread that asks, with no background queue. A worker asks
+//! ([`SpanFile::sync`]) before a batch of its results leaves, so a delivered
+//! result implies the task's spans are in the file: a worker killed the
+//! next moment takes no span with it.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_sdk::Resource as SdkResource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
 
 use super::otlp_json::LineEncoder;
+use crate::sync::{lock, wait_timeout};
 
 /// Appends each exported batch to a file as one JSON line.
 ///
@@ -21,14 +31,15 @@ use super::otlp_json::LineEncoder;
 pub struct FileExporter {
     path: PathBuf,
     output: Mutex<Output>,
-    resource: ResourceAttributesWithSchema,
 }
 
-/// The open file and the encoder, which keeps its buffers between exports.
+/// The open file, the encoder (which keeps its buffers between writes) and
+/// the resource every line carries.
 #[derive(Debug)]
 struct Output {
     file: File,
     encoder: LineEncoder,
+    resource: ResourceAttributesWithSchema,
 }
 
 impl FileExporter {
@@ -43,8 +54,8 @@ impl FileExporter {
             output: Mutex::new(Output {
                 file,
                 encoder: LineEncoder::new(),
+                resource: ResourceAttributesWithSchema::default(),
             }),
-            resource: ResourceAttributesWithSchema::default(),
         })
     }
 
@@ -52,19 +63,35 @@ impl FileExporter {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Writes `batch` as one line, now, on this thread.
+    pub fn write(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.write_locked(&mut lock(&self.output), batch)
+    }
+
+    fn write_locked(&self, output: &mut Output, batch: Vec<SpanData>) -> OTelSdkResult {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let Output {
+            file,
+            encoder,
+            resource,
+        } = output;
+        let line = encoder.encode(batch, resource);
+        file.write_all(line).map_err(|e| {
+            OTelSdkError::InternalFailure(format!("writing {}: {e}", self.path.display()))
+        })
+    }
+
+    fn set_resource_shared(&self, resource: &SdkResource) {
+        lock(&self.output).resource = resource.into();
+    }
 }
 
 impl SpanExporter for FileExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut output = self.output.lock().unwrap_or_else(|e| e.into_inner());
-        let Output { file, encoder } = &mut *output;
-        let line = encoder.encode(batch, &self.resource);
-        file.write_all(line).map_err(|e| {
-            OTelSdkError::InternalFailure(format!("writing {}: {e}", self.path.display()))
-        })
+        self.write(batch)
     }
 
     /// Nothing to do: every export hands its line to the kernel in one
@@ -75,11 +102,193 @@ impl SpanExporter for FileExporter {
         Ok(())
     }
 
-    fn shutdown_with_timeout(&self, _timeout: std::time::Duration) -> OTelSdkResult {
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
         self.force_flush()
     }
 
     fn set_resource(&mut self, resource: &SdkResource) {
-        self.resource = resource.into();
+        self.set_resource_shared(resource);
+    }
+}
+
+/// Spans held in memory before a write: past this many, the thread ending a
+/// span writes them itself.
+const HIGH_WATER: usize = 2048;
+
+/// The longest ended spans wait in memory when no one asks for a write.
+pub const IDLE_FLUSH: Duration = Duration::from_millis(100);
+
+/// A batch processor for a file: ended spans wait in memory and are written
+/// as one line when [`SpanFile::sync`] asks, when [`HIGH_WATER`] of them
+/// wait, or after [`IDLE_FLUSH`] at most. No span is ever dropped: there is
+/// no queue to overflow, and a write never waits for a background thread
+/// that the tasks' own work starves of CPU.
+#[derive(Debug)]
+pub struct FileBatchProcessor {
+    shared: Arc<Shared>,
+    flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A handle on a [`FileBatchProcessor`]'s file, to write what waits.
+#[derive(Debug, Clone)]
+pub struct SpanFile {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    exporter: FileExporter,
+    pending: Mutex<Vec<SpanData>>,
+    stopped: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Shared {
+    /// Writes every span ended so far. The output lock is taken first, so a
+    /// write of spans taken earlier by another thread has finished too.
+    fn sync(&self) -> OTelSdkResult {
+        let mut output = lock(&self.exporter.output);
+        let batch = std::mem::take(&mut *lock(&self.pending));
+        self.exporter.write_locked(&mut output, batch)
+    }
+}
+
+impl FileBatchProcessor {
+    /// Batches spans for `exporter`.
+    pub fn new(exporter: FileExporter) -> Self {
+        let shared = Arc::new(Shared {
+            exporter,
+            pending: Mutex::new(Vec::new()),
+            stopped: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let flusher = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("wtrace-span-file".into())
+                .spawn(move || {
+                    let mut stopped = lock(&shared.stopped);
+                    while !*stopped {
+                        stopped = wait_timeout(&shared.wake, stopped, IDLE_FLUSH).0;
+                        drop(stopped);
+                        if !lock(&shared.pending).is_empty() {
+                            let _ = shared.sync();
+                        }
+                        stopped = lock(&shared.stopped);
+                    }
+                })
+                .ok()
+        };
+        Self { shared, flusher }
+    }
+
+    /// A handle to write what waits, from anywhere.
+    pub fn file(&self) -> SpanFile {
+        SpanFile {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl SpanFile {
+    /// Writes every span ended so far, as one line, before returning.
+    pub fn sync(&self) -> OTelSdkResult {
+        self.shared.sync()
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        self.shared.exporter.path()
+    }
+}
+
+impl SpanProcessor for FileBatchProcessor {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        let full = {
+            let mut pending = lock(&self.shared.pending);
+            pending.push(span);
+            pending.len() >= HIGH_WATER
+        };
+        if full && let Err(error) = self.shared.sync() {
+            eprintln!("wtrace (pid {}): {error}", std::process::id());
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.shared.sync()
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        *lock(&self.shared.stopped) = true;
+        self.shared.wake.notify_all();
+        self.shared.sync()
+    }
+
+    fn set_resource(&mut self, resource: &SdkResource) {
+        self.shared.exporter.set_resource_shared(resource);
+    }
+}
+
+impl Drop for FileBatchProcessor {
+    fn drop(&mut self) {
+        *lock(&self.shared.stopped) = true;
+        self.shared.wake.notify_all();
+        let _ = self.shared.sync();
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    use super::*;
+
+    fn lines(path: &Path) -> usize {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+
+    #[test]
+    fn spans_wait_for_a_sync_then_are_one_line_and_idle_ones_are_written_soon() {
+        let dir = tempfile_dir();
+        let path = dir.join("spans.json");
+        let processor = FileBatchProcessor::new(FileExporter::open(&path).unwrap());
+        let file = processor.file();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .build();
+        let tracer = provider.tracer("t");
+        for _ in 0..10 {
+            tracer.start("one").end();
+        }
+        file.sync().unwrap();
+        assert_eq!(lines(&path), 1, "ten spans, one write");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("\"name\":\"one\"").count(), 10);
+
+        // Nobody syncs: the spans still reach the file within the idle flush.
+        tracer.start("idle").end();
+        std::thread::sleep(IDLE_FLUSH * 4);
+        assert_eq!(lines(&path), 2);
+        provider.shutdown().unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "wtrace-file-test-{}-{}",
+            std::process::id(),
+            crate::ids::random_hex(4)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }

@@ -19,7 +19,7 @@ use opentelemetry_sdk::trace::{
 };
 
 pub use console::ConsoleExporter;
-pub use file::FileExporter;
+pub use file::{FileBatchProcessor, FileExporter, SpanFile};
 pub use otlp_json::LineEncoder;
 
 use crate::config::ExportPolicy;
@@ -241,6 +241,94 @@ impl SpanProcessor for Backpressure {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+/// Spans a queued batch processor holds. The queue takes its memory up
+/// front (the SDK's bounded channel), so it is sized to smooth bursts, not
+/// to hold them: when it is nearly full, span producers wait for the
+/// exporter ([`Backpressure`]) rather than lose spans.
+pub const BATCH_QUEUE_SIZE: usize = 1 << 14;
+
+/// The longest a span waits in a queued batch processor when spans come
+/// slowly: an OTLP receiver hears of a quiet process's spans this soon.
+pub const BATCH_DELAY: Duration = Duration::from_millis(100);
+
+/// The processor a hook's `batch` choice makes. A file gets a
+/// [`FileBatchProcessor`], written by whoever asks (a worker, before its
+/// results leave); other exporters a [`BATCH_QUEUE_SIZE`] queue with
+/// backpressure, exported in the exporter's batch size at least every
+/// [`BATCH_DELAY`].
+pub fn batch_processor(exporter: AnyExporter) -> BatchProcessor {
+    match exporter {
+        AnyExporter::File(file) => BatchProcessor::File(FileBatchProcessor::new(file)),
+        exporter => {
+            let batch_size = exporter.batch_size();
+            BatchProcessor::Queued(Backpressure::new(
+                exporter,
+                BATCH_QUEUE_SIZE,
+                BatchConfigBuilder::default()
+                    .with_max_export_batch_size(batch_size)
+                    .with_scheduled_delay(BATCH_DELAY),
+            ))
+        }
+    }
+}
+
+/// See [`batch_processor`].
+#[derive(Debug)]
+pub enum BatchProcessor {
+    /// Spans to a file, written on demand.
+    File(FileBatchProcessor),
+    /// Spans queued for a background exporter.
+    Queued(Backpressure),
+}
+
+impl BatchProcessor {
+    /// The file, for a file processor: what [`crate::Telemetry::sync_files`]
+    /// writes.
+    pub fn file(&self) -> Option<SpanFile> {
+        match self {
+            Self::File(processor) => Some(processor.file()),
+            Self::Queued(_) => None,
+        }
+    }
+}
+
+impl SpanProcessor for BatchProcessor {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        match self {
+            Self::File(p) => p.on_start(span, cx),
+            Self::Queued(p) => p.on_start(span, cx),
+        }
+    }
+
+    fn on_end(&self, span: SpanData) {
+        match self {
+            Self::File(p) => p.on_end(span),
+            Self::Queued(p) => p.on_end(span),
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        match self {
+            Self::File(p) => p.force_flush(),
+            Self::Queued(p) => p.force_flush(),
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        match self {
+            Self::File(p) => p.shutdown_with_timeout(timeout),
+            Self::Queued(p) => p.shutdown_with_timeout(timeout),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        match self {
+            Self::File(p) => p.set_resource(resource),
+            Self::Queued(p) => p.set_resource(resource),
+        }
     }
 }
 
