@@ -7,12 +7,11 @@
 //! any bug in a host call.
 
 use std::sync::Arc;
-use std::sync::mpsc::Receiver;
 
 use opentelemetry::Value;
 use opentelemetry::trace::Status;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-use wtrace::capabilities::tasks::{NestedResult, NestedTask, Submitter};
+use wtrace::capabilities::tasks::{NestedTask, Submitted, Submitter};
 use wtrace::exec::task::{self, TaskContext, TaskErrorKind, TaskLinker};
 use wtrace::{Limits, Runtime, Telemetry};
 use wtrace_tests::guests;
@@ -21,7 +20,7 @@ use wtrace_tests::guests;
 struct PanickingSubmitter;
 
 impl Submitter for PanickingSubmitter {
-    fn submit(&self, task: NestedTask) -> Result<Receiver<NestedResult>, String> {
+    fn submit(&self, task: NestedTask) -> Result<Submitted, String> {
         let missing: Option<&str> = std::hint::black_box(None);
         panic!(
             "injected fault submitting {}: {}",

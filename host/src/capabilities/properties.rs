@@ -8,7 +8,6 @@
 //! Run longer with `PROPTEST_CASES=10000 cargo test --release -p wtrace capabilities::properties`.
 
 use std::sync::Arc;
-use std::sync::mpsc::Receiver;
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
@@ -19,7 +18,9 @@ use super::bindings::otel::{tracing as wt, types as wty};
 use super::bindings::wasi::clocks::wall_clock::Datetime;
 use super::bindings::{provider as wp, tasks as wk, tracer, types};
 use super::provider::{Provider, ProviderState, WorkerInfo};
-use super::tasks::{NestedContext, NestedResult, NestedTask, Submitter, Tasks, TasksState};
+use super::tasks::{
+    NestedContext, NestedResult, NestedTask, Submitted, Submitter, Tasks, TasksState,
+};
 use super::tracer::{Bridge, BridgeLimits, GuestSpan, SpanBridge};
 use crate::config::{ExportPolicy, Limits};
 use crate::outcome::TaskOutput;
@@ -318,7 +319,7 @@ fn otel_span() -> impl Strategy<Value = wt::SpanData> {
 struct Answering;
 
 impl Submitter for Answering {
-    fn submit(&self, task: NestedTask) -> Result<Receiver<NestedResult>, String> {
+    fn submit(&self, task: NestedTask) -> Result<Submitted, String> {
         if task.function.len().is_multiple_of(5) {
             return Err("the worker is shutting down".into());
         }
@@ -332,7 +333,7 @@ impl Submitter for Answering {
                 nested: Vec::new(),
             },
         });
-        Ok(rx)
+        Ok(Submitted { id: 1, result: rx })
     }
 
     fn waiting(&self, _waiting: bool) {}

@@ -57,7 +57,11 @@ pub struct NestedResult {
 /// neither may block for long.
 pub trait Submitter: Send + Sync + std::fmt::Debug {
     /// Queues `task`; its result will arrive on the returned channel.
-    fn submit(&self, task: NestedTask) -> Result<Receiver<NestedResult>, String>;
+    fn submit(&self, task: NestedTask) -> Result<Submitted, String>;
+
+    /// The task that submitted `id` no longer wants its result (it dropped
+    /// its reference, gave up waiting, or ended): forget what waits for it.
+    fn forget(&self, _id: u64) {}
 
     /// The calling task starts (`true`) or stops waiting for results. A
     /// waiting task holds no CPU, so the worker may run another meanwhile.
@@ -94,12 +98,42 @@ impl std::fmt::Debug for NestedContext {
     }
 }
 
-/// A submitted nested task, held in the store's resource table.
+/// A nested task the [`Submitter`] took: its id there, and where its result
+/// will arrive.
 #[derive(Debug)]
+pub struct Submitted {
+    /// The submitter's id for it, for [`Submitter::forget`].
+    pub id: u64,
+    /// Its result, when it comes.
+    pub result: Receiver<NestedResult>,
+}
+
+/// A submitted nested task, held in the store's resource table. Dropped (by
+/// the guest, or with the task's store) before its result came, it tells
+/// the submitter to forget it, so nothing waits for it in vain.
 pub struct PendingTask {
     function: String,
+    id: u64,
+    submitter: Arc<dyn Submitter>,
     rx: Option<Receiver<NestedResult>>,
     answer: Option<Result<String, String>>,
+}
+
+impl std::fmt::Debug for PendingTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingTask")
+            .field("function", &self.function)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PendingTask {
+    fn drop(&mut self) {
+        if self.answer.is_none() {
+            self.submitter.forget(self.id);
+        }
+    }
 }
 
 /// The state of `tasks` for one task's store.
@@ -108,8 +142,11 @@ pub(crate) struct TasksState {
     max_tasks: u32,
     max_depth: u32,
     submitted: u32,
-    /// Output of the nested tasks whose results were fetched.
+    /// Output of the nested tasks whose results were fetched, at most
+    /// `max_output` bytes of it (it travels with the task's own result).
     pub(crate) output: Vec<OutputChunk>,
+    output_bytes: usize,
+    max_output: usize,
 }
 
 impl TasksState {
@@ -120,7 +157,34 @@ impl TasksState {
             max_depth: limits.nesting_depth,
             submitted: 0,
             output: Vec::new(),
+            output_bytes: 0,
+            max_output: limits.output_bytes as usize,
         }
+    }
+
+    /// Keeps a nested task's output, as much as fits the task's output
+    /// budget; past it, the rest is dropped and the last chunk says so.
+    fn keep_output(&mut self, mut chunk: OutputChunk) {
+        let left = self.max_output.saturating_sub(self.output_bytes);
+        if left == 0 {
+            return;
+        }
+        let size = chunk.stdout.len() + chunk.stderr.len();
+        if size > left {
+            chunk.stdout.truncate(left);
+            chunk.stderr.truncate(left - chunk.stdout.len());
+            chunk.stderr.extend_from_slice(
+                format!(
+                    "\nwtrace: the output of nested tasks past {} bytes was dropped\n",
+                    self.max_output
+                )
+                .as_bytes(),
+            );
+            self.output_bytes = self.max_output;
+        } else {
+            self.output_bytes += size;
+        }
+        self.output.push(chunk);
     }
 }
 
@@ -210,9 +274,11 @@ impl Tasks<'_> {
             span.end();
         }
         match submitted {
-            Ok(rx) => Ok(Ok(self.table.push(PendingTask {
+            Ok(Submitted { id, result }) => Ok(Ok(self.table.push(PendingTask {
                 function: invocation.function,
-                rx: Some(rx),
+                id,
+                submitter: context.submitter.clone(),
+                rx: Some(result),
                 answer: None,
             })?)),
             Err(error) => Ok(Err(error)),
@@ -280,13 +346,15 @@ impl tasks::HostTaskRef for Tasks<'_> {
         }
         let answer = match waited? {
             Some(NestedResult { pid, output }) => {
-                self.state.output.push(OutputChunk {
+                self.state.keep_output(OutputChunk {
                     function,
                     pid,
                     stdout: output.stdout,
                     stderr: output.stderr,
                 });
-                self.state.output.extend(output.nested);
+                for chunk in output.nested {
+                    self.state.keep_output(chunk);
+                }
                 output.result.map_err(|e| e.to_string())
             }
             None => Err("lost the cluster before the nested task finished".to_owned()),
@@ -314,4 +382,121 @@ pub(crate) fn add_to_linker<T: 'static>(
     view: fn(&mut T) -> Tasks<'_>,
 ) -> wasmtime::Result<()> {
     tasks::add_to_linker::<T, TasksData>(linker, view)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::mpsc::Sender;
+
+    use opentelemetry::trace::SpanContext;
+
+    use super::*;
+    use crate::capabilities::bindings::tasks::{Host as _, HostTaskRef as _};
+    use crate::capabilities::tracer::BridgeLimits;
+    use crate::config::Limits;
+
+    /// Keeps every nested task it is given, answering those `answer` says
+    /// with `stdout` bytes of output; remembers what it was told to forget.
+    #[derive(Debug, Default)]
+    struct Keeping {
+        next: std::sync::atomic::AtomicU64,
+        waiting: Mutex<Vec<Sender<NestedResult>>>,
+        forgotten: Mutex<Vec<u64>>,
+        answer_with: Option<usize>,
+    }
+
+    impl Submitter for Keeping {
+        fn submit(&self, _task: NestedTask) -> Result<Submitted, String> {
+            let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (tx, rx) = std::sync::mpsc::channel();
+            if let Some(bytes) = self.answer_with {
+                tx.send(NestedResult {
+                    pid: 7,
+                    output: TaskOutput {
+                        result: Ok("1".into()),
+                        stdout: vec![b'o'; bytes],
+                        stderr: Vec::new(),
+                        nested: Vec::new(),
+                    },
+                })
+                .unwrap();
+            }
+            self.waiting.lock().unwrap().push(tx);
+            Ok(Submitted { id, result: rx })
+        }
+
+        fn waiting(&self, _waiting: bool) {}
+
+        fn forget(&self, id: u64) {
+            self.forgotten.lock().unwrap().push(id);
+        }
+    }
+
+    fn run(submitter: Arc<Keeping>, f: impl FnOnce(&mut Tasks<'_>)) {
+        let mut table = ResourceTable::new();
+        let bridge = SpanBridge::new(
+            None,
+            SpanContext::empty_context(),
+            BridgeLimits::from(&Limits::default()),
+        );
+        let context = NestedContext {
+            submitter,
+            task_id: "t-1".into(),
+            component: Digest("ab".repeat(32)),
+            component_name: "t.wasm".into(),
+            depth: 0,
+            job_id: "job".into(),
+            worker_id: "w".into(),
+            node_id: "n".into(),
+        };
+        let mut state = TasksState::new(Some(context), &Limits::default());
+        let deadline = Deadline::new(std::time::Duration::from_secs(5), "--timeout", None);
+        let mut tasks = Tasks {
+            table: &mut table,
+            bridge: &bridge,
+            state: &mut state,
+            deadline: &deadline,
+        };
+        f(&mut tasks);
+    }
+
+    #[test]
+    fn references_dropped_before_their_result_are_forgotten() {
+        let submitter = Arc::new(Keeping::default());
+        run(submitter.clone(), |tasks| {
+            let dropped = tasks.submit("f".into(), String::new()).unwrap().unwrap();
+            let _kept = tasks.submit("f".into(), String::new()).unwrap().unwrap();
+            tasks::HostTaskRef::drop(tasks, dropped).unwrap();
+        });
+        // The one the guest dropped, then the one the task's end dropped.
+        assert_eq!(*submitter.forgotten.lock().unwrap(), [0, 1]);
+    }
+
+    #[test]
+    fn nested_output_past_the_tasks_budget_is_dropped_and_said() {
+        let limit = Limits::default().output_bytes as usize;
+        let submitter = Arc::new(Keeping {
+            answer_with: Some(limit / 3 + 1000),
+            ..Keeping::default()
+        });
+        run(submitter.clone(), |tasks| {
+            for _ in 0..5 {
+                let task = tasks.submit("f".into(), String::new()).unwrap().unwrap();
+                assert_eq!(tasks.get(task).unwrap(), Ok("1".into()));
+            }
+            let kept: usize = tasks
+                .state
+                .output
+                .iter()
+                .map(|c| c.stdout.len() + c.stderr.len())
+                .sum();
+            assert!(kept <= limit + 200, "{kept} bytes kept of a {limit} budget");
+            assert_eq!(tasks.state.output.len(), 3, "the rest dropped whole");
+            let last = tasks.state.output.last().unwrap();
+            assert!(String::from_utf8_lossy(&last.stderr).contains("was dropped"));
+        });
+        // Answered references are not forgotten: nothing waited for them.
+        assert!(submitter.forgotten.lock().unwrap().is_empty());
+    }
 }

@@ -203,7 +203,7 @@ impl Client {
             next_tag: AtomicU64::new(1),
         });
         let closed = CancellationToken::new();
-        tokio::spawn(write_loop(writer, rx, closed.clone()));
+        tokio::spawn(write_loop(writer, rx, closed.clone(), |_| {}));
         tokio::spawn(read_loop(
             reader,
             Arc::downgrade(&inner),

@@ -5,9 +5,10 @@
 //! connection has a reader task feeding events and a writer task draining a
 //! channel, batching whatever is ready into one flush.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -18,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::protocol::{
     BATCH_BYTES, ClusterConfig, ClusterStatus, ComponentRef, Done, FromDriver, FromWorker,
-    HELLO_TIMEOUT, Hello, HelloReply, Lease, MAX_COMPONENT_BYTES, MAX_FRAME, MAX_HELLO_FRAME,
-    MAX_NAME_BYTES, Reader, Submission, ToDriver, ToWorker, WorkerStatus, Writer, batches,
-    write_loop,
+    HELLO_TIMEOUT, Hello, HelloReply, Lease, MAX_FRAME, MAX_HELLO_FRAME, MAX_NAME_BYTES, Reader,
+    Submission, ToDriver, ToWorker, WireSize, WorkerStatus, Writer, batches, write_loop,
 };
+use super::store::ComponentStore;
 use crate::capabilities::provider::WorkerInfo;
 use crate::error::{Error, Result};
 use crate::outcome::{TaskError, TaskErrorKind, TaskOutput};
@@ -46,13 +47,13 @@ enum Event {
         conn: ConnId,
         info: WorkerInfo,
         pid: u32,
-        tx: mpsc::UnboundedSender<ToWorker>,
+        tx: Outbox<ToWorker>,
     },
     WorkerMessage(ConnId, FromWorker),
     WorkerLeft(ConnId),
     DriverJoined {
         conn: ConnId,
-        tx: mpsc::UnboundedSender<ToDriver>,
+        tx: Outbox<ToDriver>,
     },
     DriverMessage(ConnId, FromDriver),
     DriverLeft(ConnId),
@@ -73,7 +74,7 @@ pub struct Readiness {
 struct Worker {
     info: WorkerInfo,
     pid: u32,
-    tx: mpsc::UnboundedSender<ToWorker>,
+    tx: Outbox<ToWorker>,
     ready: bool,
     /// Leased tasks not yet done, each with its place in the order they
     /// were leased to this worker.
@@ -87,9 +88,70 @@ struct Worker {
     waiting: usize,
     /// Moving average of how long its tasks take, in µs.
     busy_us: u64,
-    has: HashSet<Digest>,
+    /// The components it holds, least recently leased first, at most
+    /// [`WORKER_COMPONENTS`].
+    has: VecDeque<Digest>,
     done: u64,
 }
+
+/// Components a worker holds at once; past it, the head tells it to forget
+/// the least recently leased, and sends its bytes again when needed.
+pub const WORKER_COMPONENTS: usize = 32;
+
+/// Bytes the head may hold for one connection, written or not: a peer that
+/// stops reading is dropped past it rather than grow the head's memory.
+pub const MAX_OUTGOING_BYTES: usize = 512 << 20;
+
+/// A connection's sending side as the state task sees it: what it queued
+/// and not yet written counts against [`MAX_OUTGOING_BYTES`].
+struct Outbox<T> {
+    tx: mpsc::UnboundedSender<T>,
+    queued: Arc<AtomicUsize>,
+    closed: CancellationToken,
+}
+
+impl<T: WireSize> Outbox<T> {
+    fn new(closed: CancellationToken) -> (Self, mpsc::UnboundedReceiver<T>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let outbox = Self {
+            tx,
+            queued: Arc::default(),
+            closed,
+        };
+        (outbox, rx)
+    }
+
+    /// What the writer calls with each message it wrote.
+    fn written(&self) -> impl Fn(&T) + use<T> {
+        let queued = self.queued.clone();
+        move |message: &T| {
+            queued.fetch_sub(
+                message.wire_size().min(queued.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Queues `message`; past the budget, drops the connection instead.
+    fn send(&self, message: T) {
+        let size = message.wire_size();
+        if self.queued.fetch_add(size, Ordering::Relaxed) + size > MAX_OUTGOING_BYTES {
+            self.closed.cancel();
+            return;
+        }
+        let _ = self.tx.send(message);
+    }
+}
+
+/// Tasks the head holds at once (queued or running); submissions past it
+/// fail at once, so no driver can grow the head without end.
+pub const MAX_TASKS: usize = 1 << 20;
+
+/// Bytes of invocations the head holds at once.
+pub const MAX_TASK_BYTES: usize = 4 << 30;
+
+/// Hook failures `wtrace status` shows: the most recent.
+const FAILED_HOOKS_KEPT: usize = 64;
 
 /// Who submitted a task, and so gets its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -143,17 +205,12 @@ struct Tree {
     live: u32,
 }
 
-struct Component {
-    name: String,
-    bytes: Arc<Vec<u8>>,
-}
-
 struct State {
     config: Arc<ClusterConfig>,
     started: Instant,
     workers: BTreeMap<ConnId, Worker>,
-    drivers: HashMap<ConnId, mpsc::UnboundedSender<ToDriver>>,
-    components: HashMap<Digest, Component>,
+    drivers: HashMap<ConnId, Outbox<ToDriver>>,
+    store: ComponentStore,
     tasks: HashMap<u64, Task>,
     queue: VecDeque<u64>,
     next_task: u64,
@@ -162,6 +219,10 @@ struct State {
     stopping: bool,
     /// Live trees, by the id of their root task.
     trees: HashMap<u64, Tree>,
+    /// Bytes of the invocations of the tasks held.
+    task_bytes: usize,
+    /// [`MAX_TASKS`], but for tests.
+    max_tasks: usize,
 }
 
 /// A running head.
@@ -375,14 +436,15 @@ async fn serve(
     let closed = CancellationToken::new();
     match hello {
         Hello::Worker { info, pid, .. } => {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = Outbox::new(closed.clone());
+            let written = tx.written();
             let _ = events.send(EventBox(Event::WorkerJoined {
                 conn,
                 info,
                 pid,
                 tx,
             }));
-            let writing = tokio::spawn(write_loop(writer, rx, closed.clone()));
+            let writing = tokio::spawn(write_loop(writer, rx, closed.clone(), written));
             read_until_closed(&mut reader, &closed, |message| {
                 events
                     .send(EventBox(Event::WorkerMessage(conn, message)))
@@ -393,9 +455,10 @@ async fn serve(
             let _ = writing.await;
         }
         Hello::Driver { .. } => {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = Outbox::new(closed.clone());
+            let written = tx.written();
             let _ = events.send(EventBox(Event::DriverJoined { conn, tx }));
-            let writing = tokio::spawn(write_loop(writer, rx, closed.clone()));
+            let writing = tokio::spawn(write_loop(writer, rx, closed.clone(), written));
             read_until_closed(&mut reader, &closed, |message| {
                 events
                     .send(EventBox(Event::DriverMessage(conn, message)))
@@ -441,7 +504,7 @@ async fn run_state(
         state.handle(event);
         if state.stopping && state.workers.is_empty() && !*stopped.borrow() {
             for driver in state.drivers.values() {
-                let _ = driver.send(ToDriver::Stopped);
+                driver.send(ToDriver::Stopped);
             }
             let _ = stopped.send(true);
         }
@@ -451,11 +514,11 @@ async fn run_state(
 impl State {
     fn new(config: ClusterConfig) -> Self {
         Self {
+            store: ComponentStore::new(config.component_store),
             config: Arc::new(config),
             started: Instant::now(),
             workers: BTreeMap::new(),
             drivers: HashMap::new(),
-            components: HashMap::new(),
             tasks: HashMap::new(),
             queue: VecDeque::new(),
             next_task: 1,
@@ -463,6 +526,8 @@ impl State {
             failed_hooks: Vec::new(),
             stopping: false,
             trees: HashMap::new(),
+            task_bytes: 0,
+            max_tasks: MAX_TASKS,
         }
     }
 
@@ -475,7 +540,7 @@ impl State {
                 tx,
             } => {
                 if self.stopping {
-                    let _ = tx.send(ToWorker::Shutdown);
+                    tx.send(ToWorker::Shutdown);
                 }
                 self.workers.insert(
                     conn,
@@ -489,7 +554,7 @@ impl State {
                         started: 0,
                         waiting: 0,
                         busy_us: QUEUED_WORK_US,
-                        has: HashSet::new(),
+                        has: VecDeque::new(),
                         done: 0,
                     },
                 );
@@ -521,6 +586,8 @@ impl State {
     /// tree's tasks is left.
     fn retire(&mut self, id: u64) -> Option<Task> {
         let task = self.tasks.remove(&id)?;
+        self.store.unpin(&task.submission.component);
+        self.task_bytes -= task.submission.invocation.len().min(self.task_bytes);
         if let Some(tree) = self.trees.get_mut(&task.root) {
             tree.live = tree.live.saturating_sub(1);
             if tree.live == 0 {
@@ -553,12 +620,12 @@ impl State {
                 match origin {
                     Origin::Driver(conn) => {
                         if let Some(tx) = self.drivers.get(&conn) {
-                            let _ = tx.send(ToDriver::Results(batch));
+                            tx.send(ToDriver::Results(batch));
                         }
                     }
                     Origin::Worker(conn) => {
                         if let Some(worker) = self.workers.get(&conn) {
-                            let _ = worker.tx.send(ToWorker::Results(batch));
+                            worker.tx.send(ToWorker::Results(batch));
                         }
                     }
                 }
@@ -576,6 +643,10 @@ impl State {
             }
             FromWorker::HookFailed(error) => {
                 if let Some(worker) = self.workers.get(&conn) {
+                    if self.failed_hooks.len() == FAILED_HOOKS_KEPT {
+                        self.failed_hooks.remove(0);
+                    }
+                    let error = crate::capabilities::tracer::truncate(error, 4096);
                     self.failed_hooks
                         .push((worker.info.worker_id.clone(), worker.pid, error));
                 }
@@ -682,25 +753,13 @@ impl State {
     fn driver_message(&mut self, conn: ConnId, message: FromDriver) {
         match message {
             FromDriver::Upload { name, bytes } => {
-                if bytes.len() > MAX_COMPONENT_BYTES {
-                    if let Some(tx) = self.drivers.get(&conn) {
-                        let _ = tx.send(ToDriver::Error(format!(
-                            "component {name} is over {} MiB, the largest a cluster stores",
-                            MAX_COMPONENT_BYTES >> 20
-                        )));
-                    }
-                    return;
-                }
-                let digest = Digest::of(&bytes);
-                self.components.entry(digest).or_insert(Component {
-                    name,
-                    bytes: Arc::new(bytes),
-                });
+                // A refusal is kept: submissions naming the component are told.
+                let _ = self.store.store(name, bytes);
             }
             FromDriver::Submit(submissions) => self.submit(Origin::Driver(conn), submissions),
             FromDriver::Status => {
                 if let Some(tx) = self.drivers.get(&conn) {
-                    let _ = tx.send(ToDriver::Status(Box::new(self.status())));
+                    tx.send(ToDriver::Status(Box::new(self.status())));
                 }
             }
             FromDriver::Shutdown => self.shutdown(),
@@ -731,6 +790,8 @@ impl State {
             self.next_task += 1;
             let root = root.unwrap_or(id);
             self.trees.entry(root).or_default().live += 1;
+            self.store.pin(&submission.component);
+            self.task_bytes += submission.invocation.len();
             self.tasks.insert(
                 id,
                 Task {
@@ -782,11 +843,18 @@ impl State {
         {
             return cluster("the trace context is longer than W3C trace context allows".into());
         }
-        if !self.components.contains_key(&submission.component) {
+        if self.tasks.len() >= self.max_tasks
+            || self.task_bytes + submission.invocation.len() > MAX_TASK_BYTES
+        {
             return cluster(format!(
-                "component {} is not stored in this cluster; upload it first (wtrace submit does)",
-                submission.component
+                "the cluster holds {} tasks ({} MiB of invocations), as many as it takes; wait \
+                 for results before submitting more",
+                self.tasks.len(),
+                self.task_bytes >> 20
             ));
+        }
+        if self.store.get(&submission.component).is_none() {
+            return cluster(self.store.missing(&submission.component));
         }
         Ok(())
     }
@@ -845,7 +913,7 @@ impl State {
     fn shutdown(&mut self) {
         self.stopping = true;
         for worker in self.workers.values() {
-            let _ = worker.tx.send(ToWorker::Shutdown);
+            worker.tx.send(ToWorker::Shutdown);
         }
     }
 
@@ -855,6 +923,7 @@ impl State {
             return;
         }
         let mut leased: HashMap<ConnId, Vec<Lease>> = HashMap::new();
+        let mut forgotten: HashMap<ConnId, Vec<Digest>> = HashMap::new();
         while let Some(&id) = self.queue.front() {
             let Some((&conn, _)) = self
                 .workers
@@ -870,13 +939,25 @@ impl State {
             };
             let worker = self.workers.get_mut(&conn).expect("chosen above");
             let digest = &task.submission.component;
-            let Some(component) = self.components.get(digest) else {
+            let Some(component) = self.store.get(digest) else {
                 continue;
             };
-            let bytes = worker
-                .has
-                .insert(digest.clone())
-                .then(|| component.bytes.as_ref().clone());
+            let bytes = match worker.has.iter().position(|d| d == digest) {
+                Some(held) => {
+                    let digest = worker.has.remove(held).expect("found");
+                    worker.has.push_back(digest);
+                    None
+                }
+                None => {
+                    worker.has.push_back(digest.clone());
+                    if worker.has.len() > WORKER_COMPONENTS
+                        && let Some(oldest) = worker.has.pop_front()
+                    {
+                        forgotten.entry(conn).or_default().push(oldest);
+                    }
+                    Some(component.bytes.as_ref().clone())
+                }
+            };
             worker.leased.insert(id, worker.sent);
             worker.sent += 1;
             task.worker = Some(conn);
@@ -899,7 +980,11 @@ impl State {
         }
         for (conn, leases) in leased {
             for batch in batches(leases, usize::MAX, BATCH_BYTES, Lease::wire_size) {
-                let _ = self.workers[&conn].tx.send(ToWorker::Run(batch));
+                self.workers[&conn].tx.send(ToWorker::Run(batch));
+            }
+            // After the leases: those sent before still find what they need.
+            if let Some(digests) = forgotten.remove(&conn) {
+                self.workers[&conn].tx.send(ToWorker::Forget(digests));
             }
         }
     }
@@ -928,7 +1013,8 @@ impl State {
             queued: self.queue.len(),
             running: self.workers.values().map(Worker::running).sum(),
             done: self.done,
-            components: self.components.len(),
+            components: self.store.len(),
+            component_bytes: self.store.bytes(),
             uptime: self.started.elapsed(),
             failed_hooks: self.failed_hooks.clone(),
         }
@@ -951,11 +1037,12 @@ mod tests {
             policy: Default::default(),
             grants: Default::default(),
             max_retries,
+            component_store: 1 << 30,
         })
     }
 
     fn join_worker(state: &mut State, conn: ConnId) -> mpsc::UnboundedReceiver<ToWorker> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = Outbox::new(CancellationToken::new());
         state.handle(Event::WorkerJoined {
             conn,
             info: WorkerInfo {
@@ -973,7 +1060,7 @@ mod tests {
     }
 
     fn join_driver(state: &mut State, conn: ConnId) -> (mpsc::UnboundedReceiver<ToDriver>, Digest) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = Outbox::new(CancellationToken::new());
         state.handle(Event::DriverJoined { conn, tx });
         let bytes = b"\0asm component".to_vec();
         let digest = Digest::of(&bytes);
@@ -1046,6 +1133,127 @@ mod tests {
 
     fn kind(done: &Done) -> Option<TaskErrorKind> {
         done.output.result.as_ref().err().map(|e| e.kind)
+    }
+
+    fn upload(state: &mut State, driver: ConnId, tag: u8) -> Digest {
+        let bytes = vec![0, tag, 1, 2, 3];
+        let digest = Digest::of(&bytes);
+        state.handle(Event::DriverMessage(
+            driver,
+            FromDriver::Upload {
+                name: format!("c{tag}.wasm"),
+                bytes,
+            },
+        ));
+        digest
+    }
+
+    #[test]
+    fn a_worker_is_told_to_forget_components_past_its_bound_and_sent_them_again() {
+        let mut state = state(3, 100, 16);
+        let mut worker = join_worker(&mut state, 1);
+        let (_driver, _) = join_driver(&mut state, 2);
+        let digests: Vec<Digest> = (0..40).map(|tag| upload(&mut state, 2, tag)).collect();
+        let mut forgotten = Vec::new();
+        let mut sent_bytes = Vec::new();
+        for (tag, digest) in digests.iter().enumerate() {
+            state.handle(Event::DriverMessage(
+                2,
+                FromDriver::Submit(vec![submission(tag as u64, digest, None)]),
+            ));
+            while let Ok(message) = worker.try_recv() {
+                match message {
+                    ToWorker::Run(leases) => {
+                        for lease in leases {
+                            sent_bytes.push(lease.component.bytes.is_some());
+                            state.handle(Event::WorkerMessage(1, FromWorker::Started(u64::MAX)));
+                            state.handle(Event::WorkerMessage(
+                                1,
+                                FromWorker::Done(vec![done(lease.lease_id)]),
+                            ));
+                        }
+                    }
+                    ToWorker::Forget(digests) => forgotten.extend(digests),
+                    _ => {}
+                }
+            }
+        }
+        assert!(
+            sent_bytes.iter().all(|b| *b),
+            "each new component went with its bytes"
+        );
+        assert_eq!(forgotten, digests[..40 - WORKER_COMPONENTS].to_vec());
+        assert_eq!(state.workers[&1].has.len(), WORKER_COMPONENTS);
+        // A forgotten component leased again goes with its bytes again.
+        state.handle(Event::DriverMessage(
+            2,
+            FromDriver::Submit(vec![submission(99, &digests[0], None)]),
+        ));
+        let again = leases(&mut worker);
+        assert!(again[0].component.bytes.is_some());
+    }
+
+    #[test]
+    fn submissions_past_what_the_head_holds_fail_and_room_comes_back() {
+        let mut state = state(3, 100, 16);
+        state.max_tasks = 4;
+        let (mut driver, digest) = join_driver(&mut state, 2);
+        state.handle(Event::DriverMessage(
+            2,
+            FromDriver::Submit((1..=6).map(|tag| submission(tag, &digest, None)).collect()),
+        ));
+        let refused = driver_results(&mut driver);
+        assert_eq!(refused.iter().map(|d| d.id).collect::<Vec<_>>(), [5, 6]);
+        assert!(
+            refused[0]
+                .output
+                .result
+                .as_ref()
+                .unwrap_err()
+                .message
+                .contains("wait for results")
+        );
+        // A worker takes them, finishes them: there is room again.
+        let mut worker = join_worker(&mut state, 1);
+        let leased = leases(&mut worker);
+        state.handle(Event::WorkerMessage(1, FromWorker::Started(4)));
+        state.handle(Event::WorkerMessage(
+            1,
+            FromWorker::Done(leased.iter().map(|l| done(l.lease_id)).collect()),
+        ));
+        assert_eq!(driver_results(&mut driver).len(), 4);
+        assert_eq!(state.task_bytes, 0);
+        state.handle(Event::DriverMessage(
+            2,
+            FromDriver::Submit(vec![submission(7, &digest, None)]),
+        ));
+        assert!(driver_results(&mut driver).is_empty());
+        assert_eq!(leases(&mut worker).len(), 1);
+    }
+
+    #[test]
+    fn a_peer_that_stops_reading_is_dropped_past_its_send_budget() {
+        let closed = CancellationToken::new();
+        let (outbox, rx) = Outbox::<ToDriver>::new(closed.clone());
+        let written = outbox.written();
+        let big = || {
+            let mut result = done(1);
+            result.output.stdout = vec![0; 64 << 20];
+            ToDriver::Results(vec![result])
+        };
+        // Written as it goes: the budget is never reached.
+        for _ in 0..20 {
+            let message = big();
+            outbox.send(message);
+            written(&big());
+        }
+        assert!(!closed.is_cancelled());
+        // Never read: past the budget the connection is dropped.
+        for _ in 0..(MAX_OUTGOING_BYTES >> 26) + 1 {
+            outbox.send(big());
+        }
+        assert!(closed.is_cancelled(), "the connection is closed");
+        drop(rx);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod head;
 pub mod node;
 pub mod protocol;
 pub mod session;
+mod store;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -25,6 +26,9 @@ use crate::error::Result;
 use crate::exec::hook::HookComponent;
 use crate::ids::random_hex;
 
+/// The default `--component-store`: bytes of components a head keeps.
+pub const DEFAULT_COMPONENT_STORE: u64 = 1 << 30;
+
 /// How to start a cluster on this machine.
 #[derive(Debug, Clone)]
 pub struct LocalClusterOptions {
@@ -40,6 +44,8 @@ pub struct LocalClusterOptions {
     pub grants: Grants,
     /// Retries of a task whose worker died.
     pub max_retries: u32,
+    /// Bytes of components the head stores (`--component-store`).
+    pub component_store: u64,
     /// The `wtrace` executable workers run.
     pub worker_exe: PathBuf,
     /// Where compiled components are cached.
@@ -62,6 +68,7 @@ impl LocalClusterOptions {
             policy: ExportPolicy::default(),
             grants: Grants::default(),
             max_retries: 3,
+            component_store: DEFAULT_COMPONENT_STORE,
             worker_exe,
             cache_dir: crate::runtime::default_cache_dir(),
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -97,6 +104,7 @@ impl LocalCluster {
             policy: options.policy.clone(),
             grants: options.grants.clone(),
             max_retries: options.max_retries,
+            component_store: options.component_store,
         };
         let head = Head::start(options.bind, token.clone(), config.clone()).await?;
         let node = Node::spawn(NodeOptions {

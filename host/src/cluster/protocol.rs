@@ -171,6 +171,8 @@ pub struct ClusterConfig {
     pub grants: Grants,
     /// How often a task is retried when its worker dies.
     pub max_retries: u32,
+    /// Bytes of components the head stores (`--component-store`).
+    pub component_store: u64,
 }
 
 /// A component a task runs, sent with its bytes the first time a worker needs it.
@@ -225,6 +227,35 @@ pub struct Done {
     pub output: TaskOutput,
 }
 
+/// About how many bytes a message takes on the wire: what the head's
+/// per-connection send budget counts.
+pub trait WireSize {
+    /// The size in bytes, roughly.
+    fn wire_size(&self) -> usize;
+}
+
+impl WireSize for ToWorker {
+    fn wire_size(&self) -> usize {
+        match self {
+            Self::Run(leases) => leases.iter().map(Lease::wire_size).sum(),
+            Self::Results(results) => results.iter().map(Done::wire_size).sum(),
+            Self::Forget(digests) => digests.len() * 72,
+            Self::Shutdown => 1,
+        }
+    }
+}
+
+impl WireSize for ToDriver {
+    fn wire_size(&self) -> usize {
+        match self {
+            Self::Results(results) => results.iter().map(Done::wire_size).sum(),
+            Self::Status(status) => 512 + status.workers.len() * 128,
+            Self::Error(message) => message.len(),
+            Self::Stopped => 1,
+        }
+    }
+}
+
 impl Done {
     /// About how many bytes it takes on the wire: what batches are split by.
     pub fn wire_size(&self) -> usize {
@@ -262,6 +293,9 @@ pub enum ToWorker {
     Run(Vec<Lease>),
     /// Results of tasks the worker's tasks submitted, by the worker's tags.
     Results(Vec<Done>),
+    /// Components the head will send again (with their bytes) if a later
+    /// lease needs them: the worker drops them, so it holds a bounded set.
+    Forget(Vec<Digest>),
     /// Finish the current task, flush spans, exit.
     Shutdown,
 }
@@ -377,6 +411,8 @@ pub struct ClusterStatus {
     pub done: u64,
     /// Components stored.
     pub components: usize,
+    /// Their bytes, of the `--component-store` quota.
+    pub component_bytes: u64,
     /// Seconds since the head started.
     pub uptime: Duration,
     /// Workers whose hook failed: (worker id, pid, message).
@@ -536,12 +572,15 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin, T: Serialize>(
     mut writer: Writer<W>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
     closed: tokio_util::sync::CancellationToken,
+    written: impl Fn(&T),
 ) {
     let written = async {
         while let Some(message) = rx.recv().await {
             writer.feed(&message).await?;
+            written(&message);
             while let Ok(message) = rx.try_recv() {
                 writer.feed(&message).await?;
+                written(&message);
             }
             writer.flush().await?;
         }
@@ -619,7 +658,12 @@ mod tests {
         let (ours_read, ours_write) = tokio::io::split(ours);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let closed = tokio_util::sync::CancellationToken::new();
-        let writing = tokio::spawn(write_loop(Writer::new(ours_write), rx, closed.clone()));
+        let writing = tokio::spawn(write_loop(
+            Writer::new(ours_write),
+            rx,
+            closed.clone(),
+            |_| {},
+        ));
         // A message too large for any frame: the write fails.
         tx.send(vec![0u8; MAX_FRAME + 1]).unwrap();
         tokio::time::timeout(Duration::from_secs(5), closed.cancelled())

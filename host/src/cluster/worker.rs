@@ -16,7 +16,7 @@ use super::protocol::{
     self, BATCH_BYTES, Done, FromWorker, Hello, Lease, Submission, ToWorker, Writer,
 };
 use crate::capabilities::provider::WorkerInfo;
-use crate::capabilities::tasks::{NestedResult, NestedTask, Submitter};
+use crate::capabilities::tasks::{NestedResult, NestedTask, Submitted, Submitter};
 use crate::error::{Error, Result};
 use crate::exec::hook::HookComponent;
 use crate::exec::task::{
@@ -175,6 +175,7 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
             message = reader.recv::<ToWorker>() => match message {
                 Ok(Some(ToWorker::Run(leases))) => Pool::push(&pool, leases),
                 Ok(Some(ToWorker::Results(results))) => pool.deliver(results),
+                Ok(Some(ToWorker::Forget(digests))) => pool.forget(digests),
                 // Shutdown, or the head is gone: stop the running tasks.
                 Ok(Some(ToWorker::Shutdown)) | Ok(None) => break Stopped::Told,
                 Err(error) => break Stopped::Lost(format!("lost the head: {error}")),
@@ -286,7 +287,9 @@ struct Pool {
     linker: TaskLinker,
     telemetry: Option<Telemetry>,
     info: WorkerInfo,
-    components: Mutex<HashMap<Digest, Arc<TaskComponent>>>,
+    /// The components this worker holds, as the head told it: the head
+    /// says which to forget, so this map mirrors its bounded view.
+    components: Mutex<HashMap<Digest, Arc<Loaded>>>,
     state: Mutex<PoolState>,
     wake: Condvar,
     abort: Arc<AtomicBool>,
@@ -347,7 +350,9 @@ impl std::fmt::Debug for Pool {
 
 #[derive(Debug, Default)]
 struct PoolState {
-    leases: VecDeque<Lease>,
+    /// Leases to run, each with its component as it stood when the lease
+    /// came (a later `Forget` does not take it from a queued lease).
+    leases: VecDeque<(Lease, Option<Arc<Loaded>>)>,
     /// Executor threads alive.
     threads: usize,
     /// Threads whose task is waiting for a nested task.
@@ -359,6 +364,25 @@ impl PoolState {
     /// Threads able to run a task now.
     fn runnable(&self) -> usize {
         self.threads - self.waiting
+    }
+}
+
+/// A component this worker was sent: its bytes until it is compiled (once,
+/// by the first task that needs it).
+#[derive(Debug)]
+struct Loaded {
+    name: String,
+    bytes: Mutex<Option<Vec<u8>>>,
+    compiled: std::sync::OnceLock<std::result::Result<Arc<TaskComponent>, String>>,
+}
+
+impl Loaded {
+    fn new(name: &str, bytes: Vec<u8>) -> Self {
+        Self {
+            name: name.to_owned(),
+            bytes: Mutex::new(Some(bytes)),
+            compiled: std::sync::OnceLock::new(),
+        }
     }
 }
 
@@ -376,8 +400,26 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Pool {
     fn push(pool: &Arc<Self>, leases: Vec<Lease>) {
+        let resolved: Vec<(Lease, Option<Arc<Loaded>>)> = {
+            let mut components = lock(&pool.components);
+            leases
+                .into_iter()
+                .map(|mut lease| {
+                    let digest = lease.component.digest.clone();
+                    let loaded = match lease.component.bytes.take() {
+                        Some(bytes) => {
+                            let loaded = Arc::new(Loaded::new(&lease.component.name, bytes));
+                            components.insert(digest, loaded.clone());
+                            Some(loaded)
+                        }
+                        None => components.get(&digest).cloned(),
+                    };
+                    (lease, loaded)
+                })
+                .collect()
+        };
         let mut state = lock(&pool.state);
-        state.leases.extend(leases);
+        state.leases.extend(resolved);
         if state.runnable() == 0 {
             Self::spawn_thread(pool, &mut state);
         }
@@ -424,7 +466,7 @@ impl Pool {
                     }
                 }
             };
-            let (lease, count) = lease;
+            let ((lease, loaded), count) = lease;
             worked_since_trim = true;
             self.tell_started(count, lease.confirm_start);
             let submitter: Arc<dyn Submitter> = Arc::new(PoolSubmitter {
@@ -436,7 +478,7 @@ impl Pool {
             // covers loading the component, so a panic anywhere fails the
             // task alone and this thread's accounting stays right.
             let output = crate::sandbox::contain("loading and running a task", || {
-                self.run_one(&lease, &submitter)
+                self.run_one(&lease, loaded.as_deref(), &submitter)
             })
             .unwrap_or_else(|panic| {
                 TaskOutput::failed(TaskError::new(
@@ -502,8 +544,13 @@ impl Pool {
         std::mem::take(&mut *buffer)
     }
 
-    fn run_one(&self, lease: &Lease, submitter: &Arc<dyn Submitter>) -> TaskOutput {
-        let component = self.component(lease);
+    fn run_one(
+        &self,
+        lease: &Lease,
+        loaded: Option<&Loaded>,
+        submitter: &Arc<dyn Submitter>,
+    ) -> TaskOutput {
+        let component = self.component(lease, loaded);
         let parent = lease
             .traceparent
             .as_deref()
@@ -540,22 +587,32 @@ impl Pool {
         }
     }
 
-    fn component(&self, lease: &Lease) -> Result<Arc<TaskComponent>> {
-        if let Some(component) = lock(&self.components).get(&lease.component.digest) {
-            return Ok(component.clone());
-        }
-        let bytes = lease.component.bytes.as_deref().ok_or_else(|| {
+    fn component(&self, lease: &Lease, loaded: Option<&Loaded>) -> Result<Arc<TaskComponent>> {
+        let loaded = loaded.ok_or_else(|| {
             Error::Cluster(format!(
                 "the head did not send component {} to this worker",
                 lease.component.digest
             ))
         })?;
-        let component = Arc::new(self.linker.load(&lease.component.name, bytes)?);
-        self.components
-            .lock()
-            .unwrap()
-            .insert(lease.component.digest.clone(), component.clone());
-        Ok(component)
+        loaded
+            .compiled
+            .get_or_init(|| {
+                let bytes = lock(&loaded.bytes).take().unwrap_or_default();
+                self.linker
+                    .load(&loaded.name, &bytes)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(Error::Cluster)
+    }
+
+    /// The head no longer counts on this worker holding these components.
+    fn forget(&self, digests: Vec<Digest>) {
+        let mut components = lock(&self.components);
+        for digest in digests {
+            components.remove(&digest);
+        }
     }
 
     fn deliver(&self, results: Vec<Done>) {
@@ -590,10 +647,7 @@ impl Pool {
 }
 
 impl Submitter for PoolSubmitter {
-    fn submit(
-        &self,
-        task: NestedTask,
-    ) -> std::result::Result<std::sync::mpsc::Receiver<NestedResult>, String> {
+    fn submit(&self, task: NestedTask) -> std::result::Result<Submitted, String> {
         let pool = &self.pool;
         let tag = pool.next_tag.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -610,7 +664,14 @@ impl Submitter for PoolSubmitter {
                 parent: Some(self.parent),
             }]))
             .map_err(|_| "the worker is shutting down".to_owned())?;
-        Ok(rx)
+        Ok(Submitted {
+            id: tag,
+            result: rx,
+        })
+    }
+
+    fn forget(&self, id: u64) {
+        lock(&self.pool.pending).remove(&id);
     }
 
     fn waiting(&self, waiting: bool) {

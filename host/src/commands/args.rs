@@ -163,7 +163,7 @@ impl SandboxArgs {
     }
 }
 
-fn parse_size(text: &str) -> anyhow::Result<u64> {
+pub fn parse_size(text: &str) -> anyhow::Result<u64> {
     let text = text.trim();
     let (digits, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit())

@@ -32,6 +32,10 @@ pub struct RunCommand {
     /// Times a task is retried when its worker dies.
     #[arg(long, value_name = "N", default_value_t = 3)]
     max_retries: u32,
+    /// Bytes of components the head keeps, e.g. 1G; past it, those no queued
+    /// or running task needs are evicted, least recently used first.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = super::args::parse_size)]
+    component_store: u64,
     #[command(flatten)]
     sandbox: SandboxArgs,
     /// The task component (.wasm).
@@ -65,6 +69,7 @@ impl RunCommand {
         options.policy = policy.clone();
         options.grants = self.sandbox.grants()?;
         options.max_retries = self.max_retries;
+        options.component_store = self.component_store;
         options.cache_dir = self.sandbox.cache_dir();
 
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -46,6 +46,10 @@ pub struct StartCommand {
     /// Times a task is retried when its worker dies.
     #[arg(long, value_name = "N", default_value_t = 3)]
     max_retries: u32,
+    /// Bytes of components the head keeps, e.g. 1G; past it, those no queued
+    /// or running task needs are evicted, least recently used first.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = super::args::parse_size)]
+    component_store: u64,
     /// The cluster's token, for --address (default: from this machine's session file).
     #[arg(long, env = "WTRACE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -151,6 +155,7 @@ impl StartCommand {
         options.policy = self.sandbox.policy()?;
         options.grants = self.sandbox.grants()?;
         options.max_retries = self.max_retries;
+        options.component_store = self.component_store;
         options.cache_dir = self.sandbox.cache_dir();
         options.bind = SocketAddr::new(self.bind, self.port);
         Self::runtime()?.block_on(async move {

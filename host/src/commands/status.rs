@@ -45,8 +45,12 @@ impl StatusCommand {
             None => println!("hook    none (nothing is traced)"),
         }
         println!(
-            "tasks   {} queued, {} running, {} done; {} component(s) stored",
-            status.queued, status.running, status.done, status.components
+            "tasks   {} queued, {} running, {} done; {} component(s) stored ({:.1} MiB)",
+            status.queued,
+            status.running,
+            status.done,
+            status.components,
+            status.component_bytes as f64 / f64::from(1 << 20)
         );
         let mut nodes: BTreeMap<&str, Vec<_>> = BTreeMap::new();
         for worker in &status.workers {

@@ -236,10 +236,7 @@ impl TaskComponent {
             index,
             params: func.params().map(|(_, ty)| ty).collect(),
         });
-        self.exports
-            .lock()
-            .unwrap()
-            .insert(function.to_owned(), export.clone());
+        lock(&self.exports).insert(function.to_owned(), export.clone());
         Ok(export)
     }
 

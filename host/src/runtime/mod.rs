@@ -5,7 +5,7 @@
 pub mod check;
 pub mod wave;
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -58,8 +58,13 @@ struct RuntimeInner {
     engine: Engine,
     limits: Limits,
     cache_dir: Option<PathBuf>,
-    compiled: Mutex<HashMap<Digest, Component>>,
+    /// Recently loaded components, at most [`COMPILED_KEPT`], oldest first.
+    compiled: Mutex<VecDeque<(Digest, Component)>>,
 }
+
+/// Compiled components a runtime keeps in memory for the next load; older
+/// ones are loaded again from the disk cache (in microseconds).
+const COMPILED_KEPT: usize = 16;
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,7 +115,7 @@ impl Runtime {
                 engine,
                 limits,
                 cache_dir,
-                compiled: Mutex::new(HashMap::new()),
+                compiled: Mutex::new(VecDeque::new()),
             }),
         })
     }
@@ -129,7 +134,10 @@ impl Runtime {
     /// from the cache. Returns a clear error for anything not a component.
     pub fn load(&self, name: &Path, bytes: &[u8]) -> Result<(Digest, Component)> {
         let digest = Digest::of(bytes);
-        if let Some(component) = lock(&self.inner.compiled).get(&digest) {
+        if let Some((_, component)) = lock(&self.inner.compiled)
+            .iter()
+            .find(|(d, _)| *d == digest)
+        {
             return Ok((digest, component.clone()));
         }
         check_is_component(name, bytes)?;
@@ -137,11 +145,12 @@ impl Runtime {
             Some(dir) => self.load_cached(dir, &digest, name, bytes)?,
             None => self.compile(name, bytes)?,
         };
-        self.inner
-            .compiled
-            .lock()
-            .unwrap()
-            .insert(digest.clone(), component.clone());
+        let mut kept = lock(&self.inner.compiled);
+        if kept.len() == COMPILED_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back((digest.clone(), component.clone()));
+        drop(kept);
         Ok((digest, component))
     }
 
