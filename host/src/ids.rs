@@ -39,3 +39,19 @@ pub fn pid() -> u32 {
     static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *PID.get_or_init(std::process::id)
 }
+
+/// A cluster token: 16 bytes from the OS's secure random source, as hex. No
+/// fallback: without that source, a token could be guessed, so the caller
+/// refuses to start.
+pub fn secure_token() -> Result<String, crate::Error> {
+    let mut buf = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| {
+            crate::Error::Config(format!(
+                "cannot make a cluster token: the OS's secure random source (/dev/urandom) \
+                 failed ({e}); wtrace will not start a cluster with a guessable token"
+            ))
+        })?;
+    Ok(hex::encode(buf))
+}

@@ -31,6 +31,7 @@ pub mod error;
 pub mod exec;
 mod ids;
 pub mod outcome;
+pub mod private;
 #[cfg(test)]
 mod properties;
 pub mod runtime;

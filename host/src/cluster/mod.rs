@@ -90,7 +90,7 @@ impl LocalCluster {
     /// Starts the head and the workers, and waits until every worker has run
     /// the hook. On failure nothing is left running.
     pub async fn start(options: LocalClusterOptions) -> Result<Self> {
-        let token = random_hex(16);
+        let token = crate::ids::secure_token()?;
         let config = ClusterConfig {
             job_id: options.job_id.clone(),
             hook: options.hook.as_ref().map(|hook| HookBlob {

@@ -5,12 +5,12 @@
 //! only its owner may read: it holds the cluster's token.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::private;
 
 /// A running head, as recorded by `wtrace start --head`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,35 +47,26 @@ pub fn session_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("WTRACE_SESSION_DIR") {
         return PathBuf::from(dir);
     }
-    #[allow(unsafe_code)]
-    // SAFETY: getuid(2) cannot fail and has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    std::env::temp_dir().join(format!("wtrace-{uid}"))
+    std::env::temp_dir().join(format!("wtrace-{}", private::uid()))
 }
 
-/// Creates the session directory (mode 0700) if needed.
+/// Creates the session directory (mode 0700) if needed, and refuses one
+/// that is not the user's own or that others can write: it holds the
+/// cluster's token.
 pub fn ensure_dir(dir: &Path) -> Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir.join("nodes"))
-        .map_err(|e| {
-            Error::io(
-                format!("cannot create the session directory {}", dir.display()),
-                e,
-            )
-        })
+    private::ensure_private_dir(dir, 0o700, "the session directory").map_err(Error::Config)?;
+    private::ensure_private_dir(&dir.join("nodes"), 0o700, "the session directory")
+        .map_err(Error::Config)
 }
 
+/// Writes `value` as JSON to `path`, readable only by the user: through a
+/// temporary file created anew (never an existing file or link), renamed
+/// into place.
 fn write_private(path: &Path, value: &impl Serialize) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let text = serde_json::to_vec_pretty(value).expect("session records serialize");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
+    let _ = std::fs::remove_file(&tmp);
+    private::create_new(&tmp, 0o600)
         .and_then(|mut f| std::io::Write::write_all(&mut f, &text))
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
@@ -106,8 +97,12 @@ impl Session {
         write_private(&Self::path(dir), self)
     }
 
-    /// The session recorded in `dir`, if any.
+    /// The session recorded in `dir`, if any. A session directory others
+    /// could have written to is refused rather than believed.
     pub fn read(dir: &Path) -> Result<Option<Self>> {
+        if dir.exists() {
+            private::check_private_dir(dir, "the session directory").map_err(Error::Config)?;
+        }
         read_json(&Self::path(dir))
     }
 

@@ -1,6 +1,7 @@
 //! Finding a running cluster: `--address`/`--token`, else the session file.
 
 use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -12,9 +13,35 @@ pub struct ClusterArgs {
     /// The head's HOST:PORT (default: the cluster `wtrace start --head` recorded on this machine).
     #[arg(long, value_name = "HOST:PORT")]
     pub address: Option<String>,
-    /// The cluster's token (default: from the session file).
+    /// The cluster's token (default: from the session file). Visible in
+    /// `ps`: prefer --token-file or WTRACE_TOKEN.
     #[arg(long, env = "WTRACE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file holding the cluster's token, readable only by you.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The token in `path`: its first line, from a file others cannot read.
+pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "the token file {} can be read by others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            meta.mode() & 0o777,
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_owned();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(token)
 }
 
 /// Resolves `HOST:PORT`.
@@ -29,15 +56,19 @@ pub fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
 impl ClusterArgs {
     /// The head's address and token.
     pub fn locate(&self) -> anyhow::Result<(SocketAddr, String)> {
+        let given = match &self.token_file {
+            Some(path) => Some(read_token_file(path)?),
+            None => self.token.clone(),
+        };
         let dir = session_dir();
         let session = Session::read(&dir)?;
         if let Some(address) = &self.address {
             let address = resolve(address)?;
-            let token = match (&self.token, &session) {
+            let token = match (&given, &session) {
                 (Some(token), _) => token.clone(),
                 (None, Some(session)) if session.address == address => session.token.clone(),
                 _ => bail!(
-                    "connecting to {address} needs the cluster's token: pass --token or set WTRACE_TOKEN \
+                    "connecting to {address} needs the cluster's token: pass --token-file or set WTRACE_TOKEN \
                      (it is in {} on the head's machine)",
                     Session::path(&dir).display()
                 ),
@@ -59,6 +90,6 @@ impl ClusterArgs {
                 session.pid
             );
         }
-        Ok((session.address, self.token.clone().unwrap_or(session.token)))
+        Ok((session.address, given.unwrap_or(session.token)))
     }
 }

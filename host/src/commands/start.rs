@@ -53,6 +53,9 @@ pub struct StartCommand {
     /// The cluster's token, for --address (default: from this machine's session file).
     #[arg(long, env = "WTRACE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the cluster's token, for --address, readable only by you.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     hook: HookArgs,
     #[command(flatten)]
@@ -116,7 +119,7 @@ impl StartCommand {
         println!("  see it:        wtrace status");
         println!("  stop it:       wtrace stop");
         println!(
-            "  add a node:    wtrace start --address {} --token <token from {}>",
+            "  add a node:    wtrace start --address {} --token-file FILE  (FILE: the token in {})",
             session.address,
             Session::path(dir).display()
         );
@@ -193,12 +196,16 @@ impl StartCommand {
     fn node_daemon(self, dir: &Path) -> anyhow::Result<ExitCode> {
         let address = resolve(self.address.as_deref().expect("--address"))?;
         let node_id = std::env::var("WTRACE_NODE_ID").context("WTRACE_NODE_ID is not set")?;
-        let token = match &self.token {
-            Some(token) => token.clone(),
+        let given = match &self.token_file {
+            Some(path) => Some(super::cluster_args::read_token_file(path)?),
+            None => self.token.clone(),
+        };
+        let token = match given {
+            Some(token) => token,
             None => match Session::read(dir)? {
                 Some(session) if session.address == address => session.token,
                 _ => bail!(
-                    "joining {address} needs the cluster's token: pass --token or set WTRACE_TOKEN"
+                    "joining {address} needs the cluster's token: pass --token-file or set WTRACE_TOKEN"
                 ),
             },
         };
@@ -278,8 +285,8 @@ fn spawn_daemon(log: &Path) -> anyhow::Result<u32> {
 /// Re-runs this command (same arguments) detached, as a daemon whose output
 /// goes to `log`.
 fn spawn_daemon_with(log: &Path, env: &[(&str, &str)]) -> anyhow::Result<u32> {
-    let file =
-        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let file = wtrace::private::open_truncate(log, 0o600)
+        .with_context(|| format!("cannot create {}", log.display()))?;
     let mut command = std::process::Command::new(std::env::current_exe()?);
     command
         .args(std::env::args_os().skip(1))

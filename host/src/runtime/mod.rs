@@ -103,12 +103,9 @@ impl Runtime {
         start_epoch_ticker(&engine);
 
         if let Some(dir) = &cache_dir {
-            fs::create_dir_all(dir).map_err(|e| {
-                Error::io(
-                    format!("cannot create cache directory {}", dir.display()),
-                    e,
-                )
-            })?;
+            // wtrace runs what it loads from there: only the user may write it.
+            crate::private::ensure_private_dir(dir, 0o700, "the compiled-component cache")
+                .map_err(|e| Error::Config(format!("{e} (choose another with --cache-dir)")))?;
         }
         Ok(Self {
             inner: Arc::new(RuntimeInner {
@@ -190,9 +187,10 @@ impl Runtime {
             return Ok(component);
         }
         let cache_error = |e| Error::io(format!("component cache {}", engine_dir.display()), e);
-        fs::create_dir_all(&engine_dir).map_err(cache_error)?;
-        let lock =
-            fs::File::create(engine_dir.join(format!("{}.lock", digest.0))).map_err(cache_error)?;
+        crate::private::ensure_private_dir(&engine_dir, 0o700, "the compiled-component cache")
+            .map_err(Error::Config)?;
+        let lock = crate::private::open_append(&engine_dir.join(format!("{}.lock", digest.0)))
+            .map_err(cache_error)?;
         lock.lock().map_err(cache_error)?;
         if let Some(component) = self.deserialize(&path) {
             return Ok(component);
@@ -200,8 +198,13 @@ impl Runtime {
         let component = self.compile(name, bytes)?;
         if let Ok(serialized) = component.serialize() {
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            let written = fs::File::create(&tmp)
-                .and_then(|mut f| f.write_all(&serialized).and_then(|()| f.sync_data()))
+            let _ = fs::remove_file(&tmp);
+            let written = crate::private::create_new(&tmp, 0o600)
+                .and_then(|mut f| {
+                    f.write_all(&Sha256::digest(&serialized))?;
+                    f.write_all(&serialized)?;
+                    f.sync_data()
+                })
                 .and_then(|()| fs::rename(&tmp, &path));
             if written.is_err() {
                 let _ = fs::remove_file(&tmp);
@@ -210,15 +213,21 @@ impl Runtime {
         Ok(component)
     }
 
+    /// Loads a cached compiled component: the file is its sha256, then the
+    /// bytes `Component::serialize` wrote. One that does not match its
+    /// digest (torn, corrupted, tampered with) is removed, not run.
     fn deserialize(&self, path: &Path) -> Option<Component> {
-        if !path.exists() {
+        let file = std::fs::read(path).ok()?;
+        let (sum, compiled) = file.split_at_checked(32)?;
+        if Sha256::digest(compiled).as_slice() != sum {
+            let _ = fs::remove_file(path);
             return None;
         }
-        // SAFETY: the cache directory holds only files this engine's
-        // `Component::serialize` wrote (renamed into place once complete), and
-        // wasmtime checks the engine compatibility header on load.
+        // SAFETY: the bytes are what this engine's `Component::serialize`
+        // wrote into a directory only this user can write (checked), their
+        // digest checked just now; wasmtime checks the engine header too.
         #[allow(unsafe_code)]
-        let loaded = unsafe { Component::deserialize_file(&self.inner.engine, path) };
+        let loaded = unsafe { Component::deserialize(&self.inner.engine, compiled) };
         match loaded {
             Ok(component) => Some(component),
             Err(_) => {

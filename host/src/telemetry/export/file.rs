@@ -9,7 +9,7 @@
 //! result implies the task's spans are in the file: a worker killed the
 //! next moment takes no span with it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -44,11 +44,21 @@ struct Output {
 
 impl FileExporter {
     /// Opens (creating it and its directory if needed) `path` for appending.
+    /// The directory must be the user's own and writable by no one else,
+    /// and the file not a symbolic link: another local user could otherwise
+    /// read the spans, or point the writes at a file of the user's.
     pub fn open(path: &Path) -> std::io::Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::private::ensure_private_dir(dir, 0o755, "the span directory")
+                .map_err(std::io::Error::other)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = crate::private::open_append(path).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::other("it is a symbolic link; spans are not written through links")
+            } else {
+                e
+            }
+        })?;
         Ok(Self {
             path: path.to_owned(),
             output: Mutex::new(Output {
