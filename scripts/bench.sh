@@ -2,7 +2,9 @@
 # wtrace's benchmarks, reproducible on a fresh machine: installs the
 # wasm32-wasip2 target and Ray (into target/tools/ray-venv, from PyPI), builds
 # in release mode and prints every figure with its target. Pass --quick for a
-# short run, --no-ray to skip Ray, --only span|tasks|cold|memory|export.
+# short run, --no-ray to skip Ray, --only span|tasks|cold|memory|export|chaos
+# (chaos, 100 000 normal and hostile tasks while workers are killed, runs only
+# when named).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh

@@ -55,6 +55,9 @@ enum Measure {
     Memory,
     /// Sustained export to a file and to OTLP.
     Export,
+    /// The chaos run: normal and hostile tasks while workers are killed
+    /// (only when asked for by name: it is long).
+    Chaos,
 }
 
 struct Report {
@@ -98,6 +101,9 @@ fn main() -> anyhow::Result<()> {
     if wants(Measure::Export) {
         rt.block_on(export(&options, &mut report))?;
         rt.block_on(export_otlp(&options, &mut report))?;
+    }
+    if options.only == Some(Measure::Chaos) {
+        chaos(&options, &mut report)?;
     }
     for file in span_files().difference(&before) {
         let _ = std::fs::remove_file(file);
@@ -896,4 +902,53 @@ fn rotel_agent() -> Option<PathBuf> {
         let agent = python.path().join("site-packages/rotel/rotel-agent");
         agent.exists().then_some(agent)
     })
+}
+
+/// The chaos run at scale: 100 000 tasks (10 000 with --quick), 15% of them
+/// attacks, a random worker SIGKILLed every second.
+fn chaos(options: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let chaos = wtrace_tests::chaos::run(&wtrace_tests::chaos::ChaosOptions {
+        tasks: if options.quick { 10_000 } else { 100_000 },
+        workers: cores(),
+        kill_every: std::time::Duration::from_secs(1),
+        slow_per_mille: 1,
+        seed: 0xc4a0_5eed,
+    });
+    report.row(
+        "chaos: tasks (normal / attacks)",
+        format!("{} ({} / {})", chaos.tasks, chaos.normal, chaos.hostile),
+        "",
+    );
+    report.row("chaos: workers SIGKILLed", chaos.killed.to_string(), "");
+    report.row(
+        "chaos: tasks/s, kills included",
+        format!("{:.0}", chaos.tasks as f64 / chaos.elapsed.as_secs_f64()),
+        "",
+    );
+    report.row(
+        "chaos: worker RSS, first / last quarter (MiB)",
+        format!(
+            "{:.1} / {:.1}",
+            chaos.rss_first_kib as f64 / 1024.0,
+            chaos.rss_last_kib as f64 / 1024.0
+        ),
+        "flat",
+    );
+    report.row(
+        "chaos: results, attacks' errors, spans on disk, idle after",
+        if chaos.violations.is_empty() {
+            "all hold".to_owned()
+        } else {
+            format!("{} violations", chaos.violations.len())
+        },
+        "all hold",
+    );
+    for violation in chaos.violations.iter().take(20) {
+        println!("  {violation}");
+    }
+    anyhow::ensure!(
+        chaos.violations.is_empty(),
+        "the chaos run found violations"
+    );
+    Ok(())
 }

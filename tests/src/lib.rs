@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 
 use wtrace::spans::{SpanFiles, SpanRecord};
 
+pub mod chaos;
+
 /// Paths of the guest components, built from source by `build.rs`.
 pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
@@ -15,10 +17,13 @@ pub mod guests {
 /// The `wtrace` binary of this build (`cargo test` builds it with the tests).
 pub fn wtrace_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("tests run from target/<profile>/deps");
+    // Tests run from target/<profile>/deps, the benchmark from target/<profile>.
+    let dir = exe.parent().expect("an executable's directory");
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>")
+    } else {
+        dir
+    };
     let bin = profile_dir.join("wtrace");
     assert!(
         bin.exists(),

@@ -78,6 +78,7 @@ impl std::fmt::Debug for Client {
 #[derive(Debug)]
 pub struct TaskRef {
     function: String,
+    task_id: String,
     rx: oneshot::Receiver<Done>,
 }
 
@@ -102,6 +103,11 @@ impl TaskRef {
     /// The export this task calls.
     pub fn function(&self) -> &str {
         &self.function
+    }
+
+    /// Its id (`wtrace.task_id` on its spans).
+    pub fn task_id(&self) -> &str {
+        &self.task_id
     }
 
     /// Waits for the task to finish.
@@ -346,7 +352,7 @@ impl Client {
                 let state = context.trace_state();
                 submissions.push(Submission {
                     tag,
-                    task_id,
+                    task_id: task_id.clone(),
                     component: component.clone(),
                     function: invocation.function.clone(),
                     invocation: invocation.text.clone(),
@@ -359,6 +365,7 @@ impl Client {
                 spans.extend(span);
                 refs.push(TaskRef {
                     function: invocation.function.clone(),
+                    task_id,
                     rx,
                 });
             }

@@ -50,7 +50,19 @@ struct Slot {
     pid: Option<u32>,
     exited: Option<String>,
     restarts: u32,
+    /// Deaths in a row, each soon after its start: what the restart
+    /// backoff grows with.
+    quick_deaths: u32,
 }
+
+/// A worker that lived this long before it died was not crash-looping: its
+/// replacement starts at once.
+const HEALTHY_AFTER: Duration = Duration::from_secs(1);
+
+/// How much longer each quick death in a row makes the next start wait, up
+/// to [`MAX_BACKOFF`].
+const BACKOFF_STEP: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Node {
     /// Starts the workers. They connect to the head by themselves.
@@ -66,6 +78,7 @@ impl Node {
                 pid: child.id(),
                 exited: None,
                 restarts: 0,
+                quick_deaths: 0,
             }));
             watchers.push(tokio::spawn(watch(
                 child,
@@ -213,8 +226,10 @@ async fn watch(
     stopping: Arc<AtomicBool>,
     index: usize,
 ) {
+    let mut born = Instant::now();
     loop {
         let status = child.wait().await;
+        let lived = born.elapsed();
         if stopping.load(Ordering::SeqCst) {
             return;
         }
@@ -233,7 +248,12 @@ async fn watch(
                 "wtrace: worker {} {description}; starting {worker_id} in its place",
                 slot.worker_id
             );
-            let backoff = Duration::from_millis(50 * u64::from(slot.restarts.min(40)));
+            slot.quick_deaths = if lived >= HEALTHY_AFTER {
+                0
+            } else {
+                slot.quick_deaths.saturating_add(1)
+            };
+            let backoff = (BACKOFF_STEP * slot.quick_deaths.saturating_sub(1)).min(MAX_BACKOFF);
             (worker_id, backoff)
         };
         tokio::time::sleep(backoff).await;
@@ -242,6 +262,7 @@ async fn watch(
         }
         match spawn_worker(&options, &worker_id) {
             Ok(next) => {
+                born = Instant::now();
                 let mut slot = slot.lock().unwrap();
                 slot.pid = next.id();
                 slot.worker_id = worker_id;
