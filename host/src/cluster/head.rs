@@ -197,7 +197,8 @@ struct Task {
 
 /// The tasks under one root task, so a fork bomb of tasks submitting tasks
 /// stops at `--max-nested-tasks`, whatever task ids or depths a peer sends.
-#[derive(Debug, Default)]
+/// Made when the root submits its first task (a root alone needs none).
+#[derive(Debug)]
 struct Tree {
     /// Nested tasks submitted under the root so far (retries included).
     submitted: u32,
@@ -788,8 +789,15 @@ impl State {
             };
             let id = self.next_task;
             self.next_task += 1;
-            let root = root.unwrap_or(id);
-            self.trees.entry(root).or_default().live += 1;
+            let root = match root {
+                Some(root) => {
+                    if let Some(tree) = self.trees.get_mut(&root) {
+                        tree.live += 1;
+                    }
+                    root
+                }
+                None => id,
+            };
             self.store.pin(&submission.component);
             self.task_bytes += submission.invocation.len();
             self.tasks.insert(
@@ -894,7 +902,11 @@ impl State {
             ));
         }
         let root = parent.root;
-        let tree = self.trees.entry(root).or_default();
+        // The root is live: it, or a task under it, is running this submit.
+        let tree = self.trees.entry(root).or_insert(Tree {
+            submitted: 0,
+            live: 1,
+        });
         tree.submitted = tree.submitted.saturating_add(1);
         if tree.submitted > limits.nested_tasks {
             return Err(error(
@@ -1339,6 +1351,7 @@ mod tests {
             FromDriver::Submit(vec![submission(1, &digest, None)]),
         ));
         let root = leases(&mut worker).pop().unwrap();
+        assert!(state.trees.is_empty(), "a root alone needs no tree");
         state.handle(Event::WorkerMessage(
             1,
             FromWorker::Submit(vec![

@@ -146,11 +146,12 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
         done: Mutex::new(Vec::new()),
         done_count: AtomicUsize::new(0),
         done_ready: tokio::sync::Notify::new(),
+        leases_came: tokio::sync::Notify::new(),
         drained: AtomicBool::new(false),
         started: AtomicU64::new(0),
         started_sent: Mutex::new(0),
         started_told: Condvar::new(),
-        sender_idle: AtomicBool::new(false),
+        confirm_wanted: AtomicBool::new(false),
     });
     // Set when this worker can no longer send to the head: it stops, and its
     // node starts another in its place.
@@ -220,27 +221,50 @@ async fn send_loop(
 ) -> std::io::Result<()> {
     let mut open = true;
     let mut told = 0;
+    // When waiting results must leave, and when the head must hear of
+    // starts even if no result came to carry them.
+    let mut results_by: Option<tokio::time::Instant> = None;
+    let mut tell_by: Option<tokio::time::Instant> = None;
+    let later = |at: Option<tokio::time::Instant>| at.unwrap_or_else(tokio::time::Instant::now);
     loop {
-        // Idle first, then look: a task that starts after the look sees the
-        // flag and wakes this loop, so no start goes untold.
-        pool.sender_idle.store(true, Ordering::SeqCst);
-        let waiting = pool.done_count.load(Ordering::SeqCst) > 0
-            || pool.started.load(Ordering::SeqCst) != told;
-        pool.sender_idle.store(!waiting, Ordering::SeqCst);
+        if results_by.is_none() && pool.done_count.load(Ordering::Acquire) > 0 {
+            results_by = Some(tokio::time::Instant::now() + RESULT_DELAY);
+        }
+        // Leases that may start, or did, untold: the pool wakes this loop
+        // when leases come, so no start goes untold for long.
+        if tell_by.is_none()
+            && (pool.started.load(Ordering::Acquire) != told
+                || !lock(&pool.state).leases.is_empty())
+        {
+            tell_by = Some(tokio::time::Instant::now() + STARTED_DELAY);
+        }
+        let mut tell = false;
         tokio::select! {
             message = out_rx.recv(), if open => match message {
-                Some(message) => writer.feed(&message).await?,
+                Some(message) => {
+                    writer.feed(&message).await?;
+                    tell = true;
+                }
                 None => open = false,
             },
             _ = pool.done_ready.notified() => {}
-            _ = tokio::time::sleep(RESULT_DELAY), if waiting => {}
+            _ = pool.leases_came.notified() => continue,
+            _ = tokio::time::sleep_until(later(results_by)), if results_by.is_some() => {}
+            _ = tokio::time::sleep_until(later(tell_by)), if tell_by.is_some() => {
+                tell = true;
+                tell_by = None;
+            }
         }
-        pool.sender_idle.store(false, Ordering::Release);
+        results_by = None;
+        let done = pool.take_done();
+        // Starts go with results or other messages; alone only once a task
+        // ran STARTED_DELAY without finishing, or a lease asks to confirm.
+        tell |= !done.is_empty() || pool.confirm_wanted.swap(false, Ordering::AcqRel);
         let started = pool.started.load(Ordering::Acquire);
-        if started != told {
+        let tell = tell && started != told;
+        if tell {
             writer.feed(&FromWorker::Started(started)).await?;
         }
-        let done = pool.take_done();
         // A result leaves only once its task's spans are in the span files:
         // a worker killed the next moment takes none of them along.
         if !done.is_empty()
@@ -256,7 +280,8 @@ async fn send_loop(
             writer.feed(&message).await?;
         }
         writer.flush().await?;
-        if started != told {
+        if tell {
+            tell_by = None;
             told = started;
             *lock(&pool.started_sent) = started;
             pool.started_told.notify_all();
@@ -300,6 +325,8 @@ struct Pool {
     done: Mutex<Vec<Done>>,
     done_count: AtomicUsize,
     done_ready: tokio::sync::Notify,
+    /// Wakes the sender when leases come, to time the telling of starts.
+    leases_came: tokio::sync::Notify,
     /// Set once every executor thread has stopped.
     drained: AtomicBool,
     /// Leases taken off the queue to run, in lease order.
@@ -307,9 +334,8 @@ struct Pool {
     /// What the head has been told of `started`, once written.
     started_sent: Mutex<u64>,
     started_told: Condvar,
-    /// Set while the sender sleeps with nothing due: a task that starts
-    /// then wakes it, so the head hears of the start at once.
-    sender_idle: AtomicBool,
+    /// Set by a task whose lease asks to confirm its start before it runs.
+    confirm_wanted: AtomicBool,
 }
 
 /// Results sent in one message at most.
@@ -317,6 +343,10 @@ const RESULT_BATCH: usize = 64;
 
 /// How long a result may wait for others to share its message.
 const RESULT_DELAY: Duration = Duration::from_millis(1);
+
+/// How long a start may wait to go with its task's result: a task that runs
+/// longer is told to the head (and shown running) after this.
+const STARTED_DELAY: Duration = Duration::from_millis(10);
 
 /// How long a worker waits with nothing to run before it hands freed memory
 /// back to the OS.
@@ -424,6 +454,9 @@ impl Pool {
             Self::spawn_thread(pool, &mut state);
         }
         pool.wake.notify_one();
+        drop(state);
+        // The sender keeps track of when to tell the head of their starts.
+        pool.leases_came.notify_one();
     }
 
     fn spawn_thread(pool: &Arc<Self>, state: &mut PoolState) {
@@ -506,9 +539,11 @@ impl Pool {
 
     /// Lets the head know `count` leases have started: at once when the
     /// lease asks to confirm its start (its last worker died not saying),
-    /// else with the next message, waking the sender if it sleeps.
+    /// waiting until it was written; else the sender tells it with the next
+    /// message, or after [`STARTED_DELAY`].
     fn tell_started(&self, count: u64, confirm: bool) {
         if confirm {
+            self.confirm_wanted.store(true, Ordering::Release);
             self.done_ready.notify_one();
             let mut sent = lock(&self.started_sent);
             let deadline = std::time::Instant::now() + CONFIRM_TIMEOUT;
@@ -519,8 +554,6 @@ impl Pool {
                 }
                 sent = wait_timeout(&self.started_told, sent, left).0;
             }
-        } else if self.sender_idle.load(Ordering::SeqCst) {
-            self.done_ready.notify_one();
         }
     }
 

@@ -63,11 +63,12 @@ impl StatusCommand {
             println!("node    {node}  ({} workers)", workers.len());
             for w in workers {
                 println!(
-                    "  {:<16} pid {:<8} {:<9} running {:<4} done {}",
+                    "  {:<16} pid {:<8} {:<9} running {:<4} leased {:<4} done {}",
                     w.worker_id,
                     w.pid,
                     if w.ready { "ready" } else { "starting" },
                     w.running,
+                    w.leased,
                     w.done
                 );
             }
