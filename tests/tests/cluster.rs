@@ -2,6 +2,7 @@
 //! `status`, `stop`; nested tasks traced across workers; worker faults.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Not as _;
 use std::time::{Duration, Instant};
 
 use wtrace::spans::SpanRecord;
@@ -24,6 +25,96 @@ fn pids_of(status: &serde_json::Value) -> Vec<u64> {
         .iter()
         .map(|w| w["pid"].as_u64().unwrap())
         .collect()
+}
+
+/// The span contract's attributes, on driver and nested submit spans alike
+/// and on their execute spans, with the values a user would look for.
+#[test]
+fn every_contract_attribute_is_on_driver_and_nested_task_spans() {
+    let dir = span_dir();
+    let mut cluster = traced_cluster(dir.path(), &["--num-workers=2"]);
+    let job_id = cluster.session()["job_id"].as_str().unwrap().to_owned();
+    let run = cluster
+        .command(&["submit", guests::FANOUT, "tree(1, 2)"])
+        .run();
+    assert!(run.success().ends_with("ok(2)\n"));
+    cluster.stop();
+
+    let spans = Spans::read(dir.path());
+    let all: Vec<&SpanRecord> = spans.all().iter().collect();
+    let by_id: HashMap<&str, &SpanRecord> = all.iter().map(|s| (s.span_id.as_str(), *s)).collect();
+    let task_spans: Vec<&SpanRecord> = all
+        .iter()
+        .copied()
+        .filter(|s| s.name == "tree submit" || s.name == "tree execute")
+        .collect();
+    assert_eq!(
+        task_spans.len(),
+        6,
+        "a root and two nested tasks: {:?}",
+        spans.names()
+    );
+    let mut nested_submits = 0;
+    for span in &task_spans {
+        let a = &span.attributes;
+        let what = format!("{} (pid {:?}): {a:?}", span.name, span.pid);
+        assert_eq!(
+            a.get("wtrace.function").map(String::as_str),
+            Some("tree"),
+            "{what}"
+        );
+        assert_eq!(
+            a.get("wtrace.component").map(String::as_str),
+            Some("fanout.wasm"),
+            "{what}"
+        );
+        assert!(
+            a["wtrace.component.digest"].starts_with("sha256:"),
+            "{what}"
+        );
+        assert_eq!(a["wtrace.component.digest"].len(), 7 + 64, "{what}");
+        assert!(!a["wtrace.task_id"].is_empty(), "{what}");
+        assert_eq!(a.get("wtrace.job_id"), Some(&job_id), "{what}");
+        assert_eq!(
+            a.get("process.pid").cloned(),
+            span.pid.map(|p| p.to_string()),
+            "{what}"
+        );
+        let parent = by_id.get(span.parent_span_id.as_str()).copied();
+        let nested = match span.name.as_str() {
+            "tree submit" => parent.is_some(),
+            _ => parent.unwrap().parent_span_id.is_empty().not(),
+        };
+        if span.name == "tree submit" {
+            let from_driver = !nested;
+            assert_eq!(
+                a["wtrace.worker_id"] == "driver",
+                from_driver,
+                "only the driver's submit spans say driver: {what}"
+            );
+            assert_eq!(a["wtrace.node_id"] == "driver", from_driver, "{what}");
+            nested_submits += usize::from(nested);
+        } else {
+            let submit = parent.unwrap();
+            for key in [
+                "wtrace.task_id",
+                "wtrace.component",
+                "wtrace.component.digest",
+            ] {
+                assert_eq!(a[key], submit.attributes[key], "{key} of {what}");
+            }
+            assert!(
+                a["wtrace.worker_id"].starts_with(&a["wtrace.node_id"]),
+                "{what}"
+            );
+        }
+        assert_eq!(
+            a.get("wtrace.depth").map(String::as_str),
+            nested.then_some("1"),
+            "wtrace.depth on nested task spans only: {what}"
+        );
+    }
+    assert_eq!(nested_submits, 2);
 }
 
 #[test]

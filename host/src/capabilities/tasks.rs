@@ -8,8 +8,7 @@
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 
-use opentelemetry::KeyValue;
-use opentelemetry::trace::{Span as _, SpanKind, Tracer as _};
+use opentelemetry::trace::Span as _;
 use serde::{Deserialize, Serialize};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
@@ -21,6 +20,7 @@ use crate::runtime::EPOCH_TICK;
 use crate::runtime::wave::Invocation;
 use crate::sandbox::{Deadline, Stopped, host_call};
 use crate::telemetry::context::{context_with_parent, traceparent};
+use crate::telemetry::task_span::{self, SubmitSpan};
 
 /// A task submitted from inside a task.
 #[derive(Debug, Clone)]
@@ -62,6 +62,11 @@ pub trait Submitter: Send + Sync + std::fmt::Debug {
     /// The task that submitted `id` no longer wants its result (it dropped
     /// its reference, gave up waiting, or ended): forget what waits for it.
     fn forget(&self, _id: u64) {}
+
+    /// The file name of a component this worker holds, for submit spans.
+    fn component_name(&self, _digest: &Digest) -> Option<String> {
+        None
+    }
 
     /// The calling task starts (`true`) or stops waiting for results. A
     /// waiting task holds no CPU, so the worker may run another meanwhile.
@@ -240,20 +245,32 @@ impl Tasks<'_> {
         let parent = self.bridge.current(self.table);
         let (span_context, span) = match self.bridge.tracer() {
             Some(tracer) => {
-                let span = tracer
-                    .span_builder(format!("{} submit", invocation.function))
-                    .with_kind(SpanKind::Producer)
-                    .with_attributes([
-                        KeyValue::new("wtrace.function", invocation.function.clone()),
-                        KeyValue::new("wtrace.component.digest", component.to_string()),
-                        KeyValue::new("wtrace.task_id", task_id.clone()),
-                        KeyValue::new("wtrace.job_id", context.job_id.clone()),
-                        KeyValue::new("wtrace.worker_id", context.worker_id.clone()),
-                        KeyValue::new("wtrace.node_id", context.node_id.clone()),
-                        KeyValue::new("wtrace.depth", i64::from(depth)),
-                        KeyValue::new("process.pid", i64::from(crate::ids::pid())),
-                    ])
-                    .start_with_context(tracer, &context_with_parent(Some(parent)));
+                // Named as the execute span will name it; a component this
+                // worker does not hold is named by its digest.
+                let name = if component == context.component {
+                    context.component_name.clone()
+                } else {
+                    context
+                        .submitter
+                        .component_name(&component)
+                        .unwrap_or_else(|| component.to_string())
+                };
+                let submitter = task_span::Submitter::worker(
+                    &context.job_id,
+                    &context.worker_id,
+                    &context.node_id,
+                );
+                let span = submitter.start(
+                    tracer,
+                    SubmitSpan {
+                        function: &invocation.function,
+                        component: crate::attrs::text(name),
+                        digest: crate::attrs::text(component.to_string()),
+                        task_id: &task_id,
+                        depth: Some(depth),
+                    },
+                    &context_with_parent(Some(parent)),
+                );
                 (span.span_context().clone(), Some(span))
             }
             None => (parent, None),

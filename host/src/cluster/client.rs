@@ -7,8 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use opentelemetry::KeyValue;
-use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt as _, Tracer as _};
+use opentelemetry::trace::{Span as _, TraceContextExt as _};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +25,7 @@ use crate::runtime::wave::Invocation;
 use crate::runtime::{Digest, Runtime};
 use crate::telemetry::Telemetry;
 use crate::telemetry::context::traceparent;
+use crate::telemetry::task_span::{self, SubmitSpan};
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Done>>>>;
 
@@ -63,6 +63,8 @@ struct Inner {
     components: Mutex<HashMap<Digest, String>>,
     uploaded: Mutex<HashSet<Digest>>,
     driver_id: String,
+    /// What this driver's submit spans say of it.
+    submitter: task_span::Submitter,
     next_tag: AtomicU64,
 }
 
@@ -196,6 +198,7 @@ impl Client {
         let (requests, rx) = mpsc::unbounded_channel();
         let pending: Pending = Arc::default();
         let (stopped_tx, stopped) = watch::channel(None);
+        let submitter = task_span::Submitter::driver(&config.job_id);
         let inner = Arc::new(Inner {
             requests,
             pending: pending.clone(),
@@ -206,6 +209,7 @@ impl Client {
             components: Mutex::new(HashMap::new()),
             uploaded: Mutex::new(HashSet::new()),
             driver_id: random_hex(4),
+            submitter,
             next_tag: AtomicU64::new(1),
         });
         let closed = CancellationToken::new();
@@ -305,8 +309,6 @@ impl Client {
         // Values every submit span of this call shares, made once.
         let component_name = crate::attrs::text(name);
         let digest = crate::attrs::text(component.to_string());
-        let job_id = crate::attrs::text(self.inner.config.job_id.as_str());
-        let pid = i64::from(crate::ids::pid());
         let mut refs = Vec::with_capacity(invocations.len());
         // Chunks go out as soon as they are ready, so workers start while
         // the rest is prepared.
@@ -327,24 +329,17 @@ impl Client {
                 senders.push((tag, tx));
                 let (context, span) = match &self.inner.telemetry {
                     Some(telemetry) => {
-                        let tracer = telemetry.tracer();
-                        let span = tracer
-                            .span_builder(format!("{} submit", invocation.function))
-                            .with_kind(SpanKind::Producer)
-                            .with_attributes([
-                                KeyValue::new(
-                                    "wtrace.function",
-                                    crate::attrs::shared(&invocation.function),
-                                ),
-                                KeyValue::new("wtrace.component", component_name.clone()),
-                                KeyValue::new("wtrace.component.digest", digest.clone()),
-                                KeyValue::new("wtrace.task_id", task_id.clone()),
-                                KeyValue::new("wtrace.job_id", job_id.clone()),
-                                KeyValue::new("wtrace.worker_id", "driver"),
-                                KeyValue::new("wtrace.node_id", "driver"),
-                                KeyValue::new("process.pid", pid),
-                            ])
-                            .start_with_context(tracer, parent);
+                        let span = self.inner.submitter.start(
+                            telemetry.tracer(),
+                            SubmitSpan {
+                                function: &invocation.function,
+                                component: component_name.clone(),
+                                digest: digest.clone(),
+                                task_id: &task_id,
+                                depth: None,
+                            },
+                            parent,
+                        );
                         (span.span_context().clone(), Some(span))
                     }
                     None => (parent.span().span_context().clone(), None),

@@ -680,6 +680,12 @@ impl Pool {
 }
 
 impl Submitter for PoolSubmitter {
+    fn component_name(&self, digest: &Digest) -> Option<String> {
+        lock(&self.pool.components)
+            .get(digest)
+            .map(|loaded| loaded.name.clone())
+    }
+
     fn submit(&self, task: NestedTask) -> std::result::Result<Submitted, String> {
         let pool = &self.pool;
         let tag = pool.next_tag.fetch_add(1, Ordering::Relaxed);

@@ -5,6 +5,7 @@
 pub mod context;
 pub mod diagnostics;
 pub mod export;
+pub mod task_span;
 
 use opentelemetry::InstrumentationScope;
 use opentelemetry::trace::TracerProvider as _;
