@@ -212,6 +212,20 @@ fn unique() -> String {
     format!("{nanos:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Every file under `dir`, at any depth.
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 /// A fresh directory for span files, allowed to hooks with `--allow-span-dir`.
 pub fn span_dir() -> tempfile::TempDir {
     tempfile::Builder::new()

@@ -91,7 +91,7 @@ fn compiled_components_are_cached_by_digest() {
     .run()
     .success();
     let digest = wtrace::Digest::of(&std::fs::read(guests::HELLO).unwrap());
-    let cached: Vec<_> = walk(cache.path())
+    let cached: Vec<_> = wtrace_tests::files_under(cache.path())
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
         .collect();
@@ -113,19 +113,6 @@ fn compiled_components_are_cached_by_digest() {
         std::fs::metadata(&cached[0]).unwrap().modified().unwrap(),
         before
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[test]

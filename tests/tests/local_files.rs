@@ -47,17 +47,20 @@ fn span_directories_others_can_write_and_span_files_that_are_links_are_refused()
     let shared = dir.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
     chmod(&shared, 0o777);
-    let hook = format!("--tracing-startup-hook={}", guests::FILE_HOOK);
-    let run = Wtrace::new([
-        "run",
-        "-n1",
-        &hook,
-        &format!("--allow-span-dir={}", shared.display()),
-        guests::HELLO,
-        "my-function()",
-    ])
-    .env("WTRACE_SPAN_DIR", &shared)
-    .run();
+    // A traced one-task run whose hook writes its spans to `dir`.
+    let run_into = |dir: &Path| {
+        Wtrace::new([
+            "run",
+            "-n1",
+            &format!("--tracing-startup-hook={}", guests::FILE_HOOK),
+            &format!("--allow-span-dir={}", dir.display()),
+            guests::HELLO,
+            "my-function()",
+        ])
+        .env("WTRACE_SPAN_DIR", dir)
+        .run()
+    };
+    let run = run_into(&shared);
     let stderr = run.failure();
     assert!(stderr.contains("others can write to it"), "{stderr}");
 
@@ -75,16 +78,7 @@ fn span_directories_others_can_write_and_span_files_that_are_links_are_refused()
     for pid in last_pid + 1..last_pid + 2000 {
         std::os::unix::fs::symlink(&victim, links.join(format!("{pid}.json"))).unwrap();
     }
-    let run = Wtrace::new([
-        "run",
-        "-n1",
-        &hook,
-        &format!("--allow-span-dir={}", links.display()),
-        guests::HELLO,
-        "my-function()",
-    ])
-    .env("WTRACE_SPAN_DIR", &links)
-    .run();
+    let run = run_into(&links);
     let stderr = run.failure();
     assert!(stderr.contains("symbolic link"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
@@ -144,7 +138,7 @@ fn a_cache_others_can_write_is_refused_and_a_corrupt_entry_is_compiled_again() {
     chmod(cache.path(), 0o700);
     let run = Wtrace::new(["run", "-n1", &cache_arg, guests::HELLO, "my-function()"]).run();
     assert_eq!(run.success(), "1\n");
-    let entry = walk(cache.path())
+    let entry = wtrace_tests::files_under(cache.path())
         .into_iter()
         .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
         .expect("a cached component");
@@ -162,17 +156,4 @@ fn a_cache_others_can_write_is_refused_and_a_corrupt_entry_is_compiled_again() {
         bytes,
         "the entry was rewritten"
     );
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }

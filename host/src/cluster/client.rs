@@ -515,7 +515,6 @@ async fn read_loop(
                 }
             }
             Ok(Some(ToDriver::Stopped)) => break "the cluster has stopped".to_owned(),
-            Ok(Some(ToDriver::Error(message))) => break message,
             Ok(None) => break "the cluster closed the connection".to_owned(),
             Err(e) => break format!("lost the cluster: {e}"),
         }

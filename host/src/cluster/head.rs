@@ -1099,34 +1099,41 @@ mod tests {
         }
     }
 
+    /// What `pick` takes of the messages queued on `rx`, all drained.
+    fn drain<M, T>(
+        rx: &mut mpsc::UnboundedReceiver<M>,
+        pick: impl Fn(M) -> Option<Vec<T>>,
+    ) -> Vec<T> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .filter_map(pick)
+            .flatten()
+            .collect()
+    }
+
     fn leases(rx: &mut mpsc::UnboundedReceiver<ToWorker>) -> Vec<Lease> {
-        let mut out = Vec::new();
-        while let Ok(message) = rx.try_recv() {
-            if let ToWorker::Run(leases) = message {
-                out.extend(leases);
-            }
-        }
-        out
+        drain(rx, |m| match m {
+            ToWorker::Run(leases) => Some(leases),
+            _ => None,
+        })
     }
 
     fn worker_results(rx: &mut mpsc::UnboundedReceiver<ToWorker>) -> Vec<Done> {
-        let mut out = Vec::new();
-        while let Ok(message) = rx.try_recv() {
-            if let ToWorker::Results(results) = message {
-                out.extend(results);
-            }
-        }
-        out
+        drain(rx, |m| match m {
+            ToWorker::Results(results) => Some(results),
+            _ => None,
+        })
     }
 
     fn driver_results(rx: &mut mpsc::UnboundedReceiver<ToDriver>) -> Vec<Done> {
-        let mut out = Vec::new();
-        while let Ok(message) = rx.try_recv() {
-            if let ToDriver::Results(results) = message {
-                out.extend(results);
-            }
-        }
-        out
+        drain(rx, |m| match m {
+            ToDriver::Results(results) => Some(results),
+            _ => None,
+        })
+    }
+
+    /// The error message of a failed result.
+    fn message(done: &Done) -> &str {
+        &done.output.result.as_ref().unwrap_err().message
     }
 
     fn done(id: u64) -> Done {
@@ -1216,15 +1223,7 @@ mod tests {
         ));
         let refused = driver_results(&mut driver);
         assert_eq!(refused.iter().map(|d| d.id).collect::<Vec<_>>(), [5, 6]);
-        assert!(
-            refused[0]
-                .output
-                .result
-                .as_ref()
-                .unwrap_err()
-                .message
-                .contains("wait for results")
-        );
+        assert!(message(&refused[0]).contains("wait for results"));
         // A worker takes them, finishes them: there is room again.
         let mut worker = join_worker(&mut state, 1);
         let leased = leases(&mut worker);
@@ -1302,15 +1301,7 @@ mod tests {
         let refused = worker_results(&mut worker);
         assert_eq!(refused.len(), 1);
         assert_eq!(kind(&refused[0]), Some(TaskErrorKind::NestingLimit));
-        assert!(
-            refused[0]
-                .output
-                .result
-                .as_ref()
-                .unwrap_err()
-                .message
-                .contains("--max-nesting-depth")
-        );
+        assert!(message(&refused[0]).contains("--max-nesting-depth"));
 
         // A parent that is not this worker's running task is refused.
         state.handle(Event::WorkerMessage(
@@ -1330,15 +1321,7 @@ mod tests {
         ));
         let over = worker_results(&mut worker);
         assert_eq!(kind(&over[0]), Some(TaskErrorKind::NestingLimit));
-        assert!(
-            over[0]
-                .output
-                .result
-                .as_ref()
-                .unwrap_err()
-                .message
-                .contains("--max-nested-tasks")
-        );
+        assert!(message(&over[0]).contains("--max-nested-tasks"));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::outcome::TaskOutput;
 use crate::runtime::Digest;
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The first bytes of every connection's first frame: what tells a wtrace
 /// peer from a stranger speaking something else.
@@ -250,7 +250,6 @@ impl WireSize for ToDriver {
         match self {
             Self::Results(results) => results.iter().map(Done::wire_size).sum(),
             Self::Status(status) => 512 + status.workers.len() * 128,
-            Self::Error(message) => message.len(),
             Self::Stopped => 1,
         }
     }
@@ -369,8 +368,6 @@ pub enum ToDriver {
     Results(Vec<Done>),
     /// The answer to `Status`.
     Status(Box<ClusterStatus>),
-    /// The head is dropping this connection, and why.
-    Error(String),
     /// The cluster stopped.
     Stopped,
 }
@@ -630,7 +627,9 @@ mod tests {
         old[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&1u32.to_le_bytes());
         let version = Hello::decode(&old).unwrap_err();
         assert!(
-            version.contains("protocol version 1 is not this head's (2)"),
+            version.contains(&format!(
+                "protocol version 1 is not this head's ({PROTOCOL_VERSION})"
+            )),
             "{version}"
         );
         assert!(

@@ -17,7 +17,7 @@ pub(crate) struct Stored {
     pub(crate) bytes: Arc<Vec<u8>>,
     /// Tasks queued or running that need it.
     pins: usize,
-    /// When it was last stored, pinned or leased (a logical clock).
+    /// When it was last stored or pinned (a logical clock).
     used: u64,
 }
 

@@ -13,13 +13,30 @@ pub struct ClusterArgs {
     /// The head's HOST:PORT (default: the cluster `wtrace start --head` recorded on this machine).
     #[arg(long, value_name = "HOST:PORT")]
     pub address: Option<String>,
-    /// The cluster's token (default: from the session file). Visible in
-    /// `ps`: prefer --token-file or WTRACE_TOKEN.
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+/// The cluster's token, when given rather than read from the session file.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The cluster's token (default: from this machine's session file).
+    /// Visible in `ps`: prefer --token-file or WTRACE_TOKEN.
     #[arg(long, env = "WTRACE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// A file holding the cluster's token, readable only by you.
     #[arg(long, value_name = "FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token given by flag, file or environment, if any.
+    pub fn given(&self) -> anyhow::Result<Option<String>> {
+        match &self.token_file {
+            Some(path) => read_token_file(path).map(Some),
+            None => Ok(self.token.clone()),
+        }
+    }
 }
 
 /// The token in `path`: its first line, from a file others cannot read.
@@ -56,10 +73,7 @@ pub fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
 impl ClusterArgs {
     /// The head's address and token.
     pub fn locate(&self) -> anyhow::Result<(SocketAddr, String)> {
-        let given = match &self.token_file {
-            Some(path) => Some(read_token_file(path)?),
-            None => self.token.clone(),
-        };
+        let given = self.token.given()?;
         let dir = session_dir();
         let session = Session::read(&dir)?;
         if let Some(address) = &self.address {

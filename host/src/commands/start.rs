@@ -17,6 +17,7 @@ use wtrace::cluster::session::{NodeRecord, Session, ensure_dir, process_alive, s
 use wtrace::cluster::{Client, LocalCluster, LocalClusterOptions, Node, NodeOptions};
 
 use super::args::{HookArgs, SandboxArgs};
+use super::cluster_args::TokenArgs;
 use super::cluster_args::resolve;
 
 const DAEMON: &str = "WTRACE_DAEMON";
@@ -50,12 +51,8 @@ pub struct StartCommand {
     /// or running task needs are evicted, least recently used first.
     #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = super::args::parse_size)]
     component_store: u64,
-    /// The cluster's token, for --address (default: from this machine's session file).
-    #[arg(long, env = "WTRACE_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// A file holding the cluster's token, for --address, readable only by you.
-    #[arg(long, value_name = "FILE", conflicts_with = "token")]
-    token_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    token: TokenArgs,
     #[command(flatten)]
     hook: HookArgs,
     #[command(flatten)]
@@ -196,11 +193,7 @@ impl StartCommand {
     fn node_daemon(self, dir: &Path) -> anyhow::Result<ExitCode> {
         let address = resolve(self.address.as_deref().expect("--address"))?;
         let node_id = std::env::var("WTRACE_NODE_ID").context("WTRACE_NODE_ID is not set")?;
-        let given = match &self.token_file {
-            Some(path) => Some(super::cluster_args::read_token_file(path)?),
-            None => self.token.clone(),
-        };
-        let token = match given {
+        let token = match self.token.given()? {
             Some(token) => token,
             None => match Session::read(dir)? {
                 Some(session) if session.address == address => session.token,

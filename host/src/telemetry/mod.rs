@@ -64,12 +64,6 @@ impl Telemetry {
         Ok(())
     }
 
-    /// Whether this process writes span files that [`Telemetry::sync_files`]
-    /// must write before results leave.
-    pub fn has_span_files(&self) -> bool {
-        !self.files.is_empty()
-    }
-
     /// Turns on the host instrumentations named (see
     /// [`INSTRUMENTATIONS`]).
     pub fn with_instrumentations<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
