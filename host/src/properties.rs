@@ -12,7 +12,8 @@ use wasmtime::component::Type;
 
 use crate::capabilities::bindings::types;
 use crate::capabilities::tracer::{key_value, span_context_from_wit};
-use crate::cluster::protocol::{FromDriver, FromWorker, Hello, ToDriver, ToWorker};
+use crate::cluster::messages::{FromDriver, FromWorker, ToDriver, ToWorker};
+use crate::cluster::transport::tcp::protocol::Hello;
 use crate::exec::hook::HookSpec;
 use crate::runtime::wave::{Invocation, parse_args};
 use crate::spans::SpanFiles;

@@ -310,7 +310,13 @@ fn drive(
                 .with_span_processor(processor)
                 .build(),
         );
-        let client = match wtrace::Client::connect(address, token, Some(telemetry)).await {
+        let client = match wtrace::Client::connect(
+            &wtrace::cluster::Endpoint::tcp(address),
+            token,
+            Some(telemetry),
+        )
+        .await
+        {
             Ok(client) => client,
             Err(e) => return vec![format!("cannot connect: {e}")],
         };

@@ -7,8 +7,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use wtrace::cluster::head::MAX_UNAUTHENTICATED;
-use wtrace::cluster::protocol::{MAGIC, PROTOCOL_VERSION};
+use wtrace::cluster::transport::tcp::{MAGIC, MAX_UNAUTHENTICATED, PROTOCOL_VERSION};
 use wtrace_tests::{Cluster, Wtrace, guests};
 
 fn head(cluster: &Cluster) -> (SocketAddr, u32) {
@@ -155,7 +154,7 @@ fn a_worker_or_driver_with_the_wrong_token_says_why_and_exits_non_zero() {
 
     let worker = Wtrace::new([
         "worker",
-        "--head",
+        "--address",
         &address,
         "--worker-id",
         "intruder",

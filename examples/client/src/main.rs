@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
         anyhow::anyhow!("no cluster is running: start one with `wtrace start --head`")
     })?;
     // `None`: run the cluster's own tracing startup hook in this process.
-    let client = Client::connect(session.address, &session.token, None).await?;
+    let client = Client::connect(&session.endpoint()?, &session.token, None).await?;
     let digest = client.upload_file(component.as_ref()).await?;
 
     let tasks = client

@@ -2,19 +2,15 @@
 //! inside `<function> submit` spans, and collect their results.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use opentelemetry::trace::{Span as _, TraceContextExt as _};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::sync::CancellationToken;
 
-use super::protocol::{
-    self, ClusterConfig, ClusterStatus, Done, FromDriver, Hello, OpenError, Reader, Submission,
-    ToDriver, write_loop,
-};
+use super::messages::{self, ClusterConfig, ClusterStatus, Done, FromDriver, Submission, ToDriver};
+use super::transport::{self, Credentials, DriverLink, Endpoint};
 use crate::capabilities::provider::WorkerInfo;
 use crate::error::{Error, Result};
 use crate::exec::hook::HookComponent;
@@ -39,7 +35,7 @@ const SUBMIT_CHUNK: usize = 256;
 /// # async fn demo() -> wtrace::Result<()> {
 /// use wtrace::cluster::Client;
 ///
-/// let client = Client::connect("127.0.0.1:7733".parse().unwrap(), "token", None).await?;
+/// let client = Client::connect(&"127.0.0.1:7733".parse()?, "token", None).await?;
 /// let component = client.upload_file("hello.wasm".as_ref()).await?;
 /// let task = client.submit(&component, &"my-function()".parse()?, &opentelemetry::Context::new()).await?;
 /// let result = task.get().await?;
@@ -132,70 +128,73 @@ impl TaskRef {
 }
 
 impl Client {
-    /// Connects to the head at `addr`. `telemetry` traces submissions; when
-    /// `None`, the cluster's own tracing startup hook is run in this process
-    /// (as every worker does) and its provider used.
+    /// Connects to the cluster at `endpoint` (a token alone is credentials
+    /// enough for a wtrace head). `telemetry` traces
+    /// submissions; when `None`, the cluster's own tracing startup hook is
+    /// run in this process (as every worker does) and its provider used.
     pub async fn connect(
-        addr: SocketAddr,
-        token: &str,
+        endpoint: &Endpoint,
+        credentials: impl Into<Credentials>,
         telemetry: Option<Telemetry>,
     ) -> Result<Self> {
-        Self::connect_inner(addr, token, telemetry.map(Some), None).await
+        let link = transport::connect_driver(endpoint, &credentials.into()).await?;
+        Self::over(link, telemetry.map(Some), None).await
     }
 
     /// Connects without tracing submissions at all.
-    pub async fn connect_untraced(addr: SocketAddr, token: &str) -> Result<Self> {
-        Self::connect_inner(addr, token, Some(None), None).await
+    pub async fn connect_untraced(
+        endpoint: &Endpoint,
+        credentials: impl Into<Credentials>,
+    ) -> Result<Self> {
+        let link = transport::connect_driver(endpoint, &credentials.into()).await?;
+        Self::over(link, Some(None), None).await
     }
 
     /// Connects, running the cluster's hook here, after checking that it is
     /// `hook`: a driver given a different hook than its cluster's is an
     /// error, not silently ignored.
     pub async fn connect_with_hook(
-        addr: SocketAddr,
-        token: &str,
+        endpoint: &Endpoint,
+        credentials: impl Into<Credentials>,
         hook: &HookComponent,
     ) -> Result<Self> {
-        Self::connect_inner(addr, token, None, Some(hook)).await
+        let link = transport::connect_driver(endpoint, &credentials.into()).await?;
+        Self::over(link, None, Some(hook)).await
     }
 
-    async fn connect_inner(
-        addr: SocketAddr,
-        token: &str,
+    /// A client over `link`; `telemetry` as in [`Client::connect`] (`None`:
+    /// run the cluster's hook), wrapped (`Some(None)`: untraced).
+    pub(crate) async fn over(
+        mut link: DriverLink,
         telemetry: Option<Option<Telemetry>>,
         expected_hook: Option<&HookComponent>,
     ) -> Result<Self> {
-        let hello = Hello::Driver {
-            token: token.to_owned(),
-            pid: std::process::id(),
-        };
-        let (reader, writer, config) = match protocol::open(addr, &hello).await {
-            Ok(opened) => opened,
-            Err(OpenError::Unreachable(e)) => {
-                return Err(Error::Cluster(format!(
-                    "cannot reach a wtrace cluster at {addr}: {e}; start one with `wtrace start --head`"
-                )));
-            }
-            Err(OpenError::Refused(why)) => return Err(Error::Cluster(why)),
-            Err(error) => return Err(Error::Cluster(format!("cluster at {addr}: {error}"))),
-        };
-        let config: Arc<ClusterConfig> = Arc::new(*config);
+        let config: Arc<ClusterConfig> = Arc::new(link.config.clone());
         if let Some(expected) = expected_hook {
             check_same_hook(&config, expected)?;
         }
         let telemetry = match telemetry {
             Some(given) => given,
-            None => {
-                // Hooks use synchronous WASI, which must not run on an async thread.
-                let config = config.clone();
-                let handle = tokio::runtime::Handle::current();
-                tokio::task::spawn_blocking(move || run_cluster_hook(&config, handle))
-                    .await
-                    .map_err(|e| Error::Cluster(format!("the hook's thread failed: {e}")))??
-            }
+            None => match &config.hook {
+                None => None,
+                Some(spec) => {
+                    let bytes = fetch_hook(&mut link, &spec.digest).await?;
+                    // Hooks use synchronous WASI, which must not run on an async thread.
+                    let config = config.clone();
+                    let handle = tokio::runtime::Handle::current();
+                    tokio::task::spawn_blocking(move || run_cluster_hook(&config, bytes, handle))
+                        .await
+                        .map_err(|e| Error::Cluster(format!("the hook's thread failed: {e}")))??
+                }
+            },
         };
 
-        let (requests, rx) = mpsc::unbounded_channel();
+        let DriverLink {
+            tx: requests,
+            rx: replies,
+            lost,
+            ..
+        } = link;
         let pending: Pending = Arc::default();
         let (stopped_tx, stopped) = watch::channel(None);
         let submitter = task_span::Submitter::driver(&config.job_id);
@@ -212,14 +211,12 @@ impl Client {
             submitter,
             next_tag: AtomicU64::new(1),
         });
-        let closed = CancellationToken::new();
-        tokio::spawn(write_loop(writer, rx, closed.clone(), |_| {}));
         tokio::spawn(read_loop(
-            reader,
+            replies,
+            lost,
             Arc::downgrade(&inner),
             pending,
             stopped_tx,
-            closed,
         ));
         Ok(Self { inner })
     }
@@ -236,13 +233,13 @@ impl Client {
 
     /// Uploads a component (once per digest) and returns its digest.
     pub async fn upload(&self, name: &str, bytes: Vec<u8>) -> Result<Digest> {
-        if bytes.len() > protocol::MAX_COMPONENT_BYTES {
+        if bytes.len() > messages::MAX_COMPONENT_BYTES {
             return Err(Error::Component {
                 path: name.into(),
                 cause: format!(
                     "it is {} MiB; a cluster stores components of at most {} MiB",
                     bytes.len() >> 20,
-                    protocol::MAX_COMPONENT_BYTES >> 20
+                    messages::MAX_COMPONENT_BYTES >> 20
                 ),
             });
         }
@@ -312,10 +309,10 @@ impl Client {
         let mut refs = Vec::with_capacity(invocations.len());
         // Chunks go out as soon as they are ready, so workers start while
         // the rest is prepared.
-        let chunks = protocol::batches(
+        let chunks = messages::batches(
             invocations.iter().collect(),
             SUBMIT_CHUNK,
-            protocol::BATCH_BYTES,
+            messages::BATCH_BYTES,
             |invocation| invocation.text.len() + 192,
         );
         for chunk in chunks {
@@ -459,22 +456,36 @@ fn check_same_hook(config: &ClusterConfig, expected: &HookComponent) -> Result<(
     }
 }
 
+/// Asks the cluster for the hook's bytes, before anything else is asked.
+async fn fetch_hook(link: &mut DriverLink, digest: &Digest) -> Result<Vec<u8>> {
+    let lost = || Error::Cluster("lost the cluster while fetching its hook".into());
+    link.tx
+        .send(FromDriver::Fetch(digest.clone()))
+        .map_err(|_| lost())?;
+    loop {
+        match link.rx.recv().await.ok_or_else(lost)? {
+            ToDriver::Blob(got, bytes) if got == *digest => {
+                return bytes.ok_or_else(|| {
+                    Error::Cluster(format!("the cluster does not have its hook ({digest})"))
+                });
+            }
+            ToDriver::Stopped => return Err(Error::Cluster("the cluster has stopped".into())),
+            _ => {}
+        }
+    }
+}
+
 /// Runs the cluster's hook in this driver process, as Ray does.
 fn run_cluster_hook(
     config: &ClusterConfig,
+    bytes: Vec<u8>,
     handle: tokio::runtime::Handle,
 ) -> Result<Option<Telemetry>> {
-    let Some(blob) = &config.hook else {
+    let Some(spec) = &config.hook else {
         return Ok(None);
     };
     let runtime = Runtime::new(config.limits.clone(), crate::runtime::default_cache_dir())?;
-    let hook = HookComponent {
-        display: blob.display.clone(),
-        name: blob.name.clone().into(),
-        export: blob.export.clone(),
-        digest: blob.digest.clone(),
-        bytes: blob.bytes.clone().into(),
-    };
+    let hook = spec.with_bytes(bytes)?;
     let info = WorkerInfo {
         worker_id: "driver".into(),
         node_id: "driver".into(),
@@ -485,21 +496,15 @@ fn run_cluster_hook(
 }
 
 async fn read_loop(
-    mut reader: Reader<tokio::net::tcp::OwnedReadHalf>,
+    mut replies: mpsc::UnboundedReceiver<ToDriver>,
+    mut lost: transport::Lost,
     inner: std::sync::Weak<Inner>,
     pending: Pending,
     stopped: watch::Sender<Option<String>>,
-    closed: CancellationToken,
 ) {
     let reason = loop {
-        let message = tokio::select! {
-            message = reader.recv::<ToDriver>() => message,
-            () = closed.cancelled() => {
-                break "lost the cluster: this driver could not send to it".to_owned();
-            }
-        };
-        match message {
-            Ok(Some(ToDriver::Results(results))) => {
+        match replies.recv().await {
+            Some(ToDriver::Results(results)) => {
                 let mut pending = pending.lock().unwrap();
                 for done in results {
                     if let Some(tx) = pending.remove(&done.id) {
@@ -507,19 +512,22 @@ async fn read_loop(
                     }
                 }
             }
-            Ok(Some(ToDriver::Status(status))) => {
+            Some(ToDriver::Status(status)) => {
                 if let Some(inner) = inner.upgrade()
                     && let Some(tx) = inner.status.lock().unwrap().pop_front()
                 {
                     let _ = tx.send(*status);
                 }
             }
-            Ok(Some(ToDriver::Stopped)) => break "the cluster has stopped".to_owned(),
-            Ok(None) => break "the cluster closed the connection".to_owned(),
-            Err(e) => break format!("lost the cluster: {e}"),
+            Some(ToDriver::Stopped) => break "the cluster has stopped".to_owned(),
+            Some(ToDriver::Blob(..)) => {}
+            None => {
+                break lost
+                    .try_recv()
+                    .unwrap_or_else(|_| "the cluster closed the connection".to_owned());
+            }
         }
     };
-    closed.cancel();
     let _ = stopped.send(Some(reason));
     // Waiting tasks learn the cluster is gone from their dropped senders.
     pending.lock().unwrap().clear();

@@ -1,15 +1,15 @@
 //! wtrace as processes: a head, worker processes on nodes, and drivers.
 //!
-//! Drivers and workers talk to the head over TCP (loopback by default),
-//! presenting the cluster's token. The head hands every worker the cluster's
-//! tracing startup hook by digest, so no worker needs it on disk.
+//! Drivers and workers reach the cluster through a [`transport`]: the local
+//! head over TCP (loopback by default), presenting the cluster's token. The
+//! cluster hands every process its tracing startup hook by digest, so no
+//! worker needs it on disk.
 
 pub mod client;
-pub mod head;
+pub mod messages;
 pub mod node;
-pub mod protocol;
 pub mod session;
-mod store;
+pub mod transport;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -17,9 +17,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use client::{Client, TaskRef, TaskResult};
-pub use head::Head;
+pub use messages::{ClusterConfig, ClusterStatus, HookRef};
 pub use node::{Node, NodeOptions};
-pub use protocol::{ClusterConfig, ClusterStatus, HookBlob};
+pub use transport::tcp::Head;
+pub use transport::{Credentials, Endpoint};
 
 use crate::config::{ExportPolicy, Grants, Limits};
 use crate::error::Result;
@@ -93,25 +94,20 @@ impl LocalCluster {
         let token = crate::ids::secure_token()?;
         let config = ClusterConfig {
             job_id: options.job_id.clone(),
-            hook: options.hook.as_ref().map(|hook| HookBlob {
-                display: hook.display.clone(),
-                name: hook.name.display().to_string(),
-                export: hook.export.clone(),
-                digest: hook.digest.clone(),
-                bytes: hook.bytes.to_vec(),
-            }),
+            hook: options.hook.as_ref().map(HookRef::of),
             limits: options.limits.clone(),
             policy: options.policy.clone(),
             grants: options.grants.clone(),
             max_retries: options.max_retries,
             component_store: options.component_store,
         };
-        let head = Head::start(options.bind, token.clone(), config.clone()).await?;
+        let hook = options.hook.as_ref().map(|hook| hook.bytes.to_vec());
+        let head = Head::start(options.bind, token.clone(), config.clone(), hook).await?;
         let node = Node::spawn(NodeOptions {
             num_workers: options.num_workers,
             worker_exe: options.worker_exe.clone(),
-            head: head.addr(),
-            token,
+            endpoint: Endpoint::tcp(head.addr()),
+            credentials: token.into(),
             node_id: format!("n-{}", random_hex(3)),
             cache_dir: options.cache_dir.clone(),
         })?;
@@ -139,9 +135,15 @@ impl LocalCluster {
         self.node.pids()
     }
 
-    /// Connects a client; `telemetry` as in [`Client::connect`].
+    /// A client in this process, linked to the head without a socket;
+    /// `telemetry` as in [`Client::connect`].
     pub async fn client(&self, telemetry: Option<crate::Telemetry>) -> Result<Client> {
-        Client::connect(self.head.addr(), self.head.token(), telemetry).await
+        Client::over(self.head.driver_link().await?, telemetry.map(Some), None).await
+    }
+
+    /// A client in this process that does not trace its submissions.
+    pub async fn client_untraced(&self) -> Result<Client> {
+        Client::over(self.head.driver_link().await?, Some(None), None).await
     }
 
     /// Waits until the cluster was stopped (by a driver's

@@ -1,7 +1,6 @@
 //! A node: the worker processes of one machine, started, watched and
 //! replaced when they die.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -11,7 +10,8 @@ use std::time::{Duration, Instant};
 use std::sync::Mutex;
 use tokio::process::{Child, Command};
 
-use super::head::Readiness;
+use super::Endpoint;
+use super::transport::tcp::Readiness;
 use crate::error::{Error, Result};
 
 /// Exit code of a worker that could not start (its hook failed, or the head
@@ -25,10 +25,11 @@ pub struct NodeOptions {
     pub num_workers: usize,
     /// The `wtrace` executable to run as `wtrace worker`.
     pub worker_exe: PathBuf,
-    /// The head's address.
-    pub head: SocketAddr,
-    /// The cluster's secret (passed in the environment, not the command line).
-    pub token: String,
+    /// Where the cluster is.
+    pub endpoint: Endpoint,
+    /// How workers prove they may join (passed in the environment, not the
+    /// command line).
+    pub credentials: super::Credentials,
     /// This node's id.
     pub node_id: String,
     /// Where workers cache compiled components.
@@ -191,17 +192,42 @@ pub fn signal(pid: u32, signal: i32) {
     }
 }
 
+/// The environment that hands `credentials` to a worker process: what
+/// `wtrace worker` reads.
+pub fn credential_env(credentials: &super::Credentials) -> Vec<(&'static str, String)> {
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    [
+        ("WTRACE_TOKEN", credentials.token.clone()),
+        (
+            "WTRACE_NATS_USER",
+            credentials.user.as_ref().map(|(u, _)| u.clone()),
+        ),
+        (
+            "WTRACE_NATS_PASSWORD",
+            credentials.user.as_ref().map(|(_, p)| p.clone()),
+        ),
+        ("WTRACE_NATS_CREDS", path(&credentials.creds_file)),
+        ("WTRACE_NATS_NKEY_SEED", credentials.nkey_seed.clone()),
+        ("WTRACE_TLS_CA", path(&credentials.tls_ca)),
+        ("WTRACE_TLS_CERT", path(&credentials.tls_cert)),
+        ("WTRACE_TLS_KEY", path(&credentials.tls_key)),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| value.map(|value| (key, value)))
+    .collect()
+}
+
 fn spawn_worker(options: &NodeOptions, worker_id: &str) -> Result<Child> {
     let mut command = Command::new(&options.worker_exe);
     command
         .arg("worker")
-        .arg("--head")
-        .arg(options.head.to_string())
+        .arg("--address")
+        .arg(options.endpoint.to_string())
         .arg("--worker-id")
         .arg(worker_id)
         .arg("--node-id")
         .arg(&options.node_id)
-        .env("WTRACE_TOKEN", &options.token)
+        .envs(credential_env(&options.credentials))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

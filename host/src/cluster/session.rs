@@ -4,7 +4,6 @@
 //! It lives in `$WTRACE_SESSION_DIR`, else `/tmp/wtrace-<uid>`, a directory
 //! only its owner may read: it holds the cluster's token.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -15,8 +14,8 @@ use crate::private;
 /// A running head, as recorded by `wtrace start --head`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Session {
-    /// Where the head listens.
-    pub address: SocketAddr,
+    /// Where the cluster is: the head's HOST:PORT, or NATS servers.
+    pub address: String,
     /// The cluster's secret.
     pub token: String,
     /// The head process.
@@ -29,6 +28,13 @@ pub struct Session {
     pub log: PathBuf,
 }
 
+impl Session {
+    /// Where the cluster is.
+    pub fn endpoint(&self) -> Result<super::Endpoint> {
+        self.address.parse()
+    }
+}
+
 /// A node of workers added with `wtrace start --address`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -36,8 +42,8 @@ pub struct NodeRecord {
     pub node_id: String,
     /// The node process (it owns the node's workers).
     pub pid: u32,
-    /// The head it serves.
-    pub address: SocketAddr,
+    /// The cluster it serves.
+    pub address: String,
     /// Its log file.
     pub log: PathBuf,
 }

@@ -1,9 +1,9 @@
-//! A worker process: joins the head, runs the cluster's tracing startup hook,
-//! then runs leased tasks one at a time on an executor thread, each in a
-//! fresh instance inside its `execute` span.
+//! A worker process: joins the cluster, runs its tracing startup hook, then
+//! runs leased tasks one at a time on an executor thread, each in a fresh
+//! instance inside its `execute` span. It asks for work by credit: as many
+//! leases as it has free slots.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -12,13 +12,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{
-    self, BATCH_BYTES, Done, FromWorker, Hello, Lease, Submission, ToWorker, Writer,
-};
+use super::messages::{self, BATCH_BYTES, Done, FromWorker, Lease, Submission, ToWorker};
+use super::transport::{self, Credentials, Endpoint, WorkerLink};
 use crate::capabilities::provider::WorkerInfo;
 use crate::capabilities::tasks::{NestedResult, NestedTask, Submitted, Submitter};
 use crate::error::{Error, Result};
-use crate::exec::hook::HookComponent;
 use crate::exec::task::{
     self, TaskComponent, TaskContext, TaskError, TaskErrorKind, TaskLinker, TaskOutput,
 };
@@ -27,13 +25,13 @@ use crate::sync::{lock, wait, wait_timeout};
 use crate::telemetry::Telemetry;
 use crate::telemetry::context::parse_traceparent;
 
-/// How a worker process finds its head and names itself.
+/// How a worker process finds its cluster and names itself.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// The head's address.
-    pub head: SocketAddr,
-    /// The cluster's secret.
-    pub token: String,
+    /// Where the cluster is.
+    pub endpoint: Endpoint,
+    /// How it proves it may join.
+    pub credentials: Credentials,
     /// This worker's id.
     pub worker_id: String,
     /// This node's id.
@@ -69,26 +67,29 @@ fn ignore_sigint() {
 }
 
 async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result<Stopped> {
-    let lost = |e: std::io::Error| Error::Cluster(format!("lost the head: {e}"));
-    let pid = std::process::id();
-    let hello = Hello::Worker {
-        token: options.token.clone(),
-        info: WorkerInfo {
-            worker_id: options.worker_id.clone(),
-            node_id: options.node_id.clone(),
-            job_id: String::new(),
-        },
-        pid,
+    let lost = || Error::Cluster("lost the cluster".into());
+    let info = WorkerInfo {
+        worker_id: options.worker_id.clone(),
+        node_id: options.node_id.clone(),
+        job_id: String::new(),
     };
-    let (mut reader, mut writer, config) =
-        protocol::open(options.head, &hello)
-            .await
-            .map_err(|error| {
-                Error::Cluster(format!(
-                    "worker {} could not join the head at {}: {error}",
-                    options.worker_id, options.head
-                ))
-            })?;
+    let told = Arc::new(StartsTold::default());
+    let written = {
+        let told = told.clone();
+        move |message: &FromWorker| {
+            if let FromWorker::Started(count) = message {
+                *lock(&told.count) = *count;
+                told.changed.notify_all();
+            }
+        }
+    };
+    let WorkerLink {
+        config,
+        tx: link,
+        rx: mut inbox,
+        lost: mut link_lost,
+        sent: link_sent,
+    } = transport::connect_worker(&options.endpoint, &options.credentials, info, written).await?;
 
     let runtime = Runtime::new(config.limits.clone(), options.cache_dir.clone())?;
     let info = WorkerInfo {
@@ -98,38 +99,40 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
     };
     let telemetry = match &config.hook {
         None => None,
-        Some(blob) => {
-            let hook = HookComponent {
-                display: blob.display.clone(),
-                name: PathBuf::from(&blob.name),
-                export: blob.export.clone(),
-                digest: blob.digest.clone(),
-                bytes: blob.bytes.clone().into(),
+        Some(spec) => {
+            let ran = match fetch_blob(&link, &mut inbox, &spec.digest).await {
+                Ok(bytes) => match spec.with_bytes(bytes) {
+                    // Hooks use synchronous WASI, which must not run on an async thread.
+                    Ok(hook) => {
+                        let (rt, info, policy, handle) = (
+                            runtime.clone(),
+                            info.clone(),
+                            config.policy.clone(),
+                            handle.clone(),
+                        );
+                        tokio::task::spawn_blocking(move || {
+                            hook.run(&rt, info, &policy, Some(handle))
+                        })
+                        .await
+                        .map_err(|e| Error::Cluster(format!("the hook's thread failed: {e}")))?
+                    }
+                    Err(error) => Err(error),
+                },
+                Err(error) => Err(error),
             };
-            // Hooks use synchronous WASI, which must not run on an async thread.
-            let (rt, info, policy, handle) = (
-                runtime.clone(),
-                info.clone(),
-                config.policy.clone(),
-                handle.clone(),
-            );
-            let ran =
-                tokio::task::spawn_blocking(move || hook.run(&rt, info, &policy, Some(handle)))
-                    .await
-                    .map_err(|e| Error::Cluster(format!("the hook's thread failed: {e}")))?;
             match ran {
                 Ok(telemetry) => Some(telemetry),
                 Err(error) => {
-                    let _ = writer
-                        .send(&FromWorker::HookFailed(error.to_string()))
-                        .await;
+                    let _ = link.send(FromWorker::HookFailed(error.to_string()));
+                    drop(link);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), link_sent).await;
                     return Err(error);
                 }
             }
         }
     };
     let linker = TaskLinker::with_grants(&runtime, config.grants.clone())?;
-    writer.send(&FromWorker::Ready).await.map_err(lost)?;
+    link.send(FromWorker::Ready).map_err(|_| lost())?;
 
     let (out, mut out_rx) = mpsc::unbounded_channel::<FromWorker>();
     let pool = Arc::new(Pool {
@@ -149,9 +152,9 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
         leases_came: tokio::sync::Notify::new(),
         drained: AtomicBool::new(false),
         started: AtomicU64::new(0),
-        started_sent: Mutex::new(0),
-        started_told: Condvar::new(),
+        told,
         confirm_wanted: AtomicBool::new(false),
+        credit: Mutex::new(Credit::default()),
     });
     // Set when this worker can no longer send to the head: it stops, and its
     // node starts another in its place.
@@ -160,12 +163,13 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
         let pool = pool.clone();
         let closed = closed.clone();
         tokio::spawn(async move {
-            let sent = send_loop(&pool, &mut writer, &mut out_rx).await;
-            if let Err(error) = sent {
+            let sent = send_loop(&pool, &link, &mut out_rx).await;
+            if sent.is_err() {
                 closed.cancel();
-                return Err(error);
             }
-            Ok(())
+            // Dropping the link's last sender lets it send what is queued, then close.
+            drop(link);
+            sent
         })
     };
 
@@ -173,21 +177,25 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
         .map_err(|e| Error::io("cannot handle SIGTERM", e))?;
     let stopped = loop {
         tokio::select! {
-            message = reader.recv::<ToWorker>() => match message {
-                Ok(Some(ToWorker::Run(leases))) => Pool::push(&pool, leases),
-                Ok(Some(ToWorker::Results(results))) => pool.deliver(results),
-                Ok(Some(ToWorker::Forget(digests))) => pool.forget(digests),
-                // Shutdown, or the head is gone: stop the running tasks.
-                Ok(Some(ToWorker::Shutdown)) | Ok(None) => break Stopped::Told,
-                Err(error) => break Stopped::Lost(format!("lost the head: {error}")),
+            message = inbox.recv() => match message {
+                Some(ToWorker::Run(leases)) => Pool::push(&pool, leases),
+                Some(ToWorker::Results(results)) => pool.deliver(results),
+                Some(ToWorker::Forget(digests)) => pool.forget(digests),
+                Some(ToWorker::Blob(..)) => {}
+                // Shutdown, or the cluster is gone: stop the running tasks.
+                Some(ToWorker::Shutdown) => break Stopped::Told,
+                None => match link_lost.try_recv() {
+                    Ok(reason) => break Stopped::Lost(reason),
+                    Err(_) => break Stopped::Told,
+                },
             },
             _ = terminate.recv() => break Stopped::Told,
-            () = closed.cancelled() => break Stopped::Lost("could not send to the head".into()),
+            () = closed.cancelled() => break Stopped::Lost("could not send to the cluster".into()),
         }
     };
-    // Closing the connection both ways: the head sees this worker leave and
-    // redelivers what it had leased.
-    drop(reader);
+    // Nothing more is taken: the cluster sees this worker leave once its
+    // last results are out, and redelivers what it had leased.
+    drop(inbox);
     let closing = pool.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close(Duration::from_secs(10))).await;
     // Every task has stopped: the sender sends what is left and stops.
@@ -195,9 +203,10 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
     pool.done_ready.notify_one();
     drop(pool);
     let stopped = match tokio::time::timeout(Duration::from_secs(5), sender).await {
-        Ok(Ok(Err(error))) => Stopped::Lost(format!("could not send to the head: {error}")),
+        Ok(Ok(Err(_))) => Stopped::Lost("could not send to the cluster".into()),
         _ => stopped,
     };
+    let _ = tokio::time::timeout(Duration::from_secs(5), link_sent).await;
     if let Some(telemetry) = telemetry {
         // Exporters may block (OTLP over HTTP); keep the runtime free.
         if let Ok(Err(error)) = tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
@@ -211,14 +220,45 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
     Ok(stopped)
 }
 
+/// Asks the cluster for the blob of `digest`, before anything else is asked.
+async fn fetch_blob(
+    link: &mpsc::UnboundedSender<FromWorker>,
+    inbox: &mut mpsc::UnboundedReceiver<ToWorker>,
+    digest: &Digest,
+) -> Result<Vec<u8>> {
+    let lost = || Error::Cluster(format!("lost the cluster while fetching blob {digest}"));
+    link.send(FromWorker::Fetch(digest.clone()))
+        .map_err(|_| lost())?;
+    loop {
+        match inbox.recv().await.ok_or_else(lost)? {
+            ToWorker::Blob(got, bytes) if got == *digest => {
+                return bytes.ok_or_else(|| {
+                    Error::Cluster(format!("the cluster does not have blob {digest}"))
+                });
+            }
+            ToWorker::Shutdown => return Err(Error::Cluster("the cluster is stopping".into())),
+            _ => {}
+        }
+    }
+}
+
+/// The link is closed: nothing more can be sent.
+#[derive(Debug)]
+struct LinkClosed;
+
 /// Sends what the executors produce: messages as they come, results in
-/// batches (quick tasks' results wait [`RESULT_DELAY`] at most for company),
-/// until the pool is drained. An error is a write that failed.
+/// batches (quick tasks' results wait [`RESULT_DELAY`] at most for company)
+/// with the credit the finished tasks free, until the pool is drained.
 async fn send_loop(
     pool: &Pool,
-    writer: &mut Writer<tokio::net::tcp::OwnedWriteHalf>,
+    link: &mpsc::UnboundedSender<FromWorker>,
     out_rx: &mut mpsc::UnboundedReceiver<FromWorker>,
-) -> std::io::Result<()> {
+) -> std::result::Result<(), LinkClosed> {
+    let send = |message: FromWorker| link.send(message).map_err(|_| LinkClosed);
+    // The first credit: the pool is empty.
+    if let Some(more) = pool.credit_wanted() {
+        send(FromWorker::Credit(more))?;
+    }
     let mut open = true;
     let mut told = 0;
     // When waiting results must leave, and when the head must hear of
@@ -242,7 +282,7 @@ async fn send_loop(
         tokio::select! {
             message = out_rx.recv(), if open => match message {
                 Some(message) => {
-                    writer.feed(&message).await?;
+                    send(message)?;
                     tell = true;
                 }
                 None => open = false,
@@ -263,7 +303,7 @@ async fn send_loop(
         let started = pool.started.load(Ordering::Acquire);
         let tell = tell && started != told;
         if tell {
-            writer.feed(&FromWorker::Started(started)).await?;
+            send(FromWorker::Started(started))?;
         }
         // A result leaves only once its task's spans are in the span files:
         // a worker killed the next moment takes none of them along.
@@ -273,18 +313,20 @@ async fn send_loop(
         {
             eprintln!("wtrace worker (pid {}): {error}", std::process::id());
         }
-        for batch in protocol::batches(done, RESULT_BATCH, BATCH_BYTES, Done::wire_size) {
-            writer.feed(&FromWorker::Done(batch)).await?;
+        // Slots the finished tasks freed, asked for before their results
+        // leave: the cluster leases more without waiting for them.
+        if let Some(more) = pool.credit_wanted() {
+            send(FromWorker::Credit(more))?;
+        }
+        for batch in messages::batches(done, RESULT_BATCH, BATCH_BYTES, Done::wire_size) {
+            send(FromWorker::Done(batch))?;
         }
         while let Ok(message) = out_rx.try_recv() {
-            writer.feed(&message).await?;
+            send(message)?;
         }
-        writer.flush().await?;
         if tell {
             tell_by = None;
             told = started;
-            *lock(&pool.started_sent) = started;
-            pool.started_told.notify_all();
         }
         let drained = pool.done_count.load(Ordering::Acquire) == 0;
         if (!open || pool.drained.load(Ordering::Acquire)) && drained {
@@ -331,11 +373,64 @@ struct Pool {
     drained: AtomicBool,
     /// Leases taken off the queue to run, in lease order.
     started: AtomicU64,
-    /// What the head has been told of `started`, once written.
-    started_sent: Mutex<u64>,
-    started_told: Condvar,
+    /// What the cluster has been told of `started`.
+    told: Arc<StartsTold>,
     /// Set by a task whose lease asks to confirm its start before it runs.
     confirm_wanted: AtomicBool,
+    credit: Mutex<Credit>,
+}
+
+/// How many starts the transport has sent on to the cluster.
+#[derive(Debug, Default)]
+struct StartsTold {
+    count: Mutex<u64>,
+    changed: Condvar,
+}
+
+/// Leases a worker holds, at most: one running, the rest queued here so the
+/// next starts without a round trip. How many it asks for adapts to how long
+/// its tasks take: about [`QUEUED_WORK_US`] of work, so quick tasks come in
+/// large batches while slow ones are not hoarded by one worker while
+/// another idles.
+const MAX_HELD: usize = 128;
+
+/// The work, in µs, a worker asks for ahead.
+const QUEUED_WORK_US: u64 = 3_000;
+
+/// What a worker holds and has asked for: its credit is what it may take
+/// on top.
+#[derive(Debug)]
+struct Credit {
+    /// Leases received and not finished.
+    held: usize,
+    /// Of those, tasks waiting for nested tasks: they hold no slot.
+    waiting: usize,
+    /// Leases asked for and not yet received.
+    asked: usize,
+    /// Moving average of how long its tasks take, in µs.
+    busy_us: u64,
+}
+
+impl Default for Credit {
+    fn default() -> Self {
+        Self {
+            held: 0,
+            waiting: 0,
+            asked: 0,
+            busy_us: QUEUED_WORK_US,
+        }
+    }
+}
+
+impl Credit {
+    /// Slots free now, counted as asked for.
+    fn take_free(&mut self) -> Option<u32> {
+        let target = (QUEUED_WORK_US / self.busy_us.max(1)).clamp(2, MAX_HELD as u64) as usize;
+        let have = self.held.saturating_sub(self.waiting) + self.asked;
+        let more = target.checked_sub(have).filter(|more| *more > 0)?;
+        self.asked += more;
+        Some(more as u32)
+    }
 }
 
 /// Results sent in one message at most.
@@ -448,6 +543,11 @@ impl Pool {
                 })
                 .collect()
         };
+        {
+            let mut credit = lock(&pool.credit);
+            credit.asked = credit.asked.saturating_sub(resolved.len());
+            credit.held += resolved.len();
+        }
         let mut state = lock(&pool.state);
         state.leases.extend(resolved);
         if state.runnable() == 0 {
@@ -545,14 +645,14 @@ impl Pool {
         if confirm {
             self.confirm_wanted.store(true, Ordering::Release);
             self.done_ready.notify_one();
-            let mut sent = lock(&self.started_sent);
+            let mut sent = lock(&self.told.count);
             let deadline = std::time::Instant::now() + CONFIRM_TIMEOUT;
             while *sent < count && !lock(&self.state).closed {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 if left.is_zero() {
                     break;
                 }
-                sent = wait_timeout(&self.started_told, sent, left).0;
+                sent = wait_timeout(&self.told.changed, sent, left).0;
             }
         }
     }
@@ -560,6 +660,11 @@ impl Pool {
     /// Queues a result; wakes the sender when this worker has nothing else
     /// to run now, or enough results to fill a message.
     fn finished(&self, done: Done) {
+        {
+            let mut credit = lock(&self.credit);
+            credit.held = credit.held.saturating_sub(1);
+            credit.busy_us = (credit.busy_us * 7 + u64::from(done.busy_us)) / 8;
+        }
         let count = {
             let mut buffer = lock(&self.done);
             buffer.push(done);
@@ -569,6 +674,14 @@ impl Pool {
         if count >= RESULT_BATCH || lock(&self.state).leases.is_empty() {
             self.done_ready.notify_one();
         }
+    }
+
+    /// The credit to ask for now, if any slot is free and not asked for.
+    fn credit_wanted(&self) -> Option<u32> {
+        if lock(&self.state).closed {
+            return None;
+        }
+        lock(&self.credit).take_free()
     }
 
     fn take_done(&self) -> Vec<Done> {
@@ -724,6 +837,47 @@ impl Submitter for PoolSubmitter {
         } else {
             state.waiting -= 1;
         }
-        let _ = pool.out.send(FromWorker::Waiting(state.waiting as u32));
+        let closed = state.closed;
+        drop(state);
+        // A waiting task frees its slot for other work (its children,
+        // maybe); one resuming takes it back.
+        let more = {
+            let mut credit = lock(&pool.credit);
+            if waiting {
+                credit.waiting += 1;
+            } else {
+                credit.waiting = credit.waiting.saturating_sub(1);
+            }
+            credit.take_free()
+        };
+        if let Some(more) = more.filter(|_| !closed) {
+            let _ = pool.out.send(FromWorker::Credit(more));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_asks_for_its_free_slots_and_a_waiting_task_frees_its_own() {
+        let mut credit = Credit::default();
+        // Nothing is known of its tasks yet: two, one to run and one ready.
+        assert_eq!(credit.take_free(), Some(2));
+        assert_eq!(credit.take_free(), None, "asked for already");
+        credit.asked -= 2;
+        credit.held += 2;
+        assert_eq!(credit.take_free(), None, "both slots are taken");
+        credit.waiting += 1;
+        assert_eq!(credit.take_free(), Some(1), "a waiting task frees its slot");
+        // Quick tasks: it asks for about QUEUED_WORK_US of them.
+        credit.busy_us = 30;
+        assert_eq!(credit.take_free(), Some(98));
+        credit.busy_us = 1;
+        credit.asked = 0;
+        credit.held = 0;
+        credit.waiting = 0;
+        assert_eq!(credit.take_free(), Some(MAX_HELD as u32));
     }
 }

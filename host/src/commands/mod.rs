@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Run(run::RunCommand),
-    Start(start::StartCommand),
+    Start(Box<start::StartCommand>),
     Submit(submit::SubmitCommand),
     Status(status::StatusCommand),
     Stop(stop::StopCommand),

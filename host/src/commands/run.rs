@@ -122,13 +122,7 @@ async fn drive<'a>(
     let result = async {
         let client = match telemetry {
             Some(t) => cluster.client(Some(t)).await?,
-            None => {
-                wtrace::cluster::Client::connect_untraced(
-                    cluster.head().addr(),
-                    cluster.head().token(),
-                )
-                .await?
-            }
+            None => cluster.client_untraced().await?,
         };
         let digest = client.upload(name, bytes).await?;
         let mut failed = false;

@@ -14,26 +14,35 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use wtrace::cluster::session::{NodeRecord, Session, ensure_dir, process_alive, session_dir};
-use wtrace::cluster::{Client, LocalCluster, LocalClusterOptions, Node, NodeOptions};
+use wtrace::cluster::{
+    Client, ClusterConfig, Endpoint, HookRef, LocalCluster, LocalClusterOptions, Node, NodeOptions,
+};
 
 use super::args::{HookArgs, SandboxArgs};
-use super::cluster_args::TokenArgs;
-use super::cluster_args::resolve;
+use super::cluster_args::{NatsArgs, TokenArgs, credentials_for};
 
 const DAEMON: &str = "WTRACE_DAEMON";
 
 /// Start a cluster in the background: a head and a node of workers
-/// (`--head`), or another node of workers for a running head (`--address`).
+/// (`--head`), or another node of workers for a running cluster
+/// (`--address`). With `--head --address nats://…` the cluster lives on
+/// NATS JetStream, and nodes on any machine join it with the address alone.
 ///
 /// Returns once every worker has run the tracing startup hook.
 #[derive(Debug, Args)]
 pub struct StartCommand {
     /// Start a head, with a node of workers on this machine.
-    #[arg(long, required_unless_present = "address", conflicts_with = "address")]
+    #[arg(long, required_unless_present = "address")]
     head: bool,
-    /// Add a node of workers to the head at HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
-    address: Option<String>,
+    /// Add a node of workers to the cluster at ADDRESS (a head's HOST:PORT,
+    /// or nats://HOST:PORT[,…]); with --head, a NATS address makes the
+    /// cluster there.
+    #[arg(long, value_name = "ADDRESS")]
+    address: Option<Endpoint>,
+    /// Make a cluster on NATS servers reachable beyond this machine without
+    /// authentication (anyone who reaches them could run tasks).
+    #[arg(long)]
+    insecure: bool,
     /// The head's port (default: any free port).
     #[arg(long, default_value_t = 0)]
     port: u16,
@@ -54,6 +63,8 @@ pub struct StartCommand {
     #[command(flatten)]
     token: TokenArgs,
     #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
     hook: HookArgs,
     #[command(flatten)]
     sandbox: SandboxArgs,
@@ -64,7 +75,21 @@ impl StartCommand {
         let daemon = std::env::var_os(DAEMON).is_some();
         let dir = session_dir();
         ensure_dir(&dir)?;
-        if self.head {
+        if self.head
+            && let Some(address) = &self.address
+        {
+            if let Endpoint::Tcp(_) = address {
+                bail!(
+                    "--head with --address {address}: a wtrace head listens on --bind and --port; \
+                     --address names a NATS cluster to make (nats://HOST:PORT)"
+                );
+            }
+            if daemon {
+                self.nats_head_daemon(&dir)
+            } else {
+                self.spawn_head(&dir)
+            }
+        } else if self.head {
             if daemon {
                 self.head_daemon(&dir)
             } else {
@@ -125,7 +150,7 @@ impl StartCommand {
     }
 
     fn spawn_node(&self, dir: &Path) -> anyhow::Result<ExitCode> {
-        let address = resolve(self.address.as_deref().expect("--address or --head"))?;
+        let address = self.address.clone().expect("--address or --head");
         let node_id = format!("n-{}", short_id());
         let log = dir.join(format!("node-{node_id}.log"));
         let pid = spawn_daemon_with(&log, &[("WTRACE_NODE_ID", &node_id)])?;
@@ -161,7 +186,7 @@ impl StartCommand {
         Self::runtime()?.block_on(async move {
             let cluster = LocalCluster::start(options).await?;
             Session {
-                address: cluster.head().addr(),
+                address: cluster.head().addr().to_string(),
                 token: cluster.head().token().to_owned(),
                 pid: std::process::id(),
                 job_id: cluster.config().job_id.clone(),
@@ -178,86 +203,158 @@ impl StartCommand {
                 _ = tokio::signal::ctrl_c() => cluster.head().shutdown(),
             }
             cluster.wait_stopped().await;
-            if Session::read(dir)
-                .ok()
-                .flatten()
-                .is_some_and(|s| s.pid == std::process::id())
-            {
-                Session::remove(dir);
+            remove_own_session(dir);
+            Ok(ExitCode::SUCCESS)
+        })
+    }
+
+    /// A head on NATS: makes the cluster's streams, buckets and
+    /// configuration there, then serves as its first node until the cluster
+    /// is stopped.
+    fn nats_head_daemon(self, dir: &Path) -> anyhow::Result<ExitCode> {
+        let address = self.address.clone().expect("--address");
+        let hook = self.hook.spec()?.map(|spec| spec.load()).transpose()?;
+        let credentials = self.nats.credentials(self.token.given()?)?;
+        let config = ClusterConfig {
+            job_id: format!("job-{}", short_id()),
+            hook: hook.as_ref().map(HookRef::of),
+            limits: self.sandbox.limits(),
+            policy: self.sandbox.policy()?,
+            grants: self.sandbox.grants()?,
+            max_retries: self.max_retries,
+            component_store: self.component_store,
+        };
+        let workers = self.workers();
+        let cache_dir = self.sandbox.cache_dir();
+        let node_id = format!("n-{}", short_id());
+        Self::runtime()?.block_on(async move {
+            let bytes = hook.as_ref().map(|h| h.bytes.to_vec());
+            wtrace::cluster::transport::nats::create_cluster(
+                &address,
+                &credentials,
+                &config,
+                bytes.as_deref(),
+                self.insecure,
+            )
+            .await?;
+            let node = NodeOptions {
+                num_workers: workers,
+                worker_exe: std::env::current_exe()?,
+                endpoint: address.clone(),
+                credentials,
+                node_id: node_id.clone(),
+                cache_dir,
+            };
+            let node = start_node(node).await?;
+            Session {
+                address: address.to_string(),
+                token: String::new(),
+                pid: std::process::id(),
+                job_id: config.job_id.clone(),
+                hook: hook.map(|h| format!("{} ({})", h.display, h.digest)),
+                log: dir.join("head.log"),
             }
-            eprintln!("wtrace head: stopped");
+            .write(dir)?;
+            eprintln!("wtrace head: the cluster is on {address}, node {node_id} serving");
+            serve_node(node).await?;
+            remove_own_session(dir);
             Ok(ExitCode::SUCCESS)
         })
     }
 
     fn node_daemon(self, dir: &Path) -> anyhow::Result<ExitCode> {
-        let address = resolve(self.address.as_deref().expect("--address"))?;
+        let address = self.address.clone().expect("--address");
         let node_id = std::env::var("WTRACE_NODE_ID").context("WTRACE_NODE_ID is not set")?;
-        let token = match self.token.given()? {
-            Some(token) => token,
-            None => match Session::read(dir)? {
-                Some(session) if session.address == address => session.token,
-                _ => bail!(
-                    "joining {address} needs the cluster's token: pass --token-file or set WTRACE_TOKEN"
-                ),
-            },
-        };
+        let credentials = credentials_for(&address, self.token.given()?, &self.nats)?;
         let workers = self.workers();
         let cache_dir = self.sandbox.cache_dir();
         Self::runtime()?.block_on(async move {
-            let client = Client::connect_untraced(address, &token).await?;
-            let node = Node::spawn(NodeOptions {
+            let node = NodeOptions {
                 num_workers: workers,
                 worker_exe: std::env::current_exe()?,
-                head: address,
-                token,
+                endpoint: address.clone(),
+                credentials,
                 node_id: node_id.clone(),
                 cache_dir,
-            })?;
-            let prefix = format!("{node_id}-");
-            let readiness = || async {
-                let status = client.status().await?;
-                Ok(wtrace::cluster::head::Readiness {
-                    ready: status
-                        .workers
-                        .iter()
-                        .filter(|w| w.ready && w.worker_id.starts_with(&prefix))
-                        .count(),
-                    failed: status.failed_hooks,
-                })
             };
-            if let Err(error) = node
-                .wait_ready(readiness, std::time::Duration::from_secs(60))
-                .await
-            {
-                node.terminate(Duration::from_secs(5)).await;
-                return Err(error.into());
-            }
-            drop(client);
+            let node = start_node(node).await?;
             NodeRecord {
                 node_id: node_id.clone(),
                 pid: std::process::id(),
-                address,
+                address: address.to_string(),
                 log: dir.join(format!("node-{node_id}.log")),
             }
             .write(dir)?;
             eprintln!("wtrace node {node_id}: {workers} workers serving {address}");
-            let mut terminate =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            let pids = node.pids();
-            tokio::select! {
-                _ = node.wait() => {}
-                _ = terminate.recv() => {
-                    for pid in pids {
-                        wtrace::cluster::node::signal(pid, libc::SIGTERM);
-                    }
-                }
-            }
+            serve_node(node).await?;
             NodeRecord::remove(dir, &node_id);
             eprintln!("wtrace node {node_id}: stopped");
             Ok(ExitCode::SUCCESS)
         })
     }
+}
+
+/// Removes the session file if it is this head's, when it stops.
+fn remove_own_session(dir: &Path) {
+    if Session::read(dir)
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.pid == std::process::id())
+    {
+        Session::remove(dir);
+    }
+    eprintln!("wtrace head: stopped");
+}
+
+/// Starts a node's workers and waits until each ran the hook; on failure
+/// none is left running.
+async fn start_node(options: NodeOptions) -> anyhow::Result<Node> {
+    let client = Client::connect_untraced(&options.endpoint, options.credentials.clone()).await?;
+    let node_id = options.node_id.clone();
+    let node = Node::spawn(options)?;
+    if let Err(error) = wait_node_ready(&client, &node, &node_id).await {
+        node.terminate(Duration::from_secs(5)).await;
+        return Err(error);
+    }
+    Ok(node)
+}
+
+/// Waits until every worker of `node` (ids `<node_id>-…`) ran the hook, as
+/// the cluster reports them.
+async fn wait_node_ready(client: &Client, node: &Node, node_id: &str) -> anyhow::Result<()> {
+    let prefix = format!("{node_id}-");
+    let readiness = || async {
+        let status = client.status().await?;
+        Ok(wtrace::cluster::transport::tcp::Readiness {
+            ready: status
+                .workers
+                .iter()
+                .filter(|w| w.ready && w.worker_id.starts_with(&prefix))
+                .count(),
+            failed: status.failed_hooks,
+        })
+    };
+    node.wait_ready(readiness, Duration::from_secs(60)).await?;
+    Ok(())
+}
+
+/// Runs until the node's workers exit (the cluster stopped), or SIGTERM
+/// comes: then they are told to stop.
+async fn serve_node(node: Node) -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let pids = node.pids();
+    let exited = node.wait();
+    tokio::pin!(exited);
+    tokio::select! {
+        () = &mut exited => {}
+        _ = terminate.recv() => {
+            for pid in pids {
+                wtrace::cluster::node::signal(pid, libc::SIGTERM);
+            }
+            exited.await;
+        }
+    }
+    Ok(())
 }
 
 fn short_id() -> String {

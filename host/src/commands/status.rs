@@ -26,7 +26,7 @@ impl StatusCommand {
             .enable_all()
             .build()?;
         let status = rt.block_on(async {
-            let client = Client::connect_untraced(address, &token).await?;
+            let client = Client::connect_untraced(&address, token.clone()).await?;
             anyhow::Ok(client.status().await?)
         })?;
         if self.json {

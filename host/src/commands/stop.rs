@@ -4,11 +4,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use wtrace::cluster::Client;
 use wtrace::cluster::node::signal;
 use wtrace::cluster::session::{NodeRecord, Session, process_alive, session_dir};
+use wtrace::cluster::{Client, Endpoint};
 
-use super::cluster_args::ClusterArgs;
+use super::cluster_args::{ClusterArgs, same_cluster};
 
 /// Stop the cluster: every worker stops its task, flushes its spans and
 /// exits, then the head and the nodes exit.
@@ -22,12 +22,15 @@ impl StopCommand {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let (address, token) = self.cluster.locate()?;
         let dir = session_dir();
-        let session = Session::read(&dir)?.filter(|s| s.address == address);
+        let session = Session::read(&dir)?.filter(|s| {
+            s.endpoint()
+                .is_ok_and(|recorded| same_cluster(&address, &recorded))
+        });
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let workers = rt.block_on(async {
-            let client = Client::connect_untraced(address, &token).await?;
+            let client = Client::connect_untraced(&address, token.clone()).await?;
             let workers = client.status().await?.workers.len();
             client.shutdown_cluster().await?;
             anyhow::Ok(workers)
@@ -51,7 +54,11 @@ impl StopCommand {
         let mut pids: Vec<u32> = session.iter().map(|s| s.pid).collect();
         let nodes: Vec<NodeRecord> = NodeRecord::all(&dir)
             .into_iter()
-            .filter(|n| n.address == address)
+            .filter(|n| {
+                n.address
+                    .parse()
+                    .is_ok_and(|node: Endpoint| same_cluster(&node, &address))
+            })
             .collect();
         pids.extend(nodes.iter().map(|n| n.pid));
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -99,8 +99,8 @@ impl SubmitCommand {
             .build()?;
         rt.block_on(async move {
             let client = match &hook {
-                Some(hook) => Client::connect_with_hook(address, &token, hook).await?,
-                None => Client::connect(address, &token, None).await?,
+                Some(hook) => Client::connect_with_hook(&address, token.clone(), hook).await?,
+                None => Client::connect(&address, token.clone(), None).await?,
             };
             let outcome = submit(&client, &name, bytes, &invocations, self.repeat).await;
             if let Some(telemetry) = client.telemetry().cloned() {

@@ -1,6 +1,5 @@
 //! `wtrace worker`: a worker process, started by a head or node (not by hand).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,9 +10,9 @@ use wtrace::cluster::worker::{self, Stopped, WorkerOptions};
 /// Run a worker process (internal: started by `wtrace run` and `wtrace start`).
 #[derive(Debug, Args)]
 pub struct WorkerCommand {
-    /// The head's address.
+    /// Where the cluster is.
     #[arg(long)]
-    head: SocketAddr,
+    address: wtrace::cluster::Endpoint,
     /// This worker's id.
     #[arg(long)]
     worker_id: String,
@@ -23,16 +22,19 @@ pub struct WorkerCommand {
     /// Where compiled components are cached.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// The cluster's secret.
+    /// The cluster's secret (a wtrace head's, or the NATS server's).
     #[arg(long, env = "WTRACE_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Option<String>,
+    #[command(flatten)]
+    nats: super::cluster_args::NatsArgs,
 }
 
 impl WorkerCommand {
     pub fn run(self) -> anyhow::Result<ExitCode> {
+        let credentials = self.nats.credentials(self.token.clone())?;
         let options = WorkerOptions {
-            head: self.head,
-            token: self.token,
+            endpoint: self.address,
+            credentials,
             worker_id: self.worker_id.clone(),
             node_id: self.node_id,
             cache_dir: self.cache_dir,

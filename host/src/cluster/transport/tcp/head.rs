@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -18,26 +18,20 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{
-    BATCH_BYTES, ClusterConfig, ClusterStatus, ComponentRef, Done, FromDriver, FromWorker,
-    HELLO_TIMEOUT, Hello, HelloReply, Lease, MAX_FRAME, MAX_HELLO_FRAME, MAX_NAME_BYTES, Reader,
-    Submission, ToDriver, ToWorker, WireSize, WorkerStatus, Writer, batches, write_loop,
+    HELLO_TIMEOUT, Hello, HelloReply, MAX_FRAME, MAX_HELLO_FRAME, Reader, Writer, write_loop,
 };
 use super::store::ComponentStore;
 use crate::capabilities::provider::WorkerInfo;
+use crate::cluster::messages::{
+    BATCH_BYTES, ClusterConfig, ClusterStatus, ComponentRef, Done, FromDriver, FromWorker, Lease,
+    MAX_NAME_BYTES, Submission, ToDriver, ToWorker, WORKER_COMPONENTS, WireSize, WorkerStatus,
+    batches,
+};
+use crate::cluster::transport::DriverLink;
 use crate::error::{Error, Result};
 use crate::outcome::{TaskError, TaskErrorKind, TaskOutput};
 use crate::runtime::Digest;
 use crate::runtime::wave::MAX_INVOCATION_BYTES;
-
-/// Tasks leased to one worker at a time, at most: one running, the rest
-/// queued there so the next starts without a round trip. How many are leased
-/// adapts to how long the worker's tasks take: about [`QUEUED_WORK_US`] of
-/// work, so quick tasks go out in large batches while slow ones are not
-/// hoarded by one worker while another idles.
-const WORKER_CAPACITY: usize = 128;
-
-/// The work, in µs, a worker is leased ahead.
-const QUEUED_WORK_US: u64 = 3_000;
 
 type ConnId = u64;
 
@@ -54,6 +48,8 @@ enum Event {
     DriverJoined {
         conn: ConnId,
         tx: Outbox<ToDriver>,
+        /// Where an in-process driver learns the configuration.
+        config: Option<oneshot::Sender<ClusterConfig>>,
     },
     DriverMessage(ConnId, FromDriver),
     DriverLeft(ConnId),
@@ -84,30 +80,25 @@ struct Worker {
     /// Leases the worker says it has started: a prefix of the lease order,
     /// since it runs them first come, first served.
     started: u64,
-    /// Leased tasks waiting for nested tasks: they hold no CPU.
-    waiting: usize,
-    /// Moving average of how long its tasks take, in µs.
-    busy_us: u64,
+    /// Leases it asked for and was not sent yet.
+    credit: usize,
     /// The components it holds, least recently leased first, at most
     /// [`WORKER_COMPONENTS`].
     has: VecDeque<Digest>,
     done: u64,
 }
 
-/// Components a worker holds at once; past it, the head tells it to forget
-/// the least recently leased, and sends its bytes again when needed.
-pub const WORKER_COMPONENTS: usize = 32;
-
 /// Bytes the head may hold for one connection, written or not: a peer that
 /// stops reading is dropped past it rather than grow the head's memory.
 pub const MAX_OUTGOING_BYTES: usize = 512 << 20;
 
 /// A connection's sending side as the state task sees it: what it queued
-/// and not yet written counts against [`MAX_OUTGOING_BYTES`].
+/// and not yet written counts against [`MAX_OUTGOING_BYTES`]. A driver in
+/// the head's own process has no budget: it is the head's owner.
 struct Outbox<T> {
     tx: mpsc::UnboundedSender<T>,
     queued: Arc<AtomicUsize>,
-    closed: CancellationToken,
+    closed: Option<CancellationToken>,
 }
 
 impl<T: WireSize> Outbox<T> {
@@ -116,7 +107,18 @@ impl<T: WireSize> Outbox<T> {
         let outbox = Self {
             tx,
             queued: Arc::default(),
-            closed,
+            closed: Some(closed),
+        };
+        (outbox, rx)
+    }
+
+    /// An outbox with no send budget.
+    fn unbounded() -> (Self, mpsc::UnboundedReceiver<T>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let outbox = Self {
+            tx,
+            queued: Arc::default(),
+            closed: None,
         };
         (outbox, rx)
     }
@@ -134,10 +136,12 @@ impl<T: WireSize> Outbox<T> {
 
     /// Queues `message`; past the budget, drops the connection instead.
     fn send(&self, message: T) {
-        let size = message.wire_size();
-        if self.queued.fetch_add(size, Ordering::Relaxed) + size > MAX_OUTGOING_BYTES {
-            self.closed.cancel();
-            return;
+        if let Some(closed) = &self.closed {
+            let size = message.wire_size();
+            if self.queued.fetch_add(size, Ordering::Relaxed) + size > MAX_OUTGOING_BYTES {
+                closed.cancel();
+                return;
+            }
         }
         let _ = self.tx.send(message);
     }
@@ -161,22 +165,12 @@ enum Origin {
 }
 
 impl Worker {
-    /// Leased tasks not waiting on nested tasks.
-    fn active(&self) -> usize {
-        self.leased.len() - self.waiting.min(self.leased.len())
-    }
-
     /// Leased tasks it said it started.
     fn running(&self) -> usize {
         self.leased
             .values()
             .filter(|seq| **seq < self.started)
             .count()
-    }
-
-    /// How many tasks it may hold, given how long its tasks take.
-    fn capacity(&self) -> usize {
-        (QUEUED_WORK_US / self.busy_us.max(1)).clamp(2, WORKER_CAPACITY as u64) as usize
     }
 }
 
@@ -208,6 +202,8 @@ struct Tree {
 
 struct State {
     config: Arc<ClusterConfig>,
+    /// The hook's bytes, by the digest the configuration names.
+    hook: Option<Arc<Vec<u8>>>,
     started: Instant,
     workers: BTreeMap<ConnId, Worker>,
     drivers: HashMap<ConnId, Outbox<ToDriver>>,
@@ -231,6 +227,7 @@ struct State {
 pub struct Head {
     addr: SocketAddr,
     token: String,
+    next_conn: Arc<AtomicU64>,
     events: mpsc::UnboundedSender<EventBox>,
     stopped: watch::Receiver<bool>,
 }
@@ -246,8 +243,14 @@ impl std::fmt::Debug for EventBox {
 
 impl Head {
     /// Starts a head on `bind` (port 0: any free port) in the current Tokio
-    /// runtime. Connections must present `token`.
-    pub async fn start(bind: SocketAddr, token: String, config: ClusterConfig) -> Result<Self> {
+    /// runtime. Connections must present `token`. `hook` is the bytes of the
+    /// hook `config` names.
+    pub async fn start(
+        bind: SocketAddr,
+        token: String,
+        config: ClusterConfig,
+        hook: Option<Vec<u8>>,
+    ) -> Result<Self> {
         raise_open_file_limit();
         let listener = TcpListener::bind(bind)
             .await
@@ -257,15 +260,60 @@ impl Head {
             .map_err(|e| Error::io("cannot read the head's address", e))?;
         let (events, rx) = mpsc::unbounded_channel();
         let (stopped_tx, stopped) = watch::channel(false);
-        let state = State::new(config);
+        let mut state = State::new(config);
+        state.hook = hook.map(Arc::new);
         let config = state.config.clone();
+        let next_conn = Arc::new(AtomicU64::new(1));
         tokio::spawn(run_state(state, rx, stopped_tx));
-        tokio::spawn(accept(listener, token.clone(), config, events.clone()));
+        tokio::spawn(accept(
+            listener,
+            token.clone(),
+            config,
+            events.clone(),
+            next_conn.clone(),
+        ));
         Ok(Self {
             addr,
             token,
+            next_conn,
             events,
             stopped,
+        })
+    }
+
+    /// A driver link to this head from its own process: messages are handed
+    /// over as they are, with no socket and no serialization.
+    pub(crate) async fn driver_link(&self) -> Result<DriverLink> {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (outbox, rx) = Outbox::unbounded();
+        let (tx, mut requests) = mpsc::unbounded_channel();
+        let (config_tx, config) = oneshot::channel();
+        let events = self.events.clone();
+        let _ = events.send(EventBox(Event::DriverJoined {
+            conn,
+            tx: outbox,
+            config: Some(config_tx),
+        }));
+        let config = config
+            .await
+            .map_err(|_| Error::Cluster("the head has stopped".into()))?;
+        tokio::spawn(async move {
+            while let Some(message) = requests.recv().await {
+                if events
+                    .send(EventBox(Event::DriverMessage(conn, message)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = events.send(EventBox(Event::DriverLeft(conn)));
+        });
+        let (_, lost) = oneshot::channel();
+        Ok(DriverLink {
+            config,
+            tx,
+            rx,
+            lost,
         })
     }
 
@@ -320,10 +368,10 @@ async fn accept(
     token: String,
     config: Arc<ClusterConfig>,
     events: mpsc::UnboundedSender<EventBox>,
+    next_conn: Arc<AtomicU64>,
 ) {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
-    let mut next_conn: ConnId = 1;
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of file descriptors, say: let some close before the next.
@@ -338,8 +386,7 @@ async fn accept(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = next_conn;
-        next_conn += 1;
+        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
         let (token, config, events) = (token.clone(), config.clone(), events.clone());
         tokio::spawn(async move {
             serve(stream, conn, &token, config, events, stranger).await;
@@ -458,7 +505,11 @@ async fn serve(
         Hello::Driver { .. } => {
             let (tx, rx) = Outbox::new(closed.clone());
             let written = tx.written();
-            let _ = events.send(EventBox(Event::DriverJoined { conn, tx }));
+            let _ = events.send(EventBox(Event::DriverJoined {
+                conn,
+                tx,
+                config: None,
+            }));
             let writing = tokio::spawn(write_loop(writer, rx, closed.clone(), written));
             read_until_closed(&mut reader, &closed, |message| {
                 events
@@ -517,6 +568,7 @@ impl State {
         Self {
             store: ComponentStore::new(config.component_store),
             config: Arc::new(config),
+            hook: None,
             started: Instant::now(),
             workers: BTreeMap::new(),
             drivers: HashMap::new(),
@@ -553,8 +605,7 @@ impl State {
                         leased: HashMap::new(),
                         sent: 0,
                         started: 0,
-                        waiting: 0,
-                        busy_us: QUEUED_WORK_US,
+                        credit: 0,
                         has: VecDeque::new(),
                         done: 0,
                     },
@@ -562,7 +613,10 @@ impl State {
             }
             Event::WorkerMessage(conn, message) => self.worker_message(conn, message),
             Event::WorkerLeft(conn) => self.worker_left(conn),
-            Event::DriverJoined { conn, tx } => {
+            Event::DriverJoined { conn, tx, config } => {
+                if let Some(reply) = config {
+                    let _ = reply.send((*self.config).clone());
+                }
                 self.drivers.insert(conn, tx);
             }
             Event::DriverMessage(conn, message) => self.driver_message(conn, message),
@@ -659,11 +713,19 @@ impl State {
                     worker.started = worker.started.max(count.min(worker.sent));
                 }
             }
-            FromWorker::Waiting(count) => {
+            FromWorker::Credit(more) => {
                 if let Some(worker) = self.workers.get_mut(&conn) {
-                    worker.waiting = count as usize;
+                    // Bounded by what the head holds at most.
+                    worker.credit = worker.credit.saturating_add(more as usize).min(MAX_TASKS);
                 }
                 self.dispatch();
+            }
+            FromWorker::Fetch(digest) => {
+                if let Some(worker) = self.workers.get(&conn) {
+                    worker
+                        .tx
+                        .send(ToWorker::Blob(digest.clone(), self.blob(&digest)));
+                }
             }
             FromWorker::Done(batch) => {
                 let mut replies: HashMap<Origin, Vec<Done>> = HashMap::new();
@@ -676,7 +738,6 @@ impl State {
                         continue;
                     }
                     worker.done += 1;
-                    worker.busy_us = (worker.busy_us * 7 + u64::from(done.busy_us)) / 8;
                     let Some(task) = self.retire(done.id) else {
                         continue;
                     };
@@ -764,6 +825,22 @@ impl State {
                 }
             }
             FromDriver::Shutdown => self.shutdown(),
+            FromDriver::Fetch(digest) => {
+                if let Some(tx) = self.drivers.get(&conn) {
+                    tx.send(ToDriver::Blob(digest.clone(), self.blob(&digest)));
+                }
+            }
+        }
+    }
+
+    /// The hook's or a stored component's bytes.
+    fn blob(&self, digest: &Digest) -> Option<Vec<u8>> {
+        match (&self.config.hook, &self.hook) {
+            (Some(spec), Some(bytes)) if spec.digest == *digest => Some(bytes.as_ref().clone()),
+            _ => self
+                .store
+                .get(digest)
+                .map(|component| component.bytes.as_ref().clone()),
         }
     }
 
@@ -929,7 +1006,8 @@ impl State {
         }
     }
 
-    /// Leases queued tasks to the ready workers with the fewest leases.
+    /// Leases queued tasks to the ready workers that asked for them, the one
+    /// with the most credit first.
     fn dispatch(&mut self) {
         if self.stopping {
             return;
@@ -940,8 +1018,8 @@ impl State {
             let Some((&conn, _)) = self
                 .workers
                 .iter()
-                .filter(|(_, w)| w.ready && w.active() < w.capacity())
-                .min_by_key(|(_, w)| w.active())
+                .filter(|(_, w)| w.ready && w.credit > 0)
+                .max_by_key(|(_, w)| w.credit)
             else {
                 break;
             };
@@ -972,6 +1050,7 @@ impl State {
             };
             worker.leased.insert(id, worker.sent);
             worker.sent += 1;
+            worker.credit -= 1;
             task.worker = Some(conn);
             leased.entry(conn).or_default().push(Lease {
                 lease_id: id,
@@ -1054,6 +1133,15 @@ mod tests {
     }
 
     fn join_worker(state: &mut State, conn: ConnId) -> mpsc::UnboundedReceiver<ToWorker> {
+        // As if its tasks were quick: it asks for many at once.
+        join_worker_asking(state, conn, 128)
+    }
+
+    fn join_worker_asking(
+        state: &mut State,
+        conn: ConnId,
+        credit: u32,
+    ) -> mpsc::UnboundedReceiver<ToWorker> {
         let (tx, rx) = Outbox::new(CancellationToken::new());
         state.handle(Event::WorkerJoined {
             conn,
@@ -1065,15 +1153,18 @@ mod tests {
             pid: conn as u32,
             tx,
         });
-        // As if its tasks were quick: it is leased many at once.
-        state.workers.get_mut(&conn).unwrap().busy_us = 10;
         state.handle(Event::WorkerMessage(conn, FromWorker::Ready));
+        state.handle(Event::WorkerMessage(conn, FromWorker::Credit(credit)));
         rx
     }
 
     fn join_driver(state: &mut State, conn: ConnId) -> (mpsc::UnboundedReceiver<ToDriver>, Digest) {
         let (tx, rx) = Outbox::new(CancellationToken::new());
-        state.handle(Event::DriverJoined { conn, tx });
+        state.handle(Event::DriverJoined {
+            conn,
+            tx,
+            config: None,
+        });
         let bytes = b"\0asm component".to_vec();
         let digest = Digest::of(&bytes);
         state.handle(Event::DriverMessage(
@@ -1394,5 +1485,51 @@ mod tests {
         let results = driver_results(&mut driver);
         assert_eq!(results.iter().map(|d| d.id).collect::<Vec<_>>(), [2, 3]);
         assert!(results.iter().all(|d| d.output.result.is_ok()));
+    }
+
+    #[test]
+    fn workers_are_leased_what_they_ask_for_and_no_more() {
+        let mut state = state(3, 100, 16);
+        let mut one = join_worker_asking(&mut state, 1, 2);
+        let mut two = join_worker_asking(&mut state, 2, 3);
+        let (_driver, digest) = join_driver(&mut state, 9);
+        let submissions = (1..=10).map(|tag| submission(tag, &digest, None)).collect();
+        state.handle(Event::DriverMessage(9, FromDriver::Submit(submissions)));
+        assert_eq!(leases(&mut one).len(), 2);
+        assert_eq!(leases(&mut two).len(), 3);
+        assert_eq!(state.queue.len(), 5, "the rest waits for credit");
+        // Credit adds up, results alone free none.
+        state.handle(Event::WorkerMessage(1, FromWorker::Credit(4)));
+        assert_eq!(leases(&mut one).len(), 4);
+        assert_eq!(state.queue.len(), 1);
+        let id = state.workers[&2].leased.keys().next().copied().unwrap();
+        state.handle(Event::WorkerMessage(2, FromWorker::Done(vec![done(id)])));
+        assert!(leases(&mut two).is_empty());
+        state.handle(Event::WorkerMessage(2, FromWorker::Credit(1)));
+        assert_eq!(leases(&mut two).len(), 1);
+        assert!(state.queue.is_empty());
+    }
+
+    #[test]
+    fn the_hook_is_a_blob_fetched_by_digest() {
+        let hook = b"\0asm hook".to_vec();
+        let mut state = state(3, 100, 16);
+        let digest = Digest::of(&hook);
+        Arc::get_mut(&mut state.config).unwrap().hook = Some(crate::cluster::HookRef {
+            display: "hook.wasm:setup".into(),
+            name: "hook.wasm".into(),
+            export: "setup".into(),
+            digest: digest.clone(),
+        });
+        state.hook = Some(Arc::new(hook.clone()));
+        let mut worker = join_worker(&mut state, 1);
+        state.handle(Event::WorkerMessage(1, FromWorker::Fetch(digest.clone())));
+        let unknown = Digest::of(b"other");
+        state.handle(Event::WorkerMessage(1, FromWorker::Fetch(unknown.clone())));
+        let blobs = drain(&mut worker, |m| match m {
+            ToWorker::Blob(digest, bytes) => Some(vec![(digest, bytes)]),
+            _ => None,
+        });
+        assert_eq!(blobs, vec![(digest, Some(hook)), (unknown, None)]);
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::protocol::MAX_COMPONENT_BYTES;
+use crate::cluster::messages::MAX_COMPONENT_BYTES;
 use crate::runtime::Digest;
 
 /// A stored component.

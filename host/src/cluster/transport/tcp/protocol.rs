@@ -1,13 +1,11 @@
-//! Messages between drivers, the head and workers, and how they are framed:
-//! a 4-byte length, then the message in postcard.
+//! The local head's wire: a 4-byte length, then the message in postcard.
 //!
 //! Every connection opens with a handshake: the connecting side sends one
 //! [`Hello`] frame (the [`MAGIC`], its [`PROTOCOL_VERSION`], then the hello
 //! in postcard), the head answers one [`HelloReply`]. Until the token is
 //! proven, the head reads frames of at most [`MAX_HELLO_FRAME`] bytes, so a
-//! stranger can make it hold almost nothing. Every later message is bounded
-//! by construction: batches are split by bytes ([`BATCH_BYTES`]) as well as
-//! by count, and no single item can exceed [`MAX_FRAME`].
+//! stranger can make it hold almost nothing. No later message can exceed
+//! [`MAX_FRAME`].
 
 use std::time::Duration;
 
@@ -18,12 +16,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::capabilities::provider::WorkerInfo;
-use crate::config::{ExportPolicy, Grants, Limits};
-use crate::outcome::TaskOutput;
-use crate::runtime::Digest;
+use crate::cluster::messages::ClusterConfig;
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The first bytes of every connection's first frame: what tells a wtrace
 /// peer from a stranger speaking something else.
@@ -35,17 +31,6 @@ pub const MAX_HELLO_FRAME: usize = 16 << 10;
 /// Largest frame: a lease carrying the largest component and invocation,
 /// with room.
 pub const MAX_FRAME: usize = 256 << 20;
-
-/// Bytes of payload a batched message (leases, results, submissions) holds
-/// before the batch is split: many small tasks share a message, large ones
-/// go alone.
-pub const BATCH_BYTES: usize = 8 << 20;
-
-/// Longest function name or task id a submission may carry.
-pub const MAX_NAME_BYTES: usize = 1024;
-
-/// Largest component a cluster stores.
-pub const MAX_COMPONENT_BYTES: usize = 192 << 20;
 
 /// How long a new connection has to prove it holds the token.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -110,310 +95,6 @@ pub enum HelloReply {
     Refused(String),
     /// Accepted; the cluster's configuration.
     Welcome(Box<ClusterConfig>),
-}
-
-/// Splits `items` into batches of at most `max_count` items and, unless an
-/// item is larger on its own, at most `max_bytes` bytes by `size`.
-pub fn batches<T>(
-    items: Vec<T>,
-    max_count: usize,
-    max_bytes: usize,
-    size: impl Fn(&T) -> usize,
-) -> Vec<Vec<T>> {
-    let mut batches = Vec::new();
-    let mut current = Vec::new();
-    let mut bytes = 0usize;
-    for item in items {
-        let item_bytes = size(&item);
-        if !current.is_empty()
-            && (current.len() >= max_count || bytes.saturating_add(item_bytes) > max_bytes)
-        {
-            batches.push(std::mem::take(&mut current));
-            bytes = 0;
-        }
-        bytes = bytes.saturating_add(item_bytes);
-        current.push(item);
-    }
-    if !current.is_empty() {
-        batches.push(current);
-    }
-    batches
-}
-
-/// A tracing startup hook as the head distributes it: by digest, with bytes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HookBlob {
-    /// How the user named it.
-    pub display: String,
-    /// Its file name.
-    pub name: String,
-    /// The export to call.
-    pub export: String,
-    /// sha256 of the bytes.
-    pub digest: Digest,
-    /// The component.
-    #[serde(with = "serde_bytes")]
-    pub bytes: Vec<u8>,
-}
-
-/// What every process of a cluster shares.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClusterConfig {
-    /// The job (session) id.
-    pub job_id: String,
-    /// The tracing startup hook, if any.
-    pub hook: Option<HookBlob>,
-    /// Per-task limits.
-    pub limits: Limits,
-    /// Where hooks may export spans.
-    pub policy: ExportPolicy,
-    /// What tasks may reach beyond the default sandbox.
-    pub grants: Grants,
-    /// How often a task is retried when its worker dies.
-    pub max_retries: u32,
-    /// Bytes of components the head stores (`--component-store`).
-    pub component_store: u64,
-}
-
-/// A component a task runs, sent with its bytes the first time a worker needs it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ComponentRef {
-    /// sha256 of the bytes.
-    pub digest: Digest,
-    /// Its file name, for spans and messages.
-    pub name: String,
-    /// The bytes, when the receiver may not have them yet.
-    #[serde(with = "serde_bytes")]
-    pub bytes: Option<Vec<u8>>,
-}
-
-/// A task handed to a worker.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Lease {
-    /// The head's id for the task.
-    pub lease_id: u64,
-    /// The task's id as its submitter named it (`wtrace.task_id`).
-    pub task_id: String,
-    /// 0 for the first attempt, then 1, 2… after worker deaths.
-    pub attempt: u32,
-    /// The component.
-    pub component: ComponentRef,
-    /// The export to call.
-    pub function: String,
-    /// The whole invocation in WAVE.
-    pub invocation: String,
-    /// The submit span, as a W3C traceparent (never among the arguments).
-    pub traceparent: Option<String>,
-    /// W3C tracestate accompanying the traceparent.
-    pub tracestate: Option<String>,
-    /// How deep the task is nested (0 when a driver submitted it).
-    pub depth: u32,
-    /// Its last worker died before saying whether it had started it: the
-    /// worker says so ([`FromWorker::Started`]) before running it.
-    pub confirm_start: bool,
-}
-
-/// A finished task.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Done {
-    /// The id the receiver knows the task by: the lease id for the head, the
-    /// tag for a driver.
-    pub id: u64,
-    /// The pid of the worker that ran it.
-    pub pid: u32,
-    /// How long the worker spent on it, in µs.
-    pub busy_us: u32,
-    /// Its result and output.
-    pub output: TaskOutput,
-}
-
-/// About how many bytes a message takes on the wire: what the head's
-/// per-connection send budget counts.
-pub trait WireSize {
-    /// The size in bytes, roughly.
-    fn wire_size(&self) -> usize;
-}
-
-impl WireSize for ToWorker {
-    fn wire_size(&self) -> usize {
-        match self {
-            Self::Run(leases) => leases.iter().map(Lease::wire_size).sum(),
-            Self::Results(results) => results.iter().map(Done::wire_size).sum(),
-            Self::Forget(digests) => digests.len() * 72,
-            Self::Shutdown => 1,
-        }
-    }
-}
-
-impl WireSize for ToDriver {
-    fn wire_size(&self) -> usize {
-        match self {
-            Self::Results(results) => results.iter().map(Done::wire_size).sum(),
-            Self::Status(status) => 512 + status.workers.len() * 128,
-            Self::Stopped => 1,
-        }
-    }
-}
-
-impl Done {
-    /// About how many bytes it takes on the wire: what batches are split by.
-    pub fn wire_size(&self) -> usize {
-        self.output.wire_size() + 32
-    }
-}
-
-impl Lease {
-    /// About how many bytes it takes on the wire.
-    pub fn wire_size(&self) -> usize {
-        self.invocation.len()
-            + self.function.len()
-            + self.task_id.len()
-            + self.component.bytes.as_ref().map_or(0, Vec::len)
-            + self.component.name.len()
-            + 256
-    }
-}
-
-impl Submission {
-    /// About how many bytes it takes on the wire.
-    pub fn wire_size(&self) -> usize {
-        self.invocation.len()
-            + self.function.len()
-            + self.task_id.len()
-            + self.tracestate.as_ref().map_or(0, String::len)
-            + 192
-    }
-}
-
-/// Head → worker, after the [`HelloReply`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ToWorker {
-    /// Tasks to run, in order.
-    Run(Vec<Lease>),
-    /// Results of tasks the worker's tasks submitted, by the worker's tags.
-    Results(Vec<Done>),
-    /// Components the head will send again (with their bytes) if a later
-    /// lease needs them: the worker drops them, so it holds a bounded set.
-    Forget(Vec<Digest>),
-    /// Finish the current task, flush spans, exit.
-    Shutdown,
-}
-
-/// Worker → head.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum FromWorker {
-    /// The hook ran; tasks may come.
-    Ready,
-    /// The hook failed; the worker exits.
-    HookFailed(String),
-    /// Tasks finished.
-    Done(Vec<Done>),
-    /// Tasks submitted by running tasks.
-    Submit(Vec<Submission>),
-    /// How many of the worker's tasks are waiting for nested tasks; they
-    /// hold no CPU, so the head may lease the worker more.
-    Waiting(u32),
-    /// How many leases the worker has started so far (it starts them in the
-    /// order they were leased): only started tasks count an attempt when
-    /// their worker dies.
-    Started(u64),
-}
-
-/// A task a driver submits.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Submission {
-    /// The driver's own id for it; results come back with it.
-    pub tag: u64,
-    /// The task's id (`wtrace.task_id`), unique across the cluster.
-    pub task_id: String,
-    /// The component, uploaded before.
-    pub component: Digest,
-    /// The export to call.
-    pub function: String,
-    /// The whole invocation in WAVE.
-    pub invocation: String,
-    /// The submit span.
-    pub traceparent: Option<String>,
-    /// Its tracestate.
-    pub tracestate: Option<String>,
-    /// From a worker: the lease id of the running task that submits it. The
-    /// head counts depth and tree budgets from it, not from anything a peer
-    /// claims.
-    pub parent: Option<u64>,
-}
-
-/// Driver → head.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum FromDriver {
-    /// A component, stored by digest.
-    Upload {
-        /// Its file name.
-        name: String,
-        /// The bytes.
-        #[serde(with = "serde_bytes")]
-        bytes: Vec<u8>,
-    },
-    /// Tasks to queue.
-    Submit(Vec<Submission>),
-    /// Ask for [`ClusterStatus`].
-    Status,
-    /// Stop the cluster: workers flush and exit, then the head.
-    Shutdown,
-}
-
-/// Head → driver, after the [`HelloReply`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ToDriver {
-    /// Finished tasks, by the driver's tags.
-    Results(Vec<Done>),
-    /// The answer to `Status`.
-    Status(Box<ClusterStatus>),
-    /// The cluster stopped.
-    Stopped,
-}
-
-/// A worker as `wtrace status` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WorkerStatus {
-    /// Its id.
-    pub worker_id: String,
-    /// Its node.
-    pub node_id: String,
-    /// Its process id.
-    pub pid: u32,
-    /// Whether its hook ran.
-    pub ready: bool,
-    /// Tasks it has started and not finished.
-    pub running: usize,
-    /// Tasks leased to it, started or waiting their turn there.
-    pub leased: usize,
-    /// Tasks it finished.
-    pub done: u64,
-}
-
-/// The state of a cluster.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterStatus {
-    /// The job id.
-    pub job_id: String,
-    /// The hook as named and its digest.
-    pub hook: Option<(String, Digest)>,
-    /// Connected workers.
-    pub workers: Vec<WorkerStatus>,
-    /// Tasks waiting for a worker.
-    pub queued: usize,
-    /// Tasks on workers.
-    pub running: usize,
-    /// Tasks finished.
-    pub done: u64,
-    /// Components stored.
-    pub components: usize,
-    /// Their bytes, of the `--component-store` quota.
-    pub component_bytes: u64,
-    /// Seconds since the head started.
-    pub uptime: Duration,
-    /// Workers whose hook failed: (worker id, pid, message).
-    pub failed_hooks: Vec<(String, u32, String)>,
 }
 
 /// Reads length-prefixed postcard messages.
@@ -596,17 +277,6 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin, T: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn batches_split_by_count_and_by_bytes_and_keep_order() {
-        let sizes = vec![3, 3, 3, 10, 1, 1, 1, 1, 1];
-        let split = batches(sizes, 3, 8, |n| *n);
-        assert_eq!(
-            split,
-            vec![vec![3, 3], vec![3], vec![10], vec![1, 1, 1], vec![1, 1]]
-        );
-        assert!(batches(Vec::<usize>::new(), 3, 8, |n| *n).is_empty());
-    }
 
     #[test]
     fn hellos_name_what_is_wrong_with_them() {

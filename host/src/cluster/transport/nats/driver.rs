@@ -1,0 +1,278 @@
+//! A driver's link over NATS: uploads go to the object store, submissions to
+//! the task stream, results come from the driver's own subject of the
+//! results stream.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{consumer, object_store};
+use futures::StreamExt as _;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    CONTROL_SUBJECT, ConfigEntry, Nats, RESULTS_STREAM, TaskMessage, connect, decode, get_blob,
+    live_workers, put_blob,
+};
+use crate::cluster::messages::{ClusterStatus, Done, FromDriver, Submission, ToDriver};
+use crate::cluster::transport::{Credentials, DriverLink};
+use crate::error::{Error, Result};
+use crate::ids::random_hex;
+use crate::outcome::{TaskError, TaskErrorKind, TaskOutput};
+use crate::runtime::Digest;
+
+pub(crate) async fn connect_driver(
+    servers: &[String],
+    tls: bool,
+    credentials: &Credentials,
+) -> Result<DriverLink> {
+    let nats = connect(servers, tls, credentials, "wtrace driver").await?;
+    let entry = nats.config(&servers.join(",")).await?;
+    let blobs = nats.blobs().await?;
+    let subject = format!("wtrace.results.d-{}", random_hex(6));
+    let results = open_results(&nats, &subject).await?;
+    let (tx, requests) = mpsc::unbounded_channel();
+    let (replies, rx) = mpsc::unbounded_channel();
+    let (_lost_tx, lost) = oneshot::channel();
+    tokio::spawn(read_results(results, blobs.clone(), replies.clone()));
+    let config = entry.config.clone();
+    tokio::spawn(serve_requests(
+        nats, blobs, entry, subject, requests, replies,
+    ));
+    Ok(DriverLink {
+        config,
+        tx,
+        rx,
+        lost,
+    })
+}
+
+/// The ordered consumer of the results sent to `subject`.
+pub(super) async fn open_results(nats: &Nats, subject: &str) -> Result<consumer::pull::Ordered> {
+    let stream = nats
+        .js
+        .get_stream(RESULTS_STREAM)
+        .await
+        .map_err(|e| Error::Cluster(format!("cannot open the results stream: {e}")))?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::Cluster(format!("cannot read results: {e}")))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| Error::Cluster(format!("cannot read results: {e}")))
+}
+
+async fn read_results(
+    mut results: consumer::pull::Ordered,
+    blobs: object_store::ObjectStore,
+    replies: mpsc::UnboundedSender<ToDriver>,
+) {
+    while let Some(message) = results.next().await {
+        let Ok(message) = message else {
+            // Missed heartbeats while the server restarts: the ordered
+            // consumer recreates itself.
+            continue;
+        };
+        match decode::<Done>(&message.payload, &blobs, true).await {
+            Ok(done) => {
+                if replies.send(ToDriver::Results(vec![done])).is_err() {
+                    return;
+                }
+            }
+            Err(why) => eprintln!("wtrace: a result could not be read: {why}"),
+        }
+    }
+}
+
+async fn serve_requests(
+    nats: Nats,
+    blobs: object_store::ObjectStore,
+    entry: ConfigEntry,
+    subject: String,
+    mut requests: mpsc::UnboundedReceiver<FromDriver>,
+    replies: mpsc::UnboundedSender<ToDriver>,
+) {
+    let mut names: HashMap<Digest, String> = HashMap::new();
+    let mut refused: HashMap<Digest, String> = HashMap::new();
+    while let Some(request) = requests.recv().await {
+        match request {
+            FromDriver::Upload { name, bytes } => {
+                let digest = Digest::of(&bytes);
+                match put_blob(&blobs, &digest.to_string(), &bytes).await {
+                    Ok(()) => {
+                        refused.remove(&digest);
+                    }
+                    Err(error) => {
+                        refused.insert(digest.clone(), error.to_string());
+                    }
+                }
+                names.insert(digest, name);
+            }
+            FromDriver::Submit(submissions) => {
+                let tasks = submissions
+                    .into_iter()
+                    .map(|submission| {
+                        let component_name = names
+                            .get(&submission.component)
+                            .cloned()
+                            .unwrap_or_else(|| submission.component.to_string());
+                        let refusal = refused.get(&submission.component).cloned();
+                        let id = format!("{}:0", submission.task_id);
+                        (
+                            TaskMessage {
+                                submission,
+                                component_name,
+                                reply: subject.clone(),
+                                depth: 0,
+                            },
+                            id,
+                            refusal,
+                        )
+                    })
+                    .collect();
+                let failed = publish_tasks(&nats, &blobs, tasks).await;
+                if !failed.is_empty() && replies.send(ToDriver::Results(failed)).is_err() {
+                    return;
+                }
+            }
+            FromDriver::Status => {
+                let status = status(&nats, &entry).await;
+                let _ = replies.send(ToDriver::Status(Box::new(status)));
+            }
+            FromDriver::Shutdown => {
+                let _ = nats
+                    .client
+                    .publish(CONTROL_SUBJECT, "shutdown".into())
+                    .await;
+                let _ = nats.client.flush().await;
+                let (nats, replies) = (nats.clone(), replies.clone());
+                tokio::spawn(async move {
+                    wait_no_workers(&nats, Duration::from_secs(60)).await;
+                    let _ = replies.send(ToDriver::Stopped);
+                });
+            }
+            FromDriver::Fetch(digest) => {
+                let bytes = get_blob(&blobs, &digest.to_string()).await.ok().flatten();
+                let _ = replies.send(ToDriver::Blob(digest, bytes));
+            }
+        }
+    }
+}
+
+/// Publishes tasks on the task stream, each with its de-duplication id, and
+/// waits until the stream has them all. Those refused (with a refusal given,
+/// or by the stream) come back as failed results.
+pub(super) async fn publish_tasks(
+    nats: &Nats,
+    blobs: &object_store::ObjectStore,
+    tasks: Vec<(TaskMessage, String, Option<String>)>,
+) -> Vec<Done> {
+    let mut failed = Vec::new();
+    let fail = |submission: &Submission, why: String| Done {
+        id: submission.tag,
+        pid: 0,
+        busy_us: 0,
+        output: TaskOutput::failed(TaskError::new(
+            TaskErrorKind::Cluster,
+            &submission.function,
+            why,
+        )),
+    };
+    let mut acks = Vec::with_capacity(tasks.len());
+    for (task, id, refusal) in tasks {
+        if let Some(why) = refusal {
+            failed.push(fail(&task.submission, why));
+            continue;
+        }
+        let payload = match super::encode(&task, blobs, || format!("payload/{id}")).await {
+            Ok(payload) => payload,
+            Err(error) => {
+                failed.push(fail(&task.submission, error.to_string()));
+                continue;
+            }
+        };
+        let message = async_nats::jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(id);
+        match nats.js.send_publish(super::TASKS_SUBJECT, message).await {
+            Ok(ack) => acks.push((task.submission, ack)),
+            Err(e) => failed.push(fail(
+                &task.submission,
+                format!("NATS refused the task: {e}"),
+            )),
+        }
+    }
+    for (submission, ack) in acks {
+        if let Err(e) = ack.await {
+            failed.push(fail(
+                &submission,
+                format!("NATS did not store the task: {e}"),
+            ));
+        }
+    }
+    failed
+}
+
+/// The cluster's state, from the workers' heartbeats and the consumer.
+pub(super) async fn status(nats: &Nats, entry: &ConfigEntry) -> ClusterStatus {
+    let beats = match nats.workers().await {
+        Ok(workers) => live_workers(&workers).await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let (queued, leased) = match nats.js.get_stream(super::TASKS_STREAM).await {
+        Ok(stream) => match stream.consumer_info(super::WORKERS_CONSUMER).await {
+            Ok(info) => (info.num_pending as usize, info.num_ack_pending),
+            Err(_) => (0, 0),
+        },
+        Err(_) => (0, 0),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut failed_hooks = Vec::new();
+    let mut workers = Vec::new();
+    for beat in beats {
+        if let Some(error) = beat.hook_failed {
+            failed_hooks.push((beat.status.worker_id.clone(), beat.status.pid, error));
+        } else {
+            workers.push(beat.status);
+        }
+    }
+    let running = workers.iter().map(|w| w.running).sum::<usize>();
+    ClusterStatus {
+        job_id: entry.config.job_id.clone(),
+        hook: entry
+            .config
+            .hook
+            .as_ref()
+            .map(|h| (h.display.clone(), h.digest.clone())),
+        done: workers.iter().map(|w| w.done).sum(),
+        workers,
+        queued: queued.max(leased.saturating_sub(running).min(queued)),
+        running,
+        components: 0,
+        component_bytes: 0,
+        uptime: Duration::from_secs(now.saturating_sub(entry.created)),
+        failed_hooks,
+    }
+}
+
+/// Waits until no worker announces itself, or `limit` passed.
+pub(crate) async fn wait_no_workers(nats: &Nats, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let Ok(workers) = nats.workers().await else {
+        return;
+    };
+    while tokio::time::Instant::now() < deadline {
+        match live_workers(&workers).await {
+            Ok(live) if live.iter().all(|beat| beat.hook_failed.is_some()) => return,
+            Err(_) => return,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}

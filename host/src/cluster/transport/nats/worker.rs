@@ -1,0 +1,541 @@
+//! A worker's link over NATS: it pulls tasks from the shared consumer as far
+//! as its credit goes, keeps each message until the task's result is stored,
+//! and announces itself with a heartbeat.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer, object_store};
+use futures::StreamExt as _;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::driver::{open_results, publish_tasks};
+use super::{
+    CONTROL_SUBJECT, HEARTBEAT_EVERY, Heartbeat, Nats, PROGRESS_EVERY, TASKS_STREAM, TaskMessage,
+    WORKERS_CONSUMER, connect, decode, encode, get_blob,
+};
+use crate::capabilities::provider::WorkerInfo;
+use crate::cluster::messages::{
+    ClusterConfig, ComponentRef, Done, FromWorker, Lease, ToWorker, WORKER_COMPONENTS, WorkerStatus,
+};
+use crate::cluster::transport::{Credentials, WorkerLink};
+use crate::error::{Error, Result};
+use crate::ids::random_hex;
+use crate::outcome::{TaskError, TaskErrorKind, TaskOutput};
+use crate::runtime::Digest;
+use crate::sync::lock;
+
+/// A task this worker holds: its message stays unacknowledged until the
+/// result is stored.
+struct Held {
+    message: jetstream::Message,
+    task: TaskMessage,
+    attempt: u32,
+}
+
+/// What the link's tasks share.
+struct Shared {
+    nats: Nats,
+    blobs: object_store::ObjectStore,
+    config: ClusterConfig,
+    held: Mutex<HashMap<u64, Held>>,
+    next_lease: AtomicU64,
+    credit: Mutex<usize>,
+    credit_came: Notify,
+    /// Components the pool holds, least recently leased first.
+    has: Mutex<VecDeque<Digest>>,
+    /// Component names by digest, for nested submissions' spans.
+    names: Mutex<HashMap<Digest, String>>,
+    beat: Mutex<Heartbeat>,
+    /// Where results of this worker's nested tasks go.
+    subject: String,
+    inbox: mpsc::UnboundedSender<ToWorker>,
+    closing: CancellationToken,
+}
+
+pub(crate) async fn connect_worker(
+    servers: &[String],
+    tls: bool,
+    credentials: &Credentials,
+    info: WorkerInfo,
+    pid: u32,
+    written: impl Fn(&FromWorker) + Send + Sync + 'static,
+) -> Result<WorkerLink> {
+    let name = format!("wtrace worker {}", info.worker_id);
+    let nats = connect(servers, tls, credentials, &name).await?;
+    let entry = nats.config(&servers.join(",")).await?;
+    let blobs = nats.blobs().await?;
+    let workers = nats.workers().await?;
+    let stream = nats
+        .js
+        .get_stream(TASKS_STREAM)
+        .await
+        .map_err(|e| Error::Cluster(format!("cannot open the task stream: {e}")))?;
+    let consumer: consumer::PullConsumer = stream
+        .get_consumer(WORKERS_CONSUMER)
+        .await
+        .map_err(|e| Error::Cluster(format!("cannot open the workers' consumer: {e}")))?;
+    let subject = format!(
+        "wtrace.results.w-{}-{}",
+        sanitize(&info.worker_id),
+        random_hex(4)
+    );
+    let results = open_results(&nats, &subject).await?;
+    let control =
+        nats.client.subscribe(CONTROL_SUBJECT).await.map_err(|e| {
+            Error::Cluster(format!("cannot subscribe to the cluster's control: {e}"))
+        })?;
+
+    let (tx, outbound) = mpsc::unbounded_channel();
+    let (inbox, rx) = mpsc::unbounded_channel();
+    let (_lost_tx, lost) = oneshot::channel();
+    let key = sanitize(&info.worker_id);
+    let shared = Arc::new(Shared {
+        nats,
+        blobs,
+        config: entry.config.clone(),
+        held: Mutex::new(HashMap::new()),
+        next_lease: AtomicU64::new(1),
+        credit: Mutex::new(0),
+        credit_came: Notify::new(),
+        has: Mutex::new(VecDeque::new()),
+        names: Mutex::new(HashMap::new()),
+        beat: Mutex::new(Heartbeat {
+            status: WorkerStatus {
+                worker_id: info.worker_id.clone(),
+                node_id: info.node_id.clone(),
+                pid,
+                ready: false,
+                running: 0,
+                leased: 0,
+                done: 0,
+            },
+            hook_failed: None,
+        }),
+        subject,
+        inbox,
+        closing: CancellationToken::new(),
+    });
+    beat(&shared, &workers, &key).await;
+    tokio::spawn(fetch_loop(shared.clone(), consumer));
+    tokio::spawn(results_loop(shared.clone(), results));
+    tokio::spawn(control_loop(shared.clone(), control));
+    tokio::spawn(keep_alive(shared.clone(), workers.clone(), key.clone()));
+    let sent = tokio::spawn(async move {
+        send_loop(&shared, outbound, written).await;
+        shared.closing.cancel();
+        let _ = workers.delete(&key).await;
+        let _ = shared.nats.client.flush().await;
+    });
+    Ok(WorkerLink {
+        config: entry.config,
+        tx,
+        rx,
+        lost,
+        sent,
+    })
+}
+
+/// A key or subject token made of what NATS allows.
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+async fn beat(shared: &Shared, workers: &jetstream::kv::Store, key: &str) {
+    let json = {
+        let mut beat = lock(&shared.beat);
+        let held = lock(&shared.held).len();
+        beat.status.leased = held;
+        beat.status.running = held.min(1);
+        serde_json::to_vec(&*beat).expect("a heartbeat serializes")
+    };
+    let _ = workers.put(key, json.into()).await;
+}
+
+/// Renews the heartbeat and tells the stream the held tasks are still being
+/// worked on, so a slow task is not taken for a dead one.
+async fn keep_alive(shared: Arc<Shared>, workers: jetstream::kv::Store, key: String) {
+    let mut beats = tokio::time::interval(HEARTBEAT_EVERY);
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    loop {
+        tokio::select! {
+            _ = beats.tick() => beat(&shared, &workers, &key).await,
+            _ = progress.tick() => {
+                let ackers: Vec<_> = lock(&shared.held)
+                    .values()
+                    .map(|held| held.message.clone())
+                    .collect();
+                for message in ackers {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+            }
+            () = shared.closing.cancelled() => return,
+        }
+    }
+}
+
+/// Pulls as many tasks as the pool has asked for, as they come.
+async fn fetch_loop(shared: Arc<Shared>, consumer: consumer::PullConsumer) {
+    loop {
+        let want = loop {
+            let credit = *lock(&shared.credit);
+            if credit > 0 {
+                break credit;
+            }
+            tokio::select! {
+                () = shared.credit_came.notified() => {}
+                () = shared.closing.cancelled() => return,
+            }
+        };
+        let batch = tokio::select! {
+            batch = consumer
+                .fetch()
+                .max_messages(want.min(256))
+                .expires(Duration::from_secs(1))
+                .messages() => batch,
+            () = shared.closing.cancelled() => return,
+        };
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(_) => {
+                // The server is away (restarting, say): try again shortly.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        let mut leases = Vec::new();
+        let mut forget = Vec::new();
+        while let Some(message) = batch.next().await {
+            let Ok(message) = message else { break };
+            if let Some(lease) = take(&shared, message, &mut forget).await {
+                leases.push(lease);
+            }
+        }
+        if !leases.is_empty() && shared.inbox.send(ToWorker::Run(leases)).is_err() {
+            return;
+        }
+        if !forget.is_empty() {
+            let _ = shared.inbox.send(ToWorker::Forget(forget));
+        }
+    }
+}
+
+/// Makes a lease of a delivered task, or fails it at once (past its
+/// retries, or unreadable).
+async fn take(
+    shared: &Shared,
+    message: jetstream::Message,
+    forget: &mut Vec<Digest>,
+) -> Option<Lease> {
+    let delivered = message.info().map_or(1, |info| info.delivered.max(1));
+    let attempt = u32::try_from(delivered - 1).unwrap_or(u32::MAX);
+    let task: TaskMessage = match decode(&message.payload, &shared.blobs, false).await {
+        Ok(task) => task,
+        Err(why) => {
+            eprintln!("wtrace worker: dropping an unreadable task: {why}");
+            let _ = message.ack_with(AckKind::Term).await;
+            return None;
+        }
+    };
+    let submission = &task.submission;
+    if attempt > shared.config.max_retries {
+        let why = format!(
+            "its worker died on every attempt ({attempt} attempts); the task may be crashing \
+             its workers"
+        );
+        fail_now(
+            shared,
+            &task,
+            &message,
+            attempt,
+            TaskErrorKind::WorkerDied,
+            why,
+        )
+        .await;
+        return None;
+    }
+    let digest = submission.component.clone();
+    let held_already = {
+        let mut has = lock(&shared.has);
+        match has.iter().position(|d| *d == digest) {
+            Some(at) => {
+                let d = has.remove(at).expect("found");
+                has.push_back(d);
+                true
+            }
+            None => false,
+        }
+    };
+    let bytes = if held_already {
+        None
+    } else {
+        match get_blob(&shared.blobs, &digest.to_string()).await {
+            Ok(Some(bytes)) => {
+                let mut has = lock(&shared.has);
+                has.push_back(digest.clone());
+                if has.len() > WORKER_COMPONENTS
+                    && let Some(oldest) = has.pop_front()
+                {
+                    forget.push(oldest);
+                }
+                Some(bytes)
+            }
+            Ok(None) | Err(_) => {
+                let why = format!("component {digest} is not in the cluster's object store");
+                fail_now(
+                    shared,
+                    &task,
+                    &message,
+                    attempt,
+                    TaskErrorKind::Cluster,
+                    why,
+                )
+                .await;
+                return None;
+            }
+        }
+    };
+    lock(&shared.names).insert(digest.clone(), task.component_name.clone());
+    let lease_id = shared.next_lease.fetch_add(1, Ordering::Relaxed);
+    let lease = Lease {
+        lease_id,
+        task_id: submission.task_id.clone(),
+        attempt,
+        component: ComponentRef {
+            digest,
+            name: task.component_name.clone(),
+            bytes,
+        },
+        function: submission.function.clone(),
+        invocation: submission.invocation.clone(),
+        traceparent: submission.traceparent.clone(),
+        tracestate: submission.tracestate.clone(),
+        depth: task.depth,
+        confirm_start: false,
+    };
+    {
+        let mut credit = lock(&shared.credit);
+        *credit = credit.saturating_sub(1);
+    }
+    lock(&shared.held).insert(
+        lease_id,
+        Held {
+            message,
+            task,
+            attempt,
+        },
+    );
+    Some(lease)
+}
+
+/// Fails a delivered task without running it.
+async fn fail_now(
+    shared: &Shared,
+    task: &TaskMessage,
+    message: &jetstream::Message,
+    attempt: u32,
+    kind: TaskErrorKind,
+    why: String,
+) {
+    let error = TaskError::new(kind, &task.submission.function, why);
+    let done = Done {
+        id: task.submission.tag,
+        pid: 0,
+        busy_us: 0,
+        output: TaskOutput::failed(error),
+    };
+    finish(shared, task, message, attempt, done).await;
+}
+
+/// Stores a task's result on its submitter's subject, then acknowledges the
+/// task: a worker dying between the two leaves the task to be run again,
+/// never a task acknowledged without its result. The server being away
+/// (restarting) only delays it.
+async fn finish(
+    shared: &Shared,
+    task: &TaskMessage,
+    message: &jetstream::Message,
+    attempt: u32,
+    done: Done,
+) {
+    let id = format!("r:{}:{attempt}", task.submission.task_id);
+    let payload = match encode(&done, &shared.blobs, || format!("result/{id}")).await {
+        Ok(payload) => payload,
+        Err(error) => {
+            eprintln!("wtrace worker: cannot store a result: {error}");
+            return;
+        }
+    };
+    for wait in [0u64, 100, 250, 500, 1000, 2000, 4000, 4000, 4000, 4000] {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload.clone())
+            .message_id(id.clone());
+        let stored = match shared
+            .nats
+            .js
+            .send_publish(task.reply.clone(), publish)
+            .await
+        {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        if stored {
+            let _ = message.double_ack().await;
+            super::discard_spilled(&shared.blobs, &message.payload).await;
+            return;
+        }
+    }
+    eprintln!(
+        "wtrace worker: could not store the result of task {}; it will run again",
+        task.submission.task_id
+    );
+}
+
+/// Sends what the pool says on to NATS until the pool is done.
+async fn send_loop(
+    shared: &Arc<Shared>,
+    mut outbound: mpsc::UnboundedReceiver<FromWorker>,
+    written: impl Fn(&FromWorker),
+) {
+    while let Some(message) = outbound.recv().await {
+        match &message {
+            FromWorker::Credit(more) => {
+                *lock(&shared.credit) += *more as usize;
+                shared.credit_came.notify_one();
+            }
+            FromWorker::Done(batch) => {
+                let mut finishing = Vec::with_capacity(batch.len());
+                for done in batch {
+                    if let Some(held) = lock(&shared.held).remove(&done.id) {
+                        finishing.push((held, done.clone()));
+                    }
+                }
+                lock(&shared.beat).status.done += finishing.len() as u64;
+                let finished = finishing.iter().map(|(held, done)| {
+                    let done = Done {
+                        id: held.task.submission.tag,
+                        ..done.clone()
+                    };
+                    finish(shared, &held.task, &held.message, held.attempt, done)
+                });
+                futures::future::join_all(finished).await;
+            }
+            FromWorker::Submit(submissions) => submit(shared, submissions.clone()).await,
+            FromWorker::Ready => lock(&shared.beat).status.ready = true,
+            FromWorker::HookFailed(error) => {
+                lock(&shared.beat).hook_failed =
+                    Some(crate::capabilities::tracer::truncate(error.clone(), 4096));
+            }
+            FromWorker::Fetch(digest) => {
+                let bytes = get_blob(&shared.blobs, &digest.to_string())
+                    .await
+                    .ok()
+                    .flatten();
+                let _ = shared.inbox.send(ToWorker::Blob(digest.clone(), bytes));
+            }
+            FromWorker::Started(_) => {}
+        }
+        written(&message);
+    }
+}
+
+/// Publishes nested tasks, nested one deeper than the task that submits
+/// them; the de-duplication id names the submitter's attempt, so a retried
+/// parent's children are new tasks, not duplicates.
+async fn submit(shared: &Shared, submissions: Vec<crate::cluster::messages::Submission>) {
+    let mut rejected = Vec::new();
+    let mut tasks = Vec::new();
+    for mut submission in submissions {
+        let parent = submission.parent.take().and_then(|id| {
+            lock(&shared.held)
+                .get(&id)
+                .map(|held| (held.task.depth, held.attempt))
+        });
+        let fail = |kind, why: String| Done {
+            id: submission.tag,
+            pid: 0,
+            busy_us: 0,
+            output: TaskOutput::failed(TaskError::new(kind, &submission.function, why)),
+        };
+        let Some((depth, attempt)) = parent else {
+            rejected.push(fail(
+                TaskErrorKind::Cluster,
+                "a nested task must name the running task that submits it".into(),
+            ));
+            continue;
+        };
+        let depth = depth.saturating_add(1);
+        let limit = shared.config.limits.nesting_depth;
+        if depth > limit {
+            rejected.push(fail(
+                TaskErrorKind::NestingLimit,
+                format!(
+                    "nesting depth limit reached: tasks may nest {limit} deep (raise it with \
+                     --max-nesting-depth)"
+                ),
+            ));
+            continue;
+        }
+        let component_name = lock(&shared.names)
+            .get(&submission.component)
+            .cloned()
+            .unwrap_or_else(|| submission.component.to_string());
+        let id = format!("{}:{attempt}", submission.task_id);
+        tasks.push((
+            TaskMessage {
+                submission,
+                component_name,
+                reply: shared.subject.clone(),
+                depth,
+            },
+            id,
+            None,
+        ));
+    }
+    rejected.extend(publish_tasks(&shared.nats, &shared.blobs, tasks).await);
+    if !rejected.is_empty() {
+        let _ = shared.inbox.send(ToWorker::Results(rejected));
+    }
+}
+
+async fn results_loop(shared: Arc<Shared>, mut results: consumer::pull::Ordered) {
+    loop {
+        let message = tokio::select! {
+            message = results.next() => message,
+            () = shared.closing.cancelled() => return,
+        };
+        let Some(message) = message else { return };
+        let Ok(message) = message else { continue };
+        match decode::<Done>(&message.payload, &shared.blobs, true).await {
+            Ok(done) => {
+                if shared.inbox.send(ToWorker::Results(vec![done])).is_err() {
+                    return;
+                }
+            }
+            Err(why) => eprintln!("wtrace worker: a nested result could not be read: {why}"),
+        }
+    }
+}
+
+async fn control_loop(shared: Arc<Shared>, mut control: async_nats::Subscriber) {
+    tokio::select! {
+        message = control.next() => {
+            if message.is_some() {
+                let _ = shared.inbox.send(ToWorker::Shutdown);
+            }
+        }
+        () = shared.closing.cancelled() => {}
+    }
+}
