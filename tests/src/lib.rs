@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use wtrace::spans::{SpanFiles, SpanRecord};
 
 pub mod chaos;
+pub mod nats;
 
 /// Paths of the guest components, built from source by `build.rs`.
 pub mod guests {
@@ -394,7 +395,14 @@ impl Cluster {
 
     /// `wtrace stop`; asserts every process of the cluster is gone after.
     pub fn stop(&mut self) -> Run {
-        let run = self.command(&["stop"]).run();
+        self.stop_with(&[])
+    }
+
+    /// `wtrace stop <args>`, as [`Cluster::stop`].
+    pub fn stop_with(&mut self, args: &[&str]) -> Run {
+        let mut full = vec!["stop"];
+        full.extend_from_slice(args);
+        let run = self.command(&full).run();
         self.stopped = true;
         for marker in &self.markers {
             let left = processes_with_marker(marker);

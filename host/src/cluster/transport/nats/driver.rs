@@ -3,6 +3,7 @@
 //! results stream.
 
 use std::collections::HashMap;
+use std::future::IntoFuture as _;
 use std::time::Duration;
 
 use async_nats::jetstream::{consumer, object_store};
@@ -90,7 +91,7 @@ async fn read_results(
 }
 
 async fn serve_requests(
-    nats: Nats,
+    mut nats: Nats,
     blobs: object_store::ObjectStore,
     entry: ConfigEntry,
     subject: String,
@@ -135,7 +136,7 @@ async fn serve_requests(
                         )
                     })
                     .collect();
-                let failed = publish_tasks(&nats, &blobs, tasks).await;
+                let failed = publish_tasks(&mut nats, &blobs, tasks).await;
                 if !failed.is_empty() && replies.send(ToDriver::Results(failed)).is_err() {
                     return;
                 }
@@ -164,11 +165,17 @@ async fn serve_requests(
     }
 }
 
+/// How long a publish is retried while the server is away (restarting,
+/// say) before the task fails.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Publishes tasks on the task stream, each with its de-duplication id, and
-/// waits until the stream has them all. Those refused (with a refusal given,
-/// or by the stream) come back as failed results.
+/// waits until the stream has them all; while the server is away they are
+/// published again (the id keeps a task from being stored twice). Those
+/// refused (with a refusal given, or for good by the stream) come back as
+/// failed results.
 pub(super) async fn publish_tasks(
-    nats: &Nats,
+    nats: &mut Nats,
     blobs: &object_store::ObjectStore,
     tasks: Vec<(TaskMessage, String, Option<String>)>,
 ) -> Vec<Done> {
@@ -183,37 +190,87 @@ pub(super) async fn publish_tasks(
             why,
         )),
     };
-    let mut acks = Vec::with_capacity(tasks.len());
+    let mut pending = Vec::with_capacity(tasks.len());
     for (task, id, refusal) in tasks {
         if let Some(why) = refusal {
             failed.push(fail(&task.submission, why));
             continue;
         }
-        let payload = match super::encode(&task, blobs, || format!("payload/{id}")).await {
-            Ok(payload) => payload,
-            Err(error) => {
-                failed.push(fail(&task.submission, error.to_string()));
-                continue;
-            }
-        };
-        let message = async_nats::jetstream::message::PublishMessage::build()
-            .payload(payload)
-            .message_id(id);
-        match nats.js.send_publish(super::TASKS_SUBJECT, message).await {
-            Ok(ack) => acks.push((task.submission, ack)),
-            Err(e) => failed.push(fail(
-                &task.submission,
-                format!("NATS refused the task: {e}"),
-            )),
+        match super::encode(&task, blobs, || format!("payload/{id}")).await {
+            Ok(payload) => pending.push((task.submission, id, payload)),
+            Err(error) => failed.push(fail(&task.submission, error.to_string())),
         }
     }
-    for (submission, ack) in acks {
-        if let Err(e) = ack.await {
-            failed.push(fail(
-                &submission,
-                format!("NATS did not store the task: {e}"),
-            ));
+    let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+    let mut backoff = Duration::from_millis(100);
+    while !pending.is_empty() {
+        let mut acks = Vec::with_capacity(pending.len());
+        let mut again = Vec::new();
+        let mut stale = false;
+        for (submission, id, payload) in pending {
+            if stale {
+                again.push((submission, id, payload, "the connection stalled".into()));
+                continue;
+            }
+            let message = async_nats::jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(id.clone());
+            let sent = tokio::time::timeout(
+                super::REQUEST_TIMEOUT,
+                nats.js.send_publish(super::TASKS_SUBJECT, message),
+            )
+            .await;
+            match sent {
+                Ok(Ok(ack)) => acks.push((submission, id, payload, ack)),
+                Ok(Err(e)) => {
+                    stale |= e.kind() == async_nats::jetstream::context::PublishErrorKind::TimedOut;
+                    again.push((submission, id, payload, e.to_string()));
+                }
+                Err(_) => {
+                    stale = true;
+                    again.push((submission, id, payload, "timed out".into()));
+                }
+            }
         }
+        // Every acknowledgement at once: a stalled connection costs one
+        // timeout, not one per task.
+        let (waiting, futures): (Vec<_>, Vec<_>) = acks
+            .into_iter()
+            .map(|(submission, id, payload, ack)| {
+                let ack = tokio::time::timeout(super::REQUEST_TIMEOUT, ack.into_future());
+                ((submission, id, payload), ack)
+            })
+            .unzip();
+        let acked = futures::future::join_all(futures).await;
+        for ((submission, id, payload), acked) in waiting.into_iter().zip(acked) {
+            match acked {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => again.push((submission, id, payload, e.to_string())),
+                Err(_) => {
+                    stale = true;
+                    again.push((submission, id, payload, "no acknowledgement".into()));
+                }
+            }
+        }
+        if again.is_empty() {
+            break;
+        }
+        if stale && let Ok(fresh) = nats.fresh().await {
+            *nats = fresh;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            for (submission, _, _, why) in again {
+                let why = format!("NATS did not store the task: {why}");
+                failed.push(fail(&submission, why));
+            }
+            break;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+        pending = again
+            .into_iter()
+            .map(|(submission, id, payload, _)| (submission, id, payload))
+            .collect();
     }
     failed
 }

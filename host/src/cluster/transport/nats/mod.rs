@@ -60,6 +60,9 @@ const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// How long results wait in their stream for a driver to fetch them.
 const RESULTS_KEPT: Duration = Duration::from_secs(24 * 3600);
+/// How long one request to the server (a publish, its acknowledgement) may
+/// take before it is taken for lost and made again.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Payloads up to this go inside their message; larger ones in the object
 /// store (NATS's default payload limit is 1 MiB).
 const INLINE_MAX: usize = 768 << 10;
@@ -106,6 +109,11 @@ pub(crate) struct Heartbeat {
 pub(crate) struct Nats {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
+    /// How it was made, to make another.
+    servers: Vec<String>,
+    tls: bool,
+    credentials: Credentials,
+    name: String,
 }
 
 impl std::fmt::Debug for Nats {
@@ -173,8 +181,27 @@ pub(crate) async fn connect(
             servers.join(",")
         ))
     })?;
-    let js = jetstream::new(client.clone());
-    Ok(Nats { client, js })
+    let js = jetstream::ContextBuilder::new()
+        .backpressure_on_inflight(false)
+        .build(client.clone());
+    Ok(Nats {
+        client,
+        js,
+        servers: servers.to_vec(),
+        tls,
+        credentials: credentials.clone(),
+        name: name.to_owned(),
+    })
+}
+
+impl Nats {
+    /// A new connection like this one. After the server restarted, the
+    /// client's own reconnected connection sometimes stops sending
+    /// publishes (nothing leaves its socket) while it keeps receiving; a
+    /// fresh connection does not.
+    pub(crate) async fn fresh(&self) -> Result<Self> {
+        connect(&self.servers, self.tls, &self.credentials, &self.name).await
+    }
 }
 
 impl Nats {

@@ -3,6 +3,7 @@
 //! and announces itself with a heartbeat.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::IntoFuture as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -153,6 +154,10 @@ fn sanitize(id: &str) -> String {
 }
 
 async fn beat(shared: &Shared, workers: &jetstream::kv::Store, key: &str) {
+    let _ = tokio::time::timeout(super::REQUEST_TIMEOUT, put_beat(shared, workers, key)).await;
+}
+
+async fn put_beat(shared: &Shared, workers: &jetstream::kv::Store, key: &str) {
     let json = {
         let mut beat = lock(&shared.beat);
         let held = lock(&shared.held).len();
@@ -177,7 +182,8 @@ async fn keep_alive(shared: Arc<Shared>, workers: jetstream::kv::Store, key: Str
                     .map(|held| held.message.clone())
                     .collect();
                 for message in ackers {
-                    let _ = message.ack_with(AckKind::Progress).await;
+                    let progress = message.ack_with(AckKind::Progress);
+                    let _ = tokio::time::timeout(super::REQUEST_TIMEOUT, progress).await;
                 }
             }
             () = shared.closing.cancelled() => return,
@@ -377,22 +383,23 @@ async fn finish(
             return;
         }
     };
-    for wait in [0u64, 100, 250, 500, 1000, 2000, 4000, 4000, 4000, 4000] {
+    // Until the server is back, if it is away: about a minute.
+    let waits = [0u64, 100, 250, 500, 1000].into_iter().chain([2000; 30]);
+    for wait in waits {
         tokio::time::sleep(Duration::from_millis(wait)).await;
         let publish = jetstream::message::PublishMessage::build()
             .payload(payload.clone())
             .message_id(id.clone());
-        let stored = match shared
-            .nats
-            .js
-            .send_publish(task.reply.clone(), publish)
-            .await
-        {
-            Ok(ack) => ack.await.is_ok(),
-            Err(_) => false,
+        let publish = shared.nats.js.send_publish(task.reply.clone(), publish);
+        let stored = match tokio::time::timeout(super::REQUEST_TIMEOUT, publish).await {
+            Ok(Ok(ack)) => matches!(
+                tokio::time::timeout(super::REQUEST_TIMEOUT, ack.into_future()).await,
+                Ok(Ok(_))
+            ),
+            _ => false,
         };
         if stored {
-            let _ = message.double_ack().await;
+            let _ = tokio::time::timeout(super::REQUEST_TIMEOUT, message.double_ack()).await;
             super::discard_spilled(&shared.blobs, &message.payload).await;
             return;
         }
@@ -504,7 +511,8 @@ async fn submit(shared: &Shared, submissions: Vec<crate::cluster::messages::Subm
             None,
         ));
     }
-    rejected.extend(publish_tasks(&shared.nats, &shared.blobs, tasks).await);
+    let mut nats = shared.nats.clone();
+    rejected.extend(publish_tasks(&mut nats, &shared.blobs, tasks).await);
     if !rejected.is_empty() {
         let _ = shared.inbox.send(ToWorker::Results(rejected));
     }
