@@ -282,3 +282,32 @@ fn a_nats_head_beyond_loopback_without_authentication_is_refused() {
     );
     assert!(stderr.contains("--insecure"), "{stderr}");
 }
+
+#[test]
+fn invocations_and_results_larger_than_a_nats_message_travel_through_the_object_store() {
+    let nats = NatsServer::start("");
+    let dir = span_dir();
+    let mut cluster = nats_cluster(&nats, dir.path(), &["-n", "1", "--max-result-size=4M"]);
+    // NATS's default payload limit is 1 MiB: both are well past it.
+    let calls = dir.path().join("calls.txt");
+    let text = format!("echo(\"{}\")\nhuge-result(2)\n", "x".repeat(3 << 20));
+    std::fs::write(&calls, text).unwrap();
+    let calls = calls.to_str().unwrap();
+    let run = cluster
+        .command(&["submit", "--file", calls, guests::HOSTILE])
+        .run();
+    let stdout = run.success();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        (3 << 20).to_string(),
+        "the whole invocation arrived"
+    );
+    assert_eq!(
+        lines[1].len(),
+        (2 << 20) + 2,
+        "the whole result came back, quoted"
+    );
+    assert!(lines[1].starts_with("\"rrr"));
+    cluster.stop();
+}

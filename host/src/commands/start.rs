@@ -140,11 +140,18 @@ impl StartCommand {
         println!("  submit tasks:  wtrace submit tasks.wasm 'my-function()'");
         println!("  see it:        wtrace status");
         println!("  stop it:       wtrace stop");
-        println!(
-            "  add a node:    wtrace start --address {} --token-file FILE  (FILE: the token in {})",
-            session.address,
-            Session::path(dir).display()
-        );
+        if self.address.is_some() {
+            println!(
+                "  add a node:    wtrace start --address {}  (on any machine, with the NATS credentials)",
+                session.address
+            );
+        } else {
+            println!(
+                "  add a node:    wtrace start --address {} --token-file FILE  (FILE: the token in {})",
+                session.address,
+                Session::path(dir).display()
+            );
+        }
         println!("  head log:      {}", log.display());
         Ok(ExitCode::SUCCESS)
     }
