@@ -79,9 +79,9 @@ async fn read_results(
             // consumer recreates itself.
             continue;
         };
-        match decode::<Done>(&message.payload, &blobs, true).await {
-            Ok(done) => {
-                if replies.send(ToDriver::Results(vec![done])).is_err() {
+        match decode::<Vec<Done>>(&message.payload, &blobs, true).await {
+            Ok(results) => {
+                if replies.send(ToDriver::Results(results)).is_err() {
                     return;
                 }
             }

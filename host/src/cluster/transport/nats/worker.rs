@@ -260,15 +260,7 @@ async fn take(
             "its worker died on every attempt ({attempt} attempts); the task may be crashing \
              its workers"
         );
-        fail_now(
-            shared,
-            &task,
-            &message,
-            attempt,
-            TaskErrorKind::WorkerDied,
-            why,
-        )
-        .await;
+        fail_now(shared, &task, &message, TaskErrorKind::WorkerDied, why).await;
         return None;
     }
     let digest = submission.component.clone();
@@ -299,15 +291,7 @@ async fn take(
             }
             Ok(None) | Err(_) => {
                 let why = format!("component {digest} is not in the cluster's object store");
-                fail_now(
-                    shared,
-                    &task,
-                    &message,
-                    attempt,
-                    TaskErrorKind::Cluster,
-                    why,
-                )
-                .await;
+                fail_now(shared, &task, &message, TaskErrorKind::Cluster, why).await;
                 return None;
             }
         }
@@ -350,7 +334,6 @@ async fn fail_now(
     shared: &Shared,
     task: &TaskMessage,
     message: &jetstream::Message,
-    attempt: u32,
     kind: TaskErrorKind,
     why: String,
 ) {
@@ -361,25 +344,27 @@ async fn fail_now(
         busy_us: 0,
         output: TaskOutput::failed(error),
     };
-    finish(shared, task, message, attempt, done).await;
+    finish(shared, task, message, done).await;
 }
 
 /// Stores a task's result on its submitter's subject, then acknowledges the
-/// task: a worker dying between the two leaves the task to be run again,
-/// never a task acknowledged without its result. The server being away
-/// (restarting) only delays it.
-async fn finish(
-    shared: &Shared,
-    task: &TaskMessage,
-    message: &jetstream::Message,
-    attempt: u32,
-    done: Done,
-) {
-    let id = format!("r:{}:{attempt}", task.submission.task_id);
-    let payload = match encode(&done, &shared.blobs, || format!("result/{id}")).await {
+/// task, as [`finish_all`] does.
+async fn finish(shared: &Shared, task: &TaskMessage, message: &jetstream::Message, done: Done) {
+    finish_all(shared, &task.reply, vec![(message, done)]).await;
+}
+
+/// Stores results for one submitter in one message on its subject, then
+/// acknowledges their tasks: a worker dying between the two leaves the
+/// tasks to run again (the driver delivers each result once), never a task
+/// acknowledged without its result. The server being away (restarting)
+/// only delays it.
+async fn finish_all(shared: &Shared, reply: &str, finished: Vec<(&jetstream::Message, Done)>) {
+    let (messages, results): (Vec<_>, Vec<_>) = finished.into_iter().unzip();
+    let spill = || format!("result/{}", random_hex(8));
+    let payload = match encode(&results, &shared.blobs, spill).await {
         Ok(payload) => payload,
         Err(error) => {
-            eprintln!("wtrace worker: cannot store a result: {error}");
+            eprintln!("wtrace worker: cannot store results: {error}");
             return;
         }
     };
@@ -387,10 +372,7 @@ async fn finish(
     let waits = [0u64, 100, 250, 500, 1000].into_iter().chain([2000; 30]);
     for wait in waits {
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(payload.clone())
-            .message_id(id.clone());
-        let publish = shared.nats.js.send_publish(task.reply.clone(), publish);
+        let publish = shared.nats.js.publish(reply.to_owned(), payload.clone());
         let stored = match tokio::time::timeout(super::REQUEST_TIMEOUT, publish).await {
             Ok(Ok(ack)) => matches!(
                 tokio::time::timeout(super::REQUEST_TIMEOUT, ack.into_future()).await,
@@ -399,14 +381,18 @@ async fn finish(
             _ => false,
         };
         if stored {
-            let _ = tokio::time::timeout(super::REQUEST_TIMEOUT, message.double_ack()).await;
-            super::discard_spilled(&shared.blobs, &message.payload).await;
+            for message in messages {
+                // Should this acknowledgement be lost, the task runs again
+                // and its second result is dropped by its driver.
+                let _ = message.ack().await;
+                super::discard_spilled(&shared.blobs, &message.payload).await;
+            }
             return;
         }
     }
     eprintln!(
-        "wtrace worker: could not store the result of task {}; it will run again",
-        task.submission.task_id
+        "wtrace worker: could not store {} results; their tasks will run again",
+        results.len()
     );
 }
 
@@ -430,14 +416,21 @@ async fn send_loop(
                     }
                 }
                 lock(&shared.beat).status.done += finishing.len() as u64;
-                let finished = finishing.iter().map(|(held, done)| {
+                let mut by_reply: HashMap<&str, Vec<(&jetstream::Message, Done)>> = HashMap::new();
+                for (held, done) in &finishing {
                     let done = Done {
                         id: held.task.submission.tag,
                         ..done.clone()
                     };
-                    finish(shared, &held.task, &held.message, held.attempt, done)
-                });
-                futures::future::join_all(finished).await;
+                    by_reply
+                        .entry(held.task.reply.as_str())
+                        .or_default()
+                        .push((&held.message, done));
+                }
+                let stored = by_reply
+                    .into_iter()
+                    .map(|(reply, finished)| finish_all(shared, reply, finished));
+                futures::future::join_all(stored).await;
             }
             FromWorker::Submit(submissions) => submit(shared, submissions.clone()).await,
             FromWorker::Ready => lock(&shared.beat).status.ready = true,
@@ -526,9 +519,9 @@ async fn results_loop(shared: Arc<Shared>, mut results: consumer::pull::Ordered)
         };
         let Some(message) = message else { return };
         let Ok(message) = message else { continue };
-        match decode::<Done>(&message.payload, &shared.blobs, true).await {
-            Ok(done) => {
-                if shared.inbox.send(ToWorker::Results(vec![done])).is_err() {
+        match decode::<Vec<Done>>(&message.payload, &shared.blobs, true).await {
+            Ok(results) => {
+                if shared.inbox.send(ToWorker::Results(results)).is_err() {
                     return;
                 }
             }
