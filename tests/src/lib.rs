@@ -302,6 +302,57 @@ impl Spans {
     }
 }
 
+/// Checks the shape of a `fanout` guest's `tree(…)` run: the root submit
+/// span is the driver's (`driver_pid`), every nested submit a child of the
+/// `fan-out` span of the worker that submitted it, every execute span a
+/// `CONSUMER` child of its submit span with the same task id, and every
+/// guest span a child of its execute span in the same process.
+pub fn assert_fan_out_tree(all: &[&SpanRecord], driver_pid: u32) {
+    let by_id: std::collections::HashMap<&str, &SpanRecord> =
+        all.iter().map(|s| (s.span_id.as_str(), *s)).collect();
+    let parent = |s: &SpanRecord| by_id.get(s.parent_span_id.as_str()).copied();
+    for span in all {
+        match span.name.as_str() {
+            "tree submit" => match parent(span) {
+                None => {
+                    assert!(
+                        span.parent_span_id.is_empty(),
+                        "the root submit has no parent"
+                    );
+                    assert_eq!(
+                        span.pid,
+                        Some(i64::from(driver_pid)),
+                        "the root is the driver's"
+                    );
+                }
+                Some(p) => {
+                    assert_eq!(
+                        p.name, "fan-out",
+                        "a nested submit is a child of the guest's current span"
+                    );
+                    assert_eq!(p.pid, span.pid, "submitted from the worker running fan-out");
+                }
+            },
+            "tree execute" => {
+                let submit = parent(span).expect("execute has its submit span as parent");
+                assert_child_of(span, submit);
+                assert_eq!(submit.name, "tree submit");
+                assert_eq!(span.kind, "CONSUMER");
+                assert_eq!(
+                    span.attributes["wtrace.task_id"],
+                    submit.attributes["wtrace.task_id"]
+                );
+            }
+            "fan-out" | "leaf" => {
+                let execute = parent(span).expect("guest spans have the execute span as parent");
+                assert_eq!(execute.name, "tree execute");
+                assert_eq!(execute.pid, span.pid);
+            }
+            other => panic!("unexpected span {other}"),
+        }
+    }
+}
+
 /// Asserts `child` is a direct child of `parent` in the same trace.
 pub fn assert_child_of(child: &SpanRecord, parent: &SpanRecord) {
     assert_eq!(

@@ -6,7 +6,9 @@ use std::ops::Not as _;
 use std::time::{Duration, Instant};
 
 use wtrace::spans::SpanRecord;
-use wtrace_tests::{Cluster, Spans, Wtrace, alive, assert_child_of, guests, span_dir};
+use wtrace_tests::{
+    Cluster, Spans, Wtrace, alive, assert_child_of, assert_fan_out_tree, guests, span_dir,
+};
 
 /// A cluster whose every process (head's workers, nodes, drivers) writes
 /// spans with the file hook to `dir`.
@@ -158,46 +160,7 @@ fn nested_fan_out_forms_one_trace_across_workers() {
     assert_eq!(count("tree execute"), 7);
     assert_eq!(count("fan-out"), 3);
     assert_eq!(count("leaf"), 4);
-    for span in &all {
-        match span.name.as_str() {
-            "tree submit" => match parent(span) {
-                None => {
-                    assert!(
-                        span.parent_span_id.is_empty(),
-                        "the root submit has no parent"
-                    );
-                    assert_eq!(
-                        span.pid,
-                        Some(i64::from(run.pid)),
-                        "the root is the driver's"
-                    );
-                }
-                Some(p) => {
-                    assert_eq!(
-                        p.name, "fan-out",
-                        "a nested submit is a child of the guest's current span"
-                    );
-                    assert_eq!(p.pid, span.pid, "submitted from the worker running fan-out");
-                }
-            },
-            "tree execute" => {
-                let submit = parent(span).expect("execute has its submit span as parent");
-                assert_child_of(span, submit);
-                assert_eq!(submit.name, "tree submit");
-                assert_eq!(span.kind, "CONSUMER");
-                assert_eq!(
-                    span.attributes["wtrace.task_id"],
-                    submit.attributes["wtrace.task_id"]
-                );
-            }
-            "fan-out" | "leaf" => {
-                let execute = parent(span).expect("guest spans have the execute span as parent");
-                assert_eq!(execute.name, "tree execute");
-                assert_eq!(execute.pid, span.pid);
-            }
-            other => panic!("unexpected span {other}"),
-        }
-    }
+    assert_fan_out_tree(&all, run.pid);
     // Depth: leaves are three tasks below the driver.
     let leaf = all.iter().find(|s| s.name == "leaf").unwrap();
     let mut chain = vec![leaf.name.as_str()];

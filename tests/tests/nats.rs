@@ -2,12 +2,14 @@
 //! process groups joined by the address alone, one trace across them, and
 //! the faults a distributed run must survive.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use wtrace::spans::SpanRecord;
 use wtrace_tests::nats::NatsServer;
-use wtrace_tests::{Cluster, Spans, Wtrace, assert_child_of, guests, span_dir};
+use wtrace_tests::{
+    Cluster, Spans, Wtrace, assert_child_of, assert_fan_out_tree, guests, span_dir,
+};
 
 /// A cluster made on `nats` by `wtrace start --head --address nats://…`, its
 /// every process writing spans with the file hook to `dir`.
@@ -63,41 +65,10 @@ fn three_nodes_run_a_nested_fan_out_traced_as_one_tree() {
     let all: Vec<&SpanRecord> = spans.all().iter().collect();
     let traces: HashSet<&str> = all.iter().map(|s| s.trace_id.as_str()).collect();
     assert_eq!(traces.len(), 1, "one trace: {:?}", spans.names());
-    let by_id: HashMap<&str, &SpanRecord> = all.iter().map(|s| (s.span_id.as_str(), *s)).collect();
-    let parent = |s: &SpanRecord| by_id.get(s.parent_span_id.as_str()).copied();
     let count = |name: &str| all.iter().filter(|s| s.name == name).count();
     assert_eq!(count("tree submit"), 13);
     assert_eq!(count("tree execute"), 13);
-    for span in &all {
-        match span.name.as_str() {
-            "tree submit" => match parent(span) {
-                None => assert_eq!(
-                    span.pid,
-                    Some(i64::from(run.pid)),
-                    "the root is the driver's"
-                ),
-                Some(p) => {
-                    assert_eq!(p.name, "fan-out");
-                    assert_eq!(p.pid, span.pid, "submitted by the worker running fan-out");
-                }
-            },
-            "tree execute" => {
-                let submit = parent(span).expect("an execute span's parent is its submit span");
-                assert_child_of(span, submit);
-                assert_eq!(submit.name, "tree submit");
-                assert_eq!(
-                    span.attributes["wtrace.task_id"],
-                    submit.attributes["wtrace.task_id"]
-                );
-            }
-            "fan-out" | "leaf" => {
-                let execute = parent(span).expect("guest spans' parent is the execute span");
-                assert_eq!(execute.name, "tree execute");
-                assert_eq!(execute.pid, span.pid);
-            }
-            other => panic!("unexpected span {other}"),
-        }
-    }
+    assert_fan_out_tree(&all, run.pid);
     let nodes: HashSet<&str> = all
         .iter()
         .filter(|s| s.name == "tree execute")

@@ -100,26 +100,17 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
     let telemetry = match &config.hook {
         None => None,
         Some(spec) => {
-            let ran = match fetch_blob(&link, &mut inbox, &spec.digest).await {
-                Ok(bytes) => match spec.with_bytes(bytes) {
-                    // Hooks use synchronous WASI, which must not run on an async thread.
-                    Ok(hook) => {
-                        let (rt, info, policy, handle) = (
-                            runtime.clone(),
-                            info.clone(),
-                            config.policy.clone(),
-                            handle.clone(),
-                        );
-                        tokio::task::spawn_blocking(move || {
-                            hook.run(&rt, info, &policy, Some(handle))
-                        })
-                        .await
-                        .map_err(|e| Error::Cluster(format!("the hook's thread failed: {e}")))?
-                    }
-                    Err(error) => Err(error),
-                },
-                Err(error) => Err(error),
-            };
+            let ran = async {
+                let bytes = fetch_blob(&link, &mut inbox, &spec.digest).await?;
+                let hook = spec.with_bytes(bytes)?;
+                // Hooks use synchronous WASI, which must not run on an async thread.
+                let (rt, info, policy) = (runtime.clone(), info.clone(), config.policy.clone());
+                let handle = handle.clone();
+                tokio::task::spawn_blocking(move || hook.run(&rt, info, &policy, Some(handle)))
+                    .await
+                    .map_err(|e| Error::Cluster(format!("the hook's thread failed: {e}")))?
+            }
+            .await;
             match ran {
                 Ok(telemetry) => Some(telemetry),
                 Err(error) => {
@@ -403,8 +394,6 @@ const QUEUED_WORK_US: u64 = 3_000;
 struct Credit {
     /// Leases received and not finished.
     held: usize,
-    /// Of those, tasks waiting for nested tasks: they hold no slot.
-    waiting: usize,
     /// Leases asked for and not yet received.
     asked: usize,
     /// Moving average of how long its tasks take, in µs.
@@ -415,7 +404,6 @@ impl Default for Credit {
     fn default() -> Self {
         Self {
             held: 0,
-            waiting: 0,
             asked: 0,
             busy_us: QUEUED_WORK_US,
         }
@@ -423,10 +411,11 @@ impl Default for Credit {
 }
 
 impl Credit {
-    /// Slots free now, counted as asked for.
-    fn take_free(&mut self) -> Option<u32> {
+    /// Slots free now, counted as asked for; `waiting` of the held tasks
+    /// wait for nested tasks, and hold no slot.
+    fn take_free(&mut self, waiting: usize) -> Option<u32> {
         let target = (QUEUED_WORK_US / self.busy_us.max(1)).clamp(2, MAX_HELD as u64) as usize;
-        let have = self.held.saturating_sub(self.waiting) + self.asked;
+        let have = self.held.saturating_sub(waiting) + self.asked;
         let more = target.checked_sub(have).filter(|more| *more > 0)?;
         self.asked += more;
         Some(more as u32)
@@ -678,10 +667,11 @@ impl Pool {
 
     /// The credit to ask for now, if any slot is free and not asked for.
     fn credit_wanted(&self) -> Option<u32> {
-        if lock(&self.state).closed {
+        let state = lock(&self.state);
+        if state.closed {
             return None;
         }
-        lock(&self.credit).take_free()
+        lock(&self.credit).take_free(state.waiting)
     }
 
     fn take_done(&self) -> Vec<Done> {
@@ -837,20 +827,10 @@ impl Submitter for PoolSubmitter {
         } else {
             state.waiting -= 1;
         }
-        let closed = state.closed;
         drop(state);
         // A waiting task frees its slot for other work (its children,
         // maybe); one resuming takes it back.
-        let more = {
-            let mut credit = lock(&pool.credit);
-            if waiting {
-                credit.waiting += 1;
-            } else {
-                credit.waiting = credit.waiting.saturating_sub(1);
-            }
-            credit.take_free()
-        };
-        if let Some(more) = more.filter(|_| !closed) {
+        if let Some(more) = pool.credit_wanted() {
             let _ = pool.out.send(FromWorker::Credit(more));
         }
     }
@@ -864,20 +844,22 @@ mod tests {
     fn a_worker_asks_for_its_free_slots_and_a_waiting_task_frees_its_own() {
         let mut credit = Credit::default();
         // Nothing is known of its tasks yet: two, one to run and one ready.
-        assert_eq!(credit.take_free(), Some(2));
-        assert_eq!(credit.take_free(), None, "asked for already");
+        assert_eq!(credit.take_free(0), Some(2));
+        assert_eq!(credit.take_free(0), None, "asked for already");
         credit.asked -= 2;
         credit.held += 2;
-        assert_eq!(credit.take_free(), None, "both slots are taken");
-        credit.waiting += 1;
-        assert_eq!(credit.take_free(), Some(1), "a waiting task frees its slot");
+        assert_eq!(credit.take_free(0), None, "both slots are taken");
+        assert_eq!(
+            credit.take_free(1),
+            Some(1),
+            "a waiting task frees its slot"
+        );
         // Quick tasks: it asks for about QUEUED_WORK_US of them.
         credit.busy_us = 30;
-        assert_eq!(credit.take_free(), Some(98));
+        assert_eq!(credit.take_free(1), Some(98));
         credit.busy_us = 1;
         credit.asked = 0;
         credit.held = 0;
-        credit.waiting = 0;
-        assert_eq!(credit.take_free(), Some(MAX_HELD as u32));
+        assert_eq!(credit.take_free(0), Some(MAX_HELD as u32));
     }
 }

@@ -231,9 +231,8 @@ impl StartCommand {
             max_retries: self.max_retries,
             component_store: self.component_store,
         };
-        let workers = self.workers();
-        let cache_dir = self.sandbox.cache_dir();
         let node_id = format!("n-{}", short_id());
+        let node = self.node_options(&address, credentials.clone(), &node_id)?;
         Self::runtime()?.block_on(async move {
             let bytes = hook.as_ref().map(|h| h.bytes.to_vec());
             wtrace::cluster::transport::nats::create_cluster(
@@ -244,14 +243,6 @@ impl StartCommand {
                 self.insecure,
             )
             .await?;
-            let node = NodeOptions {
-                num_workers: workers,
-                worker_exe: std::env::current_exe()?,
-                endpoint: address.clone(),
-                credentials,
-                node_id: node_id.clone(),
-                cache_dir,
-            };
             let node = start_node(node).await?;
             Session {
                 address: address.to_string(),
@@ -269,21 +260,30 @@ impl StartCommand {
         })
     }
 
+    /// This machine's node of workers for the cluster at `address`.
+    fn node_options(
+        &self,
+        address: &Endpoint,
+        credentials: wtrace::cluster::Credentials,
+        node_id: &str,
+    ) -> anyhow::Result<NodeOptions> {
+        Ok(NodeOptions {
+            num_workers: self.workers(),
+            worker_exe: std::env::current_exe()?,
+            endpoint: address.clone(),
+            credentials,
+            node_id: node_id.to_owned(),
+            cache_dir: self.sandbox.cache_dir(),
+        })
+    }
+
     fn node_daemon(self, dir: &Path) -> anyhow::Result<ExitCode> {
         let address = self.address.clone().expect("--address");
         let node_id = std::env::var("WTRACE_NODE_ID").context("WTRACE_NODE_ID is not set")?;
         let credentials = credentials_for(&address, self.token.given()?, &self.nats)?;
-        let workers = self.workers();
-        let cache_dir = self.sandbox.cache_dir();
+        let node = self.node_options(&address, credentials, &node_id)?;
+        let workers = node.num_workers;
         Self::runtime()?.block_on(async move {
-            let node = NodeOptions {
-                num_workers: workers,
-                worker_exe: std::env::current_exe()?,
-                endpoint: address.clone(),
-                credentials,
-                node_id: node_id.clone(),
-                cache_dir,
-            };
             let node = start_node(node).await?;
             NodeRecord {
                 node_id: node_id.clone(),

@@ -281,12 +281,13 @@ pub(super) async fn status(nats: &Nats, entry: &ConfigEntry) -> ClusterStatus {
         Ok(workers) => live_workers(&workers).await.unwrap_or_default(),
         Err(_) => Vec::new(),
     };
-    let (queued, leased) = match nats.js.get_stream(super::TASKS_STREAM).await {
+    // Tasks no worker has taken yet.
+    let queued = match nats.js.get_stream(super::TASKS_STREAM).await {
         Ok(stream) => match stream.consumer_info(super::WORKERS_CONSUMER).await {
-            Ok(info) => (info.num_pending as usize, info.num_ack_pending),
-            Err(_) => (0, 0),
+            Ok(info) => info.num_pending as usize,
+            Err(_) => 0,
         },
-        Err(_) => (0, 0),
+        Err(_) => 0,
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -310,7 +311,7 @@ pub(super) async fn status(nats: &Nats, entry: &ConfigEntry) -> ClusterStatus {
             .map(|h| (h.display.clone(), h.digest.clone())),
         done: workers.iter().map(|w| w.done).sum(),
         workers,
-        queued: queued.max(leased.saturating_sub(running).min(queued)),
+        queued,
         running,
         components: 0,
         component_bytes: 0,

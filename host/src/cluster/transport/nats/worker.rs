@@ -44,6 +44,8 @@ struct Shared {
     config: ClusterConfig,
     held: Mutex<HashMap<u64, Held>>,
     next_lease: AtomicU64,
+    /// Leases the pool says it started (ids `1..=started`).
+    started: AtomicU64,
     credit: Mutex<usize>,
     credit_came: Notify,
     /// Components the pool holds, least recently leased first.
@@ -100,6 +102,7 @@ pub(crate) async fn connect_worker(
         config: entry.config.clone(),
         held: Mutex::new(HashMap::new()),
         next_lease: AtomicU64::new(1),
+        started: AtomicU64::new(0),
         credit: Mutex::new(0),
         credit_came: Notify::new(),
         has: Mutex::new(VecDeque::new()),
@@ -160,9 +163,12 @@ async fn beat(shared: &Shared, workers: &jetstream::kv::Store, key: &str) {
 async fn put_beat(shared: &Shared, workers: &jetstream::kv::Store, key: &str) {
     let json = {
         let mut beat = lock(&shared.beat);
-        let held = lock(&shared.held).len();
-        beat.status.leased = held;
-        beat.status.running = held.min(1);
+        // The pool starts leases in the order they came, and their ids
+        // count up: those up to the starts it told are running.
+        let started = shared.started.load(Ordering::Relaxed);
+        let held = lock(&shared.held);
+        beat.status.leased = held.len();
+        beat.status.running = held.keys().filter(|id| **id <= started).count();
         serde_json::to_vec(&*beat).expect("a heartbeat serializes")
     };
     let _ = workers.put(key, json.into()).await;
@@ -445,7 +451,7 @@ async fn send_loop(
                     .flatten();
                 let _ = shared.inbox.send(ToWorker::Blob(digest.clone(), bytes));
             }
-            FromWorker::Started(_) => {}
+            FromWorker::Started(count) => shared.started.store(*count, Ordering::Relaxed),
         }
         written(&message);
     }
