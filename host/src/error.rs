@@ -50,6 +50,16 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
 
+    /// A detached job's results cannot be fetched: the cluster does not
+    /// know it, or no longer does.
+    #[error("no job {job} on this cluster: {cause}")]
+    NoSuchJob {
+        /// The job id as given.
+        job: String,
+        /// Why it is not there, and what to check.
+        cause: String,
+    },
+
     /// An I/O error, with what was being done. Its message includes the
     /// I/O error, which is therefore not also given as its `source` (an error
     /// report would print it twice).

@@ -693,3 +693,21 @@ fn a_long_submission_prints_every_result_in_order() {
     }
     cluster.stop();
 }
+
+#[test]
+fn detaching_from_a_local_head_is_refused_with_what_to_use_instead() {
+    let dir = span_dir();
+    let mut cluster = traced_cluster(dir.path(), &["-n", "1"]);
+    let detach = cluster
+        .command(&["submit", "--detach", guests::HELLO, "my-function()"])
+        .run();
+    let stderr = detach.failure();
+    assert!(stderr.contains("local head"), "{stderr}");
+    assert!(stderr.contains("nats://"), "{stderr}");
+    let results = cluster.command(&["results", "j-0123456789abcdef"]).run();
+    let stderr = results.failure();
+    assert!(stderr.contains("nats://"), "{stderr}");
+    // Nothing was submitted.
+    assert_eq!(cluster.status()["done"], 0);
+    cluster.stop();
+}

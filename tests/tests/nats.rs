@@ -233,6 +233,92 @@ fn nats_credentials_are_passed_through_and_a_wrong_one_is_a_clear_error() {
     cluster.stop();
 }
 
+/// A one-worker cluster on the NATS at `url`, joined with `args` (flags) and
+/// `env` (credentials): it runs a task and stops.
+fn runs_a_task_authenticated(url: &str, args: &[&str], env: &[(&str, &str)]) {
+    let dir = span_dir();
+    let hook = format!("--tracing-startup-hook={}", guests::FILE_HOOK);
+    let allow = format!("--allow-span-dir={}", dir.path().display());
+    let mut start = vec![hook.as_str(), allow.as_str(), "--address", url, "-n", "1"];
+    start.extend_from_slice(args);
+    let mut env = env.to_vec();
+    env.push(("WTRACE_SPAN_DIR", dir.path().to_str().unwrap()));
+    let mut cluster = Cluster::start(&start, &env);
+    let mut submit = vec!["submit", guests::HELLO, "my-function()"];
+    submit.extend_from_slice(args);
+    assert_eq!(cluster.command(&submit).run().success(), "1\n");
+    cluster.stop_with(args).success();
+    // The worker's execute span came through: the worker authenticated too.
+    let spans = Spans::read(dir.path());
+    spans.one("my-function execute");
+}
+
+#[test]
+fn nats_user_and_password_authenticate_every_process() {
+    let nats = NatsServer::start("authorization { user: wtrace, password: \"pa55-w0rd\" }");
+    runs_a_task_authenticated(
+        &nats.url(),
+        &[],
+        &[
+            ("WTRACE_NATS_USER", "wtrace"),
+            ("WTRACE_NATS_PASSWORD", "pa55-w0rd"),
+        ],
+    );
+    let refused = Wtrace::new(["status", "--address", &nats.url()])
+        .env("WTRACE_NATS_USER", "wtrace")
+        .env("WTRACE_NATS_PASSWORD", "wrong")
+        .run();
+    assert!(
+        refused.failure().contains("check the NATS credentials"),
+        "{}",
+        refused.stderr
+    );
+}
+
+#[test]
+fn a_nats_nkey_authenticates_every_process() {
+    let keys = tempfile::tempdir().unwrap();
+    let (config, seed) = wtrace_tests::nats::nkey_user(keys.path());
+    let nats = NatsServer::start(&config);
+    let seed = seed.to_str().unwrap();
+    runs_a_task_authenticated(&nats.url(), &["--nats-nkey", seed], &[]);
+}
+
+#[test]
+fn a_nats_credentials_file_authenticates_every_process() {
+    let keys = tempfile::tempdir().unwrap();
+    let (config, creds) = wtrace_tests::nats::jwt_user(keys.path());
+    let nats = NatsServer::start(&config);
+    runs_a_task_authenticated(
+        &nats.url(),
+        &[],
+        &[("WTRACE_NATS_CREDS", creds.to_str().unwrap())],
+    );
+}
+
+#[test]
+fn nats_over_tls_trusts_the_given_ca_and_refuses_an_unknown_one() {
+    let keys = tempfile::tempdir().unwrap();
+    let tls = wtrace_tests::nats::Tls::new(keys.path());
+    let nats = NatsServer::start(&format!(
+        "{}\nauthorization {{ token: \"tls-token\" }}",
+        tls.config()
+    ));
+    let ca = tls.ca.to_str().unwrap();
+    runs_a_task_authenticated(
+        &nats.tls_url(),
+        &[],
+        &[("WTRACE_TLS_CA", ca), ("WTRACE_TOKEN", "tls-token")],
+    );
+    // Without the CA the server's certificate is not trusted.
+    let refused = Wtrace::new(["status", "--address", &nats.tls_url()])
+        .env("WTRACE_TOKEN", "tls-token")
+        .run();
+    let stderr = refused.failure();
+    assert!(stderr.contains("cannot connect to NATS"), "{stderr}");
+    assert!(stderr.contains("--tls-ca"), "{stderr}");
+}
+
 #[test]
 fn a_nats_head_beyond_loopback_without_authentication_is_refused() {
     let session = tempfile::tempdir().unwrap();
@@ -280,5 +366,106 @@ fn invocations_and_results_larger_than_a_nats_message_travel_through_the_object_
         "the whole result came back, quoted"
     );
     assert!(lines[1].starts_with("\"rrr"));
+    cluster.stop();
+}
+
+#[test]
+fn a_detached_driver_leaves_a_job_whose_results_a_later_driver_fetches_in_order() {
+    let nats = NatsServer::start("");
+    let dir = span_dir();
+    let mut cluster = nats_cluster(&nats, dir.path(), &["-n", "2"]);
+    let detached = cluster
+        .command(&[
+            "submit",
+            "--detach",
+            guests::SPAN_EDGES,
+            "spin(1500)",
+            "add(1, 2)",
+            "fails(\"boom\")",
+            "add(40, 2)",
+        ])
+        .run();
+    let job = detached.success().trim().to_owned();
+    assert!(job.starts_with("j-"), "a job id alone on stdout: {job:?}");
+    assert!(
+        detached.stderr.contains(&format!("wtrace results {job}")),
+        "says how to fetch: {}",
+        detached.stderr
+    );
+
+    // The driver is gone; a new one waits for the spinning task and prints
+    // every result in submission order, failures on stderr.
+    for _ in 0..2 {
+        let fetched = cluster.command(&["results", &job]).run();
+        let stderr = fetched.failure();
+        assert!(stderr.contains("boom"), "{stderr}");
+        assert!(stderr.contains("1 of 4 tasks failed"), "{stderr}");
+        let lines: Vec<&str> = fetched.stdout.lines().collect();
+        assert_eq!(lines.len(), 3, "{}", fetched.stdout);
+        assert!(
+            lines[0].parse::<u64>().is_ok(),
+            "spin's turns first: {lines:?}"
+        );
+        assert_eq!(&lines[1..], ["3", "42"]);
+    }
+
+    let unknown = cluster.command(&["results", "j-0000000000000000"]).run();
+    let stderr = unknown.failure();
+    assert!(stderr.contains("no job j-0000000000000000"), "{stderr}");
+    assert!(stderr.contains("submit --detach"), "{stderr}");
+    cluster.stop();
+
+    // Each task's execute span is the child of the detached driver's
+    // submit span.
+    let spans = Spans::read(dir.path());
+    for function in ["spin", "add", "fails"] {
+        for execute in spans.named(&format!("{function} execute")) {
+            let submit = spans
+                .all()
+                .iter()
+                .find(|s| s.span_id == execute.parent_span_id)
+                .unwrap_or_else(|| panic!("{function}: no submit span for {execute:?}"));
+            assert_eq!(submit.name, format!("{function} submit"));
+            assert_eq!(submit.pid, Some(i64::from(detached.pid)));
+            assert_child_of(execute, submit);
+        }
+    }
+    assert_eq!(spans.named("add execute").len(), 2);
+}
+
+#[test]
+fn a_fork_bomb_is_stopped_by_its_tree_budget_across_nodes() {
+    let nats = NatsServer::start("");
+    let dir = span_dir();
+    let mut cluster = nats_cluster(&nats, dir.path(), &["-n", "1", "--max-nested-tasks=50"]);
+    join_node(&mut cluster, &nats, "1");
+    let bomb = cluster
+        .command(&["submit", guests::FANOUT, "fork-bomb()"])
+        .run();
+    assert!(
+        bomb.failure().contains("--max-nested-tasks"),
+        "{}",
+        bomb.stderr
+    );
+    // What the bomb queued drains: the tree's budget is one count, shared
+    // by the workers of both nodes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let status = cluster.status();
+        if status["queued"] == 0 && status["running"] == 0 {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bomb never drained: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let done = status["done"].as_u64().unwrap();
+    assert!(done <= 50 + 1, "at most the budget of tasks ran: {done}");
+    let fine = cluster
+        .command(&["submit", guests::HELLO, "my-function()"])
+        .run();
+    assert_eq!(fine.success(), "1\n");
     cluster.stop();
 }

@@ -1,7 +1,7 @@
 //! The driver side: connect to a cluster, upload components, submit tasks
 //! inside `<function> submit` spans, and collect their results.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use opentelemetry::trace::{Span as _, TraceContextExt as _};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::messages::{self, ClusterConfig, ClusterStatus, Done, FromDriver, Submission, ToDriver};
+use super::messages::{
+    self, ClusterConfig, ClusterStatus, DetachedJob, Done, FromDriver, Submission, ToDriver,
+};
 use super::transport::{self, Credentials, DriverLink, Endpoint};
 use crate::capabilities::provider::WorkerInfo;
 use crate::error::{Error, Result};
@@ -52,7 +54,12 @@ pub struct Client {
 struct Inner {
     requests: mpsc::UnboundedSender<FromDriver>,
     pending: Pending,
-    status: Mutex<std::collections::VecDeque<oneshot::Sender<ClusterStatus>>>,
+    status: Mutex<VecDeque<oneshot::Sender<ClusterStatus>>>,
+    detaching: Mutex<VecDeque<oneshot::Sender<std::result::Result<String, String>>>>,
+    /// The id this driver's results are kept under, were it to detach.
+    job: Option<String>,
+    /// A reattached driver's tasks, until [`Client::reattach`] takes them.
+    reattached: Mutex<Vec<TaskRef>>,
     stopped: watch::Receiver<Option<String>>,
     config: Arc<ClusterConfig>,
     telemetry: Option<Telemetry>,
@@ -75,6 +82,7 @@ impl std::fmt::Debug for Client {
 /// A submitted task; [`TaskRef::get`] waits for its result.
 #[derive(Debug)]
 pub struct TaskRef {
+    tag: u64,
     function: String,
     task_id: String,
     rx: oneshot::Receiver<Done>,
@@ -137,7 +145,7 @@ impl Client {
         credentials: impl Into<Credentials>,
         telemetry: Option<Telemetry>,
     ) -> Result<Self> {
-        let link = transport::connect_driver(endpoint, &credentials.into()).await?;
+        let link = transport::connect_driver(endpoint, &credentials.into(), None).await?;
         Self::over(link, telemetry.map(Some), None).await
     }
 
@@ -146,8 +154,23 @@ impl Client {
         endpoint: &Endpoint,
         credentials: impl Into<Credentials>,
     ) -> Result<Self> {
-        let link = transport::connect_driver(endpoint, &credentials.into()).await?;
+        let link = transport::connect_driver(endpoint, &credentials.into(), None).await?;
         Self::over(link, Some(None), None).await
+    }
+
+    /// Reattaches to a job a driver detached from ([`Client::detach`]):
+    /// its tasks, in the order they were submitted, whose results come as
+    /// they are (or were) finished. Untraced: the job's submit spans were
+    /// the detached driver's.
+    pub async fn reattach(
+        endpoint: &Endpoint,
+        credentials: impl Into<Credentials>,
+        job: &str,
+    ) -> Result<(Self, Vec<TaskRef>)> {
+        let link = transport::connect_driver(endpoint, &credentials.into(), Some(job)).await?;
+        let client = Self::over(link, Some(None), None).await?;
+        let tasks = std::mem::take(&mut *client.inner.reattached.lock().unwrap());
+        Ok((client, tasks))
     }
 
     /// Connects, running the cluster's hook here, after checking that it is
@@ -158,7 +181,7 @@ impl Client {
         credentials: impl Into<Credentials>,
         hook: &HookComponent,
     ) -> Result<Self> {
-        let link = transport::connect_driver(endpoint, &credentials.into()).await?;
+        let link = transport::connect_driver(endpoint, &credentials.into(), None).await?;
         Self::over(link, None, Some(hook)).await
     }
 
@@ -193,15 +216,25 @@ impl Client {
             tx: requests,
             rx: replies,
             lost,
+            job,
+            detached,
             ..
         } = link;
         let pending: Pending = Arc::default();
+        // A reattached job's tasks wait before any result is read.
+        let (reattached, next_tag) = match detached {
+            Some(detached) => reattached_tasks(&detached, &pending),
+            None => (Vec::new(), 1),
+        };
         let (stopped_tx, stopped) = watch::channel(None);
         let submitter = task_span::Submitter::driver(&config.job_id);
         let inner = Arc::new(Inner {
             requests,
             pending: pending.clone(),
             status: Mutex::default(),
+            detaching: Mutex::default(),
+            job,
+            reattached: Mutex::new(reattached),
             stopped,
             config,
             telemetry,
@@ -209,7 +242,7 @@ impl Client {
             uploaded: Mutex::new(HashSet::new()),
             driver_id: random_hex(4),
             submitter,
-            next_tag: AtomicU64::new(1),
+            next_tag: AtomicU64::new(next_tag),
         });
         tokio::spawn(read_loop(
             replies,
@@ -356,6 +389,7 @@ impl Client {
                 });
                 spans.extend(span);
                 refs.push(TaskRef {
+                    tag,
                     function: invocation.function.clone(),
                     task_id,
                     rx,
@@ -384,6 +418,32 @@ impl Client {
         self.request(FromDriver::Status)?;
         rx.await
             .map_err(|_| Error::Cluster("lost the cluster while asking its status".into()))
+    }
+
+    /// Leaves `tasks` (submitted by this client) to run without it: the
+    /// cluster keeps their results, and returns the job id a later driver
+    /// fetches them by ([`Client::reattach`], `wtrace results JOB`). Once
+    /// this returns, every task is stored on the cluster.
+    pub async fn detach(&self, tasks: Vec<TaskRef>) -> Result<String> {
+        if self.inner.job.is_none() {
+            return Err(Error::Config(transport::tcp::DETACH_REFUSED.into()));
+        }
+        let job = DetachedJob::of(
+            &self.inner.driver_id,
+            tasks.iter().map(|task| (task.tag, task.function.as_str())),
+        );
+        {
+            let mut pending = self.inner.pending.lock().unwrap();
+            for task in &tasks {
+                pending.remove(&task.tag);
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        self.inner.detaching.lock().unwrap().push_back(tx);
+        self.request(FromDriver::Detach(job))?;
+        rx.await
+            .map_err(|_| Error::Cluster("lost the cluster while detaching".into()))?
+            .map_err(Error::Cluster)
     }
 
     /// Stops the whole cluster: every worker flushes its spans and exits.
@@ -475,6 +535,28 @@ async fn fetch_hook(link: &mut DriverLink, digest: &Digest) -> Result<Vec<u8>> {
     }
 }
 
+/// The tasks of a reattached job, each waiting in `pending`, and the tag
+/// after the last.
+fn reattached_tasks(job: &DetachedJob, pending: &Pending) -> (Vec<TaskRef>, u64) {
+    let mut pending = pending.lock().unwrap();
+    let mut next = 1;
+    let tasks = job
+        .tasks()
+        .map(|(tag, function)| {
+            let (tx, rx) = oneshot::channel();
+            pending.insert(tag, tx);
+            next = next.max(tag + 1);
+            TaskRef {
+                tag,
+                function: function.to_owned(),
+                task_id: format!("{}-{tag}", job.driver_id),
+                rx,
+            }
+        })
+        .collect();
+    (tasks, next)
+}
+
 /// Runs the cluster's hook in this driver process, as Ray does.
 fn run_cluster_hook(
     config: &ClusterConfig,
@@ -517,6 +599,13 @@ async fn read_loop(
                     && let Some(tx) = inner.status.lock().unwrap().pop_front()
                 {
                     let _ = tx.send(*status);
+                }
+            }
+            Some(ToDriver::Detached(answer)) => {
+                if let Some(inner) = inner.upgrade()
+                    && let Some(tx) = inner.detaching.lock().unwrap().pop_front()
+                {
+                    let _ = tx.send(answer);
                 }
             }
             Some(ToDriver::Stopped) => break "the cluster has stopped".to_owned(),

@@ -203,6 +203,7 @@ impl WireSize for ToDriver {
             Self::Status(status) => 512 + status.workers.len() * 128,
             Self::Stopped => 1,
             Self::Blob(_, bytes) => bytes.as_ref().map_or(0, Vec::len) + 72,
+            Self::Detached(answer) => answer.as_ref().map_or_else(String::len, String::len) + 8,
         }
     }
 }
@@ -318,6 +319,61 @@ pub enum FromDriver {
     Shutdown,
     /// Ask for a blob (the hook) by digest; answered by [`ToDriver::Blob`].
     Fetch(Digest),
+    /// Keep the results of these tasks, submitted before, for a driver that
+    /// reattaches later; answered by [`ToDriver::Detached`].
+    Detach(DetachedJob),
+}
+
+/// The tasks of a driver that detached: what a later driver needs to fetch
+/// their results in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetachedJob {
+    /// The detached driver's id, the prefix of its task ids.
+    pub driver_id: String,
+    /// Its tasks in submission order, as runs of consecutive tags calling
+    /// one function.
+    pub runs: Vec<TaskRun>,
+}
+
+/// Consecutive tags, from `first`, of `count` tasks calling `function`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRun {
+    /// The first tag.
+    pub first: u64,
+    /// How many tags.
+    pub count: u64,
+    /// The export they call.
+    pub function: String,
+}
+
+impl DetachedJob {
+    /// The job of `tasks`, given as (tag, function) in submission order.
+    pub fn of<'a>(driver_id: &str, tasks: impl IntoIterator<Item = (u64, &'a str)>) -> Self {
+        let mut runs: Vec<TaskRun> = Vec::new();
+        for (tag, function) in tasks {
+            match runs.last_mut() {
+                Some(run) if run.first + run.count == tag && run.function == function => {
+                    run.count += 1;
+                }
+                _ => runs.push(TaskRun {
+                    first: tag,
+                    count: 1,
+                    function: function.to_owned(),
+                }),
+            }
+        }
+        Self {
+            driver_id: driver_id.to_owned(),
+            runs,
+        }
+    }
+
+    /// Every task as (tag, function), in submission order.
+    pub fn tasks(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.runs.iter().flat_map(|run| {
+            (run.first..run.first + run.count).map(|tag| (tag, run.function.as_str()))
+        })
+    }
 }
 
 /// Cluster → driver.
@@ -331,6 +387,9 @@ pub enum ToDriver {
     Stopped,
     /// The answer to [`FromDriver::Fetch`]: the blob, if the cluster has it.
     Blob(Digest, #[serde(with = "serde_bytes")] Option<Vec<u8>>),
+    /// The answer to [`FromDriver::Detach`]: the job's id, or why it could
+    /// not be kept.
+    Detached(std::result::Result<String, String>),
 }
 
 /// A worker as `wtrace status` shows it.
@@ -380,6 +439,14 @@ pub struct ClusterStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_detached_job_keeps_its_tasks_in_order_as_runs() {
+        let tasks = [(1, "a"), (2, "a"), (3, "b"), (5, "b"), (6, "a")];
+        let job = DetachedJob::of("d1", tasks);
+        assert_eq!(job.runs.len(), 4, "{job:?}");
+        assert_eq!(job.tasks().collect::<Vec<_>>(), tasks);
+    }
 
     #[test]
     fn batches_split_by_count_and_by_bytes_and_keep_order() {

@@ -71,7 +71,7 @@ impl NatsArgs {
     /// The credentials for NATS, with `token` if one was given.
     pub fn credentials(&self, token: Option<String>) -> anyhow::Result<Credentials> {
         let nkey_seed = match &self.nats_nkey {
-            Some(path) => Some(read_token_file(path)?),
+            Some(path) => Some(read_secret_file(path, "nkey seed file")?),
             None => self.nats_nkey_seed.clone(),
         };
         let user = match (&self.nats_user, &self.nats_password) {
@@ -109,30 +109,31 @@ impl TokenArgs {
     /// The token given by flag, file or environment, if any.
     pub fn given(&self) -> anyhow::Result<Option<String>> {
         match &self.token_file {
-            Some(path) => read_token_file(path).map(Some),
+            Some(path) => read_secret_file(path, "token file").map(Some),
             None => Ok(self.token.clone()),
         }
     }
 }
 
-/// The token in `path`: its first line, from a file others cannot read.
-pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
+/// The secret in `path` (a token, an nkey seed; `what` says which): its
+/// first line, from a file others cannot read.
+pub fn read_secret_file(path: &Path, what: &str) -> anyhow::Result<String> {
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(path)
-        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+        .with_context(|| format!("cannot read the {what} {}", path.display()))?;
     if meta.mode() & 0o077 != 0 {
         bail!(
-            "the token file {} can be read by others (mode {:o}); run `chmod 600 {}`",
+            "the {what} {} can be read by others (mode {:o}); run `chmod 600 {}`",
             path.display(),
             meta.mode() & 0o777,
             path.display()
         );
     }
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+        .with_context(|| format!("cannot read the {what} {}", path.display()))?;
     let token = text.lines().next().unwrap_or_default().trim().to_owned();
     if token.is_empty() {
-        bail!("the token file {} is empty", path.display());
+        bail!("the {what} {} is empty", path.display());
     }
     Ok(token)
 }

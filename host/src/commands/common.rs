@@ -150,3 +150,57 @@ pub fn print_result(result: &TaskResult) -> std::io::Result<bool> {
         }
     }
 }
+
+/// Prints results as they come, behind a progress bar on a terminal, and
+/// counts the failures.
+pub struct ResultPrinter {
+    bar: Option<indicatif::ProgressBar>,
+    total: usize,
+    failed: usize,
+}
+
+impl ResultPrinter {
+    /// For `total` results, the bar showing `what` they are (`tasks`).
+    pub fn new(total: usize, what: &str) -> Self {
+        use std::io::IsTerminal as _;
+        let bar = (total > 1 && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            let template = format!("{{bar:40}} {{pos}}/{{len}} {what}  {{per_sec}}  eta {{eta}}");
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(&template).expect("valid template"),
+            );
+            bar
+        });
+        Self {
+            bar,
+            total,
+            failed: 0,
+        }
+    }
+
+    /// Prints one result.
+    pub fn print(&mut self, result: &TaskResult) -> std::io::Result<()> {
+        let print = || print_result(result);
+        self.failed += usize::from(match &self.bar {
+            Some(bar) => {
+                let failed = bar.suspend(print)?;
+                bar.inc(1);
+                failed
+            }
+            None => print()?,
+        });
+        Ok(())
+    }
+
+    /// Clears the bar; failure if any task failed, saying how many.
+    pub fn finish(self) -> std::process::ExitCode {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+        if self.failed > 0 {
+            eprintln!("{} of {} tasks failed", self.failed, self.total);
+            return std::process::ExitCode::FAILURE;
+        }
+        std::process::ExitCode::SUCCESS
+    }
+}

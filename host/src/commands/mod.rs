@@ -4,6 +4,7 @@ mod args;
 mod check;
 mod cluster_args;
 mod common;
+mod results;
 mod run;
 mod spans;
 mod start;
@@ -29,6 +30,7 @@ enum Command {
     Run(run::RunCommand),
     Start(Box<start::StartCommand>),
     Submit(submit::SubmitCommand),
+    Results(results::ResultsCommand),
     Status(status::StatusCommand),
     Stop(stop::StopCommand),
     Spans(spans::SpansCommand),
@@ -44,6 +46,7 @@ impl Cli {
             Command::Run(command) => command.run(),
             Command::Start(command) => command.run(),
             Command::Submit(command) => command.run(),
+            Command::Results(command) => command.run(),
             Command::Status(command) => command.run(),
             Command::Stop(command) => command.run(),
             Command::Spans(command) => command.run(),

@@ -1,12 +1,11 @@
 //! `wtrace submit`: run tasks on the running cluster.
 
-use std::io::{BufRead as _, IsTerminal as _};
+use std::io::BufRead as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use wtrace::cluster::Client;
 use wtrace::runtime::wave::Invocation;
 use wtrace::{Limits, Runtime};
@@ -14,7 +13,8 @@ use wtrace::{Limits, Runtime};
 use super::args::HookArgs;
 use super::cluster_args::ClusterArgs;
 use super::common::{
-    OUTPUT_CLOSED, check_component, output_closed, print_result, read_component, submit_in_order,
+    OUTPUT_CLOSED, ResultPrinter, check_component, outer_context, output_closed, read_component,
+    submit_in_order,
 };
 
 /// Submit task invocations to the running cluster and print their results.
@@ -31,6 +31,11 @@ pub struct SubmitCommand {
     /// Submit every invocation N times.
     #[arg(long, value_name = "N", default_value_t = 1)]
     repeat: usize,
+    /// Print a job id once the cluster has every task, and exit; `wtrace
+    /// results JOB` prints the results later (a cluster on NATS keeps them
+    /// 24 hours).
+    #[arg(long)]
+    detach: bool,
     /// Also read invocations from FILE, one per line (`-`: standard input).
     #[arg(long, value_name = "FILE")]
     file: Option<PathBuf>,
@@ -76,6 +81,13 @@ impl SubmitCommand {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let invocations = self.invocations()?;
         let (address, token) = self.cluster.locate()?;
+        if self.detach && matches!(address, wtrace::cluster::Endpoint::Tcp(_)) {
+            bail!(
+                "--detach: the cluster at {address} is a local head, which keeps a driver's \
+                 results only while it is connected; a cluster on NATS (--address nats://…) keeps \
+                 them for `wtrace results`"
+            );
+        }
         let (name, bytes) = read_component(&self.component)?;
         let cache_dir = self
             .cache_dir
@@ -102,13 +114,42 @@ impl SubmitCommand {
                 Some(hook) => Client::connect_with_hook(&address, token.clone(), hook).await?,
                 None => Client::connect(&address, token.clone(), None).await?,
             };
-            let outcome = submit(&client, &name, bytes, &invocations, self.repeat).await;
+            let outcome = if self.detach {
+                detach(&client, &name, bytes, &invocations, self.repeat, &address).await
+            } else {
+                submit(&client, &name, bytes, &invocations, self.repeat).await
+            };
             if let Some(telemetry) = client.telemetry().cloned() {
                 tokio::task::spawn_blocking(move || telemetry.shutdown()).await??;
             }
             outcome
         })
     }
+}
+
+/// Submits every task, hands them to the cluster, and prints the job id.
+async fn detach(
+    client: &Client,
+    name: &str,
+    bytes: Vec<u8>,
+    invocations: &[Invocation],
+    repeat: usize,
+    address: &wtrace::cluster::Endpoint,
+) -> anyhow::Result<ExitCode> {
+    let digest = client.upload(name, bytes).await?;
+    let parent = outer_context();
+    let mut tasks = Vec::with_capacity(invocations.len() * repeat);
+    for _ in 0..repeat {
+        tasks.extend(client.submit_many(&digest, invocations, &parent).await?);
+    }
+    let count = tasks.len();
+    let job = client.detach(tasks).await?;
+    println!("{job}");
+    eprintln!(
+        "{count} tasks submitted as job {job}; print their results with `wtrace results {job} \
+         --address {address}`"
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn submit(
@@ -119,29 +160,9 @@ async fn submit(
     repeat: usize,
 ) -> anyhow::Result<ExitCode> {
     let digest = client.upload(name, bytes).await?;
-    let total = invocations.len() * repeat;
-    let bar = (total > 1 && std::io::stderr().is_terminal()).then(|| {
-        let bar = ProgressBar::new(total as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} tasks  {per_sec}  eta {eta}")
-                .expect("valid template"),
-        );
-        bar
-    });
-    let mut failed = 0usize;
+    let mut printer = ResultPrinter::new(invocations.len() * repeat, "tasks");
     let all = std::iter::repeat_n(invocations, repeat).flatten();
-    let gather = submit_in_order(client, &digest, all, |result| {
-        let print = || print_result(&result);
-        failed += usize::from(match &bar {
-            Some(bar) => {
-                let failed = bar.suspend(print)?;
-                bar.inc(1);
-                failed
-            }
-            None => print()?,
-        });
-        Ok(())
-    });
+    let gather = submit_in_order(client, &digest, all, |result| printer.print(&result));
     tokio::select! {
         gathered = gather => match gathered {
             Err(error) if output_closed(&error) => return Ok(ExitCode::from(OUTPUT_CLOSED)),
@@ -152,12 +173,5 @@ async fn submit(
             return Ok(ExitCode::from(130));
         }
     }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    if failed > 0 {
-        eprintln!("{failed} of {total} tasks failed");
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(printer.finish())
 }

@@ -16,7 +16,7 @@ use std::str::FromStr;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::messages::{ClusterConfig, FromDriver, FromWorker, ToDriver, ToWorker};
+use super::messages::{ClusterConfig, DetachedJob, FromDriver, FromWorker, ToDriver, ToWorker};
 use crate::error::{Error, Result};
 
 /// Where a cluster is: what `--address` names.
@@ -122,6 +122,13 @@ pub(crate) struct DriverLink {
     pub tx: mpsc::UnboundedSender<FromDriver>,
     pub rx: mpsc::UnboundedReceiver<ToDriver>,
     pub lost: Lost,
+    /// The id under which this driver's results are kept, were it to
+    /// detach; `None` where the transport keeps them only for a connected
+    /// driver.
+    pub job: Option<String>,
+    /// When the link reattached to a job: its tasks, whose results it
+    /// receives.
+    pub detached: Option<DetachedJob>,
 }
 
 /// A worker's side of a transport.
@@ -207,14 +214,19 @@ impl Credentials {
     }
 }
 
-/// Connects a driver to the cluster at `endpoint`.
+/// Connects a driver to the cluster at `endpoint`: a new one, or one
+/// reattached to the detached `job`.
 pub(crate) async fn connect_driver(
     endpoint: &Endpoint,
     credentials: &Credentials,
+    job: Option<&str>,
 ) -> Result<DriverLink> {
     match endpoint {
+        Endpoint::Tcp(_) if job.is_some() => Err(Error::Config(tcp::DETACH_REFUSED.into())),
         Endpoint::Tcp(addr) => tcp::connect_driver(addr, credentials).await,
-        Endpoint::Nats { servers, tls } => nats::connect_driver(servers, *tls, credentials).await,
+        Endpoint::Nats { servers, tls } => {
+            nats::connect_driver(servers, *tls, credentials, job).await
+        }
     }
 }
 

@@ -11,25 +11,34 @@ use futures::StreamExt as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    CONTROL_SUBJECT, ConfigEntry, Nats, RESULTS_STREAM, TaskMessage, connect, decode, get_blob,
-    live_workers, put_blob,
+    CONTROL_SUBJECT, ConfigEntry, JOBS, Nats, RESULTS_STREAM, TaskMessage, connect, decode,
+    get_blob, live_workers, put_blob,
 };
-use crate::cluster::messages::{ClusterStatus, Done, FromDriver, Submission, ToDriver};
+use crate::cluster::messages::{
+    ClusterStatus, DetachedJob, Done, FromDriver, Submission, ToDriver,
+};
 use crate::cluster::transport::{Credentials, DriverLink};
 use crate::error::{Error, Result};
 use crate::ids::random_hex;
 use crate::outcome::{TaskError, TaskErrorKind, TaskOutput};
 use crate::runtime::Digest;
 
+/// A driver's link; with `job`, reattached to that detached job: its
+/// results, kept in the stream, are read from the first.
 pub(crate) async fn connect_driver(
     servers: &[String],
     tls: bool,
     credentials: &Credentials,
+    job: Option<&str>,
 ) -> Result<DriverLink> {
     let nats = connect(servers, tls, credentials, "wtrace driver").await?;
     let entry = nats.config(&servers.join(",")).await?;
     let blobs = nats.blobs().await?;
-    let subject = format!("wtrace.results.d-{}", random_hex(6));
+    let (key, detached) = match job {
+        Some(job) => (job.to_owned(), Some(read_job(&nats, job).await?)),
+        None => (format!("j-{}", random_hex(8)), None),
+    };
+    let subject = format!("wtrace.results.{key}");
     let results = open_results(&nats, &subject).await?;
     let (tx, requests) = mpsc::unbounded_channel();
     let (replies, rx) = mpsc::unbounded_channel();
@@ -37,14 +46,65 @@ pub(crate) async fn connect_driver(
     tokio::spawn(read_results(results, blobs.clone(), replies.clone()));
     let config = entry.config.clone();
     tokio::spawn(serve_requests(
-        nats, blobs, entry, subject, requests, replies,
+        nats,
+        blobs,
+        entry,
+        key.clone(),
+        requests,
+        replies,
     ));
     Ok(DriverLink {
         config,
         tx,
         rx,
         lost,
+        job: Some(key),
+        detached,
     })
+}
+
+/// The tasks of the detached `job`.
+async fn read_job(nats: &Nats, job: &str) -> Result<DetachedJob> {
+    let no_such = |cause: String| Error::NoSuchJob {
+        job: job.to_owned(),
+        cause,
+    };
+    if job.is_empty()
+        || !job
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(no_such(
+            "a job id is letters, digits and dashes, as `wtrace submit --detach` printed it".into(),
+        ));
+    }
+    let kept = "a job's results are kept 24 hours after it was submitted; check the id \
+                `wtrace submit --detach` printed";
+    let jobs = nats
+        .js
+        .get_key_value(JOBS)
+        .await
+        .map_err(|_| no_such(format!("this cluster has no detached jobs; {kept}")))?;
+    let bytes = jobs
+        .get(job)
+        .await
+        .map_err(|e| Error::Cluster(format!("cannot read job {job}: {e}")))?
+        .ok_or_else(|| no_such(kept.into()))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Cluster(format!(
+            "job {job} is unreadable ({e}); use the same wtrace build everywhere"
+        ))
+    })
+}
+
+/// Writes `job`'s tasks under `key`.
+async fn write_job(nats: &Nats, key: &str, job: &DetachedJob) -> std::result::Result<(), String> {
+    let jobs = nats.bucket(JOBS, super::RESULTS_KEPT).await?;
+    let json = serde_json::to_vec(job).expect("a job serializes");
+    jobs.put(key, json.into())
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("cannot store the job on NATS: {e}"))
 }
 
 /// The ordered consumer of the results sent to `subject`.
@@ -94,10 +154,11 @@ async fn serve_requests(
     mut nats: Nats,
     blobs: object_store::ObjectStore,
     entry: ConfigEntry,
-    subject: String,
+    key: String,
     mut requests: mpsc::UnboundedReceiver<FromDriver>,
     replies: mpsc::UnboundedSender<ToDriver>,
 ) {
+    let subject = format!("wtrace.results.{key}");
     let mut names: HashMap<Digest, String> = HashMap::new();
     let mut refused: HashMap<Digest, String> = HashMap::new();
     while let Some(request) = requests.recv().await {
@@ -160,6 +221,12 @@ async fn serve_requests(
             FromDriver::Fetch(digest) => {
                 let bytes = get_blob(&blobs, &digest.to_string()).await.ok().flatten();
                 let _ = replies.send(ToDriver::Blob(digest, bytes));
+            }
+            FromDriver::Detach(job) => {
+                // Requests are served in order: every task submitted
+                // before is in the stream by now.
+                let written = write_job(&nats, &key, &job).await.map(|()| key.clone());
+                let _ = replies.send(ToDriver::Detached(written));
             }
         }
     }

@@ -11,6 +11,11 @@
 //!   read them again after a reconnect.
 //! - Components, the hook and payloads larger than a message live in the
 //!   object store ([`BLOBS`]) by name.
+//! - A driver that detaches leaves its tasks' list in [`JOBS`] under its
+//!   results subject's name, the job id; a driver reattached by that id
+//!   reads its results from the stream.
+//! - Each task tree's count of nested tasks is a key-value entry
+//!   ([`TREES`]) that workers raise by compare-and-set before they publish.
 //! - The configuration is a key-value entry ([`CONFIG`]); workers announce
 //!   themselves in another ([`WORKERS`]) whose entries expire, so a dead
 //!   worker leaves the list by itself.
@@ -48,6 +53,12 @@ pub const CONFIG: &str = "wtrace-config";
 pub const WORKERS: &str = "wtrace-workers";
 /// The object store of components, the hook and large payloads.
 pub const BLOBS: &str = "wtrace-blobs";
+/// The key-value bucket of detached jobs, by job id.
+pub const JOBS: &str = "wtrace-jobs";
+/// The key-value bucket counting each task tree's nested tasks, by the
+/// root task's id: the budget `--max-nested-tasks` sets, shared by the
+/// workers that run the tree.
+pub const TREES: &str = "wtrace-trees";
 
 /// How long a delivered task may go unacknowledged before it is taken for
 /// lost and delivered again.
@@ -174,6 +185,10 @@ pub(crate) async fn connect(
                 "; check the NATS credentials (--token, --nats-user, --nats-creds, --nats-nkey)"
             }
             Kind::Tls => "; check --tls-ca, --tls-cert and --tls-key",
+            _ if e.to_string().contains("certificate") => {
+                "; check --tls-ca (the CA that signed the server's certificate), --tls-cert and \
+                 --tls-key"
+            }
             _ => "; is a nats-server with JetStream running there?",
         };
         Error::Cluster(format!(
@@ -256,14 +271,7 @@ impl Nats {
             .await
             .map_err(|e| unavailable("result stream", &e))?;
         let workers = self
-            .js
-            .create_key_value(kv::Config {
-                bucket: WORKERS.into(),
-                history: 1,
-                max_age: HEARTBEAT_TTL,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
+            .bucket(WORKERS, HEARTBEAT_TTL)
             .await
             .map_err(|e| unavailable("workers' bucket", &e))?;
         let live = live_workers(&workers).await?;
@@ -274,6 +282,12 @@ impl Nats {
                 live.len()
             )));
         }
+        self.bucket(JOBS, RESULTS_KEPT)
+            .await
+            .map_err(|e| unavailable("jobs' bucket", &e))?;
+        self.bucket(TREES, RESULTS_KEPT)
+            .await
+            .map_err(|e| unavailable("task trees' bucket", &e))?;
         let blobs = self
             .blobs_create()
             .await
@@ -282,13 +296,7 @@ impl Nats {
             put_blob(&blobs, &spec.digest.to_string(), bytes).await?;
         }
         let store = self
-            .js
-            .create_key_value(kv::Config {
-                bucket: CONFIG.into(),
-                history: 1,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
+            .bucket(CONFIG, Duration::ZERO)
             .await
             .map_err(|e| unavailable("configuration bucket", &e))?;
         let entry = ConfigEntry {
@@ -304,6 +312,28 @@ impl Nats {
             .await
             .map_err(|e| nats_error("cannot write the cluster's configuration", e))?;
         Ok(())
+    }
+
+    /// The key-value bucket `name` (one value a key, kept on file,
+    /// entries expiring after `max_age` unless it is zero), made if missing.
+    pub(crate) async fn bucket(
+        &self,
+        name: &str,
+        max_age: Duration,
+    ) -> std::result::Result<kv::Store, String> {
+        if let Ok(store) = self.js.get_key_value(name).await {
+            return Ok(store);
+        }
+        self.js
+            .create_key_value(kv::Config {
+                bucket: name.into(),
+                history: 1,
+                max_age,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn blobs_create(&self) -> std::result::Result<object_store::ObjectStore, String> {

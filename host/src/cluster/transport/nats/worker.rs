@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer, object_store};
+use async_nats::jetstream::{self, AckKind, consumer, kv, object_store};
 use futures::StreamExt as _;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +53,8 @@ struct Shared {
     /// Component names by digest, for nested submissions' spans.
     names: Mutex<HashMap<Digest, String>>,
     beat: Mutex<Heartbeat>,
+    /// Task trees' budgets.
+    trees: kv::Store,
     /// Where results of this worker's nested tasks go.
     subject: String,
     inbox: mpsc::UnboundedSender<ToWorker>,
@@ -72,6 +74,10 @@ pub(crate) async fn connect_worker(
     let entry = nats.config(&servers.join(",")).await?;
     let blobs = nats.blobs().await?;
     let workers = nats.workers().await?;
+    let trees = nats
+        .bucket(super::TREES, super::RESULTS_KEPT)
+        .await
+        .map_err(|e| Error::Cluster(format!("cannot open the task trees' bucket: {e}")))?;
     let stream = nats
         .js
         .get_stream(TASKS_STREAM)
@@ -119,6 +125,7 @@ pub(crate) async fn connect_worker(
             },
             hook_failed: None,
         }),
+        trees,
         subject,
         inbox,
         closing: CancellationToken::new(),
@@ -465,9 +472,10 @@ async fn submit(shared: &Shared, submissions: Vec<crate::cluster::messages::Subm
     let mut tasks = Vec::new();
     for mut submission in submissions {
         let parent = submission.parent.take().and_then(|id| {
-            lock(&shared.held)
-                .get(&id)
-                .map(|held| (held.task.depth, held.attempt))
+            lock(&shared.held).get(&id).map(|held| {
+                let root = tree_root(&held.task.submission.task_id).to_owned();
+                (held.task.depth, held.attempt, root)
+            })
         });
         let fail = |kind, why: String| Done {
             id: submission.tag,
@@ -475,7 +483,7 @@ async fn submit(shared: &Shared, submissions: Vec<crate::cluster::messages::Subm
             busy_us: 0,
             output: TaskOutput::failed(TaskError::new(kind, &submission.function, why)),
         };
-        let Some((depth, attempt)) = parent else {
+        let Some((depth, attempt, root)) = parent else {
             rejected.push(fail(
                 TaskErrorKind::Cluster,
                 "a nested task must name the running task that submits it".into(),
@@ -500,21 +508,117 @@ async fn submit(shared: &Shared, submissions: Vec<crate::cluster::messages::Subm
             .unwrap_or_else(|| submission.component.to_string());
         let id = format!("{}:{attempt}", submission.task_id);
         tasks.push((
-            TaskMessage {
-                submission,
-                component_name,
-                reply: shared.subject.clone(),
-                depth,
-            },
-            id,
-            None,
+            root,
+            (
+                TaskMessage {
+                    submission,
+                    component_name,
+                    reply: shared.subject.clone(),
+                    depth,
+                },
+                id,
+                None,
+            ),
         ));
     }
+    // Each tree's budget is charged before its tasks go out; those past it
+    // fail, as on a wtrace head.
+    let limit = shared.config.limits.nested_tasks;
+    let mut granted: HashMap<String, Result<u32>> = HashMap::new();
+    for (root, _) in &tasks {
+        if let std::collections::hash_map::Entry::Vacant(entry) = granted.entry(root.clone()) {
+            let want = tasks.iter().filter(|(r, _)| r == root).count() as u32;
+            entry.insert(charge_tree(&shared.trees, root, want, limit).await);
+        }
+    }
+    let tasks = tasks
+        .into_iter()
+        .filter_map(|(root, task)| {
+            let fail = |why: String, kind| Done {
+                id: task.0.submission.tag,
+                pid: 0,
+                busy_us: 0,
+                output: TaskOutput::failed(TaskError::new(kind, &task.0.submission.function, why)),
+            };
+            match granted.get_mut(&root).expect("charged") {
+                Ok(0) => {
+                    rejected.push(fail(
+                        format!(
+                            "the task tree has submitted {limit} tasks, the limit (raise it \
+                             with --max-nested-tasks)"
+                        ),
+                        TaskErrorKind::NestingLimit,
+                    ));
+                    None
+                }
+                Ok(left) => {
+                    *left -= 1;
+                    Some(task)
+                }
+                Err(error) => {
+                    rejected.push(fail(error.to_string(), TaskErrorKind::Cluster));
+                    None
+                }
+            }
+        })
+        .collect();
     let mut nats = shared.nats.clone();
     rejected.extend(publish_tasks(&mut nats, &shared.blobs, tasks).await);
     if !rejected.is_empty() {
         let _ = shared.inbox.send(ToWorker::Results(rejected));
     }
+}
+
+/// The id of the task at the root of `task_id`'s tree: nested task ids
+/// extend their parent's (`<root>.<n>.<m>`).
+fn tree_root(task_id: &str) -> &str {
+    task_id.split('.').next().unwrap_or(task_id)
+}
+
+/// Adds up to `want` tasks to `root`'s tree, within `limit`: how many it
+/// may submit. Compare-and-set, so workers running one tree share its count.
+async fn charge_tree(trees: &kv::Store, root: &str, want: u32, limit: u32) -> Result<u32> {
+    let key = sanitize(root);
+    let failed = |e: &dyn std::fmt::Display| {
+        Error::Cluster(format!(
+            "cannot count the task tree's nested tasks on NATS: {e}"
+        ))
+    };
+    for _ in 0..64 {
+        let entry = trees.entry(&key).await.map_err(|e| failed(&e))?;
+        let (used, revision) = match &entry {
+            Some(entry) if entry.operation == kv::Operation::Put => (
+                std::str::from_utf8(&entry.value)
+                    .ok()
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(0),
+                Some(entry.revision),
+            ),
+            _ => (0, None),
+        };
+        let granted = want.min(limit.saturating_sub(used));
+        if granted == 0 {
+            return Ok(0);
+        }
+        let value = (used + granted).to_string().into_bytes().into();
+        // A conflict is another worker's write first: read it again.
+        let written = match revision {
+            Some(revision) => match trees.update(&key, value, revision).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+                Err(e) => Err(failed(&e)),
+            },
+            None => match trees.create(&key, value).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(failed(&e)),
+            },
+        };
+        if written? {
+            return Ok(granted);
+        }
+    }
+    Err(failed(&"too many workers raced for it"))
 }
 
 async fn results_loop(shared: Arc<Shared>, mut results: consumer::pull::Ordered) {

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::DETACH_REFUSED;
 use super::protocol::{
     HELLO_TIMEOUT, Hello, HelloReply, MAX_FRAME, MAX_HELLO_FRAME, Reader, Writer, write_loop,
 };
@@ -314,6 +315,8 @@ impl Head {
             tx,
             rx,
             lost,
+            job: None,
+            detached: None,
         })
     }
 
@@ -828,6 +831,11 @@ impl State {
             FromDriver::Fetch(digest) => {
                 if let Some(tx) = self.drivers.get(&conn) {
                     tx.send(ToDriver::Blob(digest.clone(), self.blob(&digest)));
+                }
+            }
+            FromDriver::Detach(_) => {
+                if let Some(tx) = self.drivers.get(&conn) {
+                    tx.send(ToDriver::Detached(Err(DETACH_REFUSED.into())));
                 }
             }
         }

@@ -21,6 +21,11 @@ use crate::capabilities::provider::WorkerInfo;
 use crate::cluster::messages::{FromWorker, ToDriver, ToWorker};
 use crate::error::{Error, Result};
 
+/// Why a driver of the local head cannot detach.
+pub(crate) const DETACH_REFUSED: &str = "the local head keeps a driver's results only while it \
+     is connected: detaching and fetching results later (`submit --detach`, `wtrace results`) \
+     need a cluster on NATS (--address nats://…)";
+
 fn cluster_token(credentials: &Credentials) -> Result<String> {
     credentials.token.clone().ok_or_else(|| {
         Error::Config(
@@ -72,6 +77,8 @@ pub(super) async fn connect_driver(addr: &str, credentials: &Credentials) -> Res
         tx,
         rx,
         lost,
+        job: None,
+        detached: None,
     })
 }
 
