@@ -2,7 +2,7 @@
 # wtrace's benchmarks, reproducible on a fresh machine: installs the
 # wasm32-wasip2 target and Ray (into target/tools/ray-venv, from PyPI), builds
 # in release mode and prints every figure with its target. Pass --quick for a
-# short run, --no-ray to skip Ray, --only span|tasks|cold|memory|export|chaos
+# short run, --no-ray to skip Ray, --only span|tasks|cold|memory|export|nats|chaos
 # (chaos, 100 000 normal and hostile tasks while workers are killed, runs only
 # when named).
 set -euo pipefail
@@ -20,5 +20,6 @@ if [[ " $* " != *" --no-ray "* ]]; then
     export WTRACE_RAY_PYTHON="$PWD/$venv/bin/python"
 fi
 setup_rotel
+setup_nats_server
 cargo build --release -p wtrace -p wtrace-bench
 exec target/release/wtrace-bench "$@"

@@ -22,6 +22,8 @@ use wtrace::telemetry::export::FileExporter;
 use wtrace::{HookSpec, Limits, Runtime, Telemetry};
 use wtrace_tests::guests;
 
+mod transport;
+
 /// wtrace's benchmarks: every figure with its target (scripts/bench.sh sets
 /// up Ray and rotel first).
 #[derive(clap::Parser)]
@@ -55,6 +57,8 @@ enum Measure {
     Memory,
     /// Sustained export to a file and to OTLP.
     Export,
+    /// Trivial tasks over NATS against the local head, and with 1-3 nodes.
+    Nats,
     /// The chaos run: normal and hostile tasks while workers are killed
     /// (only when asked for by name: it is long).
     Chaos,
@@ -101,6 +105,9 @@ fn main() -> anyhow::Result<()> {
     if wants(Measure::Export) {
         rt.block_on(export(&options, &mut report))?;
         rt.block_on(export_otlp(&options, &mut report))?;
+    }
+    if wants(Measure::Nats) {
+        rt.block_on(transport::rows(&mut report, options.quick))?;
     }
     if options.only == Some(Measure::Chaos) {
         chaos(&options, &mut report)?;

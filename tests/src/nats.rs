@@ -72,6 +72,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `tls://127.0.0.1:PORT`, for a server given [`Tls::config`].
     pub fn tls_url(&self) -> String {
         format!("tls://127.0.0.1:{}", self.port)
