@@ -469,3 +469,34 @@ fn a_fork_bomb_is_stopped_by_its_tree_budget_across_nodes() {
     assert_eq!(fine.success(), "1\n");
     cluster.stop();
 }
+
+#[test]
+fn tasks_packed_in_one_message_spread_over_the_workers_that_have_room() {
+    let nats = NatsServer::start("");
+    let dir = span_dir();
+    let mut cluster = nats_cluster(&nats, dir.path(), &["-n", "1"]);
+    join_node(&mut cluster, &nats, "1");
+    join_node(&mut cluster, &nats, "1");
+    // 40 tasks go in 4 messages of 10; a worker with room for one puts the
+    // other nine back, so no worker keeps a pack to itself.
+    let calls: Vec<String> = (0..40).map(|_| "spin(100)".to_owned()).collect();
+    let mut args = vec!["submit", guests::SPAN_EDGES];
+    args.extend(calls.iter().map(String::as_str));
+    let run = cluster.command(&args).run();
+    assert_eq!(run.success().lines().count(), 40);
+    cluster.stop();
+    let spans = Spans::read(dir.path());
+    let executes = spans.named("spin execute");
+    assert_eq!(executes.len(), 40, "each task ran once");
+    let mut by_worker: std::collections::HashMap<&str, usize> = Default::default();
+    for execute in &executes {
+        *by_worker
+            .entry(execute.resource["wtrace.worker_id"].as_str())
+            .or_default() += 1;
+    }
+    assert_eq!(by_worker.len(), 3, "{by_worker:?}");
+    assert!(
+        by_worker.values().all(|n| (8..=18).contains(n)),
+        "spread evenly: {by_worker:?}"
+    );
+}

@@ -176,28 +176,28 @@ async fn serve_requests(
                 names.insert(digest, name);
             }
             FromDriver::Submit(submissions) => {
-                let tasks = submissions
-                    .into_iter()
-                    .map(|submission| {
-                        let component_name = names
-                            .get(&submission.component)
-                            .cloned()
-                            .unwrap_or_else(|| submission.component.to_string());
-                        let refusal = refused.get(&submission.component).cloned();
-                        let id = format!("{}:0", submission.task_id);
-                        (
-                            TaskMessage {
-                                submission,
-                                component_name,
-                                reply: subject.clone(),
-                                depth: 0,
-                            },
-                            id,
-                            refusal,
-                        )
-                    })
-                    .collect();
-                let failed = publish_tasks(&mut nats, &blobs, tasks).await;
+                let mut failed = Vec::new();
+                let mut tasks = Vec::with_capacity(submissions.len());
+                for submission in submissions {
+                    if let Some(why) = refused.get(&submission.component) {
+                        failed.push(failed_task(&submission, why.clone()));
+                        continue;
+                    }
+                    let component_name = names
+                        .get(&submission.component)
+                        .cloned()
+                        .unwrap_or_else(|| submission.component.to_string());
+                    let id = format!("{}:0", submission.task_id);
+                    let task = TaskMessage {
+                        submission,
+                        component_name,
+                        reply: subject.clone(),
+                        depth: 0,
+                        attempts_before: 0,
+                    };
+                    tasks.push((task, id));
+                }
+                failed.extend(publish_tasks(&mut nats, &blobs, pack(tasks)).await);
                 if !failed.is_empty() && replies.send(ToDriver::Results(failed)).is_err() {
                     return;
                 }
@@ -236,18 +236,36 @@ async fn serve_requests(
 /// say) before the task fails.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
 
-/// Publishes tasks on the task stream, each with its de-duplication id, and
-/// waits until the stream has them all; while the server is away they are
-/// published again (the id keeps a task from being stored twice). Those
-/// refused (with a refusal given, or for good by the stream) come back as
-/// failed results.
-pub(super) async fn publish_tasks(
-    nats: &mut Nats,
-    blobs: &object_store::ObjectStore,
-    tasks: Vec<(TaskMessage, String, Option<String>)>,
-) -> Vec<Done> {
-    let mut failed = Vec::new();
-    let fail = |submission: &Submission, why: String| Done {
+/// Most tasks in one message of the task stream: a message costs the server
+/// a store, a delivery and an acknowledgement whatever it carries, so
+/// trivial tasks travel in packs; a worker with less credit than a pack
+/// holds puts the rest back on the stream.
+pub(super) const PACK_MAX: usize = 16;
+
+/// Packs `tasks` (each with its de-duplication id) into messages: one task
+/// each when few are sent at once, so they spread over the workers, up to
+/// [`PACK_MAX`] when many are. A message's id names its first task and how
+/// many it carries.
+pub(super) fn pack(tasks: Vec<(TaskMessage, String)>) -> Vec<(Vec<TaskMessage>, String)> {
+    let size = (tasks.len() / 4).clamp(1, PACK_MAX);
+    let mut packets = Vec::with_capacity(tasks.len().div_ceil(size));
+    let mut tasks = tasks.into_iter().peekable();
+    while let Some((first, id)) = tasks.next() {
+        let mut packet = vec![first];
+        while packet.len() < size
+            && let Some((task, _)) = tasks.next()
+        {
+            packet.push(task);
+        }
+        let id = format!("{id}+{}", packet.len());
+        packets.push((packet, id));
+    }
+    packets
+}
+
+/// A task that failed before any worker took it.
+pub(super) fn failed_task(submission: &Submission, why: String) -> Done {
+    Done {
         id: submission.tag,
         pid: 0,
         busy_us: 0,
@@ -256,16 +274,30 @@ pub(super) async fn publish_tasks(
             &submission.function,
             why,
         )),
-    };
-    let mut pending = Vec::with_capacity(tasks.len());
-    for (task, id, refusal) in tasks {
-        if let Some(why) = refusal {
-            failed.push(fail(&task.submission, why));
-            continue;
+    }
+}
+
+/// Publishes messages of tasks on the task stream, each with its
+/// de-duplication id, and waits until the stream has them all; while the
+/// server is away they are published again (the id keeps a message from
+/// being stored twice). The tasks of those refused for good come back as
+/// failed results.
+pub(super) async fn publish_tasks(
+    nats: &mut Nats,
+    blobs: &object_store::ObjectStore,
+    packets: Vec<(Vec<TaskMessage>, String)>,
+) -> Vec<Done> {
+    let mut failed = Vec::new();
+    let fail = |tasks: &[TaskMessage], why: &str, failed: &mut Vec<Done>| {
+        for task in tasks {
+            failed.push(failed_task(&task.submission, why.to_owned()));
         }
-        match super::encode(&task, blobs, || format!("payload/{id}")).await {
-            Ok(payload) => pending.push((task.submission, id, payload)),
-            Err(error) => failed.push(fail(&task.submission, error.to_string())),
+    };
+    let mut pending = Vec::with_capacity(packets.len());
+    for (tasks, id) in packets {
+        match super::encode(&tasks, blobs, || format!("payload/{id}")).await {
+            Ok(payload) => pending.push((tasks, id, payload)),
+            Err(error) => fail(&tasks, &error.to_string(), &mut failed),
         }
     }
     let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
@@ -274,9 +306,9 @@ pub(super) async fn publish_tasks(
         let mut acks = Vec::with_capacity(pending.len());
         let mut again = Vec::new();
         let mut stale = false;
-        for (submission, id, payload) in pending {
+        for (tasks, id, payload) in pending {
             if stale {
-                again.push((submission, id, payload, "the connection stalled".into()));
+                again.push((tasks, id, payload, "the connection stalled".into()));
                 continue;
             }
             let message = async_nats::jetstream::message::PublishMessage::build()
@@ -288,14 +320,14 @@ pub(super) async fn publish_tasks(
             )
             .await;
             match sent {
-                Ok(Ok(ack)) => acks.push((submission, id, payload, ack)),
+                Ok(Ok(ack)) => acks.push((tasks, id, payload, ack)),
                 Ok(Err(e)) => {
                     stale |= e.kind() == async_nats::jetstream::context::PublishErrorKind::TimedOut;
-                    again.push((submission, id, payload, e.to_string()));
+                    again.push((tasks, id, payload, e.to_string()));
                 }
                 Err(_) => {
                     stale = true;
-                    again.push((submission, id, payload, "timed out".into()));
+                    again.push((tasks, id, payload, "timed out".into()));
                 }
             }
         }
@@ -303,19 +335,19 @@ pub(super) async fn publish_tasks(
         // timeout, not one per task.
         let (waiting, futures): (Vec<_>, Vec<_>) = acks
             .into_iter()
-            .map(|(submission, id, payload, ack)| {
+            .map(|(tasks, id, payload, ack)| {
                 let ack = tokio::time::timeout(super::REQUEST_TIMEOUT, ack.into_future());
-                ((submission, id, payload), ack)
+                ((tasks, id, payload), ack)
             })
             .unzip();
         let acked = futures::future::join_all(futures).await;
-        for ((submission, id, payload), acked) in waiting.into_iter().zip(acked) {
+        for ((tasks, id, payload), acked) in waiting.into_iter().zip(acked) {
             match acked {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => again.push((submission, id, payload, e.to_string())),
+                Ok(Err(e)) => again.push((tasks, id, payload, e.to_string())),
                 Err(_) => {
                     stale = true;
-                    again.push((submission, id, payload, "no acknowledgement".into()));
+                    again.push((tasks, id, payload, "no acknowledgement".into()));
                 }
             }
         }
@@ -326,9 +358,12 @@ pub(super) async fn publish_tasks(
             *nats = fresh;
         }
         if tokio::time::Instant::now() >= deadline {
-            for (submission, _, _, why) in again {
-                let why = format!("NATS did not store the task: {why}");
-                failed.push(fail(&submission, why));
+            for (tasks, _, _, why) in again {
+                fail(
+                    &tasks,
+                    &format!("NATS did not store the task: {why}"),
+                    &mut failed,
+                );
             }
             break;
         }
@@ -336,7 +371,7 @@ pub(super) async fn publish_tasks(
         backoff = (backoff * 2).min(Duration::from_secs(2));
         pending = again
             .into_iter()
-            .map(|(submission, id, payload, _)| (submission, id, payload))
+            .map(|(tasks, id, payload, _)| (tasks, id, payload))
             .collect();
     }
     failed
@@ -399,5 +434,61 @@ pub(crate) async fn wait_no_workers(nats: &Nats, limit: Duration) {
             Err(_) => return,
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tasks(n: usize) -> Vec<(TaskMessage, String)> {
+        (0..n)
+            .map(|i| {
+                let task = TaskMessage {
+                    submission: Submission {
+                        tag: i as u64,
+                        task_id: format!("d-{i}"),
+                        component: Digest::of(b"c"),
+                        function: "f".into(),
+                        invocation: "f()".into(),
+                        traceparent: None,
+                        tracestate: None,
+                        parent: None,
+                    },
+                    component_name: "c.wasm".into(),
+                    reply: "wtrace.results.d".into(),
+                    depth: 0,
+                    attempts_before: 0,
+                };
+                (task, format!("d-{i}:0"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn few_tasks_travel_alone_and_many_in_packs_in_order() {
+        let sizes = |n| {
+            pack(tasks(n))
+                .iter()
+                .map(|(p, _)| p.len())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sizes(3), [1, 1, 1], "few tasks spread over workers");
+        assert_eq!(sizes(10), [2, 2, 2, 2, 2]);
+        assert_eq!(sizes(40), [10, 10, 10, 10]);
+        assert_eq!(
+            sizes(100),
+            [
+                PACK_MAX, PACK_MAX, PACK_MAX, PACK_MAX, PACK_MAX, PACK_MAX, 4
+            ]
+        );
+        let packets = pack(tasks(40));
+        let tags: Vec<u64> = packets
+            .iter()
+            .flat_map(|(p, _)| p.iter().map(|t| t.submission.tag))
+            .collect();
+        assert_eq!(tags, (0..40).collect::<Vec<_>>(), "in submission order");
+        let ids: Vec<&str> = packets.iter().map(|(_, id)| id.as_str()).collect();
+        assert_eq!(ids, ["d-0:0+10", "d-10:0+10", "d-20:0+10", "d-30:0+10"]);
     }
 }

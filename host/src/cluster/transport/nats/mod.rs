@@ -1,9 +1,11 @@
 //! The cluster on NATS JetStream, across machines: no wtrace head process,
 //! no shared filesystem, no session file.
 //!
-//! - Tasks travel on a work-queue stream ([`TASKS_STREAM`]), pulled by the
-//!   workers' shared durable consumer by credit, and acknowledged only once
-//!   their result is stored; a task whose worker died is redelivered after
+//! - Tasks travel on a work-queue stream ([`TASKS_STREAM`]), packed up to
+//!   16 a message when many are sent at once, pulled by the workers' shared
+//!   durable consumer by credit (a worker puts back what is past its
+//!   credit), and a message is acknowledged only once the result of every
+//!   task it carries is stored; a task whose worker died is redelivered after
 //!   [`ACK_WAIT`]. A long task keeps its message with in-progress
 //!   acknowledgements.
 //! - Results go to a limits stream ([`RESULTS_STREAM`]), on a subject of the
@@ -83,7 +85,7 @@ const INLINE: u8 = 0;
 const IN_STORE: u8 = 1;
 
 /// Bumped whenever a message on the streams changes shape.
-const WIRE_VERSION: u32 = 1;
+const WIRE_VERSION: u32 = 2;
 
 /// The configuration entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,7 +96,8 @@ pub(crate) struct ConfigEntry {
     pub created: u64,
 }
 
-/// A task on the work-queue stream.
+/// A task on the work-queue stream, in a message of up to
+/// [`driver::PACK_MAX`] of them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct TaskMessage {
     /// As the submitter sent it; its tag comes back with the result.
@@ -105,6 +108,9 @@ pub(crate) struct TaskMessage {
     pub reply: String,
     /// How deep it is nested.
     pub depth: u32,
+    /// Deliveries of it before the message it came in (which a worker put
+    /// back on the stream); the delivery count of that message adds to it.
+    pub attempts_before: u32,
 }
 
 /// A worker's heartbeat entry.

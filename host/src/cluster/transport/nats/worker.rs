@@ -13,7 +13,7 @@ use futures::StreamExt as _;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::driver::{open_results, publish_tasks};
+use super::driver::{PACK_MAX, open_results, pack, publish_tasks};
 use super::{
     CONTROL_SUBJECT, HEARTBEAT_EVERY, Heartbeat, Nats, PROGRESS_EVERY, TASKS_STREAM, TaskMessage,
     WORKERS_CONSUMER, connect, decode, encode, get_blob,
@@ -29,10 +29,17 @@ use crate::outcome::{TaskError, TaskErrorKind, TaskOutput};
 use crate::runtime::Digest;
 use crate::sync::lock;
 
-/// A task this worker holds: its message stays unacknowledged until the
-/// result is stored.
-struct Held {
+/// A message of tasks this worker holds: unacknowledged until the result of
+/// every task it kept from it is stored.
+struct Packet {
     message: jetstream::Message,
+    /// Its tasks whose results are not stored yet.
+    left: usize,
+}
+
+/// A task this worker holds, from the packet of that id.
+struct Held {
+    packet: u64,
     task: TaskMessage,
     attempt: u32,
 }
@@ -43,6 +50,8 @@ struct Shared {
     blobs: object_store::ObjectStore,
     config: ClusterConfig,
     held: Mutex<HashMap<u64, Held>>,
+    packets: Mutex<HashMap<u64, Packet>>,
+    next_packet: AtomicU64,
     next_lease: AtomicU64,
     /// Leases the pool says it started (ids `1..=started`).
     started: AtomicU64,
@@ -107,6 +116,8 @@ pub(crate) async fn connect_worker(
         blobs,
         config: entry.config.clone(),
         held: Mutex::new(HashMap::new()),
+        packets: Mutex::new(HashMap::new()),
+        next_packet: AtomicU64::new(1),
         next_lease: AtomicU64::new(1),
         started: AtomicU64::new(0),
         credit: Mutex::new(0),
@@ -190,9 +201,9 @@ async fn keep_alive(shared: Arc<Shared>, workers: jetstream::kv::Store, key: Str
         tokio::select! {
             _ = beats.tick() => beat(&shared, &workers, &key).await,
             _ = progress.tick() => {
-                let ackers: Vec<_> = lock(&shared.held)
+                let ackers: Vec<_> = lock(&shared.packets)
                     .values()
-                    .map(|held| held.message.clone())
+                    .map(|packet| packet.message.clone())
                     .collect();
                 for message in ackers {
                     let progress = message.ack_with(AckKind::Progress);
@@ -204,23 +215,44 @@ async fn keep_alive(shared: Arc<Shared>, workers: jetstream::kv::Store, key: Str
     }
 }
 
+/// How long a worker running tasks waits for credit enough for a pack.
+const PACK_WAIT: Duration = Duration::from_millis(2);
+
 /// Pulls as many tasks as the pool has asked for, as they come.
 async fn fetch_loop(shared: Arc<Shared>, consumer: consumer::PullConsumer) {
     loop {
+        // Credit for a whole pack is worth a moment's wait while tasks
+        // run: less than a pack means putting the rest back.
         let want = loop {
             let credit = *lock(&shared.credit);
-            if credit > 0 {
+            let idle = lock(&shared.held).is_empty();
+            if credit >= PACK_MAX || (credit > 0 && idle) {
                 break credit;
             }
-            tokio::select! {
-                () = shared.credit_came.notified() => {}
-                () = shared.closing.cancelled() => return,
+            let more = async {
+                tokio::select! {
+                    () = shared.credit_came.notified() => true,
+                    () = shared.closing.cancelled() => false,
+                }
+            };
+            if credit == 0 {
+                if !more.await {
+                    return;
+                }
+                continue;
+            }
+            match tokio::time::timeout(PACK_WAIT, more).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(_) => break credit,
             }
         };
         let batch = tokio::select! {
             batch = consumer
                 .fetch()
-                .max_messages(want.min(256))
+                // A message carries up to PACK_MAX tasks; those past the
+                // credit go back to the stream.
+                .max_messages((want / PACK_MAX).clamp(1, 256))
                 .expires(Duration::from_secs(1))
                 .messages() => batch,
             () = shared.closing.cancelled() => return,
@@ -237,9 +269,7 @@ async fn fetch_loop(shared: Arc<Shared>, consumer: consumer::PullConsumer) {
         let mut forget = Vec::new();
         while let Some(message) = batch.next().await {
             let Ok(message) = message else { break };
-            if let Some(lease) = take(&shared, message, &mut forget).await {
-                leases.push(lease);
-            }
+            take(&shared, message, &mut leases, &mut forget).await;
         }
         if !leases.is_empty() && shared.inbox.send(ToWorker::Run(leases)).is_err() {
             return;
@@ -250,31 +280,109 @@ async fn fetch_loop(shared: Arc<Shared>, consumer: consumer::PullConsumer) {
     }
 }
 
-/// Makes a lease of a delivered task, or fails it at once (past its
-/// retries, or unreadable).
+/// Makes leases of the tasks of a delivered message, as many as the credit
+/// goes (the rest go back to the stream in a message of their own), or
+/// fails them at once (past their retries, or their component missing).
 async fn take(
     shared: &Shared,
     message: jetstream::Message,
+    leases: &mut Vec<Lease>,
     forget: &mut Vec<Digest>,
-) -> Option<Lease> {
+) {
     let delivered = message.info().map_or(1, |info| info.delivered.max(1));
-    let attempt = u32::try_from(delivered - 1).unwrap_or(u32::MAX);
-    let task: TaskMessage = match decode(&message.payload, &shared.blobs, false).await {
-        Ok(task) => task,
+    let redelivered = u32::try_from(delivered - 1).unwrap_or(u32::MAX);
+    let mut tasks: Vec<TaskMessage> = match decode(&message.payload, &shared.blobs, false).await {
+        Ok(tasks) => tasks,
         Err(why) => {
-            eprintln!("wtrace worker: dropping an unreadable task: {why}");
+            eprintln!("wtrace worker: dropping an unreadable task message: {why}");
             let _ = message.ack_with(AckKind::Term).await;
-            return None;
+            return;
         }
     };
+    for task in &mut tasks {
+        task.attempts_before = task.attempts_before.saturating_add(redelivered);
+    }
+    // A message delivered again goes back one task a message, so a task
+    // that kills its workers does not take its pack-mates' attempts along.
+    let room = if redelivered > 0 {
+        1
+    } else {
+        (*lock(&shared.credit)).max(1)
+    };
+    if tasks.len() > room {
+        let rest = tasks.split_off(room);
+        let id = |task: &TaskMessage, count: usize| {
+            format!(
+                "{}:{}+{count}r",
+                task.submission.task_id, task.attempts_before
+            )
+        };
+        let packets = if redelivered > 0 {
+            rest.iter()
+                .map(|task| (vec![task.clone()], id(task, 1)))
+                .collect()
+        } else {
+            vec![(rest.clone(), id(&rest[0], rest.len()))]
+        };
+        let mut nats = shared.nats.clone();
+        if !publish_tasks(&mut nats, &shared.blobs, packets)
+            .await
+            .is_empty()
+        {
+            // Not all back on the stream: run them here after all (those
+            // that are back run twice; their drivers drop one result).
+            tasks.extend(rest);
+        }
+    }
+    let packet = shared.next_packet.fetch_add(1, Ordering::Relaxed);
+    lock(&shared.packets).insert(
+        packet,
+        Packet {
+            message,
+            left: tasks.len(),
+        },
+    );
+    let mut failed: HashMap<String, Vec<(u64, Done)>> = HashMap::new();
+    for task in tasks {
+        match lease(shared, packet, task, forget).await {
+            Ok(lease) => leases.push(lease),
+            Err(failure) => {
+                let (reply, done) = *failure;
+                failed.entry(reply).or_default().push((packet, done));
+            }
+        }
+    }
+    for (reply, finished) in failed {
+        finish_all(shared, &reply, finished).await;
+    }
+}
+
+/// Leases one task of `packet`, or says why it fails without running: its
+/// submitter's subject and its result.
+async fn lease(
+    shared: &Shared,
+    packet: u64,
+    task: TaskMessage,
+    forget: &mut Vec<Digest>,
+) -> std::result::Result<Lease, Box<(String, Done)>> {
+    let attempt = task.attempts_before;
     let submission = &task.submission;
+    let fail = |kind, why: String| {
+        let error = TaskError::new(kind, &submission.function, why);
+        let done = Done {
+            id: submission.tag,
+            pid: 0,
+            busy_us: 0,
+            output: TaskOutput::failed(error),
+        };
+        Err(Box::new((task.reply.clone(), done)))
+    };
     if attempt > shared.config.max_retries {
         let why = format!(
             "its worker died on every attempt ({attempt} attempts); the task may be crashing \
              its workers"
         );
-        fail_now(shared, &task, &message, TaskErrorKind::WorkerDied, why).await;
-        return None;
+        return fail(TaskErrorKind::WorkerDied, why);
     }
     let digest = submission.component.clone();
     let held_already = {
@@ -304,8 +412,7 @@ async fn take(
             }
             Ok(None) | Err(_) => {
                 let why = format!("component {digest} is not in the cluster's object store");
-                fail_now(shared, &task, &message, TaskErrorKind::Cluster, why).await;
-                return None;
+                return fail(TaskErrorKind::Cluster, why);
             }
         }
     };
@@ -334,45 +441,21 @@ async fn take(
     lock(&shared.held).insert(
         lease_id,
         Held {
-            message,
+            packet,
             task,
             attempt,
         },
     );
-    Some(lease)
-}
-
-/// Fails a delivered task without running it.
-async fn fail_now(
-    shared: &Shared,
-    task: &TaskMessage,
-    message: &jetstream::Message,
-    kind: TaskErrorKind,
-    why: String,
-) {
-    let error = TaskError::new(kind, &task.submission.function, why);
-    let done = Done {
-        id: task.submission.tag,
-        pid: 0,
-        busy_us: 0,
-        output: TaskOutput::failed(error),
-    };
-    finish(shared, task, message, done).await;
-}
-
-/// Stores a task's result on its submitter's subject, then acknowledges the
-/// task, as [`finish_all`] does.
-async fn finish(shared: &Shared, task: &TaskMessage, message: &jetstream::Message, done: Done) {
-    finish_all(shared, &task.reply, vec![(message, done)]).await;
+    Ok(lease)
 }
 
 /// Stores results for one submitter in one message on its subject, then
-/// acknowledges their tasks: a worker dying between the two leaves the
-/// tasks to run again (the driver delivers each result once), never a task
-/// acknowledged without its result. The server being away (restarting)
-/// only delays it.
-async fn finish_all(shared: &Shared, reply: &str, finished: Vec<(&jetstream::Message, Done)>) {
-    let (messages, results): (Vec<_>, Vec<_>) = finished.into_iter().unzip();
+/// acknowledges each task message whose every task is done: a worker dying
+/// between the two leaves the tasks to run again (the driver delivers each
+/// result once), never a task acknowledged without its result. The server
+/// being away (restarting) only delays it.
+async fn finish_all(shared: &Shared, reply: &str, finished: Vec<(u64, Done)>) {
+    let (packets, results): (Vec<_>, Vec<_>) = finished.into_iter().unzip();
     let spill = || format!("result/{}", random_hex(8));
     let payload = match encode(&results, &shared.blobs, spill).await {
         Ok(payload) => payload,
@@ -394,9 +477,20 @@ async fn finish_all(shared: &Shared, reply: &str, finished: Vec<(&jetstream::Mes
             _ => false,
         };
         if stored {
-            for message in messages {
-                // Should this acknowledgement be lost, the task runs again
-                // and its second result is dropped by its driver.
+            let complete: Vec<jetstream::Message> = {
+                let mut held = lock(&shared.packets);
+                packets
+                    .iter()
+                    .filter_map(|id| {
+                        let packet = held.get_mut(id)?;
+                        packet.left = packet.left.saturating_sub(1);
+                        (packet.left == 0).then(|| held.remove(id).expect("there").message)
+                    })
+                    .collect()
+            };
+            for message in complete {
+                // Should this acknowledgement be lost, the tasks run again
+                // and their second results are dropped by their drivers.
                 let _ = message.ack().await;
                 super::discard_spilled(&shared.blobs, &message.payload).await;
             }
@@ -429,7 +523,7 @@ async fn send_loop(
                     }
                 }
                 lock(&shared.beat).status.done += finishing.len() as u64;
-                let mut by_reply: HashMap<&str, Vec<(&jetstream::Message, Done)>> = HashMap::new();
+                let mut by_reply: HashMap<&str, Vec<(u64, Done)>> = HashMap::new();
                 for (held, done) in &finishing {
                     let done = Done {
                         id: held.task.submission.tag,
@@ -438,7 +532,7 @@ async fn send_loop(
                     by_reply
                         .entry(held.task.reply.as_str())
                         .or_default()
-                        .push((&held.message, done));
+                        .push((held.packet, done));
                 }
                 let stored = by_reply
                     .into_iter()
@@ -515,9 +609,9 @@ async fn submit(shared: &Shared, submissions: Vec<crate::cluster::messages::Subm
                     component_name,
                     reply: shared.subject.clone(),
                     depth,
+                    attempts_before: 0,
                 },
                 id,
-                None,
             ),
         ));
     }
@@ -563,7 +657,7 @@ async fn submit(shared: &Shared, submissions: Vec<crate::cluster::messages::Subm
         })
         .collect();
     let mut nats = shared.nats.clone();
-    rejected.extend(publish_tasks(&mut nats, &shared.blobs, tasks).await);
+    rejected.extend(publish_tasks(&mut nats, &shared.blobs, pack(tasks)).await);
     if !rejected.is_empty() {
         let _ = shared.inbox.send(ToWorker::Results(rejected));
     }
