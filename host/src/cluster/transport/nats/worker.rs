@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer, kv, object_store};
 use futures::StreamExt as _;
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::{PACK_MAX, open_results, pack, publish_tasks};
@@ -47,6 +48,9 @@ struct Held {
 /// What the link's tasks share.
 struct Shared {
     nats: Nats,
+    /// The connection results and acknowledgements go out on, with its
+    /// generation: replaced by a fresh one when it stalls.
+    publisher: Mutex<(u64, Nats)>,
     blobs: object_store::ObjectStore,
     config: ClusterConfig,
     held: Mutex<HashMap<u64, Held>>,
@@ -112,6 +116,7 @@ pub(crate) async fn connect_worker(
     let (_lost_tx, lost) = oneshot::channel();
     let key = sanitize(&info.worker_id);
     let shared = Arc::new(Shared {
+        publisher: Mutex::new((0, nats.clone())),
         nats,
         blobs,
         config: entry.config.clone(),
@@ -449,6 +454,22 @@ async fn lease(
     Ok(lease)
 }
 
+/// Replaces the publishing connection `stalled` (of `generation`) by a fresh
+/// one, unless another result's publish replaced it first. After the server
+/// restarts, a reconnected connection sometimes stops sending while it keeps
+/// receiving; a fresh one does not.
+async fn replace_stalled(shared: &Shared, generation: u64, stalled: &Nats) {
+    if lock(&shared.publisher).0 != generation {
+        return;
+    }
+    if let Ok(fresh) = stalled.fresh().await {
+        let mut publisher = lock(&shared.publisher);
+        if publisher.0 == generation {
+            *publisher = (generation + 1, fresh);
+        }
+    }
+}
+
 /// Stores results for one submitter in one message on its subject, then
 /// acknowledges each task message whose every task is done: a worker dying
 /// between the two leaves the tasks to run again (the driver delivers each
@@ -468,14 +489,26 @@ async fn finish_all(shared: &Shared, reply: &str, finished: Vec<(u64, Done)>) {
     let waits = [0u64, 100, 250, 500, 1000].into_iter().chain([2000; 30]);
     for wait in waits {
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        let publish = shared.nats.js.publish(reply.to_owned(), payload.clone());
-        let stored = match tokio::time::timeout(super::REQUEST_TIMEOUT, publish).await {
-            Ok(Ok(ack)) => matches!(
-                tokio::time::timeout(super::REQUEST_TIMEOUT, ack.into_future()).await,
-                Ok(Ok(_))
+        let (generation, nats) = lock(&shared.publisher).clone();
+        let publish = nats.js.publish(reply.to_owned(), payload.clone());
+        let (stored, stalled) = match tokio::time::timeout(super::REQUEST_TIMEOUT, publish).await {
+            Ok(Ok(ack)) => {
+                match tokio::time::timeout(super::REQUEST_TIMEOUT, ack.into_future()).await {
+                    Ok(Ok(_)) => (true, false),
+                    Ok(Err(_)) => (false, false),
+                    Err(_) => (false, true),
+                }
+            }
+            Ok(Err(e)) => (
+                false,
+                e.kind() == async_nats::jetstream::context::PublishErrorKind::TimedOut,
             ),
-            _ => false,
+            Err(_) => (false, true),
         };
+        if stalled {
+            replace_stalled(shared, generation, &nats).await;
+            continue;
+        }
         if stored {
             let complete: Vec<jetstream::Message> = {
                 let mut held = lock(&shared.packets);
@@ -490,8 +523,19 @@ async fn finish_all(shared: &Shared, reply: &str, finished: Vec<(u64, Done)>) {
             };
             for message in complete {
                 // Should this acknowledgement be lost, the tasks run again
-                // and their second results are dropped by their drivers.
-                let _ = message.ack().await;
+                // and their second results are dropped by their drivers. It
+                // goes out on the connection that just stored the results.
+                match &message.reply {
+                    Some(subject) => {
+                        let _ = nats
+                            .client
+                            .publish(subject.clone(), Bytes::from_static(b"+ACK"))
+                            .await;
+                    }
+                    None => {
+                        let _ = message.ack().await;
+                    }
+                }
                 super::discard_spilled(&shared.blobs, &message.payload).await;
             }
             return;
