@@ -197,7 +197,7 @@ fn spans(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         native.push(started.elapsed().as_nanos() as f64 / f64::from(n));
 
         let telemetry = file_telemetry(&dir.path().join(format!("guest-{round}.json")))?;
-        let cx = TaskContext::new("bench", "bench", "bench", "bench");
+        let cx = TaskContext::new("bench");
         let call = format!("bench-spans({n})");
         let started = Instant::now();
         let output = task::execute(
@@ -409,10 +409,20 @@ impl SpanExporter for Collect {
     }
 }
 
-/// Nanoseconds the file exporter takes per span (OTLP-JSON encoding and the
-/// write) for batches of the default hook's size, each span a copy of a real
-/// execute span of the trivial task, with every attribute of the contract.
-async fn span_export_cost(options: &Options) -> anyhow::Result<f64> {
+/// What exporting one span to a file costs, in ns.
+struct ExportCost {
+    /// The file exporter: OTLP-JSON encoding and the write.
+    export: f64,
+    /// Encoding only, through `opentelemetry-proto`'s messages and serde.
+    proto_encoding: f64,
+    /// Encoding only, with wtrace's line encoder.
+    encoding: f64,
+}
+
+/// What the file exporter takes per span for batches of the default hook's
+/// size, each span a copy of a real execute span of the trivial task, with
+/// every attribute of the contract; and the encoding alone, both ways.
+async fn span_export_cost(options: &Options) -> anyhow::Result<ExportCost> {
     let collect = Collect::default();
     let telemetry = Telemetry::new(
         SdkTracerProvider::builder()
@@ -431,7 +441,7 @@ async fn span_export_cost(options: &Options) -> anyhow::Result<f64> {
     );
     let cx = TaskContext {
         parent: Some(parent),
-        ..TaskContext::new("801a4f83-1", "job-e22a5c4a", "n-1d7d0a-w1", "n-1d7d0a")
+        ..TaskContext::new("801a4f83-1")
     };
     let output = task::execute(
         &linker,
@@ -467,7 +477,54 @@ async fn span_export_cost(options: &Options) -> anyhow::Result<f64> {
         }
         rounds.push(started.elapsed().as_nanos() as f64 / (batches * batch_size) as f64);
     }
-    Ok(median(rounds))
+    let (proto_encoding, encoding) = encoding_cost(&span, batch_size, batches);
+    Ok(ExportCost {
+        export: median(rounds),
+        proto_encoding,
+        encoding,
+    })
+}
+
+/// Nanoseconds per span to encode batches of `span` as OTLP-JSON lines:
+/// through `opentelemetry-proto`'s messages and serde (the reference the
+/// encoder is held to), and with wtrace's encoder.
+fn encoding_cost(span: &SpanData, batch_size: usize, batches: usize) -> (f64, f64) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+    use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+    let resource = opentelemetry_sdk::Resource::builder().build();
+    let attributes: ResourceAttributesWithSchema = (&resource).into();
+    let batch = vec![span.clone(); batch_size];
+    let per_span = |elapsed: Duration| elapsed.as_nanos() as f64 / (batches * batch_size) as f64;
+    let (mut proto, mut ours) = (Vec::new(), Vec::new());
+    let mut encoder = wtrace::telemetry::export::LineEncoder::new();
+    encoder.set_resource(&resource);
+    let mut line = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        for _ in 0..batches {
+            let request = ExportTraceServiceRequest {
+                resource_spans: group_spans_by_resource_and_scope(batch.clone(), &attributes),
+            };
+            line.clear();
+            serde_json::to_writer(&mut line, &request).expect("OTLP serializes");
+            std::hint::black_box(&line);
+        }
+        let converting = started.elapsed();
+        // Cloning the batch (and dropping the clones) is not encoding: take
+        // it out.
+        let started = Instant::now();
+        for _ in 0..batches {
+            std::hint::black_box(batch.clone());
+        }
+        proto.push(per_span(converting.saturating_sub(started.elapsed())));
+        let started = Instant::now();
+        for _ in 0..batches {
+            std::hint::black_box(encoder.encode(&batch));
+        }
+        ours.push(per_span(started.elapsed()));
+    }
+    (median(proto), median(ours))
 }
 
 /// Rounds of work in the busy task: about 100 µs of CPU on this machine.
@@ -493,9 +550,20 @@ async fn tasks(options: &Options, report: &mut Report) -> anyhow::Result<f64> {
         format!("{:.1} / {:.1}", traced_cpu - plain_cpu, plain_cpu / 9.0),
         "",
     );
+    let cost = span_export_cost(options).await?;
     report.row(
         "file export of one execute span: encode + write (us)",
-        format!("{:.2}", span_export_cost(options).await? / 1000.0),
+        format!("{:.2}", cost.export / 1000.0),
+        "",
+    );
+    report.row(
+        "encoding it: opentelemetry-proto + serde / wtrace (ns)",
+        format!(
+            "{:.0} / {:.0} = {:.1}x",
+            cost.proto_encoding,
+            cost.encoding,
+            cost.proto_encoding / cost.encoding
+        ),
         "",
     );
     // The same spans on tasks with work of their own (`busy`: rounds of

@@ -76,12 +76,20 @@ fn every_contract_attribute_is_on_driver_and_nested_task_spans() {
         );
         assert_eq!(a["wtrace.component.digest"].len(), 7 + 64, "{what}");
         assert!(!a["wtrace.task_id"].is_empty(), "{what}");
-        assert_eq!(a.get("wtrace.job_id"), Some(&job_id), "{what}");
-        assert_eq!(
-            a.get("process.pid").cloned(),
-            span.pid.map(|p| p.to_string()),
-            "{what}"
-        );
+        let r = &span.resource;
+        assert_eq!(r.get("wtrace.job_id"), Some(&job_id), "{what}");
+        assert!(span.pid.is_some(), "{what}: no process.pid on the resource");
+        for key in [
+            "wtrace.job_id",
+            "wtrace.worker_id",
+            "wtrace.node_id",
+            "process.pid",
+        ] {
+            assert!(
+                !a.contains_key(key),
+                "{what}: {key} belongs on the resource"
+            );
+        }
         let parent = by_id.get(span.parent_span_id.as_str()).copied();
         let nested = match span.name.as_str() {
             "tree submit" => parent.is_some(),
@@ -90,11 +98,11 @@ fn every_contract_attribute_is_on_driver_and_nested_task_spans() {
         if span.name == "tree submit" {
             let from_driver = !nested;
             assert_eq!(
-                a["wtrace.worker_id"] == "driver",
+                r["wtrace.worker_id"] == "driver",
                 from_driver,
                 "only the driver's submit spans say driver: {what}"
             );
-            assert_eq!(a["wtrace.node_id"] == "driver", from_driver, "{what}");
+            assert_eq!(r["wtrace.node_id"] == "driver", from_driver, "{what}");
             nested_submits += usize::from(nested);
         } else {
             let submit = parent.unwrap();
@@ -106,7 +114,7 @@ fn every_contract_attribute_is_on_driver_and_nested_task_spans() {
                 assert_eq!(a[key], submit.attributes[key], "{key} of {what}");
             }
             assert!(
-                a["wtrace.worker_id"].starts_with(&a["wtrace.node_id"]),
+                r["wtrace.worker_id"].starts_with(&r["wtrace.node_id"]),
                 "{what}"
             );
         }
@@ -302,18 +310,12 @@ fn a_second_node_joins_with_its_own_node_id_and_stop_leaves_no_process() {
     assert_eq!(executes.len(), 12);
     let span_nodes: HashSet<&str> = executes
         .iter()
-        .map(|s| s.attributes["wtrace.node_id"].as_str())
+        .map(|s| s.resource["wtrace.node_id"].as_str())
         .collect();
     assert_eq!(
         span_nodes, nodes,
         "both nodes ran tasks, each under its own node id"
     );
-    for span in executes {
-        assert_eq!(
-            span.resource["wtrace.node_id"],
-            span.attributes["wtrace.node_id"]
-        );
-    }
 }
 
 /// The pid of the worker running a task, from `wtrace status`.

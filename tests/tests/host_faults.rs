@@ -47,7 +47,7 @@ fn a_panic_in_a_host_call_fails_only_its_task_and_names_the_call() {
     let submitter: Arc<dyn Submitter> = Arc::new(PanickingSubmitter);
     let cx = TaskContext {
         submitter: Some(submitter),
-        ..TaskContext::new("t-1", "job-test", "w-1", "n-1")
+        ..TaskContext::new("t-1")
     };
 
     let output = task::execute(

@@ -90,10 +90,6 @@ fn default_hook_traces_the_seed_example_across_processes() {
         "wtrace.function",
         "wtrace.component",
         "wtrace.component.digest",
-        "wtrace.job_id",
-        "wtrace.worker_id",
-        "wtrace.node_id",
-        "process.pid",
         "wtrace.wasm.instantiate_us",
         "wtrace.wasm.memory_peak_bytes",
         "wtrace.spans_dropped",
@@ -103,9 +99,36 @@ fn default_hook_traces_the_seed_example_across_processes() {
             "execute span lacks {key}"
         );
     }
+    // What is the same for every span of a process is on the resource
+    // only, as the semantic conventions put it.
+    for span in [submit, execute] {
+        for key in [
+            "process.pid",
+            "wtrace.job_id",
+            "wtrace.worker_id",
+            "wtrace.node_id",
+        ] {
+            assert!(
+                !span.attributes.contains_key(key),
+                "{} carries {key} on the span, not only on the resource",
+                span.name
+            );
+            assert!(
+                span.resource.contains_key(key),
+                "{}'s resource lacks {key}",
+                span.name
+            );
+        }
+    }
     assert_eq!(
-        execute.attributes["wtrace.job_id"],
-        submit.attributes["wtrace.job_id"]
+        execute.resource["wtrace.job_id"],
+        submit.resource["wtrace.job_id"]
+    );
+    assert!(execute.resource["wtrace.job_id"].starts_with("job-"));
+    assert_eq!(submit.resource["wtrace.worker_id"], "driver");
+    assert!(
+        execute.resource["wtrace.worker_id"].starts_with(&execute.resource["wtrace.node_id"]),
+        "a worker's id begins with its node's"
     );
     assert_eq!(execute.attributes["wtrace.spans_dropped"], "0");
 

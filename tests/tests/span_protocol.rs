@@ -79,7 +79,7 @@ fn run_with(
     let call: wtrace::runtime::wave::Invocation = invocation.parse().unwrap();
     let cx = TaskContext {
         parent,
-        ..TaskContext::new("t-1", "job-test", "w-1", "n-1")
+        ..TaskContext::new("t-1")
     };
     let output = task::execute(
         &linker,

@@ -570,9 +570,6 @@ proptest! {
             component: Digest("cd".repeat(32)),
             component_name: "props.wasm".into(),
             depth,
-            job_id: "job".into(),
-            worker_id: "w-1".into(),
-            node_id: "n-1".into(),
         };
         let mut state = TasksState::new(Some(context), &limits);
         let deadline = Deadline::new(std::time::Duration::from_secs(5), "--timeout", None);

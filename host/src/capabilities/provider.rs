@@ -91,6 +91,11 @@ impl ProviderState {
             KeyValue::new("wtrace.worker_id", self.info.worker_id.clone()),
             KeyValue::new("wtrace.node_id", self.info.node_id.clone()),
         ];
+        // Every process of a `wtrace run` or of one cluster session serves
+        // one job.
+        if !self.info.job_id.is_empty() {
+            attributes.push(KeyValue::new("wtrace.job_id", self.info.job_id.clone()));
+        }
         attributes.extend(self.resource);
         let resource = Resource::builder_empty()
             .with_detector(Box::new(TelemetryResourceDetector))

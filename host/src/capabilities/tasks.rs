@@ -19,7 +19,7 @@ use crate::runtime::Digest;
 use crate::runtime::EPOCH_TICK;
 use crate::runtime::wave::Invocation;
 use crate::sandbox::{Deadline, Stopped, host_call};
-use crate::telemetry::context::{context_with_parent, traceparent};
+use crate::telemetry::context::{WireContext, context_with_parent};
 use crate::telemetry::task_span::{self, SubmitSpan};
 
 /// A task submitted from inside a task.
@@ -34,9 +34,7 @@ pub struct NestedTask {
     /// The whole invocation in WAVE.
     pub invocation: String,
     /// Its submit span.
-    pub traceparent: Option<String>,
-    /// Its tracestate.
-    pub tracestate: Option<String>,
+    pub trace: Option<WireContext>,
     /// How deep it is nested (1 for a task submitted by a top-level task).
     pub depth: u32,
 }
@@ -86,12 +84,6 @@ pub struct NestedContext {
     pub component_name: String,
     /// Its nesting depth (0 for a task a driver submitted).
     pub depth: u32,
-    /// The job.
-    pub job_id: String,
-    /// This worker.
-    pub worker_id: String,
-    /// This node.
-    pub node_id: String,
 }
 
 impl std::fmt::Debug for NestedContext {
@@ -255,12 +247,7 @@ impl Tasks<'_> {
                         .component_name(&component)
                         .unwrap_or_else(|| component.to_string())
                 };
-                let submitter = task_span::Submitter::worker(
-                    &context.job_id,
-                    &context.worker_id,
-                    &context.node_id,
-                );
-                let span = submitter.start(
+                let span = task_span::start_submit(
                     tracer,
                     SubmitSpan {
                         function: &invocation.function,
@@ -280,8 +267,7 @@ impl Tasks<'_> {
             component,
             function: invocation.function.clone(),
             invocation: invocation.text,
-            traceparent: traceparent(&span_context),
-            tracestate: Some(span_context.trace_state().header()).filter(|s| !s.is_empty()),
+            trace: WireContext::of(&span_context),
             depth,
         });
         if let Some(mut span) = span {
@@ -463,9 +449,6 @@ mod tests {
             component: Digest("ab".repeat(32)),
             component_name: "t.wasm".into(),
             depth: 0,
-            job_id: "job".into(),
-            worker_id: "w".into(),
-            node_id: "n".into(),
         };
         let mut state = TasksState::new(Some(context), &Limits::default());
         let deadline = Deadline::new(std::time::Duration::from_secs(5), "--timeout", None);

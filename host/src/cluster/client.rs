@@ -22,7 +22,7 @@ use crate::outcome::{TaskError, TaskErrorKind};
 use crate::runtime::wave::Invocation;
 use crate::runtime::{Digest, Runtime};
 use crate::telemetry::Telemetry;
-use crate::telemetry::context::traceparent;
+use crate::telemetry::context::WireContext;
 use crate::telemetry::task_span::{self, SubmitSpan};
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Done>>>>;
@@ -66,8 +66,6 @@ struct Inner {
     components: Mutex<HashMap<Digest, String>>,
     uploaded: Mutex<HashSet<Digest>>,
     driver_id: String,
-    /// What this driver's submit spans say of it.
-    submitter: task_span::Submitter,
     next_tag: AtomicU64,
 }
 
@@ -227,7 +225,6 @@ impl Client {
             None => (Vec::new(), 1),
         };
         let (stopped_tx, stopped) = watch::channel(None);
-        let submitter = task_span::Submitter::driver(&config.job_id);
         let inner = Arc::new(Inner {
             requests,
             pending: pending.clone(),
@@ -241,7 +238,6 @@ impl Client {
             components: Mutex::new(HashMap::new()),
             uploaded: Mutex::new(HashSet::new()),
             driver_id: random_hex(4),
-            submitter,
             next_tag: AtomicU64::new(next_tag),
         });
         tokio::spawn(read_loop(
@@ -359,7 +355,7 @@ impl Client {
                 senders.push((tag, tx));
                 let (context, span) = match &self.inner.telemetry {
                     Some(telemetry) => {
-                        let span = self.inner.submitter.start(
+                        let span = task_span::start_submit(
                             telemetry.tracer(),
                             SubmitSpan {
                                 function: &invocation.function,
@@ -374,17 +370,13 @@ impl Client {
                     }
                     None => (parent.span().span_context().clone(), None),
                 };
-                let state = context.trace_state();
                 submissions.push(Submission {
                     tag,
                     task_id: task_id.clone(),
                     component: component.clone(),
                     function: invocation.function.clone(),
                     invocation: invocation.text.clone(),
-                    traceparent: traceparent(&context),
-                    tracestate: (*state != opentelemetry::trace::TraceState::NONE)
-                        .then(|| state.header())
-                        .filter(|s| !s.is_empty()),
+                    trace: WireContext::of(&context),
                     parent: None,
                 });
                 spans.extend(span);

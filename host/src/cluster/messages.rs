@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ExportPolicy, Grants, Limits};
 use crate::outcome::TaskOutput;
 use crate::runtime::Digest;
+use crate::telemetry::context::WireContext;
 
 /// Bytes of payload a batched message (leases, results, submissions) holds
 /// before the batch is split: many small tasks share a message, large ones
@@ -152,10 +153,8 @@ pub struct Lease {
     pub function: String,
     /// The whole invocation in WAVE.
     pub invocation: String,
-    /// The submit span, as a W3C traceparent (never among the arguments).
-    pub traceparent: Option<String>,
-    /// W3C tracestate accompanying the traceparent.
-    pub tracestate: Option<String>,
+    /// The submit span (never among the arguments).
+    pub trace: Option<WireContext>,
     /// How deep the task is nested (0 when a driver submitted it).
     pub depth: u32,
     /// Its last worker died before saying whether it had started it: the
@@ -233,7 +232,7 @@ impl Submission {
         self.invocation.len()
             + self.function.len()
             + self.task_id.len()
-            + self.tracestate.as_ref().map_or(0, String::len)
+            + self.trace.as_ref().map_or(0, WireContext::state_len)
             + 192
     }
 }
@@ -291,9 +290,7 @@ pub struct Submission {
     /// The whole invocation in WAVE.
     pub invocation: String,
     /// The submit span.
-    pub traceparent: Option<String>,
-    /// Its tracestate.
-    pub tracestate: Option<String>,
+    pub trace: Option<WireContext>,
     /// From a worker: the lease id of the running task that submits it. The
     /// head counts depth and tree budgets from it, not from anything a peer
     /// claims.

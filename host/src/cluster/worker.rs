@@ -23,7 +23,7 @@ use crate::exec::task::{
 use crate::runtime::{Digest, Runtime};
 use crate::sync::{lock, wait, wait_timeout};
 use crate::telemetry::Telemetry;
-use crate::telemetry::context::parse_traceparent;
+use crate::telemetry::context::WireContext;
 
 /// How a worker process finds its cluster and names itself.
 #[derive(Debug, Clone)]
@@ -129,7 +129,6 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
     let pool = Arc::new(Pool {
         linker,
         telemetry: telemetry.clone(),
-        info,
         components: Mutex::new(HashMap::new()),
         state: Mutex::new(PoolState::default()),
         wake: Condvar::new(),
@@ -344,7 +343,6 @@ pub enum Stopped {
 struct Pool {
     linker: TaskLinker,
     telemetry: Option<Telemetry>,
-    info: WorkerInfo,
     /// The components this worker holds, as the head told it: the head
     /// says which to forget, so this map mirrors its bounded view.
     components: Mutex<HashMap<Digest, Arc<Loaded>>>,
@@ -687,15 +685,9 @@ impl Pool {
         submitter: &Arc<dyn Submitter>,
     ) -> TaskOutput {
         let component = self.component(lease, loaded);
-        let parent = lease
-            .traceparent
-            .as_deref()
-            .and_then(|tp| parse_traceparent(tp, lease.tracestate.as_deref()));
+        let parent = lease.trace.as_ref().and_then(WireContext::span_context);
         let cx = TaskContext {
             task_id: &lease.task_id,
-            job_id: &self.info.job_id,
-            worker_id: &self.info.worker_id,
-            node_id: &self.info.node_id,
             parent,
             attempt: lease.attempt,
             abort: Some(self.abort.clone()),
@@ -801,8 +793,7 @@ impl Submitter for PoolSubmitter {
                 component: task.component,
                 function: task.function,
                 invocation: task.invocation,
-                traceparent: task.traceparent,
-                tracestate: task.tracestate,
+                trace: task.trace,
                 parent: Some(self.parent),
             }]))
             .map_err(|_| "the worker is shutting down".to_owned())?;

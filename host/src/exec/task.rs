@@ -26,18 +26,14 @@ use crate::sandbox::{self, CapturedOutput, Deadline};
 use crate::sync::lock;
 use crate::telemetry::Telemetry;
 use crate::telemetry::context::context_with_parent;
+use crate::telemetry::task_span;
 
-/// Who is running a task, recorded on its execute span.
+/// Where a task comes from, recorded on its execute span. (Who runs it,
+/// the process, is on the resource of every span it exports.)
 #[derive(Debug, Clone)]
 pub struct TaskContext<'a> {
     /// The task's id.
     pub task_id: &'a str,
-    /// The job it belongs to.
-    pub job_id: &'a str,
-    /// This worker's id.
-    pub worker_id: &'a str,
-    /// This node's id.
-    pub node_id: &'a str,
     /// The submit span (from the task envelope's traceparent).
     pub parent: Option<SpanContext>,
     /// Which attempt this is (0 for the first).
@@ -53,12 +49,9 @@ pub struct TaskContext<'a> {
 impl<'a> TaskContext<'a> {
     /// A first attempt with no parent span, no abort flag and no way to
     /// submit tasks of its own: a task run outside a cluster.
-    pub fn new(task_id: &'a str, job_id: &'a str, worker_id: &'a str, node_id: &'a str) -> Self {
+    pub fn new(task_id: &'a str) -> Self {
         Self {
             task_id,
-            job_id,
-            worker_id,
-            node_id,
             parent: None,
             attempt: 0,
             abort: None,
@@ -309,9 +302,6 @@ pub fn execute(
         component: component.digest.clone(),
         component_name: component.name.clone(),
         depth: cx.depth,
-        job_id: cx.job_id.to_owned(),
-        worker_id: cx.worker_id.to_owned(),
-        node_id: cx.node_id.to_owned(),
     });
     let tasks = TasksState::new(nested, limits);
     let env = linker.env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
@@ -461,10 +451,6 @@ fn execute_span(
         KeyValue::new("wtrace.function", crate::attrs::shared(function)),
         KeyValue::new("wtrace.component", component),
         KeyValue::new("wtrace.task_id", cx.task_id.to_owned()),
-        KeyValue::new("wtrace.job_id", crate::attrs::shared(cx.job_id)),
-        KeyValue::new("wtrace.worker_id", crate::attrs::shared(cx.worker_id)),
-        KeyValue::new("wtrace.node_id", crate::attrs::shared(cx.node_id)),
-        KeyValue::new("process.pid", i64::from(crate::ids::pid())),
     ]);
     if cx.attempt > 0 {
         attributes.push(KeyValue::new("wtrace.attempt", i64::from(cx.attempt)));
@@ -473,7 +459,7 @@ fn execute_span(
         attributes.push(KeyValue::new("wtrace.component.digest", digest));
     }
     tracer
-        .span_builder(format!("{function} execute"))
+        .span_builder(task_span::name(function, task_span::Phase::Execute))
         .with_kind(SpanKind::Consumer)
         .with_attributes(attributes)
         .start_with_context(tracer, &context_with_parent(cx.parent.clone()))

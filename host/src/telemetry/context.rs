@@ -58,3 +58,88 @@ pub fn context_with_parent(cx: Option<SpanContext>) -> Context {
         None => Context::new(),
     }
 }
+
+/// A span context as it travels inside the cluster (task envelopes between
+/// drivers, heads and workers): its ids as bytes, not W3C text, which is
+/// only for the edges (`TRACEPARENT`, HTTP headers, guests).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WireContext {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    flags: u8,
+    /// The W3C `tracestate`, when there is one.
+    state: Option<String>,
+}
+
+impl WireContext {
+    /// The context of `cx`; none when it is invalid.
+    pub fn of(cx: &SpanContext) -> Option<Self> {
+        let state = cx.trace_state();
+        cx.is_valid().then(|| Self {
+            trace_id: cx.trace_id().to_bytes(),
+            span_id: cx.span_id().to_bytes(),
+            flags: cx.trace_flags().to_u8(),
+            state: (*state != TraceState::NONE)
+                .then(|| state.header())
+                .filter(|s| !s.is_empty()),
+        })
+    }
+
+    /// The remote span context it carries; none when its ids are invalid
+    /// (a peer may send anything). A malformed trace state is left out.
+    pub fn span_context(&self) -> Option<SpanContext> {
+        let trace_id = TraceId::from_bytes(self.trace_id);
+        let span_id = SpanId::from_bytes(self.span_id);
+        if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+            return None;
+        }
+        let state = self
+            .state
+            .as_deref()
+            .and_then(|s| s.parse::<TraceState>().ok())
+            .unwrap_or_default();
+        Some(SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::new(self.flags) & TraceFlags::SAMPLED,
+            true,
+            state,
+        ))
+    }
+
+    /// Bytes of trace state it carries, for size limits.
+    pub fn state_len(&self) -> usize {
+        self.state.as_ref().map_or(0, String::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_contexts_round_trip_and_refuse_invalid_ids() {
+        let cx = SpanContext::new(
+            TraceId::from(0x0af7651916cd43dd8448eb211c80319c_u128),
+            SpanId::from(0xb7ad6b7169203331_u64),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::from_key_value([("vendor", "value")]).unwrap(),
+        );
+        let wire = WireContext::of(&cx).unwrap();
+        let bytes = postcard::to_allocvec(&wire).unwrap();
+        assert!(bytes.len() < 50, "{} bytes", bytes.len());
+        let back: WireContext = postcard::from_bytes(&bytes).unwrap();
+        let back = back.span_context().unwrap();
+        assert_eq!(back.trace_id(), cx.trace_id());
+        assert_eq!(back.span_id(), cx.span_id());
+        assert!(back.is_sampled() && back.is_remote());
+        assert_eq!(back.trace_state().header(), "vendor=value");
+        assert_eq!(WireContext::of(&SpanContext::NONE), None);
+        let zero = WireContext {
+            trace_id: [0; 16],
+            ..wire
+        };
+        assert_eq!(zero.span_context(), None);
+    }
+}

@@ -1,36 +1,17 @@
-//! The submit span of a task: one builder for drivers and for tasks that
-//! submit tasks, so both carry every key of the span contract.
+//! The spans wtrace makes for a task: one submit-span builder for drivers
+//! and for tasks that submit tasks, so both carry every key of the span
+//! contract, and the span names, made once per function rather than per
+//! task. What is the same for every span of a process (pid, worker, node,
+//! job) is on the resource, not here.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use opentelemetry::trace::{SpanKind, Tracer as _};
 use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::trace::{SdkTracer, Span};
-
-/// Who submits: values the same on every submit span of a process, made
-/// once and shared by the spans.
-#[derive(Debug, Clone)]
-pub struct Submitter {
-    job_id: Value,
-    worker_id: Value,
-    node_id: Value,
-    pid: i64,
-}
-
-impl Submitter {
-    /// A driver process (`wtrace run`, `submit`, a [`crate::Client`]).
-    pub fn driver(job_id: &str) -> Self {
-        Self::worker(job_id, "driver", "driver")
-    }
-
-    /// A worker whose task submits tasks.
-    pub fn worker(job_id: &str, worker_id: &str, node_id: &str) -> Self {
-        Self {
-            job_id: crate::attrs::text(job_id),
-            worker_id: crate::attrs::text(worker_id),
-            node_id: crate::attrs::text(node_id),
-            pid: i64::from(crate::ids::pid()),
-        }
-    }
-}
 
 /// What one task's submit span says of it.
 #[derive(Debug, Clone)]
@@ -47,27 +28,83 @@ pub struct SubmitSpan<'a> {
     pub depth: Option<u32>,
 }
 
-impl Submitter {
-    /// Starts `task`'s `<function> submit` span (PRODUCER) under `parent`.
-    pub fn start(&self, tracer: &SdkTracer, task: SubmitSpan<'_>, parent: &Context) -> Span {
-        let mut attributes = Vec::with_capacity(9);
-        attributes.extend([
-            KeyValue::new("wtrace.function", crate::attrs::shared(task.function)),
-            KeyValue::new("wtrace.component", task.component),
-            KeyValue::new("wtrace.component.digest", task.digest),
-            KeyValue::new("wtrace.task_id", task.task_id.to_owned()),
-            KeyValue::new("wtrace.job_id", self.job_id.clone()),
-            KeyValue::new("wtrace.worker_id", self.worker_id.clone()),
-            KeyValue::new("wtrace.node_id", self.node_id.clone()),
-            KeyValue::new("process.pid", self.pid),
-        ]);
-        if let Some(depth) = task.depth {
-            attributes.push(KeyValue::new("wtrace.depth", i64::from(depth)));
+/// Starts `task`'s `<function> submit` span (PRODUCER) under `parent`.
+pub fn start_submit(tracer: &SdkTracer, task: SubmitSpan<'_>, parent: &Context) -> Span {
+    let mut attributes = Vec::with_capacity(5);
+    attributes.extend([
+        KeyValue::new("wtrace.function", crate::attrs::shared(task.function)),
+        KeyValue::new("wtrace.component", task.component),
+        KeyValue::new("wtrace.component.digest", task.digest),
+        KeyValue::new("wtrace.task_id", task.task_id.to_owned()),
+    ]);
+    if let Some(depth) = task.depth {
+        attributes.push(KeyValue::new("wtrace.depth", i64::from(depth)));
+    }
+    tracer
+        .span_builder(name(task.function, Phase::Submit))
+        .with_kind(SpanKind::Producer)
+        .with_attributes(attributes)
+        .start_with_context(tracer, parent)
+}
+
+/// Which of a task's two spans a name is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// `<function> submit`.
+    Submit,
+    /// `<function> execute`.
+    Execute,
+}
+
+/// How many distinct names a process makes once and keeps for good; past
+/// that (a process fed ever new function names) each span gets its own.
+const KEPT_NAMES: usize = 4096;
+static KEPT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Per function: its submit and execute names.
+    static NAMES: RefCell<HashMap<Box<str>, [Option<&'static str>; 2]>> =
+        RefCell::new(HashMap::new());
+}
+
+/// `<function> submit` or `<function> execute`: the same name for every
+/// task of a function, made once, so a span's name costs no allocation.
+pub fn name(function: &str, phase: Phase) -> Cow<'static, str> {
+    let made = || match phase {
+        Phase::Submit => format!("{function} submit"),
+        Phase::Execute => format!("{function} execute"),
+    };
+    let slot = phase as usize;
+    NAMES.with_borrow_mut(|names| {
+        if let Some(Some(name)) = names.get(function).map(|kept| kept[slot]) {
+            return Cow::Borrowed(name);
         }
-        tracer
-            .span_builder(format!("{} submit", task.function))
-            .with_kind(SpanKind::Producer)
-            .with_attributes(attributes)
-            .start_with_context(tracer, parent)
+        if KEPT.fetch_add(1, Ordering::Relaxed) >= KEPT_NAMES {
+            return Cow::Owned(made());
+        }
+        let name: &'static str = Box::leak(made().into_boxed_str());
+        names.entry(Box::from(function)).or_default()[slot] = Some(name);
+        Cow::Borrowed(name)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_made_once_per_function_and_phase() {
+        let a = name("my-function", Phase::Submit);
+        let b = name("my-function", Phase::Submit);
+        assert_eq!(a, "my-function submit");
+        assert!(matches!((&a, &b), (Cow::Borrowed(x), Cow::Borrowed(y)) if std::ptr::eq(*x, *y)));
+        assert_eq!(name("my-function", Phase::Execute), "my-function execute");
+        for i in 0..20 {
+            assert_eq!(
+                name(&format!("f{i}"), Phase::Execute),
+                format!("f{i} execute")
+            );
+        }
+        assert_eq!(name("my-function", Phase::Submit), "my-function submit");
     }
 }

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_sdk::Resource as SdkResource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
@@ -33,13 +32,14 @@ pub struct FileExporter {
     output: Mutex<Output>,
 }
 
-/// The open file, the encoder (which keeps its buffers between writes) and
-/// the resource every line carries.
+/// The open file and the encoder, which keeps its buffer and the resource
+/// between writes.
 #[derive(Debug)]
 struct Output {
     file: File,
     encoder: LineEncoder,
-    resource: ResourceAttributesWithSchema,
+    /// An emptied batch, kept for its capacity.
+    spare: Vec<SpanData>,
 }
 
 impl FileExporter {
@@ -64,7 +64,7 @@ impl FileExporter {
             output: Mutex::new(Output {
                 file,
                 encoder: LineEncoder::new(),
-                resource: ResourceAttributesWithSchema::default(),
+                spare: Vec::new(),
             }),
         })
     }
@@ -76,26 +76,21 @@ impl FileExporter {
 
     /// Writes `batch` as one line, now, on this thread.
     pub fn write(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        self.write_locked(&mut lock(&self.output), batch)
+        self.write_locked(&mut lock(&self.output), &batch)
     }
 
-    fn write_locked(&self, output: &mut Output, batch: Vec<SpanData>) -> OTelSdkResult {
+    fn write_locked(&self, output: &mut Output, batch: &[SpanData]) -> OTelSdkResult {
         if batch.is_empty() {
             return Ok(());
         }
-        let Output {
-            file,
-            encoder,
-            resource,
-        } = output;
-        let line = encoder.encode(batch, resource);
-        file.write_all(line).map_err(|e| {
+        let line = output.encoder.encode(batch);
+        output.file.write_all(line).map_err(|e| {
             OTelSdkError::InternalFailure(format!("writing {}: {e}", self.path.display()))
         })
     }
 
     fn set_resource_shared(&self, resource: &SdkResource) {
-        lock(&self.output).resource = resource.into();
+        lock(&self.output).encoder.set_resource(resource);
     }
 }
 
@@ -158,8 +153,14 @@ impl Shared {
     /// write of spans taken earlier by another thread has finished too.
     fn sync(&self) -> OTelSdkResult {
         let mut output = lock(&self.exporter.output);
-        let batch = std::mem::take(&mut *lock(&self.pending));
-        self.exporter.write_locked(&mut output, batch)
+        let mut batch = std::mem::take(&mut output.spare);
+        std::mem::swap(&mut batch, &mut *lock(&self.pending));
+        let written = self.exporter.write_locked(&mut output, &batch);
+        batch.clear();
+        if batch.capacity() <= 4 * HIGH_WATER {
+            output.spare = batch;
+        }
+        written
     }
 }
 

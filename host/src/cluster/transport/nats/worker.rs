@@ -434,8 +434,7 @@ async fn lease(
         },
         function: submission.function.clone(),
         invocation: submission.invocation.clone(),
-        traceparent: submission.traceparent.clone(),
-        tracestate: submission.tracestate.clone(),
+        trace: submission.trace.clone(),
         depth: task.depth,
         confirm_start: false,
     };

@@ -926,13 +926,9 @@ impl State {
             ));
         }
         if submission
-            .traceparent
+            .trace
             .as_ref()
-            .is_some_and(|t| t.len() > 64)
-            || submission
-                .tracestate
-                .as_ref()
-                .is_some_and(|t| t.len() > 512)
+            .is_some_and(|t| t.state_len() > 512)
         {
             return cluster("the trace context is longer than W3C trace context allows".into());
         }
@@ -1071,8 +1067,7 @@ impl State {
                 },
                 function: task.submission.function.clone(),
                 invocation: task.submission.invocation.clone(),
-                traceparent: task.submission.traceparent.clone(),
-                tracestate: task.submission.tracestate.clone(),
+                trace: task.submission.trace.clone(),
                 depth: task.depth,
                 confirm_start: task.suspect,
             });
@@ -1192,8 +1187,7 @@ mod tests {
             component: component.clone(),
             function: "f".into(),
             invocation: "f()".into(),
-            traceparent: None,
-            tracestate: None,
+            trace: None,
             parent,
         }
     }
