@@ -14,7 +14,10 @@ use anyhow::{Context as _, bail};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, Tracer as _};
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SimpleSpanProcessor, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SimpleSpanProcessor, SpanData,
+    SpanExporter, SpanProcessor,
+};
 use wtrace::cluster::{LocalCluster, LocalClusterOptions};
 use wtrace::exec::task::{self, TaskContext, TaskLinker};
 use wtrace::runtime::wave::Invocation;
@@ -422,6 +425,57 @@ struct ExportCost {
     proto_encoding: f64,
     /// Encoding only, with wtrace's line encoder.
     encoding: f64,
+    /// Making and ending a span like it, handed to a processor that drops it.
+    creation: f64,
+    /// The same through a batch processor (the hand-off to its thread).
+    hand_off: f64,
+}
+
+/// Takes spans without doing anything with them, so that what is timed is
+/// the SDK making them.
+#[derive(Debug)]
+struct Discard;
+
+impl SpanProcessor for Discard {
+    fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
+    fn on_end(&self, span: SpanData) {
+        std::hint::black_box(span);
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+    fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// A batch exporter that drops what it gets.
+#[derive(Debug)]
+struct Dropping;
+
+impl SpanExporter for Dropping {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        std::hint::black_box(batch);
+        Ok(())
+    }
+}
+
+/// ns to start and end `n` spans with `like`'s name, kind and attributes.
+fn creation_cost(like: &SpanData, provider: SdkTracerProvider, n: usize) -> f64 {
+    use opentelemetry::trace::TracerProvider as _;
+    let tracer = provider.tracer("wtrace");
+    let started = Instant::now();
+    for _ in 0..n {
+        tracer
+            .span_builder(like.name.clone())
+            .with_kind(like.span_kind.clone())
+            .with_attributes(like.attributes.iter().cloned())
+            .start(&tracer)
+            .end();
+    }
+    let per_span = started.elapsed().as_nanos() as f64 / n as f64;
+    let _ = provider.shutdown();
+    per_span
 }
 
 /// What the file exporter takes per span for batches of the default hook's
@@ -483,10 +537,34 @@ async fn span_export_cost(options: &Options) -> anyhow::Result<ExportCost> {
         rounds.push(started.elapsed().as_nanos() as f64 / (batches * batch_size) as f64);
     }
     let (proto_encoding, encoding) = encoding_cost(&span, batch_size, batches);
+    let n = batches * batch_size / 4;
+    let creation = creation_cost(
+        &span,
+        SdkTracerProvider::builder()
+            .with_span_processor(Discard)
+            .build(),
+        n,
+    );
+    let batching = BatchSpanProcessor::builder(Dropping)
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_max_queue_size(n + 1)
+                .build(),
+        )
+        .build();
+    let hand_off = creation_cost(
+        &span,
+        SdkTracerProvider::builder()
+            .with_span_processor(batching)
+            .build(),
+        n,
+    );
     Ok(ExportCost {
         export: median(rounds),
         proto_encoding,
         encoding,
+        creation,
+        hand_off,
     })
 }
 
@@ -559,6 +637,16 @@ async fn tasks(options: &Options, report: &mut Report) -> anyhow::Result<f64> {
     report.row(
         "file export of one execute span: encode + write (us)",
         format!("{:.2}", cost.export / 1000.0),
+        "",
+    );
+    report.row(
+        "a task's two spans: creation, hand-off, encode + write (us)",
+        format!(
+            "{:.2}, {:.2}, {:.2}",
+            2.0 * cost.creation / 1000.0,
+            2.0 * (cost.hand_off - cost.creation).max(0.0) / 1000.0,
+            2.0 * cost.export / 1000.0
+        ),
         "",
     );
     report.row(
