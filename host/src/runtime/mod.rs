@@ -87,8 +87,12 @@ impl Runtime {
 
         // Fresh instances per task are cheap with a pool whose slots keep
         // their first MiB resident and reset only the pages a task dirtied.
+        // Calls are synchronous, so the pool needs no fiber stacks: the
+        // default 1000 cost every process about 1000 `mprotect`s at start
+        // and as many `munmap`s at exit, most of `wtrace check`'s time.
         let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(64)
+        pool.total_stacks(0)
+            .total_component_instances(64)
             .total_core_instances(512)
             .total_memories(64)
             .total_tables(128)
