@@ -174,13 +174,14 @@ fn file_telemetry(path: &Path) -> anyhow::Result<Telemetry> {
     ))
 }
 
-/// Guest span (start + 2 attributes + end through the bridge) against the
-/// same span made with the SDK directly; same processor and file exporter.
+/// Guest span (two attributes + end through the bridge) against the same
+/// span made with the SDK directly; same processor and file exporter. Two
+/// shapes: attributes known at start (two host calls: `start-span`,
+/// `finish-span`), and attributes set one by one after start (five: start,
+/// two `set-attribute`, `end-span`, the handle's drop).
 fn spans(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     let n: u32 = if options.quick { 50_000 } else { 200_000 };
     let dir = tempfile::tempdir()?;
-    let mut native = Vec::new();
-    let mut guest = Vec::new();
     let runtime = Runtime::new(
         Limits {
             spans_per_task: u32::MAX,
@@ -191,33 +192,45 @@ fn spans(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     )?;
     let linker = TaskLinker::new(&runtime)?;
     let component = linker.load("span-edges.wasm", &std::fs::read(guests::SPAN_EDGES)?)?;
+    // Per shape: native ns, guest ns, one pair per round, interleaved.
+    let mut early = (Vec::new(), Vec::new());
+    let mut late = (Vec::new(), Vec::new());
     for round in 0..5 {
-        let telemetry = file_telemetry(&dir.path().join(format!("native-{round}.json")))?;
-        let tracer = telemetry.tracer();
-        let started = Instant::now();
-        for _ in 0..n {
-            let mut span = tracer.span_builder("bench").start(tracer);
-            span.set_attribute(KeyValue::new("a", 1));
-            span.set_attribute(KeyValue::new("b", "two"));
-            span.end();
-        }
-        native.push(started.elapsed().as_nanos() as f64 / f64::from(n));
+        for (shape, export, times) in [
+            ("early", "bench-spans", &mut early),
+            ("late", "bench-spans-late", &mut late),
+        ] {
+            let path = |side: &str| dir.path().join(format!("{shape}-{side}-{round}.json"));
+            let telemetry = file_telemetry(&path("native"))?;
+            let tracer = telemetry.tracer();
+            let started = Instant::now();
+            for _ in 0..n {
+                if shape == "early" {
+                    tracer
+                        .span_builder("bench")
+                        .with_attributes([KeyValue::new("a", 1), KeyValue::new("b", "two")])
+                        .start(tracer)
+                        .end();
+                } else {
+                    let mut span = tracer.span_builder("bench").start(tracer);
+                    span.set_attribute(KeyValue::new("a", 1));
+                    span.set_attribute(KeyValue::new("b", "two"));
+                    span.end();
+                }
+            }
+            times
+                .0
+                .push(started.elapsed().as_nanos() as f64 / f64::from(n));
 
-        let telemetry = file_telemetry(&dir.path().join(format!("guest-{round}.json")))?;
-        let cx = TaskContext::new("bench");
-        let call = format!("bench-spans({n})");
-        let started = Instant::now();
-        let output = task::execute(
-            &linker,
-            Some(&telemetry),
-            &component,
-            "bench-spans",
-            &call,
-            &cx,
-        );
-        let elapsed = started.elapsed();
-        output.result.map_err(|e| anyhow::anyhow!("{e}"))?;
-        guest.push(elapsed.as_nanos() as f64 / f64::from(n));
+            let telemetry = file_telemetry(&path("guest"))?;
+            let cx = TaskContext::new("bench");
+            let call = format!("{export}({n})");
+            let started = Instant::now();
+            let output = task::execute(&linker, Some(&telemetry), &component, export, &call, &cx);
+            let elapsed = started.elapsed();
+            output.result.map_err(|e| anyhow::anyhow!("{e}"))?;
+            times.1.push(elapsed.as_nanos() as f64 / f64::from(n));
+        }
     }
     // The batch processor the default hook uses, flush included.
     let mut batched = Vec::new();
@@ -246,7 +259,8 @@ fn spans(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         format!("{:.0}", median(batched)),
         "",
     );
-    let (native, guest) = (median(native), median(guest));
+    let (native, guest) = (median(early.0), median(early.1));
+    let (native_late, guest_late) = (median(late.0), median(late.1));
     report.row(
         "native span, simple processor + file (ns)",
         format!("{native:.0}"),
@@ -261,6 +275,11 @@ fn spans(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         "guest span / native span",
         format!("{:.2}x", guest / native),
         "<= 1.30x",
+    );
+    report.row(
+        "same, attributes set after start (5 host calls): guest / native",
+        format!("{:.2}x", guest_late / native_late),
+        "",
     );
     Ok(())
 }

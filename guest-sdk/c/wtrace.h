@@ -68,19 +68,17 @@ static inline wtrace_span_t wtrace_span_start(const char *name) {
 }
 
 /* Ends `span` (the span current before it is current again) and releases its
- * handle. Returns 0, or -1 when wtrace refused (the span was already ended
- * through the raw `end_span`). Do not use `span` afterwards: a second
+ * handle, in one host call (`finish-span`). Returns 0, or -1 when wtrace
+ * refused (the span was already ended through the raw `end_span`); the
+ * handle is released either way. Do not use `span` afterwards: a second
  * `wtrace_span_end` of it is a use of a dropped handle. */
 static inline int wtrace_span_end(wtrace_span_t span) {
     wtrace_string_t err;
-    bool ok = wtrace_tracing_tracer_end_span(wtrace_tracing_tracer_borrow_span(span), &err);
+    wtrace_tracing_tracer_list_key_value_t none = {NULL, 0};
+    bool ok = wtrace_tracing_tracer_finish_span(span, &none, &err);
     if (!ok) {
         wtrace_string_free(&err);
     }
-    /* Dropping the handle after end-span changes nothing on the host;
-     * dropping it *without* end-span would end the span marked
-     * `wtrace.unended`. */
-    wtrace_tracing_tracer_span_drop_own(span);
     return ok ? 0 : -1;
 }
 

@@ -160,6 +160,27 @@ fn ending_a_span_twice_is_an_error_for_the_guest_not_the_host() {
 }
 
 #[test]
+fn finish_span_sets_attributes_ends_and_releases_in_one_call() {
+    let out = run("finish-in-one-call()");
+    let message = out.output.result.clone().expect("the task itself succeeds");
+    assert!(message.contains("already ended"), "{message}");
+    assert!(message.contains("finished-after-end"), "{message}");
+    let finished = out.span("finished");
+    assert_parent(finished, out.execute());
+    assert_eq!(attr(finished, "at.end"), Some(&Value::I64(7)));
+    assert_eq!(attr(finished, "wtrace.unended"), None);
+    let late = out.span("finished-after-end");
+    assert_eq!(
+        attr(late, "ignored"),
+        None,
+        "a finished span changes no more"
+    );
+    assert_eq!(attr(late, "wtrace.unended"), None);
+    // Neither is current any more.
+    assert_parent(out.span("after-finish"), out.execute());
+}
+
+#[test]
 fn a_handle_dropped_without_end_ends_the_span_and_it_stops_being_current() {
     let out = run("dropped-handle()");
     let dropped = out.span("dropped-handle");

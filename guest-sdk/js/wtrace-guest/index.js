@@ -97,11 +97,8 @@ export class Span {
   end() {
     if (this.#ended) return;
     this.#ended = true;
-    try {
-      tracer.endSpan(this.#raw);
-    } finally {
-      this.#raw[Symbol.dispose]();
-    }
+    // One host call ends the span and releases its handle.
+    tracer.finishSpan(this.#raw, []);
   }
 }
 

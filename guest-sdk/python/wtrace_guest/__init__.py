@@ -111,8 +111,9 @@ def span(
         )
         raise
     finally:
-        tracer.end_span(raw)
-        raw.__exit__(None, None, None)  # drop the handle now, not at garbage collection
+        # One host call ends the span and releases its handle (not left
+        # for garbage collection).
+        tracer.finish_span(raw, [])
 
 
 def current_span_context() -> types.SpanContext:

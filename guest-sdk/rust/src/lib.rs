@@ -206,8 +206,9 @@ impl Span {
 
     fn finish(&mut self) {
         if let Some(span) = self.inner.take() {
-            // Only fails when the span was already ended, which a guard prevents.
-            let _ = raw::end_span(&span);
+            // One host call ends the span and releases its handle. It only
+            // fails when the span was already ended, which a guard prevents.
+            let _ = raw::finish_span(span, &[]);
         }
     }
 }

@@ -150,7 +150,7 @@ impl opentelemetry::trace::Span for Span {
 
     fn end_with_timestamp(&mut self, _timestamp: SystemTime) {
         if let Some(span) = self.inner.take() {
-            let _ = raw::end_span(&span);
+            let _ = raw::finish_span(span, &[]);
         }
     }
 }

@@ -149,7 +149,7 @@ where
             return;
         };
         if let Some(handle) = span.extensions_mut().remove::<Handle>() {
-            let _ = raw::end_span(&handle.0);
+            let _ = raw::finish_span(handle.0, &[]);
         }
     }
 }

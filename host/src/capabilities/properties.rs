@@ -151,6 +151,7 @@ enum TracerCall {
     Context(usize),
     IsRecording(usize),
     Drop(usize),
+    Finish(usize, Vec<types::KeyValue>),
     Current,
 }
 
@@ -181,7 +182,8 @@ fn tracer_call() -> impl Strategy<Value = TracerCall> {
         1 => (handle.clone(), text()).prop_map(|(h, n)| TracerCall::UpdateName(h, n)),
         1 => handle.clone().prop_map(TracerCall::Context),
         1 => handle.clone().prop_map(TracerCall::IsRecording),
-        2 => handle.prop_map(TracerCall::Drop),
+        2 => handle.clone().prop_map(TracerCall::Drop),
+        2 => (handle, key_values()).prop_map(|(h, a)| TracerCall::Finish(h, a)),
         1 => Just(TracerCall::Current),
     ]
 }
@@ -516,6 +518,9 @@ proptest! {
                 TracerCall::IsRecording(i) => { let _ = tracer::HostSpan::is_recording(&mut bridge, borrow(i)); }
                 TracerCall::Drop(i) => {
                     let _ = tracer::HostSpan::drop(&mut bridge, Resource::new_own(pick(i)));
+                }
+                TracerCall::Finish(i, a) => {
+                    let _ = tracer::Host::finish_span(&mut bridge, Resource::new_own(pick(i)), a);
                 }
                 TracerCall::Current => {
                     let cx = tracer::Host::current_span_context(&mut bridge).unwrap();

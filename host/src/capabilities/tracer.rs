@@ -345,6 +345,24 @@ impl tracer::Host for Bridge<'_> {
         self.state.end(self.table, &span, false)
     }
 
+    fn finish_span(
+        &mut self,
+        span: Resource<GuestSpan>,
+        attributes: Vec<types::KeyValue>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let _call = host_call("wtrace:tracing/tracer#finish-span");
+        let ended = self.table.get(&span)?.ended;
+        if !ended && !attributes.is_empty() {
+            self.state.with_span(self.table, &span, |sdk, max| {
+                sdk.set_attributes(attributes.into_iter().map(|kv| key_value(kv, max)));
+            })?;
+        }
+        let result = self.state.end(self.table, &span, false)?;
+        self.table.delete(span)?;
+        self.state.live_handles = self.state.live_handles.saturating_sub(1);
+        Ok(result)
+    }
+
     fn current_span_context(&mut self) -> wasmtime::Result<types::SpanContext> {
         let _call = host_call("wtrace:tracing/tracer#current-span-context");
         Ok(span_context_to_wit(&self.state.current(self.table)))

@@ -17,6 +17,8 @@ wit_bindgen::generate!({
             export many-spans: func(n: u32) -> u32;
             export spin: func(ms: u32) -> u32;
             export bench-spans: func(n: u32) -> u32;
+            export bench-spans-late: func(n: u32) -> u32;
+            export finish-in-one-call: func() -> string;
             export busy: func(rounds: u32) -> u64;
         }
     ",
@@ -110,7 +112,24 @@ impl Guest for Edges {
     }
 
     fn bench_spans(n: u32) -> u32 {
-        // The unit of the span benchmark: start, two attributes, end.
+        // The unit of the span benchmark: a span with two attributes known
+        // at start, then its end: two host calls, as the SDK makes them.
+        let options = raw::SpanOptions {
+            kind: None,
+            attributes: vec![kv("a", 1), kv("b", "two")],
+            links: Vec::new(),
+            parent: None,
+        };
+        for _ in 0..n {
+            let span = raw::start_span("bench", &options);
+            raw::finish_span(span, &[]).ok();
+        }
+        n
+    }
+
+    fn bench_spans_late(n: u32) -> u32 {
+        // The same span with its attributes set one call each after start,
+        // ended and dropped: five host calls.
         let options = raw::SpanOptions {
             kind: None,
             attributes: Vec::new(),
@@ -126,6 +145,16 @@ impl Guest for Edges {
             raw::end_span(&span).ok();
         }
         n
+    }
+
+    fn finish_in_one_call() -> String {
+        let finished = start("finished");
+        raw::finish_span(finished, &[kv("at.end", 7)]).unwrap();
+        let ended = start("finished-after-end");
+        raw::end_span(&ended).unwrap();
+        let message = raw::finish_span(ended, &[kv("ignored", true)]).unwrap_err();
+        in_span("after-finish", |_| {});
+        message
     }
 
     /// `rounds` of xorshift and no span: a task with work of its own.
