@@ -112,7 +112,11 @@ impl LocalCluster {
             cache_dir: options.cache_dir.clone(),
         })?;
         let readiness = || async { Ok(head.readiness().await) };
-        if let Err(error) = node.wait_ready(readiness, options.ready_timeout).await {
+        let changed = || head.readiness_changed();
+        if let Err(error) = node
+            .wait_ready(readiness, changed, options.ready_timeout)
+            .await
+        {
             head.shutdown();
             node.stop(Duration::from_secs(5)).await;
             return Err(error);

@@ -108,11 +108,20 @@ impl Node {
 
     /// Waits until every worker has run the hook; fails with the hook's
     /// error, or if a worker exits first, or after `timeout`. `readiness`
-    /// asks the head how far its workers got.
-    pub async fn wait_ready<F, Fut>(&self, mut readiness: F, timeout: Duration) -> Result<()>
+    /// asks the head how far its workers got; `changed` resolves when that
+    /// may have changed (a head in this process says so; others are asked
+    /// again every 10 ms).
+    pub async fn wait_ready<F, Fut, C, CFut>(
+        &self,
+        mut readiness: F,
+        changed: C,
+        timeout: Duration,
+    ) -> Result<()>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Readiness>>,
+        C: Fn() -> CFut,
+        CFut: std::future::Future<Output = ()>,
     {
         let deadline = Instant::now() + timeout;
         loop {
@@ -142,7 +151,9 @@ impl Node {
                     readiness.ready, self.options.num_workers
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // A worker's exit is seen here, not by the head: look again
+            // within 10 ms whatever happens.
+            let _ = tokio::time::timeout(Duration::from_millis(10), changed()).await;
         }
     }
 

@@ -341,7 +341,8 @@ async fn wait_node_ready(client: &Client, node: &Node, node_id: &str) -> anyhow:
             failed: status.failed_hooks,
         })
     };
-    node.wait_ready(readiness, Duration::from_secs(60)).await?;
+    node.wait_ready(readiness, std::future::pending, Duration::from_secs(60))
+        .await?;
     Ok(())
 }
 

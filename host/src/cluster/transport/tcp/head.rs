@@ -214,6 +214,9 @@ struct State {
     next_task: u64,
     done: u64,
     failed_hooks: Vec<(String, u32, String)>,
+    /// Told when a worker gets ready, fails its hook or leaves, so a node
+    /// waiting for its workers need not poll.
+    readiness_changed: Arc<tokio::sync::Notify>,
     stopping: bool,
     /// Live trees, by the id of their root task.
     trees: HashMap<u64, Tree>,
@@ -231,6 +234,7 @@ pub struct Head {
     next_conn: Arc<AtomicU64>,
     events: mpsc::UnboundedSender<EventBox>,
     stopped: watch::Receiver<bool>,
+    readiness_changed: Arc<tokio::sync::Notify>,
 }
 
 /// Events wrapped so `Head` can be `Debug`.
@@ -264,6 +268,7 @@ impl Head {
         let mut state = State::new(config);
         state.hook = hook.map(Arc::new);
         let config = state.config.clone();
+        let readiness_changed = state.readiness_changed.clone();
         let next_conn = Arc::new(AtomicU64::new(1));
         tokio::spawn(run_state(state, rx, stopped_tx));
         tokio::spawn(accept(
@@ -279,6 +284,7 @@ impl Head {
             next_conn,
             events,
             stopped,
+            readiness_changed,
         })
     }
 
@@ -335,6 +341,12 @@ impl Head {
         let (tx, rx) = oneshot::channel();
         let _ = self.events.send(EventBox(Event::Readiness(tx)));
         rx.await.unwrap_or_default()
+    }
+
+    /// Resolves when [`Head::readiness`] may have changed since the last
+    /// time this resolved (at once if it changed meanwhile).
+    pub async fn readiness_changed(&self) {
+        self.readiness_changed.notified().await;
     }
 
     /// The cluster's state.
@@ -580,6 +592,7 @@ impl State {
             next_task: 1,
             done: 0,
             failed_hooks: Vec::new(),
+            readiness_changed: Arc::default(),
             stopping: false,
             trees: HashMap::new(),
             task_bytes: 0,
@@ -697,6 +710,7 @@ impl State {
                 if let Some(worker) = self.workers.get_mut(&conn) {
                     worker.ready = true;
                 }
+                self.readiness_changed.notify_one();
                 self.dispatch();
             }
             FromWorker::HookFailed(error) => {
@@ -708,6 +722,7 @@ impl State {
                     self.failed_hooks
                         .push((worker.info.worker_id.clone(), worker.pid, error));
                 }
+                self.readiness_changed.notify_one();
             }
             FromWorker::Submit(submissions) => self.submit(Origin::Worker(conn), submissions),
             FromWorker::Started(count) => {
@@ -765,6 +780,7 @@ impl State {
         let Some(worker) = self.workers.remove(&conn) else {
             return;
         };
+        self.readiness_changed.notify_one();
         self.forget_queued(Origin::Worker(conn));
         let mut failed: HashMap<Origin, Vec<Done>> = HashMap::new();
         let mut leased: Vec<(u64, u64)> =
