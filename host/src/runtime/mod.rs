@@ -205,7 +205,7 @@ impl Runtime {
             let _ = fs::remove_file(&tmp);
             let written = crate::private::create_new(&tmp, 0o600)
                 .and_then(|mut f| {
-                    f.write_all(&Sha256::digest(&serialized))?;
+                    f.write_all(&crc32fast::hash(&serialized).to_le_bytes())?;
                     f.write_all(&serialized)?;
                     f.sync_data()
                 })
@@ -217,19 +217,22 @@ impl Runtime {
         Ok(component)
     }
 
-    /// Loads a cached compiled component: the file is its sha256, then the
-    /// bytes `Component::serialize` wrote. One that does not match its
-    /// digest (torn, corrupted, tampered with) is removed, not run.
+    /// Loads a cached compiled component: the file is the CRC-32 (little
+    /// endian) of the bytes `Component::serialize` wrote, then those bytes.
+    /// One that does not match (torn, corrupted) is removed, not run. A
+    /// checksum, not a digest: only this user can write the directory
+    /// (checked), and every process loads its hook and components from
+    /// here at start, where a SHA-256 of each cost more than the load.
     fn deserialize(&self, path: &Path) -> Option<Component> {
         let file = std::fs::read(path).ok()?;
-        let (sum, compiled) = file.split_at_checked(32)?;
-        if Sha256::digest(compiled).as_slice() != sum {
+        let (sum, compiled) = file.split_at_checked(4)?;
+        if crc32fast::hash(compiled).to_le_bytes() != sum {
             let _ = fs::remove_file(path);
             return None;
         }
         // SAFETY: the bytes are what this engine's `Component::serialize`
         // wrote into a directory only this user can write (checked), their
-        // digest checked just now; wasmtime checks the engine header too.
+        // checksum checked just now; wasmtime checks the engine header too.
         #[allow(unsafe_code)]
         let loaded = unsafe { Component::deserialize(&self.inner.engine, compiled) };
         match loaded {
@@ -258,6 +261,10 @@ fn engine_hash(engine: &Engine) -> String {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
+    // The entries' own format (a CRC-32, then the bytes): a change of it
+    // is a new directory, so wtraces of either format never read the
+    // other's entries as torn ones and remove them.
+    "crc32".hash(&mut hasher);
     format!("{:016x}", hasher.finish())
 }
 
