@@ -207,3 +207,38 @@ fn a_hook_failing_in_a_worker_stops_the_run() {
         &["could not start", "refusing to run in worker"],
     );
 }
+
+#[test]
+fn when_the_driver_fails_the_held_workers_run_nothing_and_say_nothing() {
+    // `wtrace run` starts its workers while it checks the component and runs
+    // its own hook, holding them before theirs: a failure is the driver's
+    // alone, printed once, with no worker output and no span file.
+    let run = run_with_hook(
+        &format!("{}:setup-trap", guests::MISBEHAVING_HOOKS),
+        &["my-function()"],
+    );
+    let stderr = run.failure();
+    assert_eq!(
+        stderr.matches("panicked at").count(),
+        1,
+        "one process ran the hook:\n{stderr}"
+    );
+    assert!(!stderr.contains("wtrace worker"), "{stderr}");
+
+    let dir = span_dir();
+    let run = Wtrace::new([
+        "run".to_owned(),
+        format!("--tracing-startup-hook={}", guests::FILE_HOOK),
+        format!("--allow-span-dir={}", dir.path().display()),
+        "--num-workers=2".to_owned(),
+        guests::HELLO.to_owned(),
+        "no-such-export()".to_owned(),
+    ])
+    .env("WTRACE_SPAN_DIR", dir.path())
+    .run();
+    let stderr = run.failure();
+    assert!(stderr.contains("no exported function `no-such-export`"), "{stderr}");
+    assert!(!stderr.contains("wtrace worker"), "{stderr}");
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(files.is_empty(), "no process ran the hook: {files:?}");
+}

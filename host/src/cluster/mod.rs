@@ -87,10 +87,60 @@ pub struct LocalCluster {
     config: ClusterConfig,
 }
 
+/// A local cluster whose workers are started but held before their hook:
+/// see [`LocalCluster::spawn_held`].
+#[derive(Debug)]
+pub struct HeldCluster {
+    cluster: LocalCluster,
+    ready_timeout: Duration,
+}
+
+impl HeldCluster {
+    /// Lets the workers run the hook and waits until every one has. On
+    /// failure nothing is left running.
+    pub async fn admit(self) -> Result<LocalCluster> {
+        let Self {
+            cluster,
+            ready_timeout,
+        } = self;
+        cluster.head.admit_workers();
+        let head = &cluster.head;
+        let readiness = || async { Ok(head.readiness().await) };
+        let changed = || head.readiness_changed();
+        if let Err(error) = cluster
+            .node
+            .wait_ready(readiness, changed, ready_timeout)
+            .await
+        {
+            cluster.head.shutdown();
+            cluster.node.stop(Duration::from_secs(5)).await;
+            return Err(error);
+        }
+        Ok(cluster)
+    }
+
+    /// Kills the workers before they ran anything, and stops the head.
+    pub async fn abort(self) {
+        // Killed first: a worker turned away first would say so.
+        self.cluster.node.stop(Duration::ZERO).await;
+        self.cluster.head.refuse_workers();
+        self.cluster.head.shutdown();
+    }
+}
+
 impl LocalCluster {
     /// Starts the head and the workers, and waits until every worker has run
     /// the hook. On failure nothing is left running.
     pub async fn start(options: LocalClusterOptions) -> Result<Self> {
+        Self::spawn_held(options).await?.admit().await
+    }
+
+    /// Starts the head and the worker processes, holding the workers at
+    /// their handshake: [`HeldCluster::admit`] lets them run the hook and
+    /// waits until they have, [`HeldCluster::abort`] kills them before they
+    /// ran anything. So the workers start while their driver still does its
+    /// own set-up.
+    pub async fn spawn_held(options: LocalClusterOptions) -> Result<HeldCluster> {
         let token = crate::ids::secure_token()?;
         let config = ClusterConfig {
             job_id: options.job_id.clone(),
@@ -102,26 +152,26 @@ impl LocalCluster {
             component_store: options.component_store,
         };
         let hook = options.hook.as_ref().map(|hook| hook.bytes.to_vec());
-        let head = Head::start(options.bind, token.clone(), config.clone(), hook).await?;
-        let node = Node::spawn(NodeOptions {
+        let head = Head::start_held(options.bind, token.clone(), config.clone(), hook).await?;
+        let node = match Node::spawn(NodeOptions {
             num_workers: options.num_workers,
             worker_exe: options.worker_exe.clone(),
             endpoint: Endpoint::tcp(head.addr()),
             credentials: token.into(),
             node_id: format!("n-{}", random_hex(3)),
             cache_dir: options.cache_dir.clone(),
-        })?;
-        let readiness = || async { Ok(head.readiness().await) };
-        let changed = || head.readiness_changed();
-        if let Err(error) = node
-            .wait_ready(readiness, changed, options.ready_timeout)
-            .await
-        {
-            head.shutdown();
-            node.stop(Duration::from_secs(5)).await;
-            return Err(error);
-        }
-        Ok(Self { head, node, config })
+        }) {
+            Ok(node) => node,
+            Err(error) => {
+                head.refuse_workers();
+                head.shutdown();
+                return Err(error);
+            }
+        };
+        Ok(HeldCluster {
+            cluster: Self { head, node, config },
+            ready_timeout: options.ready_timeout,
+        })
     }
 
     /// The head.

@@ -77,32 +77,48 @@ impl RunCommand {
             .enable_all()
             .build()?;
         rt.block_on(async move {
-            // Everything that can be checked here is, before any worker starts:
-            // the component, its exports and argument types, and the hook.
+            // The workers start at once but are held before their hook while
+            // the driver checks the component (its exports and argument
+            // types) and runs its own hook; if either fails they are killed
+            // having run nothing, and the error is the driver's alone.
             let runtime = Runtime::new(limits, options.cache_dir.clone())?;
-            check_component(&runtime, &self.component, &name, &bytes, &unique)?;
-            // Hooks use synchronous WASI, which must not run on an async thread.
-            let telemetry = match hook {
-                Some(hook) => {
-                    let info = WorkerInfo {
-                        worker_id: "driver".into(),
-                        node_id: "driver".into(),
-                        job_id: options.job_id.clone(),
-                    };
-                    let handle = tokio::runtime::Handle::current();
-                    let rt = runtime.clone();
-                    let policy = policy.clone();
-                    Some(
-                        tokio::task::spawn_blocking(move || {
-                            hook.run(&rt, info, &policy, Some(handle))
-                        })
-                        .await??,
-                    )
+            let job_id = options.job_id.clone();
+            let held = LocalCluster::spawn_held(options).await?;
+            let prepared = async {
+                check_component(&runtime, &self.component, &name, &bytes, &unique)?;
+                let Some(hook) = hook else {
+                    return Ok(None);
+                };
+                let info = WorkerInfo {
+                    worker_id: "driver".into(),
+                    node_id: "driver".into(),
+                    job_id,
+                };
+                let handle = tokio::runtime::Handle::current();
+                let rt = runtime.clone();
+                let policy = policy.clone();
+                // Hooks use synchronous WASI, which must not run on an async
+                // thread.
+                let telemetry =
+                    tokio::task::spawn_blocking(move || hook.run(&rt, info, &policy, Some(handle)))
+                        .await??;
+                anyhow::Ok(Some(telemetry))
+            }
+            .await;
+            let telemetry = match prepared {
+                Ok(telemetry) => telemetry,
+                Err(error) => {
+                    held.abort().await;
+                    return Err(error);
                 }
-                None => None,
             };
-            let invocations = std::iter::repeat_n(unique.as_slice(), self.repeat).flatten();
-            let outcome = drive(options, telemetry.clone(), &name, bytes, invocations).await;
+            let outcome = match held.admit().await {
+                Ok(cluster) => {
+                    let invocations = std::iter::repeat_n(unique.as_slice(), self.repeat).flatten();
+                    drive(cluster, telemetry.clone(), &name, bytes, invocations).await
+                }
+                Err(error) => Err(error.into()),
+            };
             if let Some(telemetry) = telemetry {
                 tokio::task::spawn_blocking(move || telemetry.shutdown()).await??;
             }
@@ -112,13 +128,12 @@ impl RunCommand {
 }
 
 async fn drive<'a>(
-    options: LocalClusterOptions,
+    cluster: LocalCluster,
     telemetry: Option<Telemetry>,
     name: &str,
     bytes: Vec<u8>,
     invocations: impl Iterator<Item = &'a Invocation>,
 ) -> anyhow::Result<ExitCode> {
-    let cluster = LocalCluster::start(options).await?;
     let result = async {
         let client = match telemetry {
             Some(t) => cluster.client(Some(t)).await?,

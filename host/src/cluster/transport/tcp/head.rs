@@ -235,6 +235,18 @@ pub struct Head {
     events: mpsc::UnboundedSender<EventBox>,
     stopped: watch::Receiver<bool>,
     readiness_changed: Arc<tokio::sync::Notify>,
+    admission: Arc<watch::Sender<Admission>>,
+}
+
+/// Whether workers that connect get the configuration (and so run the
+/// hook) yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// Held at the handshake: connected, nothing run, nothing written.
+    Held,
+    Open,
+    /// Turned away: the connection closes unanswered.
+    Closed,
 }
 
 /// Events wrapped so `Head` can be `Debug`.
@@ -256,6 +268,39 @@ impl Head {
         config: ClusterConfig,
         hook: Option<Vec<u8>>,
     ) -> Result<Self> {
+        Self::start_with(bind, token, config, hook, Admission::Open).await
+    }
+
+    /// [`Head::start`], holding the workers that connect at their handshake
+    /// until [`Head::admit_workers`]: they start while their driver still
+    /// checks its component and runs its own hook, and run nothing (no
+    /// hook, no span file) if it fails.
+    pub async fn start_held(
+        bind: SocketAddr,
+        token: String,
+        config: ClusterConfig,
+        hook: Option<Vec<u8>>,
+    ) -> Result<Self> {
+        Self::start_with(bind, token, config, hook, Admission::Held).await
+    }
+
+    /// Lets held workers (and those still to connect) in.
+    pub fn admit_workers(&self) {
+        self.admission.send_replace(Admission::Open);
+    }
+
+    /// Turns held workers (and those still to connect) away.
+    pub fn refuse_workers(&self) {
+        self.admission.send_replace(Admission::Closed);
+    }
+
+    async fn start_with(
+        bind: SocketAddr,
+        token: String,
+        config: ClusterConfig,
+        hook: Option<Vec<u8>>,
+        admission: Admission,
+    ) -> Result<Self> {
         raise_open_file_limit();
         let listener = TcpListener::bind(bind)
             .await
@@ -271,12 +316,14 @@ impl Head {
         let readiness_changed = state.readiness_changed.clone();
         let next_conn = Arc::new(AtomicU64::new(1));
         tokio::spawn(run_state(state, rx, stopped_tx));
+        let (admission, admitted) = watch::channel(admission);
         tokio::spawn(accept(
             listener,
             token.clone(),
             config,
             events.clone(),
             next_conn.clone(),
+            admitted,
         ));
         Ok(Self {
             addr,
@@ -285,6 +332,7 @@ impl Head {
             events,
             stopped,
             readiness_changed,
+            admission: Arc::new(admission),
         })
     }
 
@@ -384,6 +432,7 @@ async fn accept(
     config: Arc<ClusterConfig>,
     events: mpsc::UnboundedSender<EventBox>,
     next_conn: Arc<AtomicU64>,
+    admitted: watch::Receiver<Admission>,
 ) {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
@@ -403,8 +452,9 @@ async fn accept(
         let _ = stream.set_nodelay(true);
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
         let (token, config, events) = (token.clone(), config.clone(), events.clone());
+        let admitted = admitted.clone();
         tokio::spawn(async move {
-            serve(stream, conn, &token, config, events, stranger).await;
+            serve(stream, conn, &token, config, events, stranger, admitted).await;
             drop(connection);
         });
     }
@@ -472,6 +522,7 @@ async fn serve(
     config: Arc<ClusterConfig>,
     events: mpsc::UnboundedSender<EventBox>,
     stranger: OwnedSemaphorePermit,
+    mut admitted: watch::Receiver<Admission>,
 ) {
     let (read, write) = stream.into_split();
     let mut reader = Reader::with_limit(read, MAX_HELLO_FRAME);
@@ -488,6 +539,12 @@ async fn serve(
         }
     };
     drop(stranger);
+    if matches!(hello, Hello::Worker { .. }) {
+        match admitted.wait_for(|a| *a != Admission::Held).await {
+            Ok(admission) if *admission == Admission::Open => {}
+            _ => return,
+        }
+    }
     reader.set_limit(MAX_FRAME);
     if writer
         .send(&HelloReply::Welcome(Box::new((*config).clone())))
