@@ -237,7 +237,10 @@ fn when_the_driver_fails_the_held_workers_run_nothing_and_say_nothing() {
     .env("WTRACE_SPAN_DIR", dir.path())
     .run();
     let stderr = run.failure();
-    assert!(stderr.contains("no exported function `no-such-export`"), "{stderr}");
+    assert!(
+        stderr.contains("no exported function `no-such-export`"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("wtrace worker"), "{stderr}");
     let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(files.is_empty(), "no process ran the hook: {files:?}");
