@@ -14,6 +14,20 @@ fn run_with_hook(hook: &str, invocations: &[&str]) -> wtrace_tests::Run {
     Wtrace::new(args).run()
 }
 
+/// `wtrace run` of `hello.wasm` on 2 workers under the file hook, writing
+/// to `dir`.
+fn with_file_hook(dir: &std::path::Path, invocations: &[&str]) -> Wtrace {
+    let mut args = vec![
+        "run".to_owned(),
+        format!("--tracing-startup-hook={}", guests::FILE_HOOK),
+        format!("--allow-span-dir={}", dir.display()),
+        "--num-workers=2".to_owned(),
+        guests::HELLO.to_owned(),
+    ];
+    args.extend(invocations.iter().map(|s| s.to_string()));
+    Wtrace::new(args).env("WTRACE_SPAN_DIR", dir)
+}
+
 /// `[span pid=..] name kind=.. trace=.. span=.. parent=..` lines of the console exporter.
 fn console_spans(stderr: &str) -> Vec<(String, String, String, String)> {
     stderr
@@ -61,18 +75,9 @@ fn console_hook_prints_every_process_spans() {
 #[test]
 fn always_off_sampler_writes_no_span() {
     let dir = span_dir();
-    let run = Wtrace::new([
-        "run".to_owned(),
-        format!("--tracing-startup-hook={}", guests::FILE_HOOK),
-        format!("--allow-span-dir={}", dir.path().display()),
-        "--num-workers=2".to_owned(),
-        guests::HELLO.to_owned(),
-        "my-function()".to_owned(),
-        "my-func()".to_owned(),
-    ])
-    .env("WTRACE_SPAN_DIR", dir.path())
-    .env("OTEL_TRACES_SAMPLER", "always_off")
-    .run();
+    let run = with_file_hook(dir.path(), &["my-function()", "my-func()"])
+        .env("OTEL_TRACES_SAMPLER", "always_off")
+        .run();
     assert_eq!(run.success().lines().next(), Some("1"), "tasks still run");
     let spans = Spans::read(dir.path());
     assert!(
@@ -226,16 +231,7 @@ fn when_the_driver_fails_the_held_workers_run_nothing_and_say_nothing() {
     assert!(!stderr.contains("wtrace worker"), "{stderr}");
 
     let dir = span_dir();
-    let run = Wtrace::new([
-        "run".to_owned(),
-        format!("--tracing-startup-hook={}", guests::FILE_HOOK),
-        format!("--allow-span-dir={}", dir.path().display()),
-        "--num-workers=2".to_owned(),
-        guests::HELLO.to_owned(),
-        "no-such-export()".to_owned(),
-    ])
-    .env("WTRACE_SPAN_DIR", dir.path())
-    .run();
+    let run = with_file_hook(dir.path(), &["no-such-export()"]).run();
     let stderr = run.failure();
     assert!(
         stderr.contains("no exported function `no-such-export`"),

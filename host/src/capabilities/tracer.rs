@@ -351,12 +351,11 @@ impl tracer::Host for Bridge<'_> {
         attributes: Vec<types::KeyValue>,
     ) -> wasmtime::Result<Result<(), String>> {
         let _call = host_call("wtrace:tracing/tracer#finish-span");
-        let ended = self.table.get(&span)?.ended;
-        if !ended && !attributes.is_empty() {
-            self.state.with_span(self.table, &span, |sdk, max| {
-                sdk.set_attributes(attributes.into_iter().map(|kv| key_value(kv, max)));
-            })?;
-        }
+        // A span that ended (or is not recorded) has no SDK span left to
+        // set attributes on.
+        self.state.with_span(self.table, &span, |sdk, max| {
+            sdk.set_attributes(attributes.into_iter().map(|kv| key_value(kv, max)));
+        })?;
         let result = self.state.end(self.table, &span, false)?;
         self.table.delete(span)?;
         self.state.live_handles = self.state.live_handles.saturating_sub(1);
