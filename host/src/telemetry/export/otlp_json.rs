@@ -22,7 +22,13 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
 
 /// Encodes batches of spans as OTLP-JSON `ExportTraceServiceRequest` lines
-/// into a buffer it keeps from batch to batch.
+/// into buffers it keeps from batch to batch.
+///
+/// A batch is either encoded whole ([`LineEncoder::encode`]) or span by span
+/// as each ends ([`LineEncoder::add`], then [`LineEncoder::finish`]): the
+/// second lets a processor encode a span on the thread that made it, while
+/// its data is still in that core's cache, and free it where it was
+/// allocated, instead of queueing the span data for another thread.
 #[derive(Debug)]
 pub struct LineEncoder {
     line: Vec<u8>,
@@ -33,12 +39,17 @@ pub struct LineEncoder {
     /// Scopes seen, each with its `{"name":…}` object and `"schemaUrl"`
     /// value; a batch's groups index into it.
     scopes: Vec<KnownScope>,
-    /// Per scope of the batch being encoded (first-seen order): its index in
-    /// `scopes`; and per span, its group.
-    groups: Vec<usize>,
-    span_groups: Vec<usize>,
+    /// Per scope of the batch being encoded, in first-seen order (as
+    /// `opentelemetry-proto` groups them): its index in `scopes` and its
+    /// spans, encoded and joined by commas. Only the first `open` are in
+    /// use; the rest keep their capacity.
+    groups: Vec<(usize, Vec<u8>)>,
+    open: usize,
+    /// The group of the last span added: consecutive spans nearly always
+    /// share a scope.
+    last: Option<usize>,
+    spans: usize,
 }
-
 #[derive(Debug)]
 struct KnownScope {
     scope: InstrumentationScope,
@@ -67,7 +78,9 @@ impl LineEncoder {
             resource_schema: Vec::new(),
             scopes: Vec::new(),
             groups: Vec::new(),
-            span_groups: Vec::new(),
+            open: 0,
+            last: None,
+            spans: 0,
         };
         encoder.set_resource_attributes(&ResourceAttributesWithSchema::default());
         encoder
@@ -92,81 +105,99 @@ impl LineEncoder {
         );
     }
 
-    /// One line (with its newline) for `batch`. The slice is valid until the
-    /// next call.
+    /// One line (with its newline) for `batch`, with any spans added
+    /// before it. The slice is valid until the next call.
     pub fn encode(&mut self, batch: &[SpanData]) -> &[u8] {
+        for data in batch {
+            self.add(data);
+        }
+        self.finish()
+    }
+
+    /// Encodes `data` into the line being built.
+    pub fn add(&mut self, data: &SpanData) {
+        let scope = &data.instrumentation_scope;
+        let group = match self.last {
+            Some(group) if self.scopes[self.groups[group].0].scope == *scope => group,
+            _ => {
+                let known = self.known_scope(scope);
+                let open = &self.groups[..self.open];
+                let group = match open.iter().position(|(k, _)| *k == known) {
+                    Some(group) => group,
+                    None => {
+                        if self.open == self.groups.len() {
+                            self.groups.push((known, Vec::new()));
+                        }
+                        self.groups[self.open].0 = known;
+                        self.groups[self.open].1.clear();
+                        self.open += 1;
+                        self.open - 1
+                    }
+                };
+                self.last = Some(group);
+                group
+            }
+        };
+        let out = &mut self.groups[group].1;
+        if !out.is_empty() {
+            out.push(b',');
+        }
+        span(out, data);
+        self.spans += 1;
+    }
+
+    /// How many spans were added since the last line.
+    pub fn len(&self) -> usize {
+        self.spans
+    }
+
+    /// Whether no span was added since the last line.
+    pub fn is_empty(&self) -> bool {
+        self.spans == 0
+    }
+
+    /// The line (with its newline) of the spans added since the last one,
+    /// which are then forgotten. The slice is valid until the next call.
+    pub fn finish(&mut self) -> &[u8] {
         if self.line.capacity() > KEPT_LINE_BYTES {
             self.line = Vec::new();
         }
-        self.group(batch);
         let out = &mut self.line;
         out.clear();
         out.extend_from_slice(br#"{"resourceSpans":[{"resource":"#);
         out.extend_from_slice(&self.resource);
         out.extend_from_slice(br#","scopeSpans":["#);
-        for (group, &known) in self.groups.iter().enumerate() {
+        for (group, (known, spans)) in self.groups[..self.open].iter_mut().enumerate() {
             if group > 0 {
                 out.push(b',');
             }
-            let known = &self.scopes[known];
+            let known = &self.scopes[*known];
             out.extend_from_slice(br#"{"scope":"#);
             out.extend_from_slice(&known.json);
             out.extend_from_slice(br#","spans":["#);
-            let mut first = true;
-            for (data, _) in batch
-                .iter()
-                .zip(&self.span_groups)
-                .filter(|(_, g)| **g == group)
-            {
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                span(out, data);
-            }
+            out.extend_from_slice(spans);
             out.extend_from_slice(br#"],"schemaUrl":"#);
             out.extend_from_slice(&known.schema);
             out.push(b'}');
+            if spans.capacity() > KEPT_LINE_BYTES {
+                *spans = Vec::new();
+            }
+            spans.clear();
         }
         out.extend_from_slice(br#"],"schemaUrl":"#);
         out.extend_from_slice(&self.resource_schema);
         out.extend_from_slice(b"}]}\n");
+        self.open = 0;
+        self.last = None;
+        self.spans = 0;
         &self.line
-    }
-
-    /// Sorts `batch` into its scopes, in the order each first appears (as
-    /// `opentelemetry-proto` groups them).
-    fn group(&mut self, batch: &[SpanData]) {
-        self.groups.clear();
-        self.span_groups.clear();
-        let mut last: Option<(usize, usize)> = None;
-        for data in batch {
-            let scope = &data.instrumentation_scope;
-            let group = match last {
-                // Consecutive spans nearly always share a scope.
-                Some((known, group)) if self.scopes[known].scope == *scope => group,
-                _ => {
-                    let known = self.known_scope(scope);
-                    let group = match self.groups.iter().position(|&k| k == known) {
-                        Some(group) => group,
-                        None => {
-                            self.groups.push(known);
-                            self.groups.len() - 1
-                        }
-                    };
-                    last = Some((known, group));
-                    group
-                }
-            };
-            self.span_groups.push(group);
-        }
     }
 
     fn known_scope(&mut self, scope: &InstrumentationScope) -> usize {
         if let Some(known) = self.scopes.iter().position(|k| k.scope == *scope) {
             return known;
         }
-        if self.scopes.len() == KEPT_SCOPES && self.groups.is_empty() {
+        if self.scopes.len() == KEPT_SCOPES && self.open == 0 {
             self.scopes.clear();
         }
         let message = proto::InstrumentationScope::from((scope, None));
@@ -346,7 +377,7 @@ fn list<T>(out: &mut Vec<u8>, items: &[T], mut each: impl FnMut(&mut Vec<u8>, &T
 /// A JSON string: copied as it is unless it holds a character JSON must
 /// escape (then escaped exactly as `serde_json` does).
 fn string(out: &mut Vec<u8>, text: &str) {
-    if text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if needs_escape(text.as_bytes()) {
         serde_json::to_writer(&mut *out, text).expect("strings serialize");
     } else {
         out.reserve(text.len() + 2);
@@ -354,6 +385,19 @@ fn string(out: &mut Vec<u8>, text: &str) {
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');
     }
+}
+
+/// Whether `bytes` hold a control character, a quote or a backslash. Looks
+/// at 16 bytes at a time without stopping early inside them, which the
+/// compiler turns into vector compares: most strings here are short ids and
+/// names, scanned once per span.
+fn needs_escape(bytes: &[u8]) -> bool {
+    let special = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\');
+    let (chunks, rest) = bytes.as_chunks::<16>();
+    chunks
+        .iter()
+        .any(|chunk| chunk.iter().fold(false, |found, &b| found | special(b)))
+        || rest.iter().any(|&b| special(b))
 }
 
 fn trace_state(out: &mut Vec<u8>, state: &TraceState) {
