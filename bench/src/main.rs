@@ -24,6 +24,11 @@ use wtrace::telemetry::export::{FileBatchProcessor, FileExporter};
 use wtrace::{HookSpec, Limits, Runtime, Telemetry};
 use wtrace_tests::guests;
 
+/// The allocator of the `wtrace` binary: this process is the driver and
+/// head of the cluster rows, as `wtrace run` is of its own.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod transport;
 
 /// wtrace's benchmarks: every figure with its target (scripts/bench.sh sets

@@ -41,14 +41,17 @@ pub struct LineEncoder {
     scopes: Vec<KnownScope>,
     /// Per scope of the batch being encoded, in first-seen order (as
     /// `opentelemetry-proto` groups them): its index in `scopes` and its
-    /// spans, encoded and joined by commas. Only the first `open` are in
-    /// use; the rest keep their capacity.
+    /// spans, encoded and joined by commas (the first group's are in `line`
+    /// itself). Only the first `open` are in use; the rest keep their
+    /// capacity.
     groups: Vec<(usize, Vec<u8>)>,
     open: usize,
     /// The group of the last span added: consecutive spans nearly always
     /// share a scope.
     last: Option<usize>,
     spans: usize,
+    /// Where the first group's spans start in `line`, once it is open.
+    header: usize,
 }
 #[derive(Debug)]
 struct KnownScope {
@@ -81,6 +84,7 @@ impl LineEncoder {
             open: 0,
             last: None,
             spans: 0,
+            header: 0,
         };
         encoder.set_resource_attributes(&ResourceAttributesWithSchema::default());
         encoder
@@ -97,7 +101,15 @@ impl LineEncoder {
             dropped_attributes_count: 0,
             entity_refs: Vec::new(),
         };
-        self.resource = serde_json::to_vec(&message).expect("a resource serializes to JSON");
+        let resource_json = serde_json::to_vec(&message).expect("a resource serializes to JSON");
+        if self.open > 0 {
+            // Spans wait in the line, after a header with the old resource.
+            let at = LINE_START.len();
+            self.line
+                .splice(at..at + self.resource.len(), resource_json.iter().copied());
+            self.header = self.header + resource_json.len() - self.resource.len();
+        }
+        self.resource = resource_json;
         self.resource_schema.clear();
         string(
             &mut self.resource_schema,
@@ -124,26 +136,50 @@ impl LineEncoder {
                 let open = &self.groups[..self.open];
                 let group = match open.iter().position(|(k, _)| *k == known) {
                     Some(group) => group,
-                    None => {
-                        if self.open == self.groups.len() {
-                            self.groups.push((known, Vec::new()));
-                        }
-                        self.groups[self.open].0 = known;
-                        self.groups[self.open].1.clear();
-                        self.open += 1;
-                        self.open - 1
-                    }
+                    None => self.open_group(known),
                 };
                 self.last = Some(group);
                 group
             }
         };
-        let out = &mut self.groups[group].1;
-        if !out.is_empty() {
+        // The first scope's spans go straight into the line, after its
+        // header: no copy at the end for the usual one-scope batch.
+        let (out, empty) = if group == 0 {
+            let empty = self.line.len() == self.header;
+            (&mut self.line, empty)
+        } else {
+            let out = &mut self.groups[group].1;
+            let empty = out.is_empty();
+            (out, empty)
+        };
+        if !empty {
             out.push(b',');
         }
         span(out, data);
         self.spans += 1;
+    }
+
+    /// Starts the next scope group of the line, for scope `known`.
+    fn open_group(&mut self, known: usize) -> usize {
+        if self.open == self.groups.len() {
+            self.groups.push((known, Vec::new()));
+        }
+        self.groups[self.open].0 = known;
+        self.groups[self.open].1.clear();
+        if self.open == 0 {
+            if self.line.capacity() > KEPT_LINE_BYTES {
+                self.line = Vec::new();
+            }
+            let out = &mut self.line;
+            out.clear();
+            out.extend_from_slice(LINE_START);
+            out.extend_from_slice(&self.resource);
+            out.extend_from_slice(br#","scopeSpans":["#);
+            scope_start(out, &self.scopes[known]);
+            self.header = out.len();
+        }
+        self.open += 1;
+        self.open - 1
     }
 
     /// How many spans were added since the last line.
@@ -159,26 +195,21 @@ impl LineEncoder {
     /// The line (with its newline) of the spans added since the last one,
     /// which are then forgotten. The slice is valid until the next call.
     pub fn finish(&mut self) -> &[u8] {
-        if self.line.capacity() > KEPT_LINE_BYTES {
-            self.line = Vec::new();
-        }
         let out = &mut self.line;
-        out.clear();
-        out.extend_from_slice(br#"{"resourceSpans":[{"resource":"#);
-        out.extend_from_slice(&self.resource);
-        out.extend_from_slice(br#","scopeSpans":["#);
-        for (group, (known, spans)) in self.groups[..self.open].iter_mut().enumerate() {
-            if group > 0 {
-                out.push(b',');
-            }
+        if self.open == 0 {
+            out.clear();
+            out.extend_from_slice(LINE_START);
+            out.extend_from_slice(&self.resource);
+            out.extend_from_slice(br#","scopeSpans":["#);
+        } else {
+            scope_end(out, &self.scopes[self.groups[0].0]);
+        }
+        for (known, spans) in self.groups.iter_mut().take(self.open).skip(1) {
+            out.push(b',');
             let known = &self.scopes[*known];
-            out.extend_from_slice(br#"{"scope":"#);
-            out.extend_from_slice(&known.json);
-            out.extend_from_slice(br#","spans":["#);
+            scope_start(out, known);
             out.extend_from_slice(spans);
-            out.extend_from_slice(br#"],"schemaUrl":"#);
-            out.extend_from_slice(&known.schema);
-            out.push(b'}');
+            scope_end(out, known);
             if spans.capacity() > KEPT_LINE_BYTES {
                 *spans = Vec::new();
             }
@@ -190,6 +221,7 @@ impl LineEncoder {
         self.open = 0;
         self.last = None;
         self.spans = 0;
+        self.header = 0;
         &self.line
     }
 
@@ -210,6 +242,22 @@ impl LineEncoder {
         });
         self.scopes.len() - 1
     }
+}
+
+const LINE_START: &[u8] = br#"{"resourceSpans":[{"resource":"#;
+
+/// `{"scope":{…},"spans":[` of a scope group.
+fn scope_start(out: &mut Vec<u8>, known: &KnownScope) {
+    out.extend_from_slice(br#"{"scope":"#);
+    out.extend_from_slice(&known.json);
+    out.extend_from_slice(br#","spans":["#);
+}
+
+/// `],"schemaUrl":"…"}`, closing a scope group.
+fn scope_end(out: &mut Vec<u8>, known: &KnownScope) {
+    out.extend_from_slice(br#"],"schemaUrl":"#);
+    out.extend_from_slice(&known.schema);
+    out.push(b'}');
 }
 
 /// Opens a span or link object with its trace id, span id and trace state,
@@ -387,17 +435,28 @@ fn string(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-/// Whether `bytes` hold a control character, a quote or a backslash. Looks
-/// at 16 bytes at a time without stopping early inside them, which the
-/// compiler turns into vector compares: most strings here are short ids and
-/// names, scanned once per span.
+/// Whether `bytes` hold a control character, a quote or a backslash: eight
+/// bytes at a time (most strings here are short keys, ids and names,
+/// scanned once per span), the last word overlapping the one before.
 fn needs_escape(bytes: &[u8]) -> bool {
-    let special = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\');
-    let (chunks, rest) = bytes.as_chunks::<16>();
-    chunks
-        .iter()
-        .any(|chunk| chunk.iter().fold(false, |found, &b| found | special(b)))
-        || rest.iter().any(|&b| special(b))
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Whether any byte of `w` is below 0x20 or equal to `"` or `\`: exact,
+    // by the classic has-zero-byte and has-less-than bit tricks.
+    let special = |w: u64| {
+        let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+        (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+            | zero(w ^ (ONES * u64::from(b'"')))
+            | zero(w ^ (ONES * u64::from(b'\\')))
+            != 0
+    };
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
+    match bytes.len() {
+        0..8 => bytes
+            .iter()
+            .any(|&b| (b < 0x20) | (b == b'"') | (b == b'\\')),
+        len => (0..len - 8).step_by(8).any(|at| special(word(at))) || special(word(len - 8)),
+    }
 }
 
 fn trace_state(out: &mut Vec<u8>, state: &TraceState) {
@@ -418,11 +477,13 @@ fn int(out: &mut Vec<u8>, number: impl itoa::Integer) {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    for &b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 0xf)]);
+/// Lower-case hex of an id, made on the stack and copied in once.
+fn hex<const N: usize>(out: &mut Vec<u8>, bytes: &[u8; N]) {
+    let mut text = [[0u8; 2]; N];
+    for (pair, &b) in text.iter_mut().zip(bytes) {
+        *pair = [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]];
     }
+    out.extend_from_slice(text.as_flattened());
 }
 
 /// The OTLP `SpanKind` number, as one digit.

@@ -14,7 +14,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use proptest::prelude::*;
 
-use super::LineEncoder;
+use super::{LineEncoder, needs_escape};
 
 /// What `opentelemetry-proto` makes of `batch`: the reference.
 fn reference(batch: &[SpanData], resource: &Resource) -> String {
@@ -183,19 +183,31 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
     /// Byte for byte what `opentelemetry-proto`'s serde encoding gives,
-    /// through one encoder reused across batches and resources.
+    /// through one encoder reused across batches and resources, whole
+    /// batches or span by span.
     #[test]
     fn lines_equal_opentelemetry_proto_encoding(
         batches in prop::collection::vec(
-            (prop::collection::vec(span_data(), 0..6), attributes(), any::<bool>()),
+            (
+                prop::collection::vec(span_data(), 0..6),
+                attributes(),
+                any::<bool>(),
+                any::<prop::sample::Index>(),
+            ),
             1..4,
         ),
     ) {
         let mut encoder = LineEncoder::new();
-        for (batch, resource_attributes, schema) in batches {
+        for (batch, resource_attributes, schema, added) in batches {
             let resource = resource(resource_attributes, schema);
+            // Some spans may be added before the resource changes: the line
+            // carries the resource it has when it is finished.
+            let added = added.index(batch.len() + 1);
+            for data in &batch[..added] {
+                encoder.add(data);
+            }
             encoder.set_resource(&resource);
-            let got = String::from_utf8(encoder.encode(&batch).to_vec()).unwrap();
+            let got = String::from_utf8(encoder.encode(&batch[added..]).to_vec()).unwrap();
             let expected = reference(&batch, &resource);
             prop_assert_eq!(&got, &expected);
             // And as JSON, whatever the bytes: the collector's format.
@@ -246,4 +258,26 @@ fn a_task_span_encodes_as_the_reference_does() {
     // An empty batch is a line with no spans, as the reference has it.
     let got = String::from_utf8(encoder.encode(&[]).to_vec()).unwrap();
     assert_eq!(got, reference(&[], &resource));
+}
+
+/// The word-at-a-time scan finds every byte JSON must escape, wherever it
+/// sits in a string of any length, and nothing else.
+#[test]
+fn the_escape_scan_finds_each_special_byte_at_every_position() {
+    let naive = |bytes: &[u8]| bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+    for len in 0..40 {
+        for at in 0..len {
+            for b in 0..=255u8 {
+                let mut bytes = vec![b'a'; len];
+                bytes[at] = b;
+                assert_eq!(
+                    needs_escape(&bytes),
+                    naive(&bytes),
+                    "{b:#x} at {at} of {len}"
+                );
+            }
+        }
+        assert!(!needs_escape(&vec![0x7f; len]));
+        assert!(!needs_escape(&vec![0xff; len]));
+    }
 }
