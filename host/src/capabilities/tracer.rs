@@ -75,6 +75,9 @@ pub struct SpanBridge {
     limits: BridgeLimits,
     started: u32,
     dropped: u32,
+    /// The parent context of the last span started: siblings (a loop of
+    /// spans under one parent) share it rather than each building its own.
+    parent_cx: Option<Context>,
 }
 
 impl SpanBridge {
@@ -89,6 +92,7 @@ impl SpanBridge {
             limits,
             started: 0,
             dropped: 0,
+            parent_cx: None,
         }
     }
 
@@ -173,12 +177,18 @@ impl SpanBridge {
                     .filter_map(span_context_from_wit)
                     .map(Link::with_context)
                     .collect();
+                let parent_cx = match &self.parent_cx {
+                    Some(cx) if *cx.span().span_context() == parent => cx,
+                    _ => self
+                        .parent_cx
+                        .insert(Context::new().with_remote_span_context(parent)),
+                };
                 let span = tracer
                     .span_builder(name.clone())
                     .with_kind(options.kind.map_or(SpanKind::Internal, span_kind))
                     .with_attributes(attributes)
                     .with_links(links)
-                    .start_with_context(tracer, &Context::new().with_remote_span_context(parent));
+                    .start_with_context(tracer, parent_cx);
                 let context = span.span_context().clone();
                 (Some(span), context)
             }
