@@ -434,10 +434,12 @@ const STARTED_DELAY: Duration = Duration::from_millis(10);
 /// back to the OS.
 const IDLE_TRIM_AFTER: Duration = Duration::from_secs(1);
 
-/// Returns memory that finished tasks freed to the OS. glibc keeps freed
-/// memory in per-thread arenas; with task spans allocated by an executor and
-/// freed by the export thread, those arenas keep growing for millions of
-/// tasks before they settle. Trimming whenever the worker goes idle keeps its
+/// Returns memory that finished tasks freed to the OS, from glibc's heap.
+/// The `wtrace` binary allocates with mimalloc, which returns freed memory
+/// by itself, so there this covers only what C code allocated; a program
+/// that runs workers with the system allocator needs it more: glibc keeps
+/// freed memory in per-thread arenas, which grew for millions of tasks
+/// before they settled. Trimming whenever the worker goes idle keeps its
 /// resident memory at what it uses.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn release_free_memory() {
