@@ -80,7 +80,9 @@ impl FileExporter {
         if batch.is_empty() {
             return Ok(());
         }
-        output.encoder.encode(batch);
+        for data in batch {
+            output.encoder.add(data);
+        }
         self.write_encoded(output)
     }
 
@@ -303,6 +305,28 @@ mod tests {
         tracer.start("idle").end();
         std::thread::sleep(IDLE_FLUSH * 4);
         assert_eq!(lines(&path), 2);
+        provider.shutdown().unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The plain exporter, as the simple processor drives it: every span is
+    /// its own line, in the file as soon as the span ends.
+    #[test]
+    fn the_exporter_writes_each_batch_it_is_given_as_one_line() {
+        let dir = tempfile_dir();
+        let path = dir.join("spans.json");
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(FileExporter::open(&path).unwrap())
+            .build();
+        let tracer = provider.tracer("t");
+        for name in ["one", "two", "three"] {
+            tracer.start(name).end();
+        }
+        assert_eq!(lines(&path), 3, "one line per span, before any flush");
+        let text = std::fs::read_to_string(&path).unwrap();
+        for name in ["one", "two", "three"] {
+            assert_eq!(text.matches(&format!("\"name\":\"{name}\"")).count(), 1);
+        }
         provider.shutdown().unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }
