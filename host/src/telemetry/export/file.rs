@@ -73,17 +73,11 @@ impl FileExporter {
 
     /// Writes `batch` as one line, now, on this thread.
     pub fn write(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        self.write_locked(&mut lock(&self.output), &batch)
-    }
-
-    fn write_locked(&self, output: &mut Output, batch: &[SpanData]) -> OTelSdkResult {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        for data in batch {
+        let mut output = lock(&self.output);
+        for data in &batch {
             output.encoder.add(data);
         }
-        self.write_encoded(output)
+        self.write_encoded(&mut output)
     }
 
     /// Writes the spans added to `output`'s encoder as one line.

@@ -53,6 +53,7 @@ pub struct LineEncoder {
     /// Where the first group's spans start in `line`, once it is open.
     header: usize,
 }
+
 #[derive(Debug)]
 struct KnownScope {
     scope: InstrumentationScope,
@@ -170,16 +171,20 @@ impl LineEncoder {
             if self.line.capacity() > KEPT_LINE_BYTES {
                 self.line = Vec::new();
             }
-            let out = &mut self.line;
-            out.clear();
-            out.extend_from_slice(LINE_START);
-            out.extend_from_slice(&self.resource);
-            out.extend_from_slice(br#","scopeSpans":["#);
-            scope_start(out, &self.scopes[known]);
-            self.header = out.len();
+            self.start_line();
+            scope_start(&mut self.line, &self.scopes[known]);
+            self.header = self.line.len();
         }
         self.open += 1;
         self.open - 1
+    }
+
+    /// Starts `line` afresh, up to its scope groups.
+    fn start_line(&mut self) {
+        self.line.clear();
+        self.line.extend_from_slice(LINE_START);
+        self.line.extend_from_slice(&self.resource);
+        self.line.extend_from_slice(br#","scopeSpans":["#);
     }
 
     /// How many spans were added since the last line.
@@ -195,15 +200,12 @@ impl LineEncoder {
     /// The line (with its newline) of the spans added since the last one,
     /// which are then forgotten. The slice is valid until the next call.
     pub fn finish(&mut self) -> &[u8] {
-        let out = &mut self.line;
         if self.open == 0 {
-            out.clear();
-            out.extend_from_slice(LINE_START);
-            out.extend_from_slice(&self.resource);
-            out.extend_from_slice(br#","scopeSpans":["#);
+            self.start_line();
         } else {
-            scope_end(out, &self.scopes[self.groups[0].0]);
+            scope_end(&mut self.line, &self.scopes[self.groups[0].0]);
         }
+        let out = &mut self.line;
         for (known, spans) in self.groups.iter_mut().take(self.open).skip(1) {
             out.push(b',');
             let known = &self.scopes[*known];
