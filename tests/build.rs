@@ -19,6 +19,8 @@ const GUESTS: &[(&str, &str)] = &[
     ("hostile", "HOSTILE"),
     ("ecosystem", "ECOSYSTEM"),
     ("wasi-otel", "WASI_OTEL"),
+    ("actors", "ACTORS"),
+    ("counter", "COUNTER"),
 ];
 
 fn main() {

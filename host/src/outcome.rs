@@ -36,6 +36,8 @@ pub enum TaskErrorKind {
     /// The host itself failed while serving the task (a wtrace bug, contained
     /// to this task).
     HostPanic,
+    /// The call went to an actor that an earlier call left dead.
+    ActorDead,
 }
 
 impl TaskErrorKind {
@@ -56,6 +58,7 @@ impl TaskErrorKind {
             Self::WorkerDied => "wtrace.WorkerDied",
             Self::Cluster => "wtrace.ClusterError",
             Self::HostPanic => "wtrace.HostPanic",
+            Self::ActorDead => "wtrace.ActorDead",
         }
     }
 }

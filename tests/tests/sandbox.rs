@@ -576,3 +576,38 @@ fn wtrace_check_reports_what_a_component_needs() {
     let granted = Wtrace::new(["check", "--json", "--allow-net=*", guests::HOSTILE]).run();
     assert!(granted.success().contains("\"provided\""));
 }
+
+#[test]
+fn wtrace_check_lists_actor_classes_with_their_constructors_and_methods() {
+    let counter = Wtrace::new(["check", guests::COUNTER]).run();
+    let out = counter.success();
+    assert!(
+        out.contains("actor classes:\n  counter (in counter-api)\n"),
+        "{out}"
+    );
+    assert!(out.contains("    constructor(start: s64)\n"), "{out}");
+    assert!(out.contains("    incr: func(by: s64) -> s64\n"), "{out}");
+    assert!(out.contains("    get: func() -> s64\n"), "{out}");
+    assert!(
+        out.contains("ok: it would run as an actor component"),
+        "{out}"
+    );
+
+    let json = Wtrace::new(["check", "--json", guests::ACTORS]).run();
+    let report: serde_json::Value = serde_json::from_str(json.success()).unwrap();
+    let classes: Vec<&str> = report["actor_classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(classes, ["counter", "log"]);
+    assert_eq!(report["actor_classes"][1]["constructor"], "constructor()");
+    // A component with both runs as a task too.
+    assert!(
+        Wtrace::new(["check", guests::ACTORS])
+            .run()
+            .success()
+            .contains("ok: it would run as a task")
+    );
+}

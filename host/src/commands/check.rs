@@ -82,12 +82,25 @@ impl CheckCommand {
             for export in &report.exports {
                 println!("  {}: {}", export.name, export.ty);
             }
+            if !report.actor_classes.is_empty() {
+                println!("actor classes:");
+                for class in &report.actor_classes {
+                    println!("  {} (in {})", class.name, class.interface);
+                    println!("    {}", class.constructor);
+                    for method in &class.methods {
+                        println!("    {}: {}", method.name, method.ty);
+                    }
+                }
+            }
             if report.ok {
                 let world = match report.world {
-                    World::Task => "task",
-                    World::Hook => "tracing startup hook",
+                    World::Task if report.exports.iter().all(|e| !e.ty.starts_with("func(")) => {
+                        "an actor component"
+                    }
+                    World::Task => "a task",
+                    World::Hook => "a tracing startup hook",
                 };
-                println!("ok: it would run as a {world}");
+                println!("ok: it would run as {world}");
             }
             for problem in &report.problems {
                 println!("problem: {problem}");

@@ -5,6 +5,7 @@
 //!
 //! [`Telemetry`]: crate::Telemetry
 
+pub mod actor;
 pub mod hook;
 mod store;
 pub mod task;

@@ -181,9 +181,24 @@ impl TaskComponent {
         &self.digest
     }
 
+    /// The compiled component.
+    pub fn component(&self) -> &Component {
+        &self.component
+    }
+
+    /// Its file name as a span attribute value.
+    pub(crate) fn name_value(&self) -> opentelemetry::Value {
+        self.name_value.clone()
+    }
+
+    /// Its digest as a span attribute value.
+    pub(crate) fn digest_value(&self) -> opentelemetry::Value {
+        self.digest_value.clone()
+    }
+
     /// Finds an export: `name` at the root, or `instance#name` in an
     /// exported interface.
-    fn lookup(&self, function: &str) -> Option<(ComponentItem, ComponentExportIndex)> {
+    pub(crate) fn lookup(&self, function: &str) -> Option<(ComponentItem, ComponentExportIndex)> {
         match function.split_once('#') {
             Some((instance, func)) => self
                 .component
@@ -285,28 +300,9 @@ pub fn execute(
             cx,
         )
     });
-    let root = span
-        .as_ref()
-        .map(|s| s.span_context().clone())
-        .unwrap_or_else(SpanContext::empty_context);
-
     let output = CapturedOutput::new(limits.output_bytes as usize);
-    let bridge = SpanBridge::new(
-        telemetry.map(|t| t.tracer().clone()),
-        root,
-        BridgeLimits::from(limits),
-    );
-    let nested = cx.submitter.clone().map(|submitter| NestedContext {
-        submitter,
-        task_id: cx.task_id.to_owned(),
-        component: component.digest.clone(),
-        component_name: component.name.clone(),
-        depth: cx.depth,
-    });
-    let tasks = TasksState::new(nested, limits);
-    let env = linker.env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-    let wasi = match sandbox::wasi_ctx(&output, env, Some(&linker.grants)) {
-        Ok(wasi) => wasi,
+    let mut store = match new_store(linker, telemetry, component, span.as_ref(), cx, &output) {
+        Ok(store) => store,
         Err(message) => {
             let error = TaskError::new(TaskErrorKind::Instantiate, function, message);
             if let Some(span) = &mut span {
@@ -316,11 +312,65 @@ pub fn execute(
             return TaskOutput::failed(error);
         }
     };
-    let deadline = Deadline::new(limits.timeout, "--timeout", cx.abort.clone());
-    let mut store = Store::new(
-        runtime.engine(),
-        StoreState::new(wasi, bridge, tasks, limits.memory_bytes, deadline),
+
+    let mut instantiate_us = 0;
+    let result = sandbox::contain("preparing the task", || {
+        let export = component.export(runtime, function)?;
+        let params = wave::parse_args(invocation, &export.params)
+            .map_err(|cause| component.bad_arguments(function, invocation, &cause))?;
+        let started = Instant::now();
+        let instance = instantiate(component, &mut store, function, limits)?;
+        instantiate_us = started.elapsed().as_micros() as i64;
+        let func = instance.get_func(&mut store, export.index).ok_or_else(|| {
+            TaskError::new(TaskErrorKind::UnknownExport, function, "export vanished")
+        })?;
+        call(&mut store, func, &params, function, limits)
+    })
+    .unwrap_or_else(|panic| Err(host_panic(function, &panic)));
+
+    let result = finish_run(
+        &mut store,
+        span.as_mut(),
+        function,
+        result,
+        cx,
+        limits,
+        |span| {
+            span.set_attribute(KeyValue::new("wtrace.wasm.instantiate_us", instantiate_us));
+        },
     );
+    let nested = std::mem::take(&mut store.data_mut().tasks.output);
+    drop(store);
+    TaskOutput {
+        result,
+        stdout: output.stdout.contents().to_vec(),
+        stderr: output.stderr.contents().to_vec(),
+        nested,
+    }
+}
+
+/// A store for running `component`: the sandbox's WASI writing into
+/// `output`, the span bridge rooted at `span` (the run's execute span), the
+/// task's own submissions, and the limits armed.
+pub(crate) fn new_store(
+    linker: &TaskLinker,
+    telemetry: Option<&Telemetry>,
+    component: &TaskComponent,
+    span: Option<&opentelemetry_sdk::trace::Span>,
+    cx: &TaskContext<'_>,
+    output: &CapturedOutput,
+) -> std::result::Result<Store<StoreState>, String> {
+    let limits = linker.runtime().limits();
+    let env = linker.env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let wasi = sandbox::wasi_ctx(output, env, Some(&linker.grants))?;
+    let state = StoreState::new(
+        wasi,
+        bridge(telemetry, span, limits),
+        tasks_state(component, cx, limits),
+        limits.memory_bytes,
+        Deadline::new(limits.timeout, "--timeout", cx.abort.clone()),
+    );
+    let mut store = Store::new(linker.runtime().engine(), state);
     store.data_mut().http_hooks = HttpHooks::new(
         linker.http_grants.clone(),
         telemetry
@@ -332,59 +382,149 @@ pub fn execute(
     if let Some(fuel) = limits.fuel {
         let _ = store.set_fuel(fuel);
     }
+    Ok(store)
+}
 
-    let mut instantiate_us = 0;
-    let result = sandbox::contain("preparing the task", || {
-        let export = component.export(runtime, function)?;
-        let params = wave::parse_args(invocation, &export.params)
-            .map_err(|cause| component.bad_arguments(function, invocation, &cause))?;
-        let started = Instant::now();
-        let instantiating = sandbox::host_call("instantiating the component");
-        let instance = component
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| guest_error(function, TaskErrorKind::Instantiate, &e, limits))?;
-        drop(instantiating);
-        instantiate_us = started.elapsed().as_micros() as i64;
-        let func = instance.get_func(&mut store, export.index).ok_or_else(|| {
-            TaskError::new(TaskErrorKind::UnknownExport, function, "export vanished")
-        })?;
-        let mut results = vec![Val::Bool(false); func.ty(&store).results().len()];
-        let calling = sandbox::host_call("calling the export");
-        func.call(&mut store, &params, &mut results)
-            .map_err(|e| guest_error(function, TaskErrorKind::Trap, &e, limits))?;
-        drop(calling);
-        let _formatting = sandbox::host_call("formatting the result");
-        match results.as_slice() {
-            [Val::Result(Err(err))] => Err(TaskError::new(
-                TaskErrorKind::Returned,
-                function,
-                format!(
-                    "returned an error: {}",
-                    err.as_deref()
-                        .map(wave::display_value)
-                        .unwrap_or_else(|| "err".into())
-                ),
-            )),
-            _ => {
-                let text = wave::format_results(&results);
-                if text.len() > limits.result_bytes as usize {
-                    return Err(TaskError::new(
-                        TaskErrorKind::ResultTooLarge,
-                        function,
-                        format!(
-                            "its result is {} bytes of WAVE; the limit is {} (raise it with --max-result-size)",
-                            text.len(),
-                            limits.result_bytes
-                        ),
-                    ));
-                }
-                Ok(text)
+/// Makes `store` ready for another run of the instance it holds (an
+/// actor's next call): a fresh span bridge under `span`, a fresh deadline
+/// and fuel, and no nested output left from the last run.
+pub(crate) fn rearm_store(
+    store: &mut Store<StoreState>,
+    telemetry: Option<&Telemetry>,
+    component: &TaskComponent,
+    span: Option<&opentelemetry_sdk::trace::Span>,
+    cx: &TaskContext<'_>,
+    limits: &crate::config::Limits,
+) {
+    let state = store.data_mut();
+    state.bridge = bridge(telemetry, span, limits);
+    state.tasks = tasks_state(component, cx, limits);
+    state.deadline = Deadline::new(limits.timeout, "--timeout", cx.abort.clone());
+    if let Some(fuel) = limits.fuel {
+        let _ = store.set_fuel(fuel);
+    }
+}
+
+fn bridge(
+    telemetry: Option<&Telemetry>,
+    span: Option<&opentelemetry_sdk::trace::Span>,
+    limits: &crate::config::Limits,
+) -> SpanBridge {
+    let root = span
+        .map(|s| s.span_context().clone())
+        .unwrap_or_else(SpanContext::empty_context);
+    SpanBridge::new(
+        telemetry.map(|t| t.tracer().clone()),
+        root,
+        BridgeLimits::from(limits),
+    )
+}
+
+fn tasks_state(
+    component: &TaskComponent,
+    cx: &TaskContext<'_>,
+    limits: &crate::config::Limits,
+) -> TasksState {
+    let nested = cx.submitter.clone().map(|submitter| NestedContext {
+        submitter,
+        task_id: cx.task_id.to_owned(),
+        component: component.digest.clone(),
+        component_name: component.name.clone(),
+        depth: cx.depth,
+    });
+    TasksState::new(nested, limits)
+}
+
+/// A new instance of `component` in `store`.
+pub(crate) fn instantiate(
+    component: &TaskComponent,
+    store: &mut Store<StoreState>,
+    function: &str,
+    limits: &crate::config::Limits,
+) -> std::result::Result<wasmtime::component::Instance, TaskError> {
+    let _instantiating = sandbox::host_call("instantiating the component");
+    component
+        .pre
+        .instantiate(store)
+        .map_err(|e| guest_error(function, TaskErrorKind::Instantiate, &e, limits))
+}
+
+/// Calls `func` with `params`: its results in WAVE (an `err` result is a
+/// failure).
+pub(crate) fn call(
+    store: &mut Store<StoreState>,
+    func: wasmtime::component::Func,
+    params: &[Val],
+    function: &str,
+    limits: &crate::config::Limits,
+) -> std::result::Result<String, TaskError> {
+    let results = call_raw(store, func, params, function, limits)?;
+    let _formatting = sandbox::host_call("formatting the result");
+    if results.iter().any(wave::holds_resource) {
+        return Err(TaskError::new(
+            TaskErrorKind::Returned,
+            function,
+            "returned a resource, which cannot leave its instance; a task returns plain \
+             values (to keep an instance alive between calls, make it an actor: `wtrace actor \
+             create`)",
+        ));
+    }
+    match results.as_slice() {
+        [Val::Result(Err(err))] => Err(TaskError::new(
+            TaskErrorKind::Returned,
+            function,
+            format!(
+                "returned an error: {}",
+                err.as_deref()
+                    .map(wave::display_value)
+                    .unwrap_or_else(|| "err".into())
+            ),
+        )),
+        _ => {
+            let text = wave::format_results(&results);
+            if text.len() > limits.result_bytes as usize {
+                return Err(TaskError::new(
+                    TaskErrorKind::ResultTooLarge,
+                    function,
+                    format!(
+                        "its result is {} bytes of WAVE; the limit is {} (raise it with --max-result-size)",
+                        text.len(),
+                        limits.result_bytes
+                    ),
+                ));
             }
+            Ok(text)
         }
-    })
-    .unwrap_or_else(|panic| Err(host_panic(function, &panic)));
+    }
+}
 
+/// Calls `func` with `params`, returning its results as values.
+pub(crate) fn call_raw(
+    store: &mut Store<StoreState>,
+    func: wasmtime::component::Func,
+    params: &[Val],
+    function: &str,
+    limits: &crate::config::Limits,
+) -> std::result::Result<Vec<Val>, TaskError> {
+    let mut results = vec![Val::Bool(false); func.ty(&*store).results().len()];
+    let _calling = sandbox::host_call("calling the export");
+    func.call(&mut *store, params, &mut results)
+        .map_err(|e| guest_error(function, TaskErrorKind::Trap, &e, limits))?;
+    Ok(results)
+}
+
+/// Ends what a run left behind: the spans the guest left open, then the
+/// execute span with what only the host saw (`annotate` adds the caller's
+/// own facts first), and the error if it failed. Returns the run's result, failed if ending panicked.
+pub(crate) fn finish_run<T>(
+    store: &mut Store<StoreState>,
+    span: Option<&mut opentelemetry_sdk::trace::Span>,
+    function: &str,
+    result: std::result::Result<T, TaskError>,
+    cx: &TaskContext<'_>,
+    limits: &crate::config::Limits,
+    annotate: impl FnOnce(&mut opentelemetry_sdk::trace::Span),
+) -> std::result::Result<T, TaskError> {
     let failure = result.as_ref().err().map(|e| e.message.clone());
     let state = store.data_mut();
     let finished = sandbox::contain("ending the spans the guest left open", || {
@@ -394,8 +534,9 @@ pub fn execute(
         Ok(()) => result,
         Err(panic) => Err(host_panic(function, &panic)),
     };
-    if let Some(span) = &mut span {
-        span.set_attribute(KeyValue::new("wtrace.wasm.instantiate_us", instantiate_us));
+    if let Some(span) = span {
+        annotate(span);
+        let state = store.data();
         span.set_attribute(KeyValue::new(
             "wtrace.wasm.memory_peak_bytes",
             state.memory.peak as i64,
@@ -425,18 +566,11 @@ pub fn execute(
         }
         span.end();
     }
-    let nested = std::mem::take(&mut store.data_mut().tasks.output);
-    drop(store);
-    TaskOutput {
-        result,
-        stdout: output.stdout.contents().to_vec(),
-        stderr: output.stderr.contents().to_vec(),
-        nested,
-    }
+    result
 }
 
 /// Starts the `<function> execute` span of a task.
-fn execute_span(
+pub(crate) fn execute_span(
     telemetry: &Telemetry,
     function: &str,
     component: opentelemetry::Value,

@@ -58,6 +58,66 @@ pub struct Export {
     pub ty: String,
 }
 
+/// A resource type a component exports with a constructor: a class of
+/// actors, each an instance of it kept alive between calls.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActorClass {
+    /// The resource's name (`counter`), the name `wtrace actor create`
+    /// calls its constructor by (`counter(5)`).
+    pub name: String,
+    /// The exported interface it is in (`counter-api`).
+    pub interface: String,
+    /// The constructor's type in WIT syntax (`constructor(start: s64)`).
+    pub constructor: String,
+    /// Its methods (`incr`), typed without their `self`.
+    pub methods: Vec<Export>,
+}
+
+/// Every actor class `component` exports, in export order.
+pub fn actor_classes(engine: &Engine, component: &Component) -> Vec<ActorClass> {
+    let mut classes = Vec::new();
+    for (interface, item) in component.component_type().exports(engine) {
+        let ComponentItem::ComponentInstance(instance) = item.ty else {
+            continue;
+        };
+        let items: Vec<(&str, ComponentItem)> = instance
+            .exports(engine)
+            .map(|(name, item)| (name, item.ty))
+            .collect();
+        for (name, item) in &items {
+            if !matches!(item, ComponentItem::Resource(_)) {
+                continue;
+            }
+            let constructor = format!("[constructor]{name}");
+            let Some(ComponentItem::ComponentFunc(constructor)) = items
+                .iter()
+                .find(|(n, _)| *n == constructor)
+                .map(|(_, i)| i)
+            else {
+                continue;
+            };
+            let prefix = format!("[method]{name}.");
+            let methods = items
+                .iter()
+                .filter_map(|(n, item)| match (n.strip_prefix(&prefix), item) {
+                    (Some(method), ComponentItem::ComponentFunc(func)) => Some(Export {
+                        name: method.to_owned(),
+                        ty: wave::describe_method(func),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            classes.push(ActorClass {
+                name: (*name).to_owned(),
+                interface: interface.to_owned(),
+                constructor: wave::describe_constructor(constructor),
+                methods,
+            });
+        }
+    }
+    classes
+}
+
 /// What `wtrace check` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -71,6 +131,8 @@ pub struct Report {
     pub imports: Vec<Import>,
     /// Every export.
     pub exports: Vec<Export>,
+    /// The actor classes among them.
+    pub actor_classes: Vec<ActorClass>,
     /// Everything that stops it from running.
     pub problems: Vec<String>,
     /// Whether it would run.
@@ -105,6 +167,7 @@ pub fn check(
         })
         .collect();
 
+    let actor_classes = actor_classes(engine, &component);
     let mut problems: Vec<String> = imports
         .iter()
         .filter(|i| i.status == ImportStatus::Missing)
@@ -128,8 +191,12 @@ pub fn check(
             )),
             Some(_) => {}
         }
-    } else if !exports.iter().any(|e| e.ty.starts_with("func(")) {
-        problems.push("exports no function a task could run".into());
+    } else if !exports.iter().any(|e| e.ty.starts_with("func(")) && actor_classes.is_empty() {
+        problems.push(
+            "exports no function a task could run and no resource with a constructor an actor \
+             could be made of"
+                .into(),
+        );
     }
     Ok(Report {
         component: path.display().to_string(),
@@ -138,6 +205,7 @@ pub fn check(
         ok: problems.is_empty(),
         imports,
         exports,
+        actor_classes,
         problems,
     })
 }

@@ -145,10 +145,42 @@ pub fn display_value(value: &Val) -> String {
     }
 }
 
+/// Whether `value` is or holds a resource handle, which WAVE cannot write.
+pub fn holds_resource(value: &Val) -> bool {
+    match value {
+        Val::Resource(_) => true,
+        Val::List(items) | Val::Tuple(items) => items.iter().any(holds_resource),
+        Val::Record(fields) => fields.iter().any(|(_, v)| holds_resource(v)),
+        Val::Variant(_, Some(v)) | Val::Option(Some(v)) => holds_resource(v),
+        Val::Result(Ok(Some(v)) | Err(Some(v))) => holds_resource(v),
+        _ => false,
+    }
+}
+
 /// A function type in WIT syntax: `func(a: u32) -> string`.
 pub fn describe_func(func: &ComponentFunc) -> String {
+    describe_func_skipping(func, 0)
+}
+
+/// A method's type in WIT syntax, without its `self` parameter.
+pub fn describe_method(func: &ComponentFunc) -> String {
+    describe_func_skipping(func, 1)
+}
+
+/// A constructor's type in WIT syntax: `constructor(start: s64)`.
+pub fn describe_constructor(func: &ComponentFunc) -> String {
     let params = func
         .params()
+        .map(|(name, ty)| format!("{name}: {}", describe_type(&ty)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("constructor({params})")
+}
+
+fn describe_func_skipping(func: &ComponentFunc, skip: usize) -> String {
+    let params = func
+        .params()
+        .skip(skip)
         .map(|(name, ty)| format!("{name}: {}", describe_type(&ty)))
         .collect::<Vec<_>>()
         .join(", ");
