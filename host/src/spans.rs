@@ -38,6 +38,8 @@ pub struct SpanRecord {
     pub resource: Arc<BTreeMap<String, String>>,
     /// Names of the span's events.
     pub events: Vec<String>,
+    /// The spans it links to: (trace id, span id), hex.
+    pub links: Vec<(String, String)>,
     /// Which file it came from.
     pub file: PathBuf,
 }
@@ -173,6 +175,11 @@ impl SpanFiles {
                         attributes: attributes(&span.attributes),
                         resource: resource.clone(),
                         events: span.events.into_iter().map(|e| e.name).collect(),
+                        links: span
+                            .links
+                            .iter()
+                            .map(|l| (hex::encode(&l.trace_id), hex::encode(&l.span_id)))
+                            .collect(),
                         file: file.to_owned(),
                     });
                 }
@@ -396,6 +403,7 @@ mod tests {
             attributes: BTreeMap::new(),
             resource: Arc::default(),
             events: Vec::new(),
+            links: Vec::new(),
             file: PathBuf::from("1.json"),
         };
         let files = SpanFiles {

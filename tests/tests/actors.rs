@@ -308,5 +308,14 @@ fn a_component_may_export_several_classes() {
     host.call(&mut log, "push(\"a\")");
     host.call(&mut log, "push(\"b\")");
     assert_eq!(result(&host.call(&mut log, "entries()")), "[\"a\", \"b\"]");
-    log.kill();
+    let killed = log.kill(
+        &host.linker,
+        Some(&host.telemetry),
+        &host.component,
+        &TaskContext::new("l-1"),
+    );
+    assert!(killed.result.is_ok());
+    let spans = host.spans();
+    let kill = spans.iter().find(|s| s.name == "log.kill execute").unwrap();
+    assert_eq!(kill.links.links.len(), 1, "the kill links to the creation");
 }

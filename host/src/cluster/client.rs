@@ -25,6 +25,10 @@ use crate::telemetry::Telemetry;
 use crate::telemetry::context::WireContext;
 use crate::telemetry::task_span::{self, SubmitSpan};
 
+mod actors;
+
+pub use actors::ActorHandle;
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Done>>>>;
 
 /// Submissions per message: large enough to amortize a message, small
@@ -320,18 +324,7 @@ impl Client {
         invocations: &[Invocation],
         parent: &opentelemetry::Context,
     ) -> Result<Vec<TaskRef>> {
-        let name = self
-            .inner
-            .components
-            .lock()
-            .unwrap()
-            .get(component)
-            .cloned()
-            .ok_or_else(|| {
-                Error::Cluster(format!(
-                    "component {component} was not uploaded by this client"
-                ))
-            })?;
+        let name = self.component_name(component)?;
         // Values every submit span of this call shares, made once.
         let component_name = crate::attrs::text(name);
         let digest = crate::attrs::text(component.to_string());
@@ -378,6 +371,7 @@ impl Client {
                     invocation: invocation.text.clone(),
                     trace: WireContext::of(&context),
                     parent: None,
+                    actor: None,
                 });
                 spans.extend(span);
                 refs.push(TaskRef {

@@ -160,6 +160,63 @@ pub struct Lease {
     /// Its last worker died before saying whether it had started it: the
     /// worker says so ([`FromWorker::Started`]) before running it.
     pub confirm_start: bool,
+    /// For an actor's creation, call or end: which, and the actor's id.
+    pub actor: Option<ActorOp>,
+}
+
+/// What a submission does to an actor. Its `function` is `<class>.new`,
+/// `<class>.<method>` or `<class>.kill`; its invocation is the constructor
+/// call (`counter(5)`) or the method call (`incr(2)`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActorOp {
+    /// Make actor `id` (named `name`, if given) on any worker.
+    Create {
+        /// Its id, unique in the cluster.
+        id: String,
+        /// A name usable in place of the id.
+        name: Option<String>,
+    },
+    /// Call a method of the actor `id` names (its id or its name), after
+    /// every call sent to it before.
+    Call {
+        /// The actor's id or name.
+        id: String,
+    },
+    /// End the actor, after the calls sent to it before.
+    Kill {
+        /// The actor's id or name.
+        id: String,
+    },
+}
+
+impl ActorOp {
+    /// The actor's id or name.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Create { id, .. } | Self::Call { id } | Self::Kill { id } => id,
+        }
+    }
+}
+
+/// An actor as `wtrace actor list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorStatus {
+    /// Its id.
+    pub id: String,
+    /// Its name, if it was given one.
+    pub name: Option<String>,
+    /// Its class (the resource type).
+    pub class: String,
+    /// Its component's file name.
+    pub component: String,
+    /// Its component's digest.
+    pub digest: Digest,
+    /// The worker holding it, and that worker's node and pid.
+    pub worker: Option<(String, String, u32)>,
+    /// Method calls it finished.
+    pub calls: u64,
+    /// `creating`, `alive`, or `dead: <why>`.
+    pub state: String,
 }
 
 /// A finished task.
@@ -295,6 +352,8 @@ pub struct Submission {
     /// head counts depth and tree budgets from it, not from anything a peer
     /// claims.
     pub parent: Option<u64>,
+    /// For an actor's creation, call or end.
+    pub actor: Option<ActorOp>,
 }
 
 /// Driver → cluster.
@@ -431,6 +490,8 @@ pub struct ClusterStatus {
     pub uptime: Duration,
     /// Workers whose hook failed: (worker id, pid, message).
     pub failed_hooks: Vec<(String, u32, String)>,
+    /// Actors, live and dead.
+    pub actors: Vec<ActorStatus>,
 }
 
 #[cfg(test)]

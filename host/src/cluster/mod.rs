@@ -16,8 +16,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use client::{Client, TaskRef, TaskResult};
-pub use messages::{ClusterConfig, ClusterStatus, HookRef};
+pub use client::{ActorHandle, Client, TaskRef, TaskResult};
+pub use messages::{ActorStatus, ClusterConfig, ClusterStatus, HookRef};
 pub use node::{Node, NodeOptions};
 pub use transport::tcp::Head;
 pub use transport::{Credentials, Endpoint};

@@ -12,11 +12,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::messages::{self, BATCH_BYTES, Done, FromWorker, Lease, Submission, ToWorker};
+use super::messages::{self, ActorOp, BATCH_BYTES, Done, FromWorker, Lease, Submission, ToWorker};
 use super::transport::{self, Credentials, Endpoint, WorkerLink};
 use crate::capabilities::provider::WorkerInfo;
 use crate::capabilities::tasks::{NestedResult, NestedTask, Submitted, Submitter};
 use crate::error::{Error, Result};
+use crate::exec::actor::{Actor, ActorIdentity};
 use crate::exec::task::{
     self, TaskComponent, TaskContext, TaskError, TaskErrorKind, TaskLinker, TaskOutput,
 };
@@ -145,6 +146,7 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
         told,
         confirm_wanted: AtomicBool::new(false),
         credit: Mutex::new(Credit::default()),
+        actors: Mutex::new(HashMap::new()),
     });
     // Set when this worker can no longer send to the head: it stops, and its
     // node starts another in its place.
@@ -367,6 +369,10 @@ struct Pool {
     /// Set by a task whose lease asks to confirm its start before it runs.
     confirm_wanted: AtomicBool,
     credit: Mutex<Credit>,
+    /// The actors this worker holds, by id. The head sends an actor one
+    /// call at a time, so an actor is taken out while its call runs and
+    /// never waited for.
+    actors: Mutex<HashMap<String, Actor>>,
 }
 
 /// How many starts the transport has sent on to the cluster.
@@ -533,8 +539,18 @@ impl Pool {
                 .collect()
         };
         {
+            // Calls and kills go to an actor's worker unasked.
+            let asked = resolved
+                .iter()
+                .filter(|(lease, _)| {
+                    !matches!(
+                        lease.actor,
+                        Some(ActorOp::Call { .. } | ActorOp::Kill { .. })
+                    )
+                })
+                .count();
             let mut credit = lock(&pool.credit);
-            credit.asked = credit.asked.saturating_sub(resolved.len());
+            credit.asked = credit.asked.saturating_sub(asked);
             credit.held += resolved.len();
         }
         let mut state = lock(&pool.state);
@@ -696,6 +712,9 @@ impl Pool {
             submitter: Some(submitter.clone()),
             depth: lease.depth,
         };
+        if let (Some(op), Ok(component)) = (&lease.actor, &component) {
+            return self.run_actor_op(op, lease, component, &cx);
+        }
         match component {
             Ok(component) => task::execute(
                 &self.linker,
@@ -713,6 +732,70 @@ impl Pool {
                 );
                 task::record_failure(self.telemetry.as_ref(), &lease.component.name, &error, &cx);
                 TaskOutput::failed(error)
+            }
+        }
+    }
+
+    /// Creates, calls or ends an actor of this worker.
+    fn run_actor_op(
+        &self,
+        op: &ActorOp,
+        lease: &Lease,
+        component: &TaskComponent,
+        cx: &TaskContext<'_>,
+    ) -> TaskOutput {
+        let invocation: crate::runtime::wave::Invocation = match lease.invocation.parse() {
+            Ok(invocation) => invocation,
+            Err(error) => {
+                return TaskOutput::failed(TaskError::new(
+                    TaskErrorKind::InvalidArguments,
+                    &lease.function,
+                    error.to_string(),
+                ));
+            }
+        };
+        let gone = |id: &str| {
+            TaskOutput::failed(TaskError::new(
+                TaskErrorKind::ActorDead,
+                &lease.function,
+                format!("actor {id} is not on worker pid {}", crate::ids::pid()),
+            ))
+        };
+        match op {
+            ActorOp::Create { id, .. } => {
+                let identity = ActorIdentity { id, restarts: 0 };
+                let (actor, output) = Actor::create(
+                    &self.linker,
+                    self.telemetry.as_ref(),
+                    component,
+                    &invocation,
+                    identity,
+                    cx,
+                );
+                if let Some(actor) = actor {
+                    lock(&self.actors).insert(id.clone(), actor);
+                }
+                output
+            }
+            ActorOp::Call { id } => {
+                let Some(mut actor) = lock(&self.actors).remove(id) else {
+                    return gone(id);
+                };
+                let output = actor.call(
+                    &self.linker,
+                    self.telemetry.as_ref(),
+                    component,
+                    &invocation,
+                    cx,
+                );
+                lock(&self.actors).insert(id.clone(), actor);
+                output
+            }
+            ActorOp::Kill { id } => {
+                let Some(actor) = lock(&self.actors).remove(id) else {
+                    return gone(id);
+                };
+                actor.kill(&self.linker, self.telemetry.as_ref(), component, cx)
             }
         }
     }
@@ -797,6 +880,7 @@ impl Submitter for PoolSubmitter {
                 invocation: task.invocation,
                 trace: task.trace,
                 parent: Some(self.parent),
+                actor: None,
             }]))
             .map_err(|_| "the worker is shutting down".to_owned())?;
         Ok(Submitted {

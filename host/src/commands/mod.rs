@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+mod actor;
 mod args;
 mod check;
 mod cluster_args;
@@ -35,6 +36,7 @@ enum Command {
     Stop(stop::StopCommand),
     Spans(spans::SpansCommand),
     Check(check::CheckCommand),
+    Actor(actor::ActorCommand),
     #[command(hide = true)]
     Worker(worker::WorkerCommand),
 }
@@ -51,6 +53,7 @@ impl Cli {
             Command::Stop(command) => command.run(),
             Command::Spans(command) => command.run(),
             Command::Check(command) => command.run(),
+            Command::Actor(command) => command.run(),
             Command::Worker(command) => command.run(),
         }
     }

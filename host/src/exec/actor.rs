@@ -224,13 +224,7 @@ impl Actor {
                 )),
             }
         })
-        .unwrap_or_else(|panic| {
-            Err(TaskError::new(
-                TaskErrorKind::HostPanic,
-                &function,
-                panic.to_string(),
-            ))
-        });
+        .unwrap_or_else(|panic| Err(host_panic(&function, &panic)));
         let result = finish_run(
             &mut store,
             span.as_mut(),
@@ -282,22 +276,7 @@ impl Actor {
         let limits = linker.runtime().limits();
         let method = invocation.function.as_str();
         let function = format!("{}.{method}", self.class.name);
-        let identity = ActorIdentity {
-            id: &self.id,
-            restarts: self.restarts,
-        };
-        let mut span = telemetry.map(|t| {
-            let creation = Some(self.creation.clone()).filter(SpanContext::is_valid);
-            actor_span(
-                t,
-                component,
-                identity,
-                &self.class.name,
-                method,
-                creation,
-                cx,
-            )
-        });
+        let mut span = self.method_span(telemetry, component, method, cx);
         let result = match (&self.dead, self.class.methods.get(method)) {
             (Some(why), _) => Err(TaskError::new(
                 TaskErrorKind::ActorDead,
@@ -339,7 +318,9 @@ impl Actor {
         }
         let ran = !matches!(
             result.as_ref().map_err(|e| e.kind),
-            Err(TaskErrorKind::ActorDead | TaskErrorKind::UnknownExport)
+            Err(TaskErrorKind::ActorDead
+                | TaskErrorKind::UnknownExport
+                | TaskErrorKind::InvalidArguments)
         );
         let result = finish_run(
             &mut self.store,
@@ -383,12 +364,33 @@ impl Actor {
                 })?;
             call(store, func, &params, function, limits)
         })
-        .unwrap_or_else(|panic| {
-            Err(TaskError::new(
-                TaskErrorKind::HostPanic,
-                function,
-                panic.to_string(),
-            ))
+        .unwrap_or_else(|panic| Err(host_panic(function, &panic)))
+    }
+
+    /// The `<class>.<method> execute` span of a call, linked to the
+    /// creation's.
+    fn method_span(
+        &self,
+        telemetry: Option<&Telemetry>,
+        component: &TaskComponent,
+        method: &str,
+        cx: &TaskContext<'_>,
+    ) -> Option<opentelemetry_sdk::trace::Span> {
+        let identity = ActorIdentity {
+            id: &self.id,
+            restarts: self.restarts,
+        };
+        let creation = Some(self.creation.clone()).filter(SpanContext::is_valid);
+        telemetry.map(|t| {
+            actor_span(
+                t,
+                component,
+                identity,
+                &self.class.name,
+                method,
+                creation,
+                cx,
+            )
         })
     }
 
@@ -412,17 +414,53 @@ impl Actor {
         self.dead.as_deref()
     }
 
-    /// Ends the actor: the guest's destructor runs (when the instance is
-    /// still usable), then the instance is gone.
-    pub fn kill(mut self) {
-        if self.dead.is_none() {
+    /// Ends the actor inside a `<class>.kill execute` span: the guest's
+    /// destructor runs (when the instance is still usable), then the
+    /// instance is gone.
+    pub fn kill(
+        mut self,
+        linker: &TaskLinker,
+        telemetry: Option<&Telemetry>,
+        component: &TaskComponent,
+        cx: &TaskContext<'_>,
+    ) -> TaskOutput {
+        let limits = linker.runtime().limits();
+        let function = format!("{}.kill", self.class.name);
+        let mut span = self.method_span(telemetry, component, "kill", cx);
+        let result = if self.dead.is_some() {
+            Ok(String::new())
+        } else {
+            rearm_store(
+                &mut self.store,
+                telemetry,
+                component,
+                span.as_ref(),
+                cx,
+                limits,
+            );
             let handle = self.handle;
             let store = &mut self.store;
-            let _ = sandbox::contain("dropping the actor", || {
+            sandbox::contain("dropping the actor", || {
                 let _dropping = sandbox::host_call("the actor's destructor");
-                handle.resource_drop(store)
-            });
-        }
+                handle
+                    .resource_drop(&mut *store)
+                    .map(|()| String::new())
+                    .map_err(|e| {
+                        TaskError::new(TaskErrorKind::Trap, &function, format!("trapped: {e}"))
+                    })
+            })
+            .unwrap_or_else(|panic| Err(host_panic(&function, &panic)))
+        };
+        let result = finish_run(
+            &mut self.store,
+            span.as_mut(),
+            &function,
+            result,
+            cx,
+            limits,
+            |_| {},
+        );
+        self.take_output(result)
     }
 
     /// What the guest wrote since the last run returned, with `result`.
@@ -440,8 +478,12 @@ impl Actor {
     }
 }
 
+fn host_panic(function: &str, panic: &sandbox::HostPanic) -> TaskError {
+    TaskError::new(TaskErrorKind::HostPanic, function, panic.to_string())
+}
+
 /// Whether a failed call leaves the instance unusable: it stopped part way.
-fn kills(kind: TaskErrorKind) -> bool {
+pub fn kills(kind: TaskErrorKind) -> bool {
     matches!(
         kind,
         TaskErrorKind::Trap

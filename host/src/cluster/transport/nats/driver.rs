@@ -183,6 +183,12 @@ async fn serve_requests(
                         failed.push(failed_task(&submission, why.clone()));
                         continue;
                     }
+                    if submission.actor.is_some() {
+                        let why = "actors run on a cluster with a local head (`wtrace start`); \
+                                   a NATS cluster does not host them yet";
+                        failed.push(failed_task(&submission, why.into()));
+                        continue;
+                    }
                     let component_name = names
                         .get(&submission.component)
                         .cloned()
@@ -417,6 +423,7 @@ pub(super) async fn status(nats: &Nats, entry: &ConfigEntry) -> ClusterStatus {
         running,
         components: 0,
         component_bytes: 0,
+        actors: Vec::new(),
         uptime: Duration::from_secs(now.saturating_sub(entry.created)),
         failed_hooks,
     }
@@ -453,6 +460,7 @@ mod tests {
                         invocation: "f()".into(),
                         trace: None,
                         parent: None,
+                        actor: None,
                     },
                     component_name: "c.wasm".into(),
                     reply: "wtrace.results.d".into(),

@@ -437,6 +437,7 @@ async fn lease(
         trace: submission.trace.clone(),
         depth: task.depth,
         confirm_start: false,
+        actor: None,
     };
     {
         let mut credit = lock(&shared.credit);

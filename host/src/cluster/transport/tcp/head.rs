@@ -24,9 +24,9 @@ use super::protocol::{
 use super::store::ComponentStore;
 use crate::capabilities::provider::WorkerInfo;
 use crate::cluster::messages::{
-    BATCH_BYTES, ClusterConfig, ClusterStatus, ComponentRef, Done, FromDriver, FromWorker, Lease,
-    MAX_NAME_BYTES, Submission, ToDriver, ToWorker, WORKER_COMPONENTS, WireSize, WorkerStatus,
-    batches,
+    ActorOp, ActorStatus, BATCH_BYTES, ClusterConfig, ClusterStatus, ComponentRef, Done,
+    FromDriver, FromWorker, Lease, MAX_NAME_BYTES, Submission, ToDriver, ToWorker,
+    WORKER_COMPONENTS, WireSize, WorkerStatus, batches,
 };
 use crate::cluster::transport::DriverLink;
 use crate::error::{Error, Result};
@@ -201,6 +201,45 @@ struct Tree {
     live: u32,
 }
 
+/// An actor as the head knows it: where it lives, and the calls waiting
+/// for it. Calls go to its worker one at a time, each after the last one's
+/// result came back, so they run in the order they were submitted.
+struct HeadActor {
+    name: Option<String>,
+    class: String,
+    component: Digest,
+    component_name: String,
+    /// The task that creates it.
+    creation: u64,
+    worker: Option<ConnId>,
+    calls: u64,
+    state: ActorState,
+    /// Calls and kills submitted and not yet sent, in submission order.
+    waiting: VecDeque<u64>,
+    /// A call is on its worker.
+    busy: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ActorState {
+    Creating,
+    Alive,
+    Dead(String),
+}
+
+/// Dead actors the head keeps, so calls to them say why; past it the
+/// oldest are forgotten.
+const DEAD_ACTORS_KEPT: usize = 1024;
+
+/// What the head does with an actor submission.
+enum ActorAdmission {
+    /// Queue it: a creation goes to any worker, a call or kill waits for
+    /// its actor.
+    Proceed,
+    /// Answer it now, with this.
+    Answer(TaskOutput),
+}
+
 struct State {
     config: Arc<ClusterConfig>,
     /// The hook's bytes, by the digest the configuration names.
@@ -224,6 +263,12 @@ struct State {
     task_bytes: usize,
     /// [`MAX_TASKS`], but for tests.
     max_tasks: usize,
+    /// Actors by id.
+    actors: HashMap<String, HeadActor>,
+    /// Actor ids by name.
+    actor_names: HashMap<String, String>,
+    /// Dead actors, oldest first, for [`DEAD_ACTORS_KEPT`].
+    dead_actors: VecDeque<String>,
 }
 
 /// A running head.
@@ -654,6 +699,9 @@ impl State {
             trees: HashMap::new(),
             task_bytes: 0,
             max_tasks: MAX_TASKS,
+            actors: HashMap::new(),
+            actor_names: HashMap::new(),
+            dead_actors: VecDeque::new(),
         }
     }
 
@@ -738,6 +786,15 @@ impl State {
             self.retire(id);
         }
         self.queue.retain(|id| self.tasks.contains_key(id));
+        let tasks = &self.tasks;
+        for actor in self.actors.values_mut() {
+            actor.waiting.retain(|id| tasks.contains_key(id));
+        }
+        // An actor whose creation was dropped before it ran is never made.
+        self.actors
+            .retain(|_, a| a.state != ActorState::Creating || tasks.contains_key(&a.creation));
+        let actors = &self.actors;
+        self.actor_names.retain(|_, id| actors.contains_key(id));
     }
 
     /// Sends results to whoever submitted the tasks, in messages of at most
@@ -817,6 +874,9 @@ impl State {
                         continue;
                     };
                     self.done += 1;
+                    if let Some(op) = &task.submission.actor {
+                        self.actor_done(op, &done.output, &mut replies);
+                    }
                     replies.entry(task.origin).or_default().push(Done {
                         id: task.submission.tag,
                         pid: done.pid,
@@ -840,6 +900,21 @@ impl State {
         self.readiness_changed.notify_one();
         self.forget_queued(Origin::Worker(conn));
         let mut failed: HashMap<Origin, Vec<Done>> = HashMap::new();
+        // Its actors die with it; what was sent to them or waits for them
+        // fails, saying so.
+        let why = format!(
+            "its worker {} (pid {}) died",
+            worker.info.worker_id, worker.pid
+        );
+        let lost: Vec<String> = self
+            .actors
+            .iter()
+            .filter(|(_, a)| a.worker == Some(conn))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &lost {
+            self.kill_actor(id, &why, &mut failed);
+        }
         let mut leased: Vec<(u64, u64)> =
             worker.leased.iter().map(|(id, seq)| (*seq, *id)).collect();
         leased.sort_unstable();
@@ -849,6 +924,21 @@ impl State {
                 continue;
             };
             task.worker = None;
+            if let Some(op) = &task.submission.actor {
+                let error = TaskError::new(
+                    TaskErrorKind::WorkerDied,
+                    &task.submission.function,
+                    format!("actor {} is dead: {why}", op.id()),
+                );
+                let task = self.retire(id).expect("present");
+                failed.entry(task.origin).or_default().push(Done {
+                    id: task.submission.tag,
+                    pid: worker.pid,
+                    busy_us: 0,
+                    output: TaskOutput::failed(error),
+                });
+                continue;
+            }
             let started = seq < worker.started;
             if !started {
                 // Leased and never confirmed started: run it again, asking
@@ -929,7 +1019,28 @@ impl State {
     /// or past a nesting limit fail at once.
     fn submit(&mut self, origin: Origin, submissions: Vec<Submission>) {
         let mut rejected = Vec::new();
-        for submission in submissions {
+        for mut submission in submissions {
+            match self.admit_actor_op(&mut submission) {
+                Ok(ActorAdmission::Proceed) => {}
+                Ok(ActorAdmission::Answer(output)) => {
+                    rejected.push(Done {
+                        id: submission.tag,
+                        pid: 0,
+                        busy_us: 0,
+                        output,
+                    });
+                    continue;
+                }
+                Err(error) => {
+                    rejected.push(Done {
+                        id: submission.tag,
+                        pid: 0,
+                        busy_us: 0,
+                        output: TaskOutput::failed(error),
+                    });
+                    continue;
+                }
+            }
             let placed = self
                 .check_submission(&submission)
                 .and_then(|()| self.place(origin, &submission));
@@ -958,6 +1069,7 @@ impl State {
             };
             self.store.pin(&submission.component);
             self.task_bytes += submission.invocation.len();
+            let actor = submission.actor.clone();
             self.tasks.insert(
                 id,
                 Task {
@@ -970,7 +1082,19 @@ impl State {
                     suspect: false,
                 },
             );
-            self.queue.push_back(id);
+            match actor {
+                Some(ActorOp::Create { id: actor, name }) => {
+                    self.register_actor(id, actor, name);
+                    self.queue.push_back(id);
+                }
+                Some(ActorOp::Call { id: actor } | ActorOp::Kill { id: actor }) => {
+                    if let Some(entry) = self.actors.get_mut(&actor) {
+                        entry.waiting.push_back(id);
+                    }
+                    self.pump_actor(&actor);
+                }
+                None => self.queue.push_back(id),
+            }
         }
         if !rejected.is_empty() {
             self.reply(HashMap::from([(origin, rejected)]));
@@ -1101,49 +1225,16 @@ impl State {
                 break;
             };
             self.queue.pop_front();
-            let Some(task) = self.tasks.get_mut(&id) else {
+            let Some(lease) = self.lease(conn, id, &mut forgotten) else {
                 continue;
             };
-            let worker = self.workers.get_mut(&conn).expect("chosen above");
-            let digest = &task.submission.component;
-            let Some(component) = self.store.get(digest) else {
-                continue;
-            };
-            let bytes = match worker.has.iter().position(|d| d == digest) {
-                Some(held) => {
-                    let digest = worker.has.remove(held).expect("found");
-                    worker.has.push_back(digest);
-                    None
-                }
-                None => {
-                    worker.has.push_back(digest.clone());
-                    if worker.has.len() > WORKER_COMPONENTS
-                        && let Some(oldest) = worker.has.pop_front()
-                    {
-                        forgotten.entry(conn).or_default().push(oldest);
-                    }
-                    Some(component.bytes.as_ref().clone())
-                }
-            };
-            worker.leased.insert(id, worker.sent);
-            worker.sent += 1;
-            worker.credit -= 1;
-            task.worker = Some(conn);
-            leased.entry(conn).or_default().push(Lease {
-                lease_id: id,
-                task_id: task.submission.task_id.clone(),
-                attempt: task.attempt,
-                component: ComponentRef {
-                    digest: digest.clone(),
-                    name: component.name.clone(),
-                    bytes,
-                },
-                function: task.submission.function.clone(),
-                invocation: task.submission.invocation.clone(),
-                trace: task.submission.trace.clone(),
-                depth: task.depth,
-                confirm_start: task.suspect,
-            });
+            self.workers.get_mut(&conn).expect("chosen above").credit -= 1;
+            if let Some(ActorOp::Create { id: actor, .. }) = &lease.actor
+                && let Some(actor) = self.actors.get_mut(actor)
+            {
+                actor.worker = Some(conn);
+            }
+            leased.entry(conn).or_default().push(lease);
         }
         for (conn, leases) in leased {
             for batch in batches(leases, usize::MAX, BATCH_BYTES, Lease::wire_size) {
@@ -1156,8 +1247,316 @@ impl State {
         }
     }
 
+    /// The lease of task `id` for worker `conn`, with its component's bytes
+    /// unless the worker holds them; a component the worker must now forget
+    /// goes into `forgotten`. None when the task or its component is gone.
+    fn lease(
+        &mut self,
+        conn: ConnId,
+        id: u64,
+        forgotten: &mut HashMap<ConnId, Vec<Digest>>,
+    ) -> Option<Lease> {
+        let task = self.tasks.get_mut(&id)?;
+        let worker = self.workers.get_mut(&conn)?;
+        let digest = &task.submission.component;
+        let component = self.store.get(digest)?;
+        let bytes = match worker.has.iter().position(|d| d == digest) {
+            Some(held) => {
+                let digest = worker.has.remove(held).expect("found");
+                worker.has.push_back(digest);
+                None
+            }
+            None => {
+                worker.has.push_back(digest.clone());
+                if worker.has.len() > WORKER_COMPONENTS
+                    && let Some(oldest) = worker.has.pop_front()
+                {
+                    forgotten.entry(conn).or_default().push(oldest);
+                }
+                Some(component.bytes.as_ref().clone())
+            }
+        };
+        worker.leased.insert(id, worker.sent);
+        worker.sent += 1;
+        task.worker = Some(conn);
+        Some(Lease {
+            lease_id: id,
+            task_id: task.submission.task_id.clone(),
+            attempt: task.attempt,
+            component: ComponentRef {
+                digest: digest.clone(),
+                name: component.name.clone(),
+                bytes,
+            },
+            function: task.submission.function.clone(),
+            invocation: task.submission.invocation.clone(),
+            trace: task.submission.trace.clone(),
+            depth: task.depth,
+            confirm_start: task.suspect,
+            actor: task.submission.actor.clone(),
+        })
+    }
+
+    /// Checks an actor submission and points it at its actor: a creation's
+    /// id and name must be new; a call or kill names a known actor (by id
+    /// or name), whose id and component it then carries.
+    fn admit_actor_op(
+        &mut self,
+        submission: &mut Submission,
+    ) -> std::result::Result<ActorAdmission, TaskError> {
+        let error = |kind, message: String| TaskError::new(kind, &submission.function, message);
+        let Some(op) = &submission.actor else {
+            return Ok(ActorAdmission::Proceed);
+        };
+        match op {
+            ActorOp::Create { id, name } => {
+                let taken =
+                    |n: &str| self.actors.contains_key(n) || self.actor_names.contains_key(n);
+                if id.len() > MAX_NAME_BYTES
+                    || name.as_ref().is_some_and(|n| n.len() > MAX_NAME_BYTES)
+                {
+                    return Err(error(
+                        TaskErrorKind::Cluster,
+                        format!("actor ids and names are at most {MAX_NAME_BYTES} bytes"),
+                    ));
+                }
+                if taken(id) {
+                    return Err(error(
+                        TaskErrorKind::Cluster,
+                        format!("an actor {id:?} exists already"),
+                    ));
+                }
+                if let Some(name) = name
+                    && taken(name)
+                {
+                    return Err(error(
+                        TaskErrorKind::Cluster,
+                        format!(
+                            "an actor named {name:?} exists already; pick another --name, or \
+                             `wtrace actor kill {name}` first"
+                        ),
+                    ));
+                }
+                Ok(ActorAdmission::Proceed)
+            }
+            ActorOp::Call { id: given } | ActorOp::Kill { id: given } => {
+                let kill = matches!(op, ActorOp::Kill { .. });
+                let id = self
+                    .actor_names
+                    .get(given)
+                    .cloned()
+                    .unwrap_or_else(|| given.clone());
+                let Some(actor) = self.actors.get(&id) else {
+                    return Err(error(
+                        TaskErrorKind::Cluster,
+                        format!("no actor {given:?} in this cluster (see `wtrace actor list`)"),
+                    ));
+                };
+                if let ActorState::Dead(why) = &actor.state {
+                    if kill {
+                        self.forget_actor(&id);
+                        return Ok(ActorAdmission::Answer(TaskOutput {
+                            result: Ok(String::new()),
+                            stdout: Vec::new(),
+                            stderr: Vec::new(),
+                            nested: Vec::new(),
+                        }));
+                    }
+                    return Err(error(
+                        TaskErrorKind::ActorDead,
+                        format!("actor {id} is dead: {why}"),
+                    ));
+                }
+                submission.component = actor.component.clone();
+                submission.actor = Some(if kill {
+                    ActorOp::Kill { id }
+                } else {
+                    ActorOp::Call { id }
+                });
+                Ok(ActorAdmission::Proceed)
+            }
+        }
+    }
+
+    fn register_actor(&mut self, creation: u64, id: String, name: Option<String>) {
+        let Some(task) = self.tasks.get(&creation) else {
+            return;
+        };
+        let submission = &task.submission;
+        let class = submission
+            .function
+            .strip_suffix(".new")
+            .unwrap_or(&submission.function)
+            .to_owned();
+        let component_name = self
+            .store
+            .get(&submission.component)
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        if let Some(name) = &name {
+            self.actor_names.insert(name.clone(), id.clone());
+        }
+        self.actors.insert(
+            id,
+            HeadActor {
+                name,
+                class,
+                component: submission.component.clone(),
+                component_name,
+                creation,
+                worker: None,
+                calls: 0,
+                state: ActorState::Creating,
+                waiting: VecDeque::new(),
+                busy: false,
+            },
+        );
+    }
+
+    /// Sends an alive, idle actor its next waiting call or kill.
+    fn pump_actor(&mut self, id: &str) {
+        loop {
+            let Some(actor) = self.actors.get_mut(id) else {
+                return;
+            };
+            if actor.busy || actor.state != ActorState::Alive {
+                return;
+            }
+            let Some(conn) = actor.worker else {
+                return;
+            };
+            let Some(task) = actor.waiting.pop_front() else {
+                return;
+            };
+            actor.busy = true;
+            let mut forgotten = HashMap::new();
+            if let Some(lease) = self.lease(conn, task, &mut forgotten) {
+                let worker = &self.workers[&conn];
+                worker.tx.send(ToWorker::Run(vec![lease]));
+                if let Some(digests) = forgotten.remove(&conn) {
+                    worker.tx.send(ToWorker::Forget(digests));
+                }
+                return;
+            }
+            if let Some(actor) = self.actors.get_mut(id) {
+                actor.busy = false;
+            }
+        }
+    }
+
+    /// An actor's creation, call or kill finished with `output`.
+    fn actor_done(
+        &mut self,
+        op: &ActorOp,
+        output: &TaskOutput,
+        replies: &mut HashMap<Origin, Vec<Done>>,
+    ) {
+        let id = op.id().to_owned();
+        match (op, &output.result) {
+            (ActorOp::Create { .. }, Ok(_)) => {
+                if let Some(actor) = self.actors.get_mut(&id) {
+                    actor.state = ActorState::Alive;
+                }
+            }
+            (ActorOp::Create { .. }, Err(error)) => {
+                let why = format!("its creation failed: {}", error.message);
+                self.kill_actor(&id, &why, replies);
+                self.forget_actor(&id);
+            }
+            (ActorOp::Call { .. }, result) => {
+                let Some(actor) = self.actors.get_mut(&id) else {
+                    return;
+                };
+                actor.busy = false;
+                let refused = matches!(
+                    result,
+                    Err(e) if matches!(e.kind, TaskErrorKind::UnknownExport | TaskErrorKind::InvalidArguments)
+                );
+                if !refused {
+                    actor.calls += 1;
+                }
+                if let Err(error) = result
+                    && crate::exec::actor::kills(error.kind)
+                {
+                    let why = format!("call {} failed: {}", actor.calls, error.message);
+                    self.kill_actor(&id, &why, replies);
+                }
+            }
+            (ActorOp::Kill { .. }, _) => {
+                self.kill_actor(&id, "it was killed", replies);
+                self.forget_actor(&id);
+            }
+        }
+        self.pump_actor(&id);
+    }
+
+    /// Marks an actor dead for `why`, failing what waits for it.
+    fn kill_actor(&mut self, id: &str, why: &str, replies: &mut HashMap<Origin, Vec<Done>>) {
+        let Some(actor) = self.actors.get_mut(id) else {
+            return;
+        };
+        if !matches!(actor.state, ActorState::Dead(_)) {
+            actor.state = ActorState::Dead(why.to_owned());
+            self.dead_actors.push_back(id.to_owned());
+        }
+        actor.busy = false;
+        let waiting: Vec<u64> = actor.waiting.drain(..).collect();
+        for task in waiting {
+            if let Some(task) = self.retire(task) {
+                let error = TaskError::new(
+                    TaskErrorKind::ActorDead,
+                    &task.submission.function,
+                    format!("actor {id} is dead: {why}"),
+                );
+                replies.entry(task.origin).or_default().push(Done {
+                    id: task.submission.tag,
+                    pid: 0,
+                    busy_us: 0,
+                    output: TaskOutput::failed(error),
+                });
+            }
+        }
+        while self.dead_actors.len() > DEAD_ACTORS_KEPT {
+            if let Some(oldest) = self.dead_actors.pop_front() {
+                self.forget_actor(&oldest);
+            }
+        }
+    }
+
+    fn forget_actor(&mut self, id: &str) {
+        if let Some(actor) = self.actors.remove(id)
+            && let Some(name) = actor.name
+        {
+            self.actor_names.remove(&name);
+        }
+        self.dead_actors.retain(|d| d != id);
+    }
+
     fn status(&self) -> ClusterStatus {
+        let mut actors: Vec<ActorStatus> = self
+            .actors
+            .iter()
+            .map(|(id, a)| ActorStatus {
+                id: id.clone(),
+                name: a.name.clone(),
+                class: a.class.clone(),
+                component: a.component_name.clone(),
+                digest: a.component.clone(),
+                worker: a
+                    .worker
+                    .and_then(|conn| self.workers.get(&conn))
+                    .map(|w| (w.info.worker_id.clone(), w.info.node_id.clone(), w.pid)),
+                calls: a.calls,
+                state: match &a.state {
+                    ActorState::Creating => "creating".into(),
+                    ActorState::Alive => "alive".into(),
+                    ActorState::Dead(why) => format!("dead: {why}"),
+                },
+            })
+            .collect();
+        actors.sort_by(|a, b| a.id.cmp(&b.id));
         ClusterStatus {
+            actors,
             job_id: self.config.job_id.clone(),
             hook: self
                 .config
@@ -1262,6 +1661,7 @@ mod tests {
             invocation: "f()".into(),
             trace: None,
             parent,
+            actor: None,
         }
     }
 

@@ -1,0 +1,310 @@
+//! Actors on a started cluster: `wtrace actor create / call / list / kill`,
+//! the Rust client's handles, the order of calls from two drivers, calls
+//! to different actors in parallel, a method that traps, a worker killed
+//! under an actor, and the trace shape read from the span files.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use wtrace::cluster::{LocalCluster, LocalClusterOptions};
+use wtrace::outcome::TaskErrorKind;
+use wtrace::runtime::wave::Invocation;
+use wtrace_tests::{Cluster, Spans, guests, span_dir, wtrace_bin};
+
+fn traced_cluster(dir: &std::path::Path, args: &[&str]) -> Cluster {
+    let hook = format!("--tracing-startup-hook={}", guests::FILE_HOOK);
+    let allow = format!("--allow-span-dir={}", dir.display());
+    let mut full = vec![hook.as_str(), allow.as_str()];
+    full.extend_from_slice(args);
+    Cluster::start(&full, &[("WTRACE_SPAN_DIR", dir.to_str().unwrap())])
+}
+
+fn invocation(text: &str) -> Invocation {
+    text.parse().unwrap()
+}
+
+/// A local cluster of `workers`, an untraced client, and the actors test
+/// guest uploaded.
+async fn actors_cluster(workers: usize) -> (LocalCluster, wtrace::Client, wtrace::Digest) {
+    let mut options = LocalClusterOptions::new(wtrace_bin());
+    options.num_workers = workers;
+    let cluster = LocalCluster::start(options).await.unwrap();
+    let client = cluster.client_untraced().await.unwrap();
+    let component = client.upload_file(guests::ACTORS.as_ref()).await.unwrap();
+    (cluster, client, component)
+}
+
+#[test]
+fn the_cli_makes_calls_lists_and_kills_an_actor_and_traces_each_step() {
+    let dir = span_dir();
+    let mut cluster = traced_cluster(dir.path(), &["--num-workers=2"]);
+    let created = cluster
+        .command(&[
+            "actor",
+            "create",
+            "--name",
+            "tally",
+            guests::COUNTER,
+            "counter(5)",
+        ])
+        .run();
+    let id = created.success().trim().to_owned();
+    assert!(id.starts_with("counter-"), "{id}");
+    for (call, want) in [("incr(2)", "7"), ("incr(3)", "10")] {
+        let run = cluster.command(&["actor", "call", &id, call]).run();
+        assert_eq!(run.success().trim(), want);
+    }
+    // By name, as by id.
+    let run = cluster.command(&["actor", "call", "tally", "get()"]).run();
+    assert_eq!(run.success().trim(), "10");
+
+    let listed = cluster.command(&["actor", "list"]).run();
+    let line = listed
+        .success()
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} listed:\n{}", listed.stdout));
+    assert!(
+        line.contains("tally") && line.contains("counter.wasm") && line.contains("alive"),
+        "{line}"
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        cluster
+            .command(&["actor", "list", "--json"])
+            .run()
+            .success(),
+    )
+    .unwrap();
+    assert_eq!(json[0]["calls"], 3);
+    assert_eq!(json[0]["class"], "counter");
+
+    let unknown = cluster.command(&["actor", "call", &id, "nope()"]).run();
+    assert_eq!(unknown.status, Some(1));
+    assert!(
+        unknown.stderr.contains("has no method `nope`"),
+        "{}",
+        unknown.stderr
+    );
+
+    cluster.command(&["actor", "kill", "tally"]).run().success();
+    let gone = cluster.command(&["actor", "call", &id, "get()"]).run();
+    assert_eq!(gone.status, Some(1));
+    assert!(gone.stderr.contains("no actor"), "{}", gone.stderr);
+    cluster.stop();
+
+    let spans = Spans::read(dir.path());
+    let creation = spans.one("counter.new execute");
+    assert_eq!(creation.attributes["wtrace.actor_id"], id);
+    assert_eq!(creation.attributes["wtrace.actor_method"], "new");
+    let submit = spans.one("counter.new submit");
+    assert_eq!(
+        creation.parent_span_id, submit.span_id,
+        "execute under submit"
+    );
+    assert_eq!(creation.trace_id, submit.trace_id);
+    assert_ne!(creation.pid, submit.pid, "across processes");
+    let calls = spans.named("counter.incr execute");
+    assert_eq!(calls.len(), 2);
+    for call in calls.iter().chain(&spans.named("counter.get execute")) {
+        assert_eq!(
+            call.links,
+            [(creation.trace_id.clone(), creation.span_id.clone())],
+            "{} links to the creation",
+            call.name
+        );
+        assert_eq!(call.attributes["wtrace.actor_class"], "counter");
+        let submit = spans
+            .all()
+            .iter()
+            .find(|s| s.span_id == call.parent_span_id)
+            .expect("each call's submit span");
+        assert_eq!(submit.name, call.name.replace(" execute", " submit"));
+        assert_eq!(submit.attributes["wtrace.actor_id"], id);
+    }
+    // The guest's own span nests under its call.
+    for add in spans.named("add") {
+        assert!(calls.iter().any(|c| c.span_id == add.parent_span_id));
+    }
+    let kill = spans.one("counter.kill execute");
+    assert_eq!(kill.links[0].1, creation.span_id);
+}
+
+#[test]
+fn calls_from_two_drivers_run_in_the_order_each_sent_them_and_actors_run_in_parallel() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (cluster, a, component) = actors_cluster(2).await;
+        let b = cluster.client_untraced().await.unwrap();
+        let root = opentelemetry::Context::new();
+        let counter = a
+            .create_actor(&component, &invocation("counter(0)"), None, &root)
+            .await
+            .unwrap();
+        let same = b.actor(counter.id()).await.unwrap();
+
+        // Each driver sends 200 increments without waiting for any.
+        let mut sent = Vec::new();
+        for _ in 0..200 {
+            sent.push((
+                0,
+                counter.call(&invocation("incr(1)"), &root).await.unwrap(),
+            ));
+            sent.push((1, same.call(&invocation("incr(1)"), &root).await.unwrap()));
+        }
+        let mut seen: [Vec<i64>; 2] = [Vec::new(), Vec::new()];
+        let results = join_all(sent.into_iter().map(|(driver, task)| async move {
+            (driver, task.get().await.unwrap().value.unwrap())
+        }))
+        .await;
+        for (driver, value) in results {
+            seen[driver].push(value.parse().unwrap());
+        }
+        let mut all: Vec<i64> = seen.concat();
+        all.sort_unstable();
+        assert_eq!(all, (1..=400).collect::<Vec<_>>(), "every call ran once");
+        for values in &seen {
+            assert!(
+                values.windows(2).all(|w| w[0] < w[1]),
+                "one driver's calls ran in the order it sent them"
+            );
+        }
+
+        // Two actors, each busy 300 ms, finish together: in parallel.
+        let second = a
+            .create_actor(&component, &invocation("counter(0)"), None, &root)
+            .await
+            .unwrap();
+        let actors = a.actors().await.unwrap();
+        let workers: std::collections::HashSet<_> =
+            actors.iter().map(|s| s.worker.clone().unwrap()).collect();
+        let started = Instant::now();
+        let spins = [
+            counter.call(&invocation("spin(300)"), &root).await.unwrap(),
+            second.call(&invocation("spin(300)"), &root).await.unwrap(),
+        ];
+        for spin in spins {
+            spin.get().await.unwrap().value.unwrap();
+        }
+        if workers.len() == 2 {
+            assert!(
+                started.elapsed() < Duration::from_millis(580),
+                "two actors on two workers ran one after the other: {:?}",
+                started.elapsed()
+            );
+        }
+        cluster.stop().await;
+    });
+}
+
+#[test]
+fn a_method_that_traps_kills_the_actor_and_later_calls_say_why() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (cluster, client, component) = actors_cluster(1).await;
+        let root = opentelemetry::Context::new();
+        let counter = client
+            .create_actor(
+                &component,
+                &invocation("counter(3)"),
+                Some("fragile"),
+                &root,
+            )
+            .await
+            .unwrap();
+        // A call queued behind the trapping one fails too, saying why.
+        let boom = counter.call(&invocation("boom()"), &root).await.unwrap();
+        let after = counter.call(&invocation("get()"), &root).await.unwrap();
+        let boom = boom.get().await.unwrap();
+        assert_eq!(boom.value.unwrap_err().kind, TaskErrorKind::Trap);
+        assert!(String::from_utf8_lossy(&boom.stderr).contains("boom at 3"));
+        let after = after.get().await.unwrap().value.unwrap_err();
+        assert_eq!(after.kind, TaskErrorKind::ActorDead);
+        assert!(after.message.contains("trapped"), "{}", after.message);
+        let later = counter
+            .call(&invocation("get()"), &root)
+            .await
+            .unwrap()
+            .get()
+            .await
+            .unwrap()
+            .value
+            .unwrap_err();
+        assert_eq!(later.kind, TaskErrorKind::ActorDead);
+        let listed = client.actors().await.unwrap();
+        assert!(
+            listed[0].state.starts_with("dead: call 1 failed"),
+            "{listed:?}"
+        );
+        // The name is taken until the dead actor is killed.
+        let again = client
+            .create_actor(
+                &component,
+                &invocation("counter(0)"),
+                Some("fragile"),
+                &root,
+            )
+            .await
+            .unwrap_err();
+        assert!(again.to_string().contains("exists already"), "{again}");
+        counter.kill(&root).await.unwrap();
+        assert!(client.actors().await.unwrap().is_empty());
+        client
+            .create_actor(
+                &component,
+                &invocation("counter(0)"),
+                Some("fragile"),
+                &root,
+            )
+            .await
+            .unwrap();
+        cluster.stop().await;
+    });
+}
+
+#[test]
+fn a_worker_killed_under_an_actor_fails_its_calls_with_a_clear_error() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (cluster, client, component) = actors_cluster(1).await;
+        let root = opentelemetry::Context::new();
+        let counter = client
+            .create_actor(&component, &invocation("counter(1)"), None, &root)
+            .await
+            .unwrap();
+        let spinning = counter
+            .call(&invocation("spin(5000)"), &root)
+            .await
+            .unwrap();
+        let queued = counter.call(&invocation("get()"), &root).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pid = cluster.worker_pids()[0];
+        // SAFETY: kill only signals the worker this test started.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+        let within = Duration::from_secs(10);
+        let spinning = tokio::time::timeout(within, spinning.get())
+            .await
+            .expect("no hang")
+            .unwrap()
+            .value
+            .unwrap_err();
+        assert_eq!(spinning.kind, TaskErrorKind::WorkerDied);
+        assert!(
+            spinning.message.contains("died") && spinning.message.contains(&pid.to_string()),
+            "{}",
+            spinning.message
+        );
+        let queued = tokio::time::timeout(within, queued.get())
+            .await
+            .expect("no hang")
+            .unwrap()
+            .value
+            .unwrap_err();
+        assert_eq!(queued.kind, TaskErrorKind::ActorDead);
+        let listed = client.actors().await.unwrap();
+        assert!(listed[0].state.contains("died"), "{listed:?}");
+        cluster.stop().await;
+    });
+}
