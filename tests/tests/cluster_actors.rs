@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use wtrace::cluster::{LocalCluster, LocalClusterOptions};
+use wtrace::cluster::{ActorOptions, LocalCluster, LocalClusterOptions};
 use wtrace::outcome::TaskErrorKind;
 use wtrace::runtime::wave::Invocation;
 use wtrace_tests::{Cluster, Spans, guests, span_dir, wtrace_bin};
@@ -21,6 +21,13 @@ fn traced_cluster(dir: &std::path::Path, args: &[&str]) -> Cluster {
 
 fn invocation(text: &str) -> Invocation {
     text.parse().unwrap()
+}
+
+fn named(name: &str) -> ActorOptions {
+    ActorOptions {
+        name: Some(name.into()),
+        ..ActorOptions::default()
+    }
 }
 
 /// A local cluster of `workers`, an untraced client, and the actors test
@@ -137,7 +144,12 @@ fn calls_from_two_drivers_run_in_the_order_each_sent_them_and_actors_run_in_para
         let b = cluster.client_untraced().await.unwrap();
         let root = opentelemetry::Context::new();
         let counter = a
-            .create_actor(&component, &invocation("counter(0)"), None, &root)
+            .create_actor(
+                &component,
+                &invocation("counter(0)"),
+                Default::default(),
+                &root,
+            )
             .await
             .unwrap();
         let same = b.actor(counter.id()).await.unwrap();
@@ -171,7 +183,12 @@ fn calls_from_two_drivers_run_in_the_order_each_sent_them_and_actors_run_in_para
 
         // Two actors, each busy 300 ms, finish together: in parallel.
         let second = a
-            .create_actor(&component, &invocation("counter(0)"), None, &root)
+            .create_actor(
+                &component,
+                &invocation("counter(0)"),
+                Default::default(),
+                &root,
+            )
             .await
             .unwrap();
         let actors = a.actors().await.unwrap();
@@ -206,7 +223,7 @@ fn a_method_that_traps_kills_the_actor_and_later_calls_say_why() {
             .create_actor(
                 &component,
                 &invocation("counter(3)"),
-                Some("fragile"),
+                named("fragile"),
                 &root,
             )
             .await
@@ -240,7 +257,7 @@ fn a_method_that_traps_kills_the_actor_and_later_calls_say_why() {
             .create_actor(
                 &component,
                 &invocation("counter(0)"),
-                Some("fragile"),
+                named("fragile"),
                 &root,
             )
             .await
@@ -252,7 +269,7 @@ fn a_method_that_traps_kills_the_actor_and_later_calls_say_why() {
             .create_actor(
                 &component,
                 &invocation("counter(0)"),
-                Some("fragile"),
+                named("fragile"),
                 &root,
             )
             .await
@@ -268,7 +285,12 @@ fn a_worker_killed_under_an_actor_fails_its_calls_with_a_clear_error() {
         let (cluster, client, component) = actors_cluster(1).await;
         let root = opentelemetry::Context::new();
         let counter = client
-            .create_actor(&component, &invocation("counter(1)"), None, &root)
+            .create_actor(
+                &component,
+                &invocation("counter(1)"),
+                Default::default(),
+                &root,
+            )
             .await
             .unwrap();
         let spinning = counter
@@ -305,6 +327,83 @@ fn a_worker_killed_under_an_actor_fails_its_calls_with_a_clear_error() {
         assert_eq!(queued.kind, TaskErrorKind::ActorDead);
         let listed = client.actors().await.unwrap();
         assert!(listed[0].state.contains("died"), "{listed:?}");
+        cluster.stop().await;
+    });
+}
+
+#[test]
+fn with_restarts_an_actor_is_made_again_after_a_trap_and_after_its_worker_dies() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (cluster, client, component) = actors_cluster(2).await;
+        let root = opentelemetry::Context::new();
+        let options = ActorOptions {
+            name: None,
+            max_restarts: 2,
+        };
+        let counter = client
+            .create_actor(&component, &invocation("counter(10)"), options, &root)
+            .await
+            .unwrap();
+        let call = |text: &'static str| {
+            let counter = counter.clone();
+            let root = root.clone();
+            async move {
+                counter
+                    .call(&invocation(text), &root)
+                    .await
+                    .unwrap()
+                    .get()
+                    .await
+                    .unwrap()
+                    .value
+            }
+        };
+        assert_eq!(call("incr(5)").await.unwrap(), "15");
+        // The trapping call fails; the actor is made again from its
+        // constructor, its state lost, as in Ray.
+        assert_eq!(call("boom()").await.unwrap_err().kind, TaskErrorKind::Trap);
+        assert_eq!(call("get()").await.unwrap(), "10");
+        let status = client.actors().await.unwrap();
+        assert_eq!(status[0].restarts, 1);
+        assert_eq!(status[0].state, "alive");
+
+        // Its worker killed under a call: the call fails, the actor lives on
+        // on the other worker.
+        let pid = status[0].worker.as_ref().unwrap().2;
+        let spinning = counter
+            .call(&invocation("spin(5000)"), &root)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // SAFETY: kill only signals a worker this test started.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+        let failed = tokio::time::timeout(Duration::from_secs(10), spinning.get())
+            .await
+            .expect("no hang")
+            .unwrap()
+            .value
+            .unwrap_err();
+        assert_eq!(failed.kind, TaskErrorKind::WorkerDied);
+        let after = tokio::time::timeout(Duration::from_secs(10), call("incr(1)"))
+            .await
+            .expect("no hang");
+        assert_eq!(after.unwrap(), "11");
+        let status = client.actors().await.unwrap();
+        assert_eq!(status[0].restarts, 2);
+        assert_ne!(
+            status[0].worker.as_ref().unwrap().2,
+            pid,
+            "made on another worker"
+        );
+
+        // No restarts left: the next trap leaves it dead.
+        assert_eq!(call("boom()").await.unwrap_err().kind, TaskErrorKind::Trap);
+        let dead = call("get()").await.unwrap_err();
+        assert_eq!(dead.kind, TaskErrorKind::ActorDead);
         cluster.stop().await;
     });
 }

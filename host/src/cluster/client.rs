@@ -27,7 +27,7 @@ use crate::telemetry::task_span::{self, SubmitSpan};
 
 mod actors;
 
-pub use actors::ActorHandle;
+pub use actors::{ActorHandle, ActorOptions};
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Done>>>>;
 

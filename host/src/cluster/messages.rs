@@ -175,6 +175,11 @@ pub enum ActorOp {
         id: String,
         /// A name usable in place of the id.
         name: Option<String>,
+        /// How many times the cluster makes it again, by its constructor,
+        /// after a call left it dead or its worker died.
+        max_restarts: u32,
+        /// Which making this is: 0, then 1, 2… for each restart.
+        restarts: u32,
     },
     /// Call a method of the actor `id` names (its id or its name), after
     /// every call sent to it before.
@@ -215,6 +220,8 @@ pub struct ActorStatus {
     pub worker: Option<(String, String, u32)>,
     /// Method calls it finished.
     pub calls: u64,
+    /// Times it was made again after dying.
+    pub restarts: u32,
     /// `creating`, `alive`, or `dead: <why>`.
     pub state: String,
 }

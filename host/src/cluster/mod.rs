@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use client::{ActorHandle, Client, TaskRef, TaskResult};
+pub use client::{ActorHandle, ActorOptions, Client, TaskRef, TaskResult};
 pub use messages::{ActorStatus, ClusterConfig, ClusterStatus, HookRef};
 pub use node::{Node, NodeOptions};
 pub use transport::tcp::Head;

@@ -762,8 +762,11 @@ impl Pool {
             ))
         };
         match op {
-            ActorOp::Create { id, .. } => {
-                let identity = ActorIdentity { id, restarts: 0 };
+            ActorOp::Create { id, restarts, .. } => {
+                let identity = ActorIdentity {
+                    id,
+                    restarts: *restarts,
+                };
                 let (actor, output) = Actor::create(
                     &self.linker,
                     self.telemetry.as_ref(),
@@ -788,7 +791,11 @@ impl Pool {
                     &invocation,
                     cx,
                 );
-                lock(&self.actors).insert(id.clone(), actor);
+                // A dead actor is never called again: the head answers for
+                // it, or makes it again, maybe elsewhere.
+                if actor.dead().is_none() {
+                    lock(&self.actors).insert(id.clone(), actor);
+                }
                 output
             }
             ActorOp::Kill { id } => {

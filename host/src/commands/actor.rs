@@ -29,6 +29,11 @@ enum Action {
         /// A name usable in place of the id (unique in the cluster).
         #[arg(long)]
         name: Option<String>,
+        /// Make it again by its constructor (its state lost) up to N times
+        /// after a call traps, times out or runs out of fuel, or its worker
+        /// dies.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        max_restarts: u32,
         /// The component exporting the class (.wasm).
         component: PathBuf,
         /// The class and its constructor's arguments in WAVE.
@@ -97,6 +102,7 @@ impl Action {
         match self {
             Action::Create {
                 name,
+                max_restarts,
                 component,
                 invocation,
                 ..
@@ -105,7 +111,12 @@ impl Action {
                 let (file, bytes) = read_component(&component)?;
                 let digest = client.upload(&file, bytes).await?;
                 let actor = client
-                    .create_actor(&digest, &invocation, name.as_deref(), &parent)
+                    .create_actor(
+                        &digest,
+                        &invocation,
+                        wtrace::cluster::ActorOptions { name, max_restarts },
+                        &parent,
+                    )
                     .await?;
                 println!("{}", actor.id());
                 Ok(ExitCode::SUCCESS)
@@ -145,7 +156,11 @@ impl Action {
                         actor.component,
                         worker,
                         actor.calls,
-                        actor.state
+                        if actor.restarts > 0 {
+                            format!("{} (restarted {}x)", actor.state, actor.restarts)
+                        } else {
+                            actor.state
+                        }
                     );
                 }
                 Ok(ExitCode::SUCCESS)

@@ -69,17 +69,28 @@ impl ActorHandle {
     }
 }
 
+/// How to make an actor.
+#[derive(Debug, Clone, Default)]
+pub struct ActorOptions {
+    /// A name usable in place of its id, unique in the cluster.
+    pub name: Option<String>,
+    /// How many times the cluster makes it again by its constructor (its
+    /// state lost) after a call traps, times out or runs out of fuel, or
+    /// its worker dies; 0: it stays dead.
+    pub max_restarts: u32,
+}
+
 impl Client {
     /// Makes an actor of a class `component` exports, by calling its
     /// constructor (`counter(5)`: the class's name and the constructor's
     /// arguments) on some worker, inside a `<class>.new submit` span.
-    /// `name`, when given, may be used in place of its id. Returns once the
-    /// actor exists; an error says why it could not be made.
+    /// Returns once the actor exists; an error says why it could not be
+    /// made.
     pub async fn create_actor(
         &self,
         component: &Digest,
         invocation: &Invocation,
-        name: Option<&str>,
+        options: ActorOptions,
         parent: &opentelemetry::Context,
     ) -> Result<ActorHandle> {
         let component_name = self.component_name(component)?;
@@ -92,7 +103,9 @@ impl Client {
         };
         let op = ActorOp::Create {
             id: handle.id.clone(),
-            name: name.map(str::to_owned),
+            name: options.name,
+            max_restarts: options.max_restarts,
+            restarts: 0,
         };
         let done = self
             .submit_actor_op(&handle, invocation, op, parent)?

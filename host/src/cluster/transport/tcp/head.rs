@@ -163,6 +163,8 @@ const FAILED_HOOKS_KEPT: usize = 64;
 enum Origin {
     Driver(ConnId),
     Worker(ConnId),
+    /// The head itself (an actor made again): no one gets the result.
+    Cluster,
 }
 
 impl Worker {
@@ -209,8 +211,12 @@ struct HeadActor {
     class: String,
     component: Digest,
     component_name: String,
-    /// The task that creates it.
+    /// The task that creates it (the latest, after restarts).
     creation: u64,
+    /// The creating submission, to make it again.
+    constructor: Submission,
+    restarts: u32,
+    max_restarts: u32,
     worker: Option<ConnId>,
     calls: u64,
     state: ActorState,
@@ -813,6 +819,7 @@ impl State {
                             worker.tx.send(ToWorker::Results(batch));
                         }
                     }
+                    Origin::Cluster => {}
                 }
             }
         }
@@ -909,11 +916,11 @@ impl State {
         let lost: Vec<String> = self
             .actors
             .iter()
-            .filter(|(_, a)| a.worker == Some(conn))
+            .filter(|(_, a)| a.worker == Some(conn) && a.state == ActorState::Alive)
             .map(|(id, _)| id.clone())
             .collect();
         for id in &lost {
-            self.kill_actor(id, &why, &mut failed);
+            self.restart_or_kill(id, &why, &mut failed);
         }
         let mut leased: Vec<(u64, u64)> =
             worker.leased.iter().map(|(id, seq)| (*seq, *id)).collect();
@@ -924,7 +931,13 @@ impl State {
                 continue;
             };
             task.worker = None;
-            if let Some(op) = &task.submission.actor {
+            // A creation is run again elsewhere, as a task is.
+            if let Some(op) = task
+                .submission
+                .actor
+                .as_ref()
+                .filter(|op| !matches!(op, ActorOp::Create { .. }))
+            {
                 let error = TaskError::new(
                     TaskErrorKind::WorkerDied,
                     &task.submission.function,
@@ -950,6 +963,11 @@ impl State {
             task.attempt += 1;
             if task.attempt > self.config.max_retries {
                 let task = self.retire(id).expect("present");
+                if let Some(ActorOp::Create { id: actor, .. }) = &task.submission.actor {
+                    let why = "every worker making it died";
+                    self.kill_actor(actor, why, &mut failed);
+                    self.forget_actor(actor);
+                }
                 let error = TaskError::new(
                     TaskErrorKind::WorkerDied,
                     &task.submission.function,
@@ -1083,8 +1101,13 @@ impl State {
                 },
             );
             match actor {
-                Some(ActorOp::Create { id: actor, name }) => {
-                    self.register_actor(id, actor, name);
+                Some(ActorOp::Create {
+                    id: actor,
+                    name,
+                    max_restarts,
+                    ..
+                }) => {
+                    self.register_actor(id, actor, name, max_restarts);
                     self.queue.push_back(id);
                 }
                 Some(ActorOp::Call { id: actor } | ActorOp::Kill { id: actor }) => {
@@ -1309,7 +1332,7 @@ impl State {
             return Ok(ActorAdmission::Proceed);
         };
         match op {
-            ActorOp::Create { id, name } => {
+            ActorOp::Create { id, name, .. } => {
                 let taken =
                     |n: &str| self.actors.contains_key(n) || self.actor_names.contains_key(n);
                 if id.len() > MAX_NAME_BYTES
@@ -1378,7 +1401,13 @@ impl State {
         }
     }
 
-    fn register_actor(&mut self, creation: u64, id: String, name: Option<String>) {
+    fn register_actor(
+        &mut self,
+        creation: u64,
+        id: String,
+        name: Option<String>,
+        max_restarts: u32,
+    ) {
         let Some(task) = self.tasks.get(&creation) else {
             return;
         };
@@ -1404,6 +1433,9 @@ impl State {
                 component: submission.component.clone(),
                 component_name,
                 creation,
+                constructor: submission.clone(),
+                restarts: 0,
+                max_restarts,
                 worker: None,
                 calls: 0,
                 state: ActorState::Creating,
@@ -1458,10 +1490,17 @@ impl State {
                     actor.state = ActorState::Alive;
                 }
             }
-            (ActorOp::Create { .. }, Err(error)) => {
+            (ActorOp::Create { restarts: 0, .. }, Err(error)) => {
                 let why = format!("its creation failed: {}", error.message);
                 self.kill_actor(&id, &why, replies);
                 self.forget_actor(&id);
+            }
+            (ActorOp::Create { restarts, .. }, Err(error)) => {
+                let why = format!(
+                    "making it again (restart {restarts}) failed: {}",
+                    error.message
+                );
+                self.kill_actor(&id, &why, replies);
             }
             (ActorOp::Call { .. }, result) => {
                 let Some(actor) = self.actors.get_mut(&id) else {
@@ -1479,7 +1518,7 @@ impl State {
                     && crate::exec::actor::kills(error.kind)
                 {
                     let why = format!("call {} failed: {}", actor.calls, error.message);
-                    self.kill_actor(&id, &why, replies);
+                    self.restart_or_kill(&id, &why, replies);
                 }
             }
             (ActorOp::Kill { .. }, _) => {
@@ -1488,6 +1527,45 @@ impl State {
             }
         }
         self.pump_actor(&id);
+    }
+
+    /// Makes a dead actor again by its constructor while it has restarts
+    /// left (the calls waiting for it then go to the new one); else marks
+    /// it dead for `why`.
+    fn restart_or_kill(&mut self, id: &str, why: &str, replies: &mut HashMap<Origin, Vec<Done>>) {
+        let Some(actor) = self.actors.get_mut(id) else {
+            return;
+        };
+        if actor.restarts >= actor.max_restarts {
+            self.kill_actor(id, why, replies);
+            return;
+        }
+        actor.restarts += 1;
+        actor.state = ActorState::Creating;
+        actor.worker = None;
+        actor.busy = false;
+        let mut submission = actor.constructor.clone();
+        if let Some(ActorOp::Create { restarts, .. }) = &mut submission.actor {
+            *restarts = actor.restarts;
+        }
+        let task = self.next_task;
+        self.next_task += 1;
+        actor.creation = task;
+        self.store.pin(&submission.component);
+        self.task_bytes += submission.invocation.len();
+        self.tasks.insert(
+            task,
+            Task {
+                submission,
+                origin: Origin::Cluster,
+                attempt: 0,
+                worker: None,
+                depth: 0,
+                root: task,
+                suspect: false,
+            },
+        );
+        self.queue.push_front(task);
     }
 
     /// Marks an actor dead for `why`, failing what waits for it.
@@ -1547,6 +1625,7 @@ impl State {
                     .and_then(|conn| self.workers.get(&conn))
                     .map(|w| (w.info.worker_id.clone(), w.info.node_id.clone(), w.pid)),
                 calls: a.calls,
+                restarts: a.restarts,
                 state: match &a.state {
                     ActorState::Creating => "creating".into(),
                     ActorState::Alive => "alive".into(),
