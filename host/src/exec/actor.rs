@@ -316,12 +316,7 @@ impl Actor {
         {
             self.dead = Some(format!("call {} failed: {}", self.calls + 1, error.message));
         }
-        let ran = !matches!(
-            result.as_ref().map_err(|e| e.kind),
-            Err(TaskErrorKind::ActorDead
-                | TaskErrorKind::UnknownExport
-                | TaskErrorKind::InvalidArguments)
-        );
+        let ran = ran(&result);
         let result = finish_run(
             &mut self.store,
             span.as_mut(),
@@ -476,6 +471,17 @@ impl Actor {
         self.seen = (stdout.len(), stderr.len());
         out
     }
+}
+
+/// Whether a call's outcome means the method ran (rather than being
+/// refused before it could: a dead actor, no such method, bad arguments).
+pub fn ran(result: &std::result::Result<String, TaskError>) -> bool {
+    !matches!(
+        result.as_ref().map_err(|e| e.kind),
+        Err(TaskErrorKind::ActorDead
+            | TaskErrorKind::UnknownExport
+            | TaskErrorKind::InvalidArguments)
+    )
 }
 
 fn host_panic(function: &str, panic: &sandbox::HostPanic) -> TaskError {

@@ -1507,11 +1507,7 @@ impl State {
                     return;
                 };
                 actor.busy = false;
-                let refused = matches!(
-                    result,
-                    Err(e) if matches!(e.kind, TaskErrorKind::UnknownExport | TaskErrorKind::InvalidArguments)
-                );
-                if !refused {
+                if crate::exec::actor::ran(result) {
                     actor.calls += 1;
                 }
                 if let Err(error) = result
