@@ -500,3 +500,26 @@ fn tasks_packed_in_one_message_spread_over_the_workers_that_have_room() {
         "spread evenly: {by_worker:?}"
     );
 }
+
+#[test]
+fn a_worker_that_cannot_stop_is_killed_by_wtrace_stop_not_left_behind() {
+    let nats = NatsServer::start("");
+    let dir = span_dir();
+    let mut cluster = nats_cluster(&nats, dir.path(), &["-n", "2"]);
+    let status = cluster.status();
+    let stuck = status["workers"][0]["pid"].as_u64().unwrap() as i32;
+    // A stopped process cannot act on the cluster's shutdown.
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(stuck, libc::SIGSTOP);
+    }
+    let run = cluster.stop();
+    assert_eq!(run.status, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("pid {stuck} did not exit; killing it")),
+        "{}",
+        run.stderr
+    );
+}

@@ -31,12 +31,19 @@ impl StopCommand {
             .build()?;
         let workers = rt.block_on(async {
             let client = Client::connect_untraced(&address, token.clone()).await?;
-            let workers = client.status().await?.workers.len();
+            let workers = client.status().await?.workers;
             client.shutdown_cluster().await?;
             anyhow::Ok(workers)
         });
-        let workers = match workers {
-            Ok(workers) => workers,
+        let (workers, local_workers) = match workers {
+            Ok(workers) => {
+                let local: Vec<u32> = workers
+                    .iter()
+                    .filter(|w| is_worker_here(w.pid, &w.worker_id))
+                    .map(|w| w.pid)
+                    .collect();
+                (workers.len(), local)
+            }
             Err(error) => match &session {
                 // The head is alive but not answering: ask it to stop.
                 Some(session) if process_alive(session.pid) => {
@@ -45,7 +52,7 @@ impl StopCommand {
                         session.pid
                     );
                     signal(session.pid, libc::SIGTERM);
-                    0
+                    (0, Vec::new())
                 }
                 _ => return Err(error),
             },
@@ -61,6 +68,8 @@ impl StopCommand {
             })
             .collect();
         pids.extend(nodes.iter().map(|n| n.pid));
+        // Workers too: one its node could not stop is killed, not left behind.
+        pids.extend(local_workers);
         let deadline = Instant::now() + Duration::from_secs(30);
         while pids.iter().any(|pid| process_alive(*pid)) {
             if Instant::now() > deadline {
@@ -83,4 +92,13 @@ impl StopCommand {
         );
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Whether `pid` on this machine is the worker process `worker_id` (a pid
+/// from another machine may name an unrelated process here).
+fn is_worker_here(pid: u32, worker_id: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let mut args = cmdline.split(|b| *b == 0);
+        args.any(|arg| arg == b"--worker-id") && args.next() == Some(worker_id.as_bytes())
+    })
 }
