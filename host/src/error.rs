@@ -39,7 +39,7 @@ pub enum Error {
     },
 
     /// A task failed: it trapped, returned an error, or its worker died.
-    #[error("{0}")]
+    #[error(transparent)]
     Task(#[from] crate::outcome::TaskError),
 
     /// The cluster could not be reached or misbehaved.

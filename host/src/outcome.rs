@@ -38,6 +38,9 @@ pub enum TaskErrorKind {
     HostPanic,
     /// The call went to an actor that an earlier call left dead.
     ActorDead,
+    /// Making the actor would pass `--max-actors` or
+    /// `--max-actors-per-worker`.
+    ActorLimit,
 }
 
 impl TaskErrorKind {
@@ -59,6 +62,7 @@ impl TaskErrorKind {
             Self::Cluster => "wtrace.ClusterError",
             Self::HostPanic => "wtrace.HostPanic",
             Self::ActorDead => "wtrace.ActorDead",
+            Self::ActorLimit => "wtrace.ActorLimit",
         }
     }
 }
@@ -125,8 +129,13 @@ impl TaskOutput {
 
     /// The output of a task that failed before it ran.
     pub fn failed(error: TaskError) -> Self {
+        Self::answered(Err(error))
+    }
+
+    /// An answer given without running anything: no output.
+    pub fn answered(result: Result<String, TaskError>) -> Self {
         Self {
-            result: Err(error),
+            result,
             stdout: Vec::new(),
             stderr: Vec::new(),
             nested: Vec::new(),

@@ -137,6 +137,140 @@ fn the_cli_makes_calls_lists_and_kills_an_actor_and_traces_each_step() {
 }
 
 #[test]
+fn a_task_makes_calls_and_kills_an_actor_traced_under_its_own_span() {
+    let dir = span_dir();
+    let mut cluster = traced_cluster(dir.path(), &["--num-workers=2"]);
+    let run = cluster
+        .command(&["submit", guests::ACTORS, "make-and-count(5, 3)"])
+        .run();
+    assert_eq!(run.success().trim(), "ok(8)");
+
+    // A task finds an actor a driver made, by its name, and calls it.
+    let id = cluster
+        .command(&[
+            "actor",
+            "create",
+            "--name",
+            "tally",
+            guests::ACTORS,
+            "counter(1)",
+        ])
+        .run()
+        .success()
+        .trim()
+        .to_owned();
+    let run = cluster
+        .command(&["submit", guests::ACTORS, r#"call-by-name("tally", 4)"#])
+        .run();
+    assert_eq!(run.success().trim(), r#"ok("5")"#);
+    let run = cluster
+        .command(&["submit", guests::ACTORS, r#"call-by-name("nobody", 4)"#])
+        .run();
+    assert_eq!(run.status, Some(1));
+    assert!(run.stderr.contains("no actor \"nobody\""), "{}", run.stderr);
+
+    // An actor waiting for a call to itself gets an error, not a deadlock.
+    let started = Instant::now();
+    let run = cluster
+        .command(&["actor", "call", "tally", &format!("wait-on({id:?})")])
+        .run();
+    assert_eq!(run.status, Some(1), "{}", run.stdout);
+    assert!(run.stderr.contains("would wait forever"), "{}", run.stderr);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let run = cluster.command(&["actor", "call", "tally", "get()"]).run();
+    assert_eq!(run.success().trim(), "5", "the actor lives on");
+
+    // An actor a task made outlives the task.
+    let run = cluster
+        .command(&["submit", guests::ACTORS, r#"make-named("kept")"#])
+        .run();
+    assert!(run.success().contains("counter-"));
+    let run = cluster.command(&["actor", "call", "kept", "incr(1)"]).run();
+    assert_eq!(run.success().trim(), "101");
+    cluster.stop();
+
+    let spans = Spans::read(dir.path());
+    let task = spans.one("make-and-count execute");
+    let create = spans
+        .named("counter.new submit")
+        .into_iter()
+        .find(|s| s.parent_span_id == task.span_id)
+        .expect("the actor is made under the task");
+    assert_eq!(create.trace_id, task.trace_id);
+    assert_eq!(create.attributes["wtrace.depth"], "1");
+    assert_eq!(create.attributes["wtrace.actor_method"], "new");
+    let actor_id = create.attributes["wtrace.actor_id"].clone();
+    assert!(actor_id.starts_with("counter-"), "{actor_id}");
+    let creation = spans
+        .named("counter.new execute")
+        .into_iter()
+        .find(|s| s.parent_span_id == create.span_id)
+        .expect("the creation runs under its submit span");
+    assert_eq!(creation.attributes["wtrace.actor_id"], actor_id);
+    let calls: Vec<_> = spans
+        .named("counter.incr submit")
+        .into_iter()
+        .filter(|s| s.parent_span_id == task.span_id)
+        .collect();
+    assert_eq!(calls.len(), 3, "three calls from the task");
+    for call in &calls {
+        assert_eq!(call.attributes["wtrace.actor_id"], actor_id);
+        assert_eq!(call.kind, "PRODUCER");
+        let executed = spans
+            .all()
+            .iter()
+            .find(|s| s.parent_span_id == call.span_id)
+            .expect("each call executed under its submit span");
+        assert_eq!(executed.name, "counter.incr execute");
+        assert_eq!(
+            executed.links,
+            [(creation.trace_id.clone(), creation.span_id.clone())]
+        );
+    }
+    let kill = spans.one("counter.kill submit");
+    assert_eq!(kill.parent_span_id, task.span_id);
+    // Found by name: the call's submit span names the actor by its id.
+    assert!(
+        spans
+            .named("counter.incr submit")
+            .iter()
+            .any(|s| s.attributes["wtrace.actor_id"] == id),
+        "the call by name carries the actor's id"
+    );
+}
+
+#[test]
+fn max_actors_refuses_an_actor_past_it_saying_which_flag() {
+    let dir = span_dir();
+    let mut cluster = traced_cluster(dir.path(), &["--num-workers=1", "--max-actors=1"]);
+    let first = cluster
+        .command(&["actor", "create", guests::COUNTER, "counter(0)"])
+        .run();
+    let id = first.success().trim().to_owned();
+    let second = cluster
+        .command(&["actor", "create", guests::COUNTER, "counter(0)"])
+        .run();
+    assert_eq!(second.status, Some(1));
+    assert!(
+        second.stderr.contains("--max-actors allows (1)"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(
+        second.stderr.matches("holds 1 actors").count(),
+        1,
+        "said once: {}",
+        second.stderr
+    );
+    cluster.command(&["actor", "kill", &id]).run().success();
+    cluster
+        .command(&["actor", "create", guests::COUNTER, "counter(0)"])
+        .run()
+        .success();
+    cluster.stop();
+}
+
+#[test]
 fn calls_from_two_drivers_run_in_the_order_each_sent_them_and_actors_run_in_parallel() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

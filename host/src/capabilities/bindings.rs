@@ -16,6 +16,7 @@ wasmtime::component::bindgen!({
     with: {
         "wtrace:tracing/tracer.span": crate::capabilities::tracer::GuestSpan,
         "wtrace:tracing/tasks.task-ref": crate::capabilities::tasks::PendingTask,
+        "wtrace:tracing/tasks.actor-ref": crate::capabilities::tasks::ActorRef,
     },
 });
 

@@ -19,7 +19,8 @@ use super::bindings::wasi::clocks::wall_clock::Datetime;
 use super::bindings::{provider as wp, tasks as wk, tracer, types};
 use super::provider::{Provider, ProviderState, WorkerInfo};
 use super::tasks::{
-    NestedContext, NestedResult, NestedTask, Submitted, Submitter, Tasks, TasksState,
+    ActorOp, FoundActor, NestedContext, NestedResult, NestedTask, Submitted, Submitter, Tasks,
+    TasksState,
 };
 use super::tracer::{Bridge, BridgeLimits, GuestSpan, SpanBridge};
 use crate::config::{ExportPolicy, Limits};
@@ -326,10 +327,21 @@ impl Submitter for Answering {
             return Err("the worker is shutting down".into());
         }
         let (tx, rx) = std::sync::mpsc::channel();
+        let result = match &task.actor {
+            // A lookup finds any actor whose id is ASCII.
+            Some(ActorOp::Find { id }) if id.is_ascii() => Ok(serde_json::to_string(&FoundActor {
+                id: id.clone(),
+                class: "counter".into(),
+                component: Digest("ef".repeat(32)),
+                component_name: "c.wasm".into(),
+            })
+            .unwrap()),
+            _ => Ok(format!("{}", task.invocation.len())),
+        };
         let _ = tx.send(NestedResult {
             pid: 1,
             output: TaskOutput {
-                result: Ok(format!("{}", task.invocation.len())),
+                result,
                 stdout: b"out\n".to_vec(),
                 stderr: Vec::new(),
                 nested: Vec::new(),
@@ -347,6 +359,12 @@ enum TasksCall {
     SubmitTo(String, String, String),
     Get(usize),
     Drop(usize),
+    CreateActor(Option<String>, String, String, wk::ActorOptions),
+    FindActor(String),
+    CallActor(usize, String, String),
+    KillActor(usize),
+    IdOfActor(usize),
+    DropActor(usize),
 }
 
 fn tasks_call() -> impl Strategy<Value = TasksCall> {
@@ -369,11 +387,20 @@ fn tasks_call() -> impl Strategy<Value = TasksCall> {
         Just(format!("sha256:{}", "é".repeat(32))),
         text(),
     ];
+    let options = (prop::option::of(text()), any::<u32>())
+        .prop_map(|(name, max_restarts)| wk::ActorOptions { name, max_restarts });
     prop_oneof![
         3 => (function.clone(), args.clone()).prop_map(|(f, a)| TasksCall::Submit(f, a)),
-        2 => (digest, function, args).prop_map(|(d, f, a)| TasksCall::SubmitTo(d, f, a)),
+        2 => (digest.clone(), function.clone(), args.clone()).prop_map(|(d, f, a)| TasksCall::SubmitTo(d, f, a)),
         2 => (0usize..8).prop_map(TasksCall::Get),
         1 => (0usize..8).prop_map(TasksCall::Drop),
+        2 => (prop::option::of(digest), function.clone(), args.clone(), options)
+            .prop_map(|(d, c, a, o)| TasksCall::CreateActor(d, c, a, o)),
+        1 => text().prop_map(TasksCall::FindActor),
+        2 => (0usize..4, function, args).prop_map(|(i, m, a)| TasksCall::CallActor(i, m, a)),
+        1 => (0usize..4).prop_map(TasksCall::KillActor),
+        1 => (0usize..4).prop_map(TasksCall::IdOfActor),
+        1 => (0usize..4).prop_map(TasksCall::DropActor),
     ]
 }
 
@@ -575,14 +602,50 @@ proptest! {
             component: Digest("cd".repeat(32)),
             component_name: "props.wasm".into(),
             depth,
+            actor: Some("counter-self".into()),
         };
         let mut state = TasksState::new(Some(context), &limits);
         let deadline = Deadline::new(std::time::Duration::from_secs(5), "--timeout", None);
         let mut handles: Vec<u32> = Vec::new();
+        let mut actors: Vec<u32> = Vec::new();
+        let mut created = 0;
         for call in calls {
             let mut tasks = Tasks { table: &mut table, bridge: &bridge, state: &mut state, deadline: &deadline };
             let pick = |i: usize| handles.get(i).copied().unwrap_or(i as u32 + 1000);
+            let actor = |i: usize| actors.get(i).copied().unwrap_or(i as u32 + 2000);
             let submitted = match call {
+                TasksCall::CreateActor(d, c, a, o) => {
+                    let made = match d {
+                        Some(d) => wk::Host::create_actor_in(&mut tasks, d, c, a, o),
+                        None => wk::Host::create_actor(&mut tasks, c, a, o),
+                    };
+                    if let Ok(Ok(made)) = made {
+                        actors.push(made.rep());
+                        created += 1;
+                    }
+                    None
+                }
+                TasksCall::FindActor(id) => {
+                    if let Ok(Ok(found)) = wk::Host::actor(&mut tasks, id) {
+                        actors.push(found.rep());
+                    }
+                    None
+                }
+                TasksCall::CallActor(i, m, a) => {
+                    Some(wk::HostActorRef::call(&mut tasks, Resource::new_borrow(actor(i)), m, a))
+                }
+                TasksCall::KillActor(i) => {
+                    let _ = wk::HostActorRef::kill(&mut tasks, Resource::new_borrow(actor(i)));
+                    None
+                }
+                TasksCall::IdOfActor(i) => {
+                    let _ = wk::HostActorRef::id(&mut tasks, Resource::new_borrow(actor(i)));
+                    None
+                }
+                TasksCall::DropActor(i) => {
+                    let _ = wk::HostActorRef::drop(&mut tasks, Resource::new_own(actor(i)));
+                    None
+                }
                 TasksCall::Submit(f, a) => Some(wk::Host::submit(&mut tasks, f, a)),
                 TasksCall::SubmitTo(d, f, a) => Some(wk::Host::submit_to(&mut tasks, d, f, a)),
                 TasksCall::Get(i) => {
@@ -598,9 +661,9 @@ proptest! {
                 handles.push(task.rep());
             }
         }
-        prop_assert!(handles.len() <= 6, "at most --max-nested-tasks submitted");
+        prop_assert!(handles.len() + created <= 6, "at most --max-nested-tasks submitted, actors' creations and calls among them");
         if depth >= 4 {
-            prop_assert!(handles.is_empty(), "nothing submitted past the depth limit");
+            prop_assert!(handles.is_empty() && created == 0, "nothing submitted past the depth limit");
         }
     }
 

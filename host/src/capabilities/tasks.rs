@@ -20,7 +20,67 @@ use crate::runtime::EPOCH_TICK;
 use crate::runtime::wave::Invocation;
 use crate::sandbox::{Deadline, Stopped, host_call};
 use crate::telemetry::context::{WireContext, context_with_parent};
-use crate::telemetry::task_span::{self, SubmitSpan};
+use crate::telemetry::task_span::{self, ActorOfSpan, SubmitSpan};
+
+/// What a submission does to an actor. Its `function` is `<class>.new`,
+/// `<class>.<method>` or `<class>.kill`; its invocation is the constructor
+/// call (`counter(5)`) or the method call (`incr(2)`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActorOp {
+    /// Make actor `id` (named `name`, if given) on any worker.
+    Create {
+        /// Its id, unique in the cluster.
+        id: String,
+        /// A name usable in place of the id.
+        name: Option<String>,
+        /// How many times the cluster makes it again, by its constructor,
+        /// after a call left it dead or its worker died.
+        max_restarts: u32,
+        /// Which making this is: 0, then 1, 2… for each restart.
+        restarts: u32,
+    },
+    /// Call a method of the actor `id` names (its id or its name), after
+    /// every call sent to it before.
+    Call {
+        /// The actor's id or name.
+        id: String,
+    },
+    /// End the actor, after the calls sent to it before.
+    Kill {
+        /// The actor's id or name.
+        id: String,
+    },
+    /// Look up the actor `id` names (its id or its name): answered at once,
+    /// without running anything, with a [`FoundActor`] in JSON.
+    Find {
+        /// The actor's id or name.
+        id: String,
+    },
+}
+
+impl ActorOp {
+    /// The actor's id or name.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Create { id, .. } | Self::Call { id } | Self::Kill { id } | Self::Find { id } => {
+                id
+            }
+        }
+    }
+}
+
+/// An actor as [`ActorOp::Find`] answers: what a reference to it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoundActor {
+    /// Its id.
+    pub id: String,
+    /// Its class.
+    pub class: String,
+    /// Its component.
+    pub component: Digest,
+    /// Its component's file name.
+    pub component_name: String,
+}
 
 /// A task submitted from inside a task.
 #[derive(Debug, Clone)]
@@ -37,6 +97,8 @@ pub struct NestedTask {
     pub trace: Option<WireContext>,
     /// How deep it is nested (1 for a task submitted by a top-level task).
     pub depth: u32,
+    /// For an actor's creation, call, end or lookup.
+    pub actor: Option<ActorOp>,
 }
 
 /// A nested task's result as it comes back.
@@ -84,6 +146,9 @@ pub struct NestedContext {
     pub component_name: String,
     /// Its nesting depth (0 for a task a driver submitted).
     pub depth: u32,
+    /// The actor whose creation or method this is, if it is one: waiting
+    /// for a call to that actor would wait for itself.
+    pub actor: Option<String>,
 }
 
 impl std::fmt::Debug for NestedContext {
@@ -110,6 +175,8 @@ pub struct Submitted {
 /// the submitter to forget it, so nothing waits for it in vain.
 pub struct PendingTask {
     function: String,
+    /// For a call to an actor: its id.
+    actor: Option<String>,
     id: u64,
     submitter: Arc<dyn Submitter>,
     rx: Option<Receiver<NestedResult>>,
@@ -123,6 +190,15 @@ impl std::fmt::Debug for PendingTask {
             .field("id", &self.id)
             .finish_non_exhaustive()
     }
+}
+
+/// An actor a task holds a reference to, in the store's resource table.
+#[derive(Debug, Clone)]
+pub struct ActorRef {
+    id: String,
+    class: String,
+    component: Digest,
+    component_name: String,
 }
 
 impl Drop for PendingTask {
@@ -156,6 +232,13 @@ impl TasksState {
             output: Vec::new(),
             output_bytes: 0,
             max_output: limits.output_bytes as usize,
+        }
+    }
+
+    /// Marks the task as a method (or the constructor) of actor `id`.
+    pub(crate) fn set_actor(&mut self, id: &str) {
+        if let Some(context) = &mut self.context {
+            context.actor = Some(id.to_owned());
         }
     }
 
@@ -194,17 +277,40 @@ pub(crate) struct Tasks<'a> {
     pub(crate) deadline: &'a Deadline,
 }
 
+/// A nested submission as the host calls describe it, before it gets its
+/// task id and span.
+struct Request {
+    component: Option<Digest>,
+    /// Its component's file name, when the caller knows it.
+    component_name: Option<String>,
+    /// `<export>`, or `<class>.<method>` for an actor.
+    function: String,
+    /// The whole invocation in WAVE.
+    invocation: String,
+    actor: Option<(ActorOp, ActorSpan)>,
+}
+
+/// What an actor submission's span says of the actor.
+struct ActorSpan {
+    class: String,
+    method: String,
+}
+
 impl Tasks<'_> {
-    fn submit_to(
-        &mut self,
-        component: Option<Digest>,
-        function: String,
-        args: String,
-    ) -> wasmtime::Result<Result<Resource<PendingTask>, String>> {
-        let Some(context) = self.state.context.clone() else {
-            return Ok(Err(
-                "nested tasks need a cluster: this task was not run by a wtrace worker".into(),
-            ));
+    fn context(&self) -> Result<NestedContext, String> {
+        self.state.context.clone().ok_or_else(|| {
+            "nested tasks and actors need a cluster: this task was not run by a wtrace worker"
+                .into()
+        })
+    }
+
+    /// Checks the limits, makes the submit span and hands `request` to the
+    /// submitter. A limit reached is a trap (the task fails); what the
+    /// cluster refuses is an error for the guest.
+    fn send(&mut self, request: Request) -> wasmtime::Result<Result<Submitted, String>> {
+        let context = match self.context() {
+            Ok(context) => context,
+            Err(why) => return Ok(Err(why)),
         };
         // The depth came from the head; a wrapped sum would skip the limit.
         let depth = context.depth.saturating_add(1);
@@ -226,13 +332,11 @@ impl Tasks<'_> {
                 ),
             ));
         }
-        let invocation: Invocation = match format!("{function}({args})").parse() {
-            Ok(invocation) => invocation,
-            Err(e) => return Ok(Err(e.to_string())),
-        };
         self.state.submitted += 1;
         let task_id = format!("{}.{}", context.task_id, self.state.submitted);
-        let component = component.unwrap_or_else(|| context.component.clone());
+        let component = request
+            .component
+            .unwrap_or_else(|| context.component.clone());
 
         let parent = self.bridge.current(self.table);
         let (span_context, span) = match self.bridge.tracer() {
@@ -242,19 +346,24 @@ impl Tasks<'_> {
                 let name = if component == context.component {
                     context.component_name.clone()
                 } else {
-                    context
-                        .submitter
-                        .component_name(&component)
+                    request
+                        .component_name
+                        .or_else(|| context.submitter.component_name(&component))
                         .unwrap_or_else(|| component.to_string())
                 };
                 let span = task_span::start_submit(
                     tracer,
                     SubmitSpan {
-                        function: &invocation.function,
+                        function: &request.function,
                         component: crate::attrs::text(name),
                         digest: crate::attrs::text(component.to_string()),
                         task_id: &task_id,
                         depth: Some(depth),
+                        actor: request.actor.as_ref().map(|(op, span)| ActorOfSpan {
+                            id: op.id(),
+                            class: &span.class,
+                            method: &span.method,
+                        }),
                     },
                     &context_with_parent(Some(parent)),
                 );
@@ -265,10 +374,11 @@ impl Tasks<'_> {
         let submitted = context.submitter.submit(NestedTask {
             task_id,
             component,
-            function: invocation.function.clone(),
-            invocation: invocation.text,
+            function: request.function,
+            invocation: request.invocation,
             trace: WireContext::of(&span_context),
             depth,
+            actor: request.actor.map(|(op, _)| op),
         });
         if let Some(mut span) = span {
             if let Err(error) = &submitted {
@@ -276,16 +386,98 @@ impl Tasks<'_> {
             }
             span.end();
         }
-        match submitted {
+        Ok(submitted)
+    }
+
+    fn submit_to(
+        &mut self,
+        component: Option<Digest>,
+        function: String,
+        args: String,
+    ) -> wasmtime::Result<Result<Resource<PendingTask>, String>> {
+        let invocation: Invocation = match format!("{function}({args})").parse() {
+            Ok(invocation) => invocation,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let request = Request {
+            component,
+            component_name: None,
+            function: invocation.function,
+            invocation: invocation.text,
+            actor: None,
+        };
+        let function = request.function.clone();
+        self.pending(request, function, None)
+    }
+
+    /// Sends `request` and holds the task in the table, for `get`.
+    fn pending(
+        &mut self,
+        request: Request,
+        function: String,
+        actor: Option<String>,
+    ) -> wasmtime::Result<Result<Resource<PendingTask>, String>> {
+        let submitter = match self.context() {
+            Ok(context) => context.submitter,
+            Err(why) => return Ok(Err(why)),
+        };
+        match self.send(request)? {
             Ok(Submitted { id, result }) => Ok(Ok(self.table.push(PendingTask {
-                function: invocation.function,
+                function,
+                actor,
                 id,
-                submitter: context.submitter.clone(),
+                submitter,
                 rx: Some(result),
                 answer: None,
             })?)),
             Err(error) => Ok(Err(error)),
         }
+    }
+
+    /// Sends `request` and waits for its answer.
+    fn send_and_wait(&mut self, request: Request) -> wasmtime::Result<Result<String, String>> {
+        let function = request.function.clone();
+        let Submitted { id, result } = match self.send(request)? {
+            Ok(submitted) => submitted,
+            Err(error) => return Ok(Err(error)),
+        };
+        let answer = self.answer(function, &result);
+        if let Ok(context) = self.context() {
+            context.submitter.forget(id);
+        }
+        answer
+    }
+
+    /// Waits for a nested task's result, keeping its output; the worker
+    /// may run other tasks meanwhile.
+    fn answer(
+        &mut self,
+        function: String,
+        rx: &Receiver<NestedResult>,
+    ) -> wasmtime::Result<Result<String, String>> {
+        let submitter = self.state.context.as_ref().map(|c| c.submitter.clone());
+        if let Some(submitter) = &submitter {
+            submitter.waiting(true);
+        }
+        let waited = self.wait(rx);
+        if let Some(submitter) = &submitter {
+            submitter.waiting(false);
+        }
+        Ok(match waited? {
+            Some(NestedResult { pid, output }) => {
+                self.state.keep_output(OutputChunk {
+                    function,
+                    pid,
+                    stdout: output.stdout,
+                    stderr: output.stderr,
+                });
+                for chunk in output.nested {
+                    self.state.keep_output(chunk);
+                }
+                output.result.map_err(|e| e.to_string())
+            }
+            None => Err("lost the cluster before the nested task finished".to_owned()),
+        })
     }
 
     fn wait(&mut self, rx: &Receiver<NestedResult>) -> wasmtime::Result<Option<NestedResult>> {
@@ -298,6 +490,82 @@ impl Tasks<'_> {
             }
         }
     }
+
+    /// Whether this task is a method of actor `id` (or makes it): waiting
+    /// for a call to it would wait for this very call to end.
+    fn is_self(&self, id: &str) -> bool {
+        self.state
+            .context
+            .as_ref()
+            .is_some_and(|c| c.actor.as_deref() == Some(id))
+    }
+
+    fn create_actor_in(
+        &mut self,
+        component: Option<Digest>,
+        class: String,
+        args: String,
+        options: tasks::ActorOptions,
+    ) -> wasmtime::Result<Result<Resource<ActorRef>, String>> {
+        let invocation: Invocation = match format!("{class}({args})").parse() {
+            Ok(invocation) => invocation,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let class = invocation.function.clone();
+        let id = format!("{class}-{}", crate::ids::random_hex(8));
+        let op = ActorOp::Create {
+            id: id.clone(),
+            name: options.name,
+            max_restarts: options.max_restarts,
+            restarts: 0,
+        };
+        let context = match self.context() {
+            Ok(context) => context,
+            Err(why) => return Ok(Err(why)),
+        };
+        let component = component.unwrap_or_else(|| context.component.clone());
+        let request = Request {
+            component: Some(component.clone()),
+            component_name: None,
+            function: format!("{class}.new"),
+            invocation: invocation.text,
+            actor: Some((
+                op,
+                ActorSpan {
+                    class: class.clone(),
+                    method: "new".into(),
+                },
+            )),
+        };
+        if let Err(error) = self.send_and_wait(request)? {
+            return Ok(Err(error));
+        }
+        let component_name = if component == context.component {
+            context.component_name
+        } else {
+            context
+                .submitter
+                .component_name(&component)
+                .unwrap_or_else(|| component.to_string())
+        };
+        Ok(Ok(self.table.push(ActorRef {
+            id,
+            class,
+            component,
+            component_name,
+        })?))
+    }
+}
+
+/// `sha256:<hex>` (or the hex alone) as a digest, or why not.
+fn parse_digest(component: &str) -> Result<Digest, String> {
+    let hex = component.strip_prefix("sha256:").unwrap_or(component);
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{component:?} is not a component digest; expected sha256:<64 hex digits>"
+        ));
+    }
+    Ok(Digest(hex.to_ascii_lowercase()))
 }
 
 impl tasks::Host for Tasks<'_> {
@@ -317,13 +585,154 @@ impl tasks::Host for Tasks<'_> {
         args: String,
     ) -> wasmtime::Result<Result<Resource<PendingTask>, String>> {
         let _call = host_call("wtrace:tracing/tasks#submit-to");
-        let hex = component.strip_prefix("sha256:").unwrap_or(&component);
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        match parse_digest(&component) {
+            Ok(digest) => Tasks::submit_to(self, Some(digest), function, args),
+            Err(why) => Ok(Err(why)),
+        }
+    }
+
+    fn create_actor(
+        &mut self,
+        class: String,
+        args: String,
+        options: tasks::ActorOptions,
+    ) -> wasmtime::Result<Result<Resource<ActorRef>, String>> {
+        let _call = host_call("wtrace:tracing/tasks#create-actor");
+        self.create_actor_in(None, class, args, options)
+    }
+
+    fn create_actor_in(
+        &mut self,
+        component: String,
+        class: String,
+        args: String,
+        options: tasks::ActorOptions,
+    ) -> wasmtime::Result<Result<Resource<ActorRef>, String>> {
+        let _call = host_call("wtrace:tracing/tasks#create-actor-in");
+        match parse_digest(&component) {
+            Ok(digest) => Tasks::create_actor_in(self, Some(digest), class, args, options),
+            Err(why) => Ok(Err(why)),
+        }
+    }
+
+    fn actor(
+        &mut self,
+        id_or_name: String,
+    ) -> wasmtime::Result<Result<Resource<ActorRef>, String>> {
+        let _call = host_call("wtrace:tracing/tasks#actor");
+        let context = match self.context() {
+            Ok(context) => context,
+            Err(why) => return Ok(Err(why)),
+        };
+        let find = NestedTask {
+            task_id: context.task_id.clone(),
+            component: context.component.clone(),
+            function: "actor".into(),
+            invocation: String::new(),
+            trace: None,
+            depth: context.depth,
+            actor: Some(ActorOp::Find { id: id_or_name }),
+        };
+        let Submitted { id, result } = match context.submitter.submit(find) {
+            Ok(submitted) => submitted,
+            Err(why) => return Ok(Err(why)),
+        };
+        let answer = self.wait(&result);
+        context.submitter.forget(id);
+        let found = match answer? {
+            Some(NestedResult { output, .. }) => output.result.map_err(|e| e.message),
+            None => Err("lost the cluster before it answered".to_owned()),
+        };
+        let found: FoundActor = match found.and_then(|json| {
+            serde_json::from_str(&json)
+                .map_err(|e| format!("the cluster's answer is unreadable: {e}"))
+        }) {
+            Ok(found) => found,
+            Err(why) => return Ok(Err(why)),
+        };
+        Ok(Ok(self.table.push(ActorRef {
+            id: found.id,
+            class: found.class,
+            component: found.component,
+            component_name: found.component_name,
+        })?))
+    }
+}
+
+impl tasks::HostActorRef for Tasks<'_> {
+    fn id(&mut self, actor: Resource<ActorRef>) -> wasmtime::Result<String> {
+        let _call = host_call("wtrace:tracing/tasks#[method]actor-ref.id");
+        Ok(self.table.get(&actor)?.id.clone())
+    }
+
+    fn class(&mut self, actor: Resource<ActorRef>) -> wasmtime::Result<String> {
+        let _call = host_call("wtrace:tracing/tasks#[method]actor-ref.class");
+        Ok(self.table.get(&actor)?.class.clone())
+    }
+
+    fn call(
+        &mut self,
+        actor: Resource<ActorRef>,
+        method: String,
+        args: String,
+    ) -> wasmtime::Result<Result<Resource<PendingTask>, String>> {
+        let _call = host_call("wtrace:tracing/tasks#[method]actor-ref.call");
+        let actor = self.table.get(&actor)?.clone();
+        let invocation: Invocation = match format!("{method}({args})").parse() {
+            Ok(invocation) => invocation,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let function = format!("{}.{}", actor.class, invocation.function);
+        let request = Request {
+            component: Some(actor.component),
+            component_name: Some(actor.component_name),
+            function: function.clone(),
+            invocation: invocation.text,
+            actor: Some((
+                ActorOp::Call {
+                    id: actor.id.clone(),
+                },
+                ActorSpan {
+                    class: actor.class,
+                    method: invocation.function,
+                },
+            )),
+        };
+        self.pending(request, function, Some(actor.id))
+    }
+
+    fn kill(&mut self, actor: Resource<ActorRef>) -> wasmtime::Result<Result<(), String>> {
+        let _call = host_call("wtrace:tracing/tasks#[method]actor-ref.kill");
+        let actor = self.table.get(&actor)?.clone();
+        if self.is_self(&actor.id) {
             return Ok(Err(format!(
-                "{component:?} is not a component digest; expected sha256:<64 hex digits>"
+                "actor {} cannot kill itself and wait: its calls run one at a time, so the kill \
+                 would wait for this call to end",
+                actor.id
             )));
         }
-        Tasks::submit_to(self, Some(Digest(hex.to_ascii_lowercase())), function, args)
+        let request = Request {
+            component: Some(actor.component),
+            component_name: Some(actor.component_name),
+            function: format!("{}.kill", actor.class),
+            invocation: "kill()".into(),
+            actor: Some((
+                ActorOp::Kill {
+                    id: actor.id.clone(),
+                },
+                ActorSpan {
+                    class: actor.class,
+                    method: "kill".into(),
+                },
+            )),
+        };
+        Ok(self.send_and_wait(request)?.map(drop))
+    }
+
+    fn drop(&mut self, actor: Resource<ActorRef>) -> wasmtime::Result<()> {
+        let _call = host_call("wtrace:tracing/tasks#[resource-drop]actor-ref");
+        self.table.delete(actor)?;
+        Ok(())
     }
 }
 
@@ -334,34 +743,21 @@ impl tasks::HostTaskRef for Tasks<'_> {
             return Ok(answer.clone());
         }
         let pending = self.table.get_mut(&task)?;
+        if let Some(actor) = pending.actor.clone()
+            && self.is_self(&actor)
+        {
+            return Ok(Err(format!(
+                "this call to actor {actor} would wait forever: the actor's calls run one at a \
+                 time, and its method running now is the one waiting"
+            )));
+        }
+        let pending = self.table.get_mut(&task)?;
         let Some(rx) = pending.rx.take() else {
             // Only a wait cut short (by the deadline) leaves neither.
             return Ok(Err("the wait for this task was interrupted".into()));
         };
         let function = pending.function.clone();
-        let submitter = self.state.context.as_ref().map(|c| c.submitter.clone());
-        if let Some(submitter) = &submitter {
-            submitter.waiting(true);
-        }
-        let waited = self.wait(&rx);
-        if let Some(submitter) = &submitter {
-            submitter.waiting(false);
-        }
-        let answer = match waited? {
-            Some(NestedResult { pid, output }) => {
-                self.state.keep_output(OutputChunk {
-                    function,
-                    pid,
-                    stdout: output.stdout,
-                    stderr: output.stderr,
-                });
-                for chunk in output.nested {
-                    self.state.keep_output(chunk);
-                }
-                output.result.map_err(|e| e.to_string())
-            }
-            None => Err("lost the cluster before the nested task finished".to_owned()),
-        };
+        let answer = self.answer(function, &rx)?;
         self.table.get_mut(&task)?.answer = Some(answer.clone());
         Ok(answer)
     }
@@ -449,6 +845,7 @@ mod tests {
             component: Digest("ab".repeat(32)),
             component_name: "t.wasm".into(),
             depth: 0,
+            actor: None,
         };
         let mut state = TasksState::new(Some(context), &Limits::default());
         let deadline = Deadline::new(std::time::Duration::from_secs(5), "--timeout", None);

@@ -356,6 +356,7 @@ impl Client {
                                 digest: digest.clone(),
                                 task_id: &task_id,
                                 depth: None,
+                                actor: None,
                             },
                             parent,
                         );

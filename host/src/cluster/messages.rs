@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::capabilities::tasks::ActorOp;
 use crate::config::{ExportPolicy, Grants, Limits};
 use crate::outcome::TaskOutput;
 use crate::runtime::Digest;
@@ -124,6 +125,29 @@ pub struct ClusterConfig {
     pub max_retries: u32,
     /// Bytes of components the head stores (`--component-store`).
     pub component_store: u64,
+    /// How many actors may live at once.
+    #[serde(default)]
+    pub actors: ActorLimits,
+}
+
+/// How many actors may live at once (`--max-actors`,
+/// `--max-actors-per-worker`): each holds a store, and its memory, until
+/// it is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorLimits {
+    /// In the whole cluster.
+    pub per_cluster: u32,
+    /// On one worker.
+    pub per_worker: u32,
+}
+
+impl Default for ActorLimits {
+    fn default() -> Self {
+        Self {
+            per_cluster: 1000,
+            per_worker: 100,
+        }
+    }
 }
 
 /// A component a task runs, sent with its bytes the first time a worker needs it.
@@ -162,45 +186,6 @@ pub struct Lease {
     pub confirm_start: bool,
     /// For an actor's creation, call or end: which, and the actor's id.
     pub actor: Option<ActorOp>,
-}
-
-/// What a submission does to an actor. Its `function` is `<class>.new`,
-/// `<class>.<method>` or `<class>.kill`; its invocation is the constructor
-/// call (`counter(5)`) or the method call (`incr(2)`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ActorOp {
-    /// Make actor `id` (named `name`, if given) on any worker.
-    Create {
-        /// Its id, unique in the cluster.
-        id: String,
-        /// A name usable in place of the id.
-        name: Option<String>,
-        /// How many times the cluster makes it again, by its constructor,
-        /// after a call left it dead or its worker died.
-        max_restarts: u32,
-        /// Which making this is: 0, then 1, 2… for each restart.
-        restarts: u32,
-    },
-    /// Call a method of the actor `id` names (its id or its name), after
-    /// every call sent to it before.
-    Call {
-        /// The actor's id or name.
-        id: String,
-    },
-    /// End the actor, after the calls sent to it before.
-    Kill {
-        /// The actor's id or name.
-        id: String,
-    },
-}
-
-impl ActorOp {
-    /// The actor's id or name.
-    pub fn id(&self) -> &str {
-        match self {
-            Self::Create { id, .. } | Self::Call { id } | Self::Kill { id } => id,
-        }
-    }
 }
 
 /// An actor as `wtrace actor list` shows it.

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use client::{ActorHandle, ActorOptions, Client, TaskRef, TaskResult};
-pub use messages::{ActorStatus, ClusterConfig, ClusterStatus, HookRef};
+pub use messages::{ActorLimits, ActorStatus, ClusterConfig, ClusterStatus, HookRef};
 pub use node::{Node, NodeOptions};
 pub use transport::tcp::Head;
 pub use transport::{Credentials, Endpoint};
@@ -47,6 +47,8 @@ pub struct LocalClusterOptions {
     pub max_retries: u32,
     /// Bytes of components the head stores (`--component-store`).
     pub component_store: u64,
+    /// How many actors may live at once.
+    pub actors: ActorLimits,
     /// The `wtrace` executable workers run.
     pub worker_exe: PathBuf,
     /// Where compiled components are cached.
@@ -70,6 +72,7 @@ impl LocalClusterOptions {
             grants: Grants::default(),
             max_retries: 3,
             component_store: DEFAULT_COMPONENT_STORE,
+            actors: ActorLimits::default(),
             worker_exe,
             cache_dir: crate::runtime::default_cache_dir(),
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -150,6 +153,7 @@ impl LocalCluster {
             grants: options.grants.clone(),
             max_retries: options.max_retries,
             component_store: options.component_store,
+            actors: options.actors,
         };
         let hook = options.hook.as_ref().map(|hook| hook.bytes.to_vec());
         let head = Head::start_held(options.bind, token.clone(), config.clone(), hook).await?;

@@ -804,6 +804,8 @@ impl Pool {
                 };
                 actor.kill(&self.linker, self.telemetry.as_ref(), component, cx)
             }
+            // The cluster answers lookups itself; none is ever leased.
+            ActorOp::Find { id } => gone(id),
         }
     }
 
@@ -887,7 +889,7 @@ impl Submitter for PoolSubmitter {
                 invocation: task.invocation,
                 trace: task.trace,
                 parent: Some(self.parent),
-                actor: None,
+                actor: task.actor,
             }]))
             .map_err(|_| "the worker is shutting down".to_owned())?;
         Ok(Submitted {

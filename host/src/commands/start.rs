@@ -15,7 +15,8 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use wtrace::cluster::session::{NodeRecord, Session, ensure_dir, process_alive, session_dir};
 use wtrace::cluster::{
-    Client, ClusterConfig, Endpoint, HookRef, LocalCluster, LocalClusterOptions, Node, NodeOptions,
+    ActorLimits, Client, ClusterConfig, Endpoint, HookRef, LocalCluster, LocalClusterOptions, Node,
+    NodeOptions,
 };
 
 use super::args::{HookArgs, SandboxArgs};
@@ -60,6 +61,14 @@ pub struct StartCommand {
     /// or running task needs are evicted, least recently used first.
     #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = super::args::parse_size)]
     component_store: u64,
+    /// Actors that may live at once in the cluster; past it, creating one
+    /// fails until one is killed.
+    #[arg(long, value_name = "N", default_value_t = ActorLimits::default().per_cluster)]
+    max_actors: u32,
+    /// Actors that may live at once on one worker; a creation goes to a
+    /// worker with room, and fails when no worker has any.
+    #[arg(long, value_name = "N", default_value_t = ActorLimits::default().per_worker)]
+    max_actors_per_worker: u32,
     #[command(flatten)]
     token: TokenArgs,
     #[command(flatten)]
@@ -171,6 +180,13 @@ impl StartCommand {
         Ok(ExitCode::SUCCESS)
     }
 
+    fn actor_limits(&self) -> ActorLimits {
+        ActorLimits {
+            per_cluster: self.max_actors,
+            per_worker: self.max_actors_per_worker,
+        }
+    }
+
     fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         Ok(tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -188,6 +204,7 @@ impl StartCommand {
         options.grants = self.sandbox.grants()?;
         options.max_retries = self.max_retries;
         options.component_store = self.component_store;
+        options.actors = self.actor_limits();
         options.cache_dir = self.sandbox.cache_dir();
         options.bind = SocketAddr::new(self.bind, self.port);
         Self::runtime()?.block_on(async move {
@@ -230,6 +247,7 @@ impl StartCommand {
             grants: self.sandbox.grants()?,
             max_retries: self.max_retries,
             component_store: self.component_store,
+            actors: self.actor_limits(),
         };
         let node_id = format!("n-{}", short_id());
         let node = self.node_options(&address, credentials.clone(), &node_id)?;

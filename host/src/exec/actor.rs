@@ -196,6 +196,7 @@ impl Actor {
                 return (None, fail(span, error));
             }
         };
+        store.data_mut().tasks.set_actor(identity.id);
         let mut instantiate_us = 0;
         let result = sandbox::contain("creating the actor", || {
             let params =
@@ -307,6 +308,7 @@ impl Actor {
                     cx,
                     limits,
                 );
+                self.store.data_mut().tasks.set_actor(&self.id);
                 self.run_method(&export, invocation, &function, limits)
             }
         };
@@ -519,11 +521,12 @@ fn actor_span(
         Some(component.digest_value()),
         cx,
     );
-    let mut attributes = vec![
-        KeyValue::new("wtrace.actor_id", identity.id.to_owned()),
-        KeyValue::new("wtrace.actor_class", class.to_owned()),
-        KeyValue::new("wtrace.actor_method", method.to_owned()),
-    ];
+    let actor = crate::telemetry::task_span::ActorOfSpan {
+        id: identity.id,
+        class,
+        method,
+    };
+    let mut attributes = actor.attributes().to_vec();
     if identity.restarts > 0 {
         attributes.push(KeyValue::new(
             "wtrace.actor_restarts",

@@ -431,6 +431,7 @@ fn tasks_state(
         component: component.digest.clone(),
         component_name: component.name.clone(),
         depth: cx.depth,
+        actor: None,
     });
     TasksState::new(nested, limits)
 }

@@ -26,11 +26,35 @@ pub struct SubmitSpan<'a> {
     pub task_id: &'a str,
     /// Its nesting depth, for a task a task submitted.
     pub depth: Option<u32>,
+    /// For an actor's creation, call or end: which actor.
+    pub actor: Option<ActorOfSpan<'a>>,
+}
+
+/// The actor a submission is for, as its spans name it.
+#[derive(Debug, Clone, Copy)]
+pub struct ActorOfSpan<'a> {
+    /// `wtrace.actor_id`.
+    pub id: &'a str,
+    /// `wtrace.actor_class`.
+    pub class: &'a str,
+    /// `wtrace.actor_method`: `new`, `kill` or the method's name.
+    pub method: &'a str,
+}
+
+impl ActorOfSpan<'_> {
+    /// Its span attributes.
+    pub fn attributes(&self) -> [KeyValue; 3] {
+        [
+            KeyValue::new("wtrace.actor_id", self.id.to_owned()),
+            KeyValue::new("wtrace.actor_class", self.class.to_owned()),
+            KeyValue::new("wtrace.actor_method", self.method.to_owned()),
+        ]
+    }
 }
 
 /// Starts `task`'s `<function> submit` span (PRODUCER) under `parent`.
 pub fn start_submit(tracer: &SdkTracer, task: SubmitSpan<'_>, parent: &Context) -> Span {
-    let mut attributes = Vec::with_capacity(5);
+    let mut attributes = Vec::with_capacity(if task.actor.is_some() { 8 } else { 5 });
     attributes.extend([
         KeyValue::new("wtrace.function", crate::attrs::shared(task.function)),
         KeyValue::new("wtrace.component", task.component),
@@ -39,6 +63,9 @@ pub fn start_submit(tracer: &SdkTracer, task: SubmitSpan<'_>, parent: &Context) 
     ]);
     if let Some(depth) = task.depth {
         attributes.push(KeyValue::new("wtrace.depth", i64::from(depth)));
+    }
+    if let Some(actor) = &task.actor {
+        attributes.extend(actor.attributes());
     }
     tracer
         .span_builder(name(task.function, Phase::Submit))

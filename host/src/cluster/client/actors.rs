@@ -2,7 +2,6 @@
 //! it. Each is a submission the head routes to the actor's worker, traced
 //! as `<class>.new submit` / `<class>.<method> submit`.
 
-use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, TraceContextExt as _};
 use tokio::sync::oneshot;
 
@@ -14,7 +13,7 @@ use crate::outcome::{TaskError, TaskErrorKind};
 use crate::runtime::Digest;
 use crate::runtime::wave::Invocation;
 use crate::telemetry::context::WireContext;
-use crate::telemetry::task_span::{self, SubmitSpan};
+use crate::telemetry::task_span::{self, ActorOfSpan, SubmitSpan};
 
 /// An actor on the cluster. Calls made through it, or through any handle
 /// on the same actor, run one at a time in the order the cluster got them.
@@ -164,7 +163,7 @@ impl Client {
     ) -> Result<TaskRef> {
         let method = match &op {
             ActorOp::Create { .. } => "new",
-            ActorOp::Call { .. } => invocation.function.as_str(),
+            ActorOp::Call { .. } | ActorOp::Find { .. } => invocation.function.as_str(),
             ActorOp::Kill { .. } => "kill",
         };
         let function = format!("{}.{method}", actor.class);
@@ -174,7 +173,7 @@ impl Client {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let task_id = format!("{}-{tag}", self.inner.driver_id);
         let mut span = self.inner.telemetry.as_ref().map(|telemetry| {
-            let mut span = task_span::start_submit(
+            task_span::start_submit(
                 telemetry.tracer(),
                 SubmitSpan {
                     function: &function,
@@ -182,15 +181,14 @@ impl Client {
                     digest: crate::attrs::text(actor.component.to_string()),
                     task_id: &task_id,
                     depth: None,
+                    actor: Some(ActorOfSpan {
+                        id: &actor.id,
+                        class: &actor.class,
+                        method,
+                    }),
                 },
                 parent,
-            );
-            span.set_attributes([
-                KeyValue::new("wtrace.actor_id", actor.id.clone()),
-                KeyValue::new("wtrace.actor_class", actor.class.clone()),
-                KeyValue::new("wtrace.actor_method", method.to_owned()),
-            ]);
-            span
+            )
         });
         let context = span
             .as_ref()

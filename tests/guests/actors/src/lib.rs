@@ -1,6 +1,7 @@
 //! Test actors: a counter with a method per edge case (a trap, an error
-//! result, output, a guest span, a spin past the timeout), and a second
-//! class in another interface.
+//! result, output, a guest span, a spin past the timeout, waiting on a call
+//! to itself), a second class in another interface, and tasks that make
+//! and call actors from inside the cluster.
 
 wit_bindgen::generate!({
     inline: "
@@ -17,6 +18,7 @@ wit_bindgen::generate!({
                     traced: func() -> s64;
                     spin: func(ms: u32);
                     grow: func(pages: u32) -> u32;
+                    wait-on: func(id: string) -> result<string, string>;
                 }
             }
             export log-api: interface {
@@ -27,11 +29,20 @@ wit_bindgen::generate!({
                 }
             }
             export plain: func() -> u32;
+            /// Makes a counter at `start`, adds 1 `times` times, kills it:
+            /// the last count.
+            export make-and-count: func(start: s64, times: u32) -> result<s64, string>;
+            /// Makes a counter named `name` at 100 and leaves it alive: its id.
+            export make-named: func(name: string) -> result<string, string>;
+            /// Adds `by` to the actor `name` names.
+            export call-by-name: func(name: string, by: s64) -> result<string, string>;
         }
     ",
 });
 
 use std::cell::{Cell, RefCell};
+
+use wtrace_guest::tasks;
 
 struct Component;
 
@@ -46,6 +57,35 @@ impl exports::log_api::Guest for Component {
 impl Guest for Component {
     fn plain() -> u32 {
         7
+    }
+
+    fn make_and_count(start: i64, times: u32) -> Result<i64, String> {
+        let counter = tasks::create_actor(
+            "counter",
+            &start.to_string(),
+            &tasks::ActorOptions::default(),
+        )?;
+        let calls: Vec<tasks::TaskRef> = (0..times)
+            .map(|_| counter.call("incr", "1"))
+            .collect::<Result<_, _>>()?;
+        let mut last = start;
+        for call in calls {
+            last = call.get()?.parse().map_err(|e| format!("{e}"))?;
+        }
+        counter.kill()?;
+        Ok(last)
+    }
+
+    fn make_named(name: String) -> Result<String, String> {
+        let options = tasks::ActorOptions {
+            name: Some(name),
+            max_restarts: 0,
+        };
+        Ok(tasks::create_actor("counter", "100", &options)?.id())
+    }
+
+    fn call_by_name(name: String, by: i64) -> Result<String, String> {
+        tasks::actor(&name)?.call("incr", &by.to_string())?.get()
     }
 }
 
@@ -96,6 +136,10 @@ impl exports::counter_api::GuestCounter for Counter {
     fn spin(&self, ms: u32) {
         let until = std::time::Instant::now() + std::time::Duration::from_millis(ms.into());
         while std::time::Instant::now() < until {}
+    }
+
+    fn wait_on(&self, id: String) -> Result<String, String> {
+        tasks::actor(&id)?.call("get", "")?.get()
     }
 
     fn grow(&self, pages: u32) -> u32 {

@@ -23,6 +23,7 @@ use super::protocol::{
 };
 use super::store::ComponentStore;
 use crate::capabilities::provider::WorkerInfo;
+use crate::capabilities::tasks::FoundActor;
 use crate::cluster::messages::{
     ActorOp, ActorStatus, BATCH_BYTES, ClusterConfig, ClusterStatus, ComponentRef, Done,
     FromDriver, FromWorker, Lease, MAX_NAME_BYTES, Submission, ToDriver, ToWorker,
@@ -1116,7 +1117,8 @@ impl State {
                     }
                     self.pump_actor(&actor);
                 }
-                None => self.queue.push_back(id),
+                // A lookup is answered at admission, never queued.
+                Some(ActorOp::Find { .. }) | None => self.queue.push_back(id),
             }
         }
         if !rejected.is_empty() {
@@ -1238,13 +1240,27 @@ impl State {
         }
         let mut leased: HashMap<ConnId, Vec<Lease>> = HashMap::new();
         let mut forgotten: HashMap<ConnId, Vec<Digest>> = HashMap::new();
+        let mut refused: HashMap<Origin, Vec<Done>> = HashMap::new();
         while let Some(&id) = self.queue.front() {
+            let creates = self
+                .tasks
+                .get(&id)
+                .is_some_and(|t| matches!(t.submission.actor, Some(ActorOp::Create { .. })));
+            // A creation goes only to a worker with room for one more actor.
+            let room = |conn: &ConnId| !creates || self.has_actor_room(*conn);
             let Some((&conn, _)) = self
                 .workers
                 .iter()
-                .filter(|(_, w)| w.ready && w.credit > 0)
+                .filter(|(conn, w)| w.ready && w.credit > 0 && room(conn))
                 .max_by_key(|(_, w)| w.credit)
             else {
+                if creates && !self.workers.iter().any(|(conn, w)| w.ready && room(conn)) {
+                    // No worker that could ever take it now: say so rather
+                    // than hold everything queued behind it.
+                    self.queue.pop_front();
+                    self.refuse_creation(id, &mut refused);
+                    continue;
+                }
                 break;
             };
             self.queue.pop_front();
@@ -1259,6 +1275,9 @@ impl State {
             }
             leased.entry(conn).or_default().push(lease);
         }
+        if !refused.is_empty() {
+            self.reply(refused);
+        }
         for (conn, leases) in leased {
             for batch in batches(leases, usize::MAX, BATCH_BYTES, Lease::wire_size) {
                 self.workers[&conn].tx.send(ToWorker::Run(batch));
@@ -1268,6 +1287,45 @@ impl State {
                 self.workers[&conn].tx.send(ToWorker::Forget(digests));
             }
         }
+    }
+
+    /// Whether worker `conn` holds fewer live actors than
+    /// `--max-actors-per-worker`.
+    fn has_actor_room(&self, conn: ConnId) -> bool {
+        let held = self
+            .actors
+            .values()
+            .filter(|a| a.worker == Some(conn) && !matches!(a.state, ActorState::Dead(_)))
+            .count();
+        held < self.config.actors.per_worker as usize
+    }
+
+    /// Fails actor creation `id`: no ready worker has room for an actor.
+    fn refuse_creation(&mut self, id: u64, replies: &mut HashMap<Origin, Vec<Done>>) {
+        let Some(task) = self.retire(id) else {
+            return;
+        };
+        let limit = self.config.actors.per_worker;
+        let error = TaskError::new(
+            TaskErrorKind::ActorLimit,
+            &task.submission.function,
+            format!(
+                "every worker holds {limit} actors, as many as --max-actors-per-worker allows; \
+                 kill one (`wtrace actor kill ID`), add workers, or start the cluster with a \
+                 higher --max-actors-per-worker"
+            ),
+        );
+        if let Some(op) = &task.submission.actor {
+            let why = format!("its creation failed: {}", error.message);
+            self.kill_actor(op.id(), &why, replies);
+            self.forget_actor(op.id());
+        }
+        replies.entry(task.origin).or_default().push(Done {
+            id: task.submission.tag,
+            pid: 0,
+            busy_us: 0,
+            output: TaskOutput::failed(error),
+        });
     }
 
     /// The lease of task `id` for worker `conn`, with its component's bytes
@@ -1349,6 +1407,22 @@ impl State {
                         format!("an actor {id:?} exists already"),
                     ));
                 }
+                let limit = self.config.actors.per_cluster;
+                let live = self
+                    .actors
+                    .values()
+                    .filter(|a| !matches!(a.state, ActorState::Dead(_)))
+                    .count();
+                if live >= limit as usize {
+                    return Err(error(
+                        TaskErrorKind::ActorLimit,
+                        format!(
+                            "the cluster holds {live} actors, as many as --max-actors allows \
+                             ({limit}); kill one (`wtrace actor kill ID`) or start the cluster \
+                             with a higher --max-actors"
+                        ),
+                    ));
+                }
                 if let Some(name) = name
                     && taken(name)
                 {
@@ -1362,8 +1436,9 @@ impl State {
                 }
                 Ok(ActorAdmission::Proceed)
             }
-            ActorOp::Call { id: given } | ActorOp::Kill { id: given } => {
-                let kill = matches!(op, ActorOp::Kill { .. });
+            ActorOp::Find { id: given }
+            | ActorOp::Call { id: given }
+            | ActorOp::Kill { id: given } => {
                 let id = self
                     .actor_names
                     .get(given)
@@ -1375,15 +1450,23 @@ impl State {
                         format!("no actor {given:?} in this cluster (see `wtrace actor list`)"),
                     ));
                 };
+                if matches!(op, ActorOp::Find { .. }) {
+                    let found = FoundActor {
+                        id,
+                        class: actor.class.clone(),
+                        component: actor.component.clone(),
+                        component_name: actor.component_name.clone(),
+                    };
+                    let json = serde_json::to_string(&found).expect("serializes");
+                    return Ok(ActorAdmission::Answer(TaskOutput::answered(Ok(json))));
+                }
+                let kill = matches!(op, ActorOp::Kill { .. });
                 if let ActorState::Dead(why) = &actor.state {
                     if kill {
                         self.forget_actor(&id);
-                        return Ok(ActorAdmission::Answer(TaskOutput {
-                            result: Ok(String::new()),
-                            stdout: Vec::new(),
-                            stderr: Vec::new(),
-                            nested: Vec::new(),
-                        }));
+                        return Ok(ActorAdmission::Answer(TaskOutput::answered(Ok(
+                            String::new(),
+                        ))));
                     }
                     return Err(error(
                         TaskErrorKind::ActorDead,
@@ -1521,6 +1604,7 @@ impl State {
                 self.kill_actor(&id, "it was killed", replies);
                 self.forget_actor(&id);
             }
+            (ActorOp::Find { .. }, _) => {}
         }
         self.pump_actor(&id);
     }
@@ -1665,6 +1749,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::messages::ActorLimits;
 
     fn state(max_retries: u32, nested_tasks: u32, nesting_depth: u32) -> State {
         State::new(ClusterConfig {
@@ -1679,6 +1764,7 @@ mod tests {
             grants: Default::default(),
             max_retries,
             component_store: 1 << 30,
+            actors: Default::default(),
         })
     }
 
@@ -1806,6 +1892,112 @@ mod tests {
             },
         ));
         digest
+    }
+
+    fn actor_submission(tag: u64, component: &Digest, function: &str, op: ActorOp) -> Submission {
+        Submission {
+            function: function.into(),
+            invocation: format!("{function}()"),
+            actor: Some(op),
+            ..submission(tag, component, None)
+        }
+    }
+
+    fn create(tag: u64, component: &Digest, id: &str) -> Submission {
+        let op = ActorOp::Create {
+            id: id.into(),
+            name: None,
+            max_restarts: 0,
+            restarts: 0,
+        };
+        actor_submission(tag, component, "counter.new", op)
+    }
+
+    /// Runs every lease on `rx` to success, as worker `conn`.
+    fn run_all(state: &mut State, conn: ConnId, rx: &mut mpsc::UnboundedReceiver<ToWorker>) {
+        for lease in leases(rx) {
+            state.handle(Event::WorkerMessage(conn, FromWorker::Started(u64::MAX)));
+            state.handle(Event::WorkerMessage(
+                conn,
+                FromWorker::Done(vec![done(lease.lease_id)]),
+            ));
+        }
+    }
+
+    #[test]
+    fn actors_past_the_cluster_or_worker_limit_are_refused_and_room_comes_back() {
+        let mut state = state(3, 100, 16);
+        Arc::make_mut(&mut state.config).actors = ActorLimits {
+            per_cluster: 3,
+            per_worker: 1,
+        };
+        let mut w1 = join_worker(&mut state, 1);
+        let mut w2 = join_worker(&mut state, 2);
+        let (mut driver, digest) = join_driver(&mut state, 3);
+        let submit = |state: &mut State, s: Submission| {
+            state.handle(Event::DriverMessage(3, FromDriver::Submit(vec![s])));
+        };
+        submit(&mut state, create(1, &digest, "a"));
+        submit(&mut state, create(2, &digest, "b"));
+        run_all(&mut state, 1, &mut w1);
+        run_all(&mut state, 2, &mut w2);
+        let made = driver_results(&mut driver);
+        assert_eq!(made.len(), 2);
+        assert!(made.iter().all(|d| d.output.result.is_ok()), "{made:?}");
+        let workers: Vec<_> = state.actors.values().map(|a| a.worker).collect();
+        assert!(
+            workers.contains(&Some(1)) && workers.contains(&Some(2)),
+            "one on each"
+        );
+
+        // Both workers are full: the third is refused, saying which limit.
+        submit(&mut state, create(3, &digest, "c"));
+        let refused = driver_results(&mut driver);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(kind(&refused[0]), Some(TaskErrorKind::ActorLimit));
+        assert!(
+            message(&refused[0]).contains("--max-actors-per-worker"),
+            "{}",
+            message(&refused[0])
+        );
+        assert!(
+            !state.actors.contains_key("c"),
+            "a refused actor is not listed"
+        );
+        // A plain task behind it still runs.
+        submit(&mut state, submission(4, &digest, None));
+        assert_eq!(leases(&mut w1).len() + leases(&mut w2).len(), 1);
+
+        // Killing one makes room on its worker.
+        let kill = ActorOp::Kill { id: "a".into() };
+        submit(
+            &mut state,
+            actor_submission(5, &digest, "counter.kill", kill),
+        );
+        let holder = state.actors["a"].worker.unwrap();
+        let (rx, other) = if holder == 1 {
+            (&mut w1, 2)
+        } else {
+            (&mut w2, 1)
+        };
+        run_all(&mut state, holder, rx);
+        submit(&mut state, create(6, &digest, "d"));
+        assert_eq!(state.actors["d"].worker, Some(holder));
+        let _ = other;
+
+        // Past --max-actors in the whole cluster.
+        Arc::make_mut(&mut state.config).actors.per_worker = 10;
+        submit(&mut state, create(7, &digest, "e"));
+        submit(&mut state, create(8, &digest, "f"));
+        let results = driver_results(&mut driver);
+        let over: Vec<_> = results.iter().filter(|d| d.id == 8).collect();
+        assert_eq!(over.len(), 1, "{results:?}");
+        assert_eq!(kind(over[0]), Some(TaskErrorKind::ActorLimit));
+        assert!(
+            message(over[0]).contains("--max-actors allows (3)"),
+            "{}",
+            message(over[0])
+        );
     }
 
     #[test]
