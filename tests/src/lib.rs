@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 
 use wtrace::spans::{SpanFiles, SpanRecord};
 
+pub mod actors;
 pub mod chaos;
 pub mod nats;
 

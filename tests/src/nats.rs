@@ -277,3 +277,14 @@ impl Tls {
         )
     }
 }
+
+/// A cluster made on `nats` by `wtrace start --head --address nats://…`, its
+/// every process writing spans with the file hook to `dir`.
+pub fn nats_cluster(nats: &NatsServer, dir: &Path, args: &[&str]) -> crate::Cluster {
+    let hook = format!("--tracing-startup-hook={}", crate::guests::FILE_HOOK);
+    let allow = format!("--allow-span-dir={}", dir.display());
+    let url = nats.url();
+    let mut full = vec![hook.as_str(), allow.as_str(), "--address", url.as_str()];
+    full.extend_from_slice(args);
+    crate::Cluster::start(&full, &[("WTRACE_SPAN_DIR", dir.to_str().unwrap())])
+}

@@ -5,11 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
 use wtrace::cluster::{ActorOptions, LocalCluster, LocalClusterOptions};
 use wtrace::outcome::TaskErrorKind;
 use wtrace::runtime::wave::Invocation;
-use wtrace_tests::{Cluster, Spans, guests, span_dir, wtrace_bin};
+use wtrace_tests::{Cluster, Spans, actors, guests, span_dir, wtrace_bin};
 
 fn traced_cluster(dir: &std::path::Path, args: &[&str]) -> Cluster {
     let hook = format!("--tracing-startup-hook={}", guests::FILE_HOOK);
@@ -140,29 +139,9 @@ fn the_cli_makes_calls_lists_and_kills_an_actor_and_traces_each_step() {
 fn a_task_makes_calls_and_kills_an_actor_traced_under_its_own_span() {
     let dir = span_dir();
     let mut cluster = traced_cluster(dir.path(), &["--num-workers=2"]);
-    let run = cluster
-        .command(&["submit", guests::ACTORS, "make-and-count(5, 3)"])
-        .run();
-    assert_eq!(run.success().trim(), "ok(8)");
-
-    // A task finds an actor a driver made, by its name, and calls it.
-    let id = cluster
-        .command(&[
-            "actor",
-            "create",
-            "--name",
-            "tally",
-            guests::ACTORS,
-            "counter(1)",
-        ])
-        .run()
-        .success()
-        .trim()
-        .to_owned();
-    let run = cluster
-        .command(&["submit", guests::ACTORS, r#"call-by-name("tally", 4)"#])
-        .run();
-    assert_eq!(run.success().trim(), r#"ok("5")"#);
+    // A task makes, calls and kills an actor; one finds an actor a driver
+    // made, by its name, and calls it.
+    let id = actors::assert_tasks_make_find_and_call_actors(&cluster, "tally");
     let run = cluster
         .command(&["submit", guests::ACTORS, r#"call-by-name("nobody", 4)"#])
         .run();
@@ -277,43 +256,7 @@ fn calls_from_two_drivers_run_in_the_order_each_sent_them_and_actors_run_in_para
         let (cluster, a, component) = actors_cluster(2).await;
         let b = cluster.client_untraced().await.unwrap();
         let root = opentelemetry::Context::new();
-        let counter = a
-            .create_actor(
-                &component,
-                &invocation("counter(0)"),
-                Default::default(),
-                &root,
-            )
-            .await
-            .unwrap();
-        let same = b.actor(counter.id()).await.unwrap();
-
-        // Each driver sends 200 increments without waiting for any.
-        let mut sent = Vec::new();
-        for _ in 0..200 {
-            sent.push((
-                0,
-                counter.call(&invocation("incr(1)"), &root).await.unwrap(),
-            ));
-            sent.push((1, same.call(&invocation("incr(1)"), &root).await.unwrap()));
-        }
-        let mut seen: [Vec<i64>; 2] = [Vec::new(), Vec::new()];
-        let results = join_all(sent.into_iter().map(|(driver, task)| async move {
-            (driver, task.get().await.unwrap().value.unwrap())
-        }))
-        .await;
-        for (driver, value) in results {
-            seen[driver].push(value.parse().unwrap());
-        }
-        let mut all: Vec<i64> = seen.concat();
-        all.sort_unstable();
-        assert_eq!(all, (1..=400).collect::<Vec<_>>(), "every call ran once");
-        for values in &seen {
-            assert!(
-                values.windows(2).all(|w| w[0] < w[1]),
-                "one driver's calls ran in the order it sent them"
-            );
-        }
+        let counter = actors::assert_two_drivers_keep_their_order(&a, &b, &component, 200).await;
 
         // Two actors, each busy 300 ms, finish together: in parallel.
         let second = a
@@ -363,24 +306,8 @@ fn a_method_that_traps_kills_the_actor_and_later_calls_say_why() {
             .await
             .unwrap();
         // A call queued behind the trapping one fails too, saying why.
-        let boom = counter.call(&invocation("boom()"), &root).await.unwrap();
-        let after = counter.call(&invocation("get()"), &root).await.unwrap();
-        let boom = boom.get().await.unwrap();
-        assert_eq!(boom.value.unwrap_err().kind, TaskErrorKind::Trap);
-        assert!(String::from_utf8_lossy(&boom.stderr).contains("boom at 3"));
-        let after = after.get().await.unwrap().value.unwrap_err();
-        assert_eq!(after.kind, TaskErrorKind::ActorDead);
-        assert!(after.message.contains("trapped"), "{}", after.message);
-        let later = counter
-            .call(&invocation("get()"), &root)
-            .await
-            .unwrap()
-            .get()
-            .await
-            .unwrap()
-            .value
-            .unwrap_err();
-        assert_eq!(later.kind, TaskErrorKind::ActorDead);
+        let stderr = actors::assert_a_trap_leaves_it_dead(&counter).await;
+        assert!(String::from_utf8_lossy(&stderr).contains("boom at 3"));
         let listed = client.actors().await.unwrap();
         assert!(
             listed[0].state.starts_with("dead: call 1 failed"),
@@ -439,25 +366,14 @@ fn a_worker_killed_under_an_actor_fails_its_calls_with_a_clear_error() {
         unsafe {
             libc::kill(pid as i32, libc::SIGKILL);
         }
-        let within = Duration::from_secs(10);
-        let spinning = tokio::time::timeout(within, spinning.get())
-            .await
-            .expect("no hang")
-            .unwrap()
-            .value
-            .unwrap_err();
+        let spinning = actors::outcome(spinning).await.unwrap_err();
         assert_eq!(spinning.kind, TaskErrorKind::WorkerDied);
         assert!(
             spinning.message.contains("died") && spinning.message.contains(&pid.to_string()),
             "{}",
             spinning.message
         );
-        let queued = tokio::time::timeout(within, queued.get())
-            .await
-            .expect("no hang")
-            .unwrap()
-            .value
-            .unwrap_err();
+        let queued = actors::outcome(queued).await.unwrap_err();
         assert_eq!(queued.kind, TaskErrorKind::ActorDead);
         let listed = client.actors().await.unwrap();
         assert!(listed[0].state.contains("died"), "{listed:?}");

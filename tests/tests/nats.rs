@@ -6,21 +6,10 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use wtrace::spans::SpanRecord;
-use wtrace_tests::nats::NatsServer;
+use wtrace_tests::nats::{NatsServer, nats_cluster};
 use wtrace_tests::{
     Cluster, Spans, Wtrace, assert_child_of, assert_fan_out_tree, guests, span_dir,
 };
-
-/// A cluster made on `nats` by `wtrace start --head --address nats://…`, its
-/// every process writing spans with the file hook to `dir`.
-fn nats_cluster(nats: &NatsServer, dir: &std::path::Path, args: &[&str]) -> Cluster {
-    let hook = format!("--tracing-startup-hook={}", guests::FILE_HOOK);
-    let allow = format!("--allow-span-dir={}", dir.display());
-    let url = nats.url();
-    let mut full = vec![hook.as_str(), allow.as_str(), "--address", url.as_str()];
-    full.extend_from_slice(args);
-    Cluster::start(&full, &[("WTRACE_SPAN_DIR", dir.to_str().unwrap())])
-}
 
 /// Adds a node of `workers` workers, a process group of its own.
 fn join_node(cluster: &mut Cluster, nats: &NatsServer, workers: &str) {

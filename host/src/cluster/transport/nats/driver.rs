@@ -161,6 +161,7 @@ async fn serve_requests(
     let subject = format!("wtrace.results.{key}");
     let mut names: HashMap<Digest, String> = HashMap::new();
     let mut refused: HashMap<Digest, String> = HashMap::new();
+    let mut actors: Option<super::actors::ActorStore> = None;
     while let Some(request) = requests.recv().await {
         match request {
             FromDriver::Upload { name, bytes } => {
@@ -183,12 +184,6 @@ async fn serve_requests(
                         failed.push(failed_task(&submission, why.clone()));
                         continue;
                     }
-                    if submission.actor.is_some() {
-                        let why = "actors run on a cluster with a local head (`wtrace start`); \
-                                   a NATS cluster does not host them yet";
-                        failed.push(failed_task(&submission, why.into()));
-                        continue;
-                    }
                     let component_name = names
                         .get(&submission.component)
                         .cloned()
@@ -200,7 +195,30 @@ async fn serve_requests(
                         reply: subject.clone(),
                         depth: 0,
                         attempts_before: 0,
+                        bounces: 0,
                     };
+                    if task.submission.actor.is_some() {
+                        // After the tasks before it, in order.
+                        failed.extend(
+                            publish_tasks(&mut nats, &blobs, pack(std::mem::take(&mut tasks)))
+                                .await,
+                        );
+                        let store = match &actors {
+                            Some(store) => store,
+                            None => match nats.actor_store().await {
+                                Ok(store) => actors.insert(store),
+                                Err(e) => {
+                                    failed.push(failed_task(&task.submission, e.to_string()));
+                                    continue;
+                                }
+                            },
+                        };
+                        let limits = entry.config.actors;
+                        failed.extend(
+                            super::actors::submit(&mut nats, store, &blobs, limits, task).await,
+                        );
+                        continue;
+                    }
                     tasks.push((task, id));
                 }
                 failed.extend(publish_tasks(&mut nats, &blobs, pack(tasks)).await);
@@ -423,7 +441,10 @@ pub(super) async fn status(nats: &Nats, entry: &ConfigEntry) -> ClusterStatus {
         running,
         components: 0,
         component_bytes: 0,
-        actors: Vec::new(),
+        actors: match nats.actor_store().await {
+            Ok(store) => store.statuses().await,
+            Err(_) => Vec::new(),
+        },
         uptime: Duration::from_secs(now.saturating_sub(entry.created)),
         failed_hooks,
     }
@@ -466,6 +487,7 @@ mod tests {
                     reply: "wtrace.results.d".into(),
                     depth: 0,
                     attempts_before: 0,
+                    bounces: 0,
                 };
                 (task, format!("d-{i}:0"))
             })

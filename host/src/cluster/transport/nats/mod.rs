@@ -21,7 +21,10 @@
 //! - The configuration is a key-value entry ([`CONFIG`]); workers announce
 //!   themselves in another ([`WORKERS`]) whose entries expire, so a dead
 //!   worker leaves the list by itself.
+//! - Actors: records in a bucket, calls on a stream subject of their own
+//!   ([`actors`]).
 
+mod actors;
 mod driver;
 mod worker;
 
@@ -85,7 +88,7 @@ const INLINE: u8 = 0;
 const IN_STORE: u8 = 1;
 
 /// Bumped whenever a message on the streams changes shape.
-const WIRE_VERSION: u32 = 3;
+const WIRE_VERSION: u32 = 4;
 
 /// The configuration entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +114,9 @@ pub(crate) struct TaskMessage {
     /// Deliveries of it before the message it came in (which a worker put
     /// back on the stream); the delivery count of that message adds to it.
     pub attempts_before: u32,
+    /// For an actor's creation: how many workers put it back for want of
+    /// room for another actor.
+    pub bounces: u32,
 }
 
 /// A worker's heartbeat entry.
@@ -294,6 +300,9 @@ impl Nats {
         self.bucket(TREES, RESULTS_KEPT)
             .await
             .map_err(|e| unavailable("task trees' bucket", &e))?;
+        self.create_actor_store()
+            .await
+            .map_err(|e| unavailable("actors' buckets and stream", &e))?;
         let blobs = self
             .blobs_create()
             .await

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::IntoFuture as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+use super::actors::{self, ActorStore, RecordState};
 use super::driver::{PACK_MAX, open_results, pack, publish_tasks};
 use super::{
     CONTROL_SUBJECT, HEARTBEAT_EVERY, Heartbeat, Nats, PROGRESS_EVERY, TASKS_STREAM, TaskMessage,
@@ -21,7 +22,8 @@ use super::{
 };
 use crate::capabilities::provider::WorkerInfo;
 use crate::cluster::messages::{
-    ClusterConfig, ComponentRef, Done, FromWorker, Lease, ToWorker, WORKER_COMPONENTS, WorkerStatus,
+    ActorOp, ClusterConfig, ComponentRef, Done, FromWorker, Lease, ToWorker, WORKER_COMPONENTS,
+    WorkerStatus,
 };
 use crate::cluster::transport::{Credentials, WorkerLink};
 use crate::error::{Error, Result};
@@ -72,6 +74,29 @@ struct Shared {
     subject: String,
     inbox: mpsc::UnboundedSender<ToWorker>,
     closing: CancellationToken,
+    /// The cluster's actors.
+    actors: ActorStore,
+    /// The actors this worker holds, by id.
+    local: Mutex<HashMap<String, LocalActor>>,
+    /// Actor creations this worker took and has not finished.
+    creating: AtomicUsize,
+    /// Starts the call loop of an actor this worker made.
+    loops: mpsc::UnboundedSender<ActorLoop>,
+}
+
+/// An actor whose calls to read: its id, which making of it, and its
+/// [`LocalActor::stop`] and [`LocalActor::turn`].
+type ActorLoop = (String, u32, CancellationToken, Arc<Notify>);
+
+/// An actor this worker holds.
+struct LocalActor {
+    /// Calls it finished, and how many of them its record says.
+    calls: u64,
+    flushed: u64,
+    /// Ends its call loop.
+    stop: CancellationToken,
+    /// Told when the call it was sent finished.
+    turn: Arc<Notify>,
 }
 
 pub(crate) async fn connect_worker(
@@ -110,6 +135,8 @@ pub(crate) async fn connect_worker(
         nats.client.subscribe(CONTROL_SUBJECT).await.map_err(|e| {
             Error::Cluster(format!("cannot subscribe to the cluster's control: {e}"))
         })?;
+    let actor_store = nats.actor_store().await?;
+    let (loops, actor_loops) = mpsc::unbounded_channel();
 
     let (tx, outbound) = mpsc::unbounded_channel();
     let (inbox, rx) = mpsc::unbounded_channel();
@@ -145,11 +172,16 @@ pub(crate) async fn connect_worker(
         subject,
         inbox,
         closing: CancellationToken::new(),
+        actors: actor_store,
+        local: Mutex::new(HashMap::new()),
+        creating: AtomicUsize::new(0),
+        loops,
     });
     beat(&shared, &workers, &key).await;
     tokio::spawn(fetch_loop(shared.clone(), consumer));
     tokio::spawn(results_loop(shared.clone(), results));
     tokio::spawn(control_loop(shared.clone(), control));
+    tokio::spawn(start_actor_loops(shared.clone(), actor_loops));
     tokio::spawn(keep_alive(shared.clone(), workers.clone(), key.clone()));
     let sent = tokio::spawn(async move {
         send_loop(&shared, outbound, written).await;
@@ -202,9 +234,14 @@ async fn put_beat(shared: &Shared, workers: &jetstream::kv::Store, key: &str) {
 async fn keep_alive(shared: Arc<Shared>, workers: jetstream::kv::Store, key: String) {
     let mut beats = tokio::time::interval(HEARTBEAT_EVERY);
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    let mut watch = tokio::time::interval(ACTOR_WATCH_EVERY);
     loop {
         tokio::select! {
             _ = beats.tick() => beat(&shared, &workers, &key).await,
+            _ = watch.tick() => {
+                flush_calls(&shared).await;
+                watch_actors(&shared, &workers).await;
+            }
             _ = progress.tick() => {
                 let ackers: Vec<_> = lock(&shared.packets)
                     .values()
@@ -289,7 +326,7 @@ async fn fetch_loop(shared: Arc<Shared>, consumer: consumer::PullConsumer) {
 /// goes (the rest go back to the stream in a message of their own), or
 /// fails them at once (past their retries, or their component missing).
 async fn take(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     message: jetstream::Message,
     leases: &mut Vec<Lease>,
     forget: &mut Vec<Digest>,
@@ -306,6 +343,21 @@ async fn take(
     };
     for task in &mut tasks {
         task.attempts_before = task.attempts_before.saturating_add(redelivered);
+    }
+    let (creations, rest): (Vec<_>, Vec<_>) = tasks
+        .into_iter()
+        .partition(|t| matches!(t.submission.actor, Some(ActorOp::Create { .. })));
+    tasks = rest;
+    for creation in creations {
+        match make_room(shared, creation).await {
+            Some(kept) => tasks.push(kept),
+            None => continue,
+        }
+    }
+    if tasks.is_empty() {
+        // Every task went elsewhere, and is safe there.
+        let _ = message.ack().await;
+        return;
     }
     // A message delivered again goes back one task a message, so a task
     // that kills its workers does not take its pack-mates' attempts along.
@@ -348,16 +400,27 @@ async fn take(
         },
     );
     let mut failed: HashMap<String, Vec<(u64, Done)>> = HashMap::new();
+    let mut failed_tasks = Vec::new();
     for task in tasks {
+        let actor = task.submission.actor.is_some().then(|| task.clone());
         match lease(shared, packet, task, forget).await {
             Ok(lease) => leases.push(lease),
             Err(failure) => {
                 let (reply, done) = *failure;
                 failed.entry(reply).or_default().push((packet, done));
+                failed_tasks.extend(actor);
             }
         }
     }
     for (reply, finished) in failed {
+        for (_, done) in &finished {
+            if let Some(task) = failed_tasks
+                .iter()
+                .find(|t| t.submission.tag == done.id && t.reply == reply)
+            {
+                actor_finished(shared, task, &done.output, false).await;
+            }
+        }
         finish_all(shared, &reply, finished).await;
     }
 }
@@ -437,9 +500,13 @@ async fn lease(
         trace: submission.trace.clone(),
         depth: task.depth,
         confirm_start: false,
-        actor: None,
+        actor: submission.actor.clone(),
     };
-    {
+    // Calls and kills come to an actor's worker unasked.
+    if !matches!(
+        submission.actor,
+        Some(ActorOp::Call { .. } | ActorOp::Kill { .. })
+    ) {
         let mut credit = lock(&shared.credit);
         *credit = credit.saturating_sub(1);
     }
@@ -477,6 +544,12 @@ async fn replace_stalled(shared: &Shared, generation: u64, stalled: &Nats) {
 /// being away (restarting) only delays it.
 async fn finish_all(shared: &Shared, reply: &str, finished: Vec<(u64, Done)>) {
     let (packets, results): (Vec<_>, Vec<_>) = finished.into_iter().unzip();
+    if reply.is_empty() {
+        // No one waits for the result (an actor the cluster made again).
+        let nats = lock(&shared.publisher).1.clone();
+        acknowledge(shared, &nats, &packets).await;
+        return;
+    }
     let spill = || format!("result/{}", random_hex(8));
     let payload = match encode(&results, &shared.blobs, spill).await {
         Ok(payload) => payload,
@@ -510,34 +583,7 @@ async fn finish_all(shared: &Shared, reply: &str, finished: Vec<(u64, Done)>) {
             continue;
         }
         if stored {
-            let complete: Vec<jetstream::Message> = {
-                let mut held = lock(&shared.packets);
-                packets
-                    .iter()
-                    .filter_map(|id| {
-                        let packet = held.get_mut(id)?;
-                        packet.left = packet.left.saturating_sub(1);
-                        (packet.left == 0).then(|| held.remove(id).expect("there").message)
-                    })
-                    .collect()
-            };
-            for message in complete {
-                // Should this acknowledgement be lost, the tasks run again
-                // and their second results are dropped by their drivers. It
-                // goes out on the connection that just stored the results.
-                match &message.reply {
-                    Some(subject) => {
-                        let _ = nats
-                            .client
-                            .publish(subject.clone(), Bytes::from_static(b"+ACK"))
-                            .await;
-                    }
-                    None => {
-                        let _ = message.ack().await;
-                    }
-                }
-                super::discard_spilled(&shared.blobs, &message.payload).await;
-            }
+            acknowledge(shared, &nats, &packets).await;
             return;
         }
     }
@@ -545,6 +591,38 @@ async fn finish_all(shared: &Shared, reply: &str, finished: Vec<(u64, Done)>) {
         "wtrace worker: could not store {} results; their tasks will run again",
         results.len()
     );
+}
+
+/// Counts one task done in each of `packets`, acknowledging those whose
+/// every task is done. Should an acknowledgement be lost, the tasks run
+/// again and their second results are dropped by their drivers. It goes out
+/// on `nats`, the connection that just stored the results.
+async fn acknowledge(shared: &Shared, nats: &Nats, packets: &[u64]) {
+    let complete: Vec<jetstream::Message> = {
+        let mut held = lock(&shared.packets);
+        packets
+            .iter()
+            .filter_map(|id| {
+                let packet = held.get_mut(id)?;
+                packet.left = packet.left.saturating_sub(1);
+                (packet.left == 0).then(|| held.remove(id).expect("there").message)
+            })
+            .collect()
+    };
+    for message in complete {
+        match &message.reply {
+            Some(subject) => {
+                let _ = nats
+                    .client
+                    .publish(subject.clone(), Bytes::from_static(b"+ACK"))
+                    .await;
+            }
+            None => {
+                let _ = message.ack().await;
+            }
+        }
+        super::discard_spilled(&shared.blobs, &message.payload).await;
+    }
 }
 
 /// Sends what the pool says on to NATS until the pool is done.
@@ -582,6 +660,9 @@ async fn send_loop(
                     .into_iter()
                     .map(|(reply, finished)| finish_all(shared, reply, finished));
                 futures::future::join_all(stored).await;
+                for (held, done) in &finishing {
+                    actor_finished(shared, &held.task, &done.output, true).await;
+                }
             }
             FromWorker::Submit(submissions) => submit(shared, submissions.clone()).await,
             FromWorker::Ready => lock(&shared.beat).status.ready = true,
@@ -609,6 +690,23 @@ async fn submit(shared: &Shared, submissions: Vec<crate::cluster::messages::Subm
     let mut rejected = Vec::new();
     let mut tasks = Vec::new();
     for mut submission in submissions {
+        if let Some(ActorOp::Find { .. }) = submission.actor {
+            // A lookup runs nothing: answered here, outside any budget.
+            let lookup = TaskMessage {
+                submission,
+                component_name: String::new(),
+                reply: shared.subject.clone(),
+                depth: 0,
+                attempts_before: 0,
+                bounces: 0,
+            };
+            let mut nats = shared.nats.clone();
+            let limits = shared.config.actors;
+            rejected.extend(
+                actors::submit(&mut nats, &shared.actors, &shared.blobs, limits, lookup).await,
+            );
+            continue;
+        }
         let parent = submission.parent.take().and_then(|id| {
             lock(&shared.held).get(&id).map(|held| {
                 let root = tree_root(&held.task.submission.task_id).to_owned();
@@ -654,6 +752,7 @@ async fn submit(shared: &Shared, submissions: Vec<crate::cluster::messages::Subm
                     reply: shared.subject.clone(),
                     depth,
                     attempts_before: 0,
+                    bounces: 0,
                 },
                 id,
             ),
@@ -669,7 +768,7 @@ async fn submit(shared: &Shared, submissions: Vec<crate::cluster::messages::Subm
             entry.insert(charge_tree(&shared.trees, root, want, limit).await);
         }
     }
-    let tasks = tasks
+    let tasks: Vec<(TaskMessage, String)> = tasks
         .into_iter()
         .filter_map(|(root, task)| {
             let fail = |why: String, kind| Done {
@@ -701,7 +800,15 @@ async fn submit(shared: &Shared, submissions: Vec<crate::cluster::messages::Subm
         })
         .collect();
     let mut nats = shared.nats.clone();
+    let (to_actors, tasks): (Vec<_>, Vec<_>) = tasks
+        .into_iter()
+        .partition(|(task, _)| task.submission.actor.is_some());
     rejected.extend(publish_tasks(&mut nats, &shared.blobs, pack(tasks)).await);
+    let limits = shared.config.actors;
+    for (task, _) in to_actors {
+        rejected
+            .extend(actors::submit(&mut nats, &shared.actors, &shared.blobs, limits, task).await);
+    }
     if !rejected.is_empty() {
         let _ = shared.inbox.send(ToWorker::Results(rejected));
     }
@@ -757,6 +864,421 @@ async fn charge_tree(trees: &kv::Store, root: &str, want: u32, limit: u32) -> Re
         }
     }
     Err(failed(&"too many workers raced for it"))
+}
+
+/// Most times an actor's creation goes back to the stream, for want of room
+/// on the workers that took it, before it fails: with room anywhere, a
+/// worker with room takes it long before.
+const MAX_BOUNCES: u32 = 64;
+
+/// How often a worker looks for alive actors whose worker died, and writes
+/// its own actors' call counts to their records.
+const ACTOR_WATCH_EVERY: Duration = Duration::from_secs(3);
+
+/// Keeps an actor's creation when this worker has room for another actor
+/// (`--max-actors-per-worker`); else puts it back on the task stream for
+/// another worker, or fails it once it went round every worker. None when
+/// it went elsewhere.
+async fn make_room(shared: &Arc<Shared>, task: TaskMessage) -> Option<TaskMessage> {
+    let limit = shared.config.actors.per_worker as usize;
+    let held = lock(&shared.local).len() + shared.creating.load(Ordering::SeqCst);
+    if held < limit {
+        shared.creating.fetch_add(1, Ordering::SeqCst);
+        return Some(task);
+    }
+    if task.bounces >= MAX_BOUNCES {
+        let why = format!(
+            "every worker holds {limit} actors, as many as --max-actors-per-worker allows; kill \
+             one (`wtrace actor kill ID`), add workers, or start the cluster with a higher \
+             --max-actors-per-worker"
+        );
+        let done = actors::refused(&task, TaskErrorKind::ActorLimit, why);
+        shared.creating.fetch_add(1, Ordering::SeqCst);
+        actor_finished(shared, &task, &done.output, false).await;
+        finish_all(shared, &task.reply, vec![(0, done)]).await;
+        return None;
+    }
+    // A moment's pause, so a worker with room but busy gets its turn.
+    tokio::time::sleep(Duration::from_millis(5 * u64::from(task.bounces.min(10)))).await;
+    let mut again = task.clone();
+    again.bounces += 1;
+    let id = format!(
+        "{}:{}b{}",
+        task.submission.task_id, task.attempts_before, again.bounces
+    );
+    let mut nats = shared.nats.clone();
+    if publish_tasks(&mut nats, &shared.blobs, vec![(vec![again], id)])
+        .await
+        .is_empty()
+    {
+        return None;
+    }
+    // Not back on the stream: make it here after all.
+    shared.creating.fetch_add(1, Ordering::SeqCst);
+    Some(task)
+}
+
+/// Keeps an actor's record true to what its creation, call or kill came
+/// to. `leased`: the pool ran it (so the actor's call loop waits for it).
+async fn actor_finished(
+    shared: &Arc<Shared>,
+    task: &TaskMessage,
+    output: &TaskOutput,
+    leased: bool,
+) {
+    let Some(op) = &task.submission.actor else {
+        return;
+    };
+    match op {
+        ActorOp::Create { id, restarts, .. } => {
+            let _ = shared
+                .creating
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            match &output.result {
+                Ok(_) => made(shared, id, *restarts).await,
+                Err(error) if *restarts == 0 => {
+                    let why = format!("its creation failed: {}", error.message);
+                    end_actor(shared, id, &why, true).await;
+                }
+                Err(error) => {
+                    let why = format!(
+                        "making it again (restart {restarts}) failed: {}",
+                        error.message
+                    );
+                    end_actor(shared, id, &why, false).await;
+                }
+            }
+        }
+        ActorOp::Call { id } => {
+            let (turn, calls) = {
+                let mut local = lock(&shared.local);
+                let Some(actor) = local.get_mut(id) else {
+                    return;
+                };
+                if crate::exec::actor::ran(&output.result) {
+                    actor.calls += 1;
+                }
+                (actor.turn.clone(), actor.calls)
+            };
+            if let Err(error) = &output.result
+                && crate::exec::actor::kills(error.kind)
+            {
+                // The pool dropped the instance: the actor is made again
+                // or dead.
+                if let Some(actor) = lock(&shared.local).remove(id) {
+                    actor.stop.cancel();
+                }
+                let why = format!("call {calls} failed: {}", error.message);
+                let worker = lock(&shared.beat).status.worker_id.clone();
+                claim(shared, id, &worker, &why, None).await;
+            }
+            if leased {
+                turn.notify_one();
+            }
+        }
+        ActorOp::Kill { id } => {
+            if let Some(actor) = lock(&shared.local).remove(id) {
+                actor.stop.cancel();
+            }
+            end_actor(shared, id, "it was killed", true).await;
+        }
+        ActorOp::Find { .. } => {}
+    }
+}
+
+/// This worker made actor `id` (its `restarts`-th making): its record says
+/// so, and its calls start coming here.
+async fn made(shared: &Shared, id: &str, restarts: u32) {
+    let me = {
+        let beat = lock(&shared.beat);
+        (
+            beat.status.worker_id.clone(),
+            beat.status.node_id.clone(),
+            beat.status.pid,
+        )
+    };
+    let mut recorded = false;
+    for _ in 0..16 {
+        let Ok(Some((mut record, revision))) = shared.actors.record(id).await else {
+            break;
+        };
+        if record.state != RecordState::Creating || record.restarts != restarts {
+            break;
+        }
+        record.state = RecordState::Alive;
+        record.worker = Some(me.clone());
+        match shared.actors.replace(&record, revision).await {
+            Ok(true) => {
+                recorded = true;
+                break;
+            }
+            Ok(false) => continue,
+            Err(_) => break,
+        }
+    }
+    if !recorded {
+        // Its record is gone or moved on: no call will come for this
+        // instance, so the pool drops it.
+        eprintln!("wtrace worker: actor {id} was made but its record moved on; dropping it");
+        return;
+    }
+    let stop = CancellationToken::new();
+    let turn = Arc::new(Notify::new());
+    lock(&shared.local).insert(
+        id.to_owned(),
+        LocalActor {
+            calls: 0,
+            flushed: 0,
+            stop: stop.clone(),
+            turn: turn.clone(),
+        },
+    );
+    let _ = shared.loops.send((id.to_owned(), restarts, stop, turn));
+}
+
+/// Starts each actor's call loop. (Spawned here, not where an actor is
+/// made: a loop's own calls make actors again.)
+async fn start_actor_loops(shared: Arc<Shared>, mut loops: mpsc::UnboundedReceiver<ActorLoop>) {
+    loop {
+        let started = tokio::select! {
+            started = loops.recv() => started,
+            () = shared.closing.cancelled() => return,
+        };
+        let Some((id, restarts, stop, turn)) = started else {
+            return;
+        };
+        tokio::spawn(actor_loop(shared.clone(), id, restarts, stop, turn));
+    }
+}
+
+/// Reads actor `id`'s calls, one at a time: each is leased to the pool, and
+/// the next read once its result is stored.
+async fn actor_loop(
+    shared: Arc<Shared>,
+    id: String,
+    restarts: u32,
+    stop: CancellationToken,
+    turn: Arc<Notify>,
+) {
+    let name = actors::consumer_name(&id, restarts);
+    let consumer: consumer::PullConsumer = match shared
+        .actors
+        .calls
+        .get_or_create_consumer(
+            &name,
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: actors::calls_subject(&id),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: super::ACK_WAIT,
+                max_ack_pending: 1,
+                ..Default::default()
+            },
+        )
+        .await
+    {
+        Ok(consumer) => consumer,
+        Err(e) => {
+            eprintln!("wtrace worker: cannot read the calls of actor {id}: {e}");
+            return;
+        }
+    };
+    loop {
+        let fetched = tokio::select! {
+            fetched = consumer.fetch().max_messages(1).expires(Duration::from_secs(1)).messages() => fetched,
+            () = stop.cancelled() => return,
+            () = shared.closing.cancelled() => return,
+        };
+        let Ok(mut batch) = fetched else {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        };
+        let message = tokio::select! {
+            message = batch.next() => message,
+            () = stop.cancelled() => return,
+            () = shared.closing.cancelled() => return,
+        };
+        let Some(Ok(message)) = message else {
+            continue;
+        };
+        let mut leases = Vec::new();
+        let mut forget = Vec::new();
+        take(&shared, message, &mut leases, &mut forget).await;
+        let sent = !leases.is_empty();
+        if sent && shared.inbox.send(ToWorker::Run(leases)).is_err() {
+            return;
+        }
+        if !forget.is_empty() {
+            let _ = shared.inbox.send(ToWorker::Forget(forget));
+        }
+        if sent {
+            tokio::select! {
+                () = turn.notified() => {}
+                () = stop.cancelled() => return,
+                () = shared.closing.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Actor `id` is gone for `why`: its calls' consumer goes, its record is
+/// forgotten (`forget`) or marked dead, and every call waiting for it is
+/// answered.
+async fn end_actor(shared: &Shared, id: &str, why: &str, forget: bool) {
+    let store = &shared.actors;
+    let Ok(Some((mut record, revision))) = store.record(id).await else {
+        return;
+    };
+    let _ = store
+        .calls
+        .delete_consumer(&actors::consumer_name(id, record.restarts))
+        .await;
+    if forget {
+        store.forget(&record).await;
+    } else {
+        record.state = RecordState::Dead(why.to_owned());
+        record.worker = None;
+        let _ = store.replace(&record, revision).await;
+    }
+    answer_all(shared, actors::drain(store, &shared.blobs, id, why).await).await;
+}
+
+/// Stores answers for the tasks that asked, by their subject.
+async fn answer_all(shared: &Shared, answers: Vec<(String, Done)>) {
+    let mut by_reply: HashMap<String, Vec<(u64, Done)>> = HashMap::new();
+    for (reply, done) in answers {
+        by_reply.entry(reply).or_default().push((0, done));
+    }
+    for (reply, answers) in by_reply {
+        finish_all(shared, &reply, answers).await;
+    }
+}
+
+/// Takes over actor `id` from `worker`, which is done with it (a call
+/// killed it) or died (`died`: its pid, and the call it was running fails
+/// with [`TaskErrorKind::WorkerDied`]): makes it again by its constructor
+/// while it has restarts left, else marks it dead and answers what waits.
+/// Compare-and-set, so of the workers that notice, one acts.
+async fn claim(shared: &Shared, id: &str, worker: &str, why: &str, died: Option<u32>) {
+    let store = &shared.actors;
+    for _ in 0..16 {
+        let Ok(Some((record, revision))) = store.record(id).await else {
+            return;
+        };
+        let held_by = record.worker.as_ref().map(|w| w.0.as_str());
+        if record.state != RecordState::Alive || held_by != Some(worker) {
+            return;
+        }
+        let mut next = record.clone();
+        next.worker = None;
+        if record.restarts < record.max_restarts {
+            next.restarts += 1;
+            next.state = RecordState::Creating;
+        } else {
+            next.state = RecordState::Dead(why.to_owned());
+        }
+        match store.replace(&next, revision).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => return,
+        }
+        if died.is_some()
+            && let Some(task) = actors::running_call(store, &shared.blobs, &record).await
+        {
+            let done = actors::refused(
+                &task,
+                TaskErrorKind::WorkerDied,
+                format!("actor {id} is dead: {why}"),
+            );
+            answer_all(shared, vec![(task.reply.clone(), done)]).await;
+        }
+        let _ = store
+            .calls
+            .delete_consumer(&actors::consumer_name(id, record.restarts))
+            .await;
+        if next.state == RecordState::Creating {
+            let mut constructor = record.constructor.clone();
+            if let Some(ActorOp::Create { restarts, .. }) = &mut constructor.submission.actor {
+                *restarts = next.restarts;
+            }
+            constructor.reply = String::new();
+            constructor.attempts_before = 0;
+            constructor.bounces = 0;
+            let dedup = format!("{id}:restart{}", next.restarts);
+            let mut nats = shared.nats.clone();
+            let failed =
+                publish_tasks(&mut nats, &shared.blobs, vec![(vec![constructor], dedup)]).await;
+            if let Some(done) = failed.into_iter().next() {
+                let why = done
+                    .output
+                    .result
+                    .err()
+                    .map_or_else(String::new, |e| e.message);
+                end_actor(shared, id, &format!("making it again failed: {why}"), false).await;
+            }
+        } else {
+            answer_all(shared, actors::drain(store, &shared.blobs, id, why).await).await;
+        }
+        return;
+    }
+}
+
+/// Takes over the alive actors whose worker no longer announces itself.
+async fn watch_actors(shared: &Shared, workers: &kv::Store) {
+    let Ok(beats) = super::live_workers(workers).await else {
+        return;
+    };
+    let live: std::collections::HashSet<String> = beats
+        .into_iter()
+        .map(|beat| beat.status.worker_id)
+        .collect();
+    let me = lock(&shared.beat).status.worker_id.clone();
+    if !live.contains(&me) {
+        // Our own heartbeat not seen: the listing is not to be trusted.
+        return;
+    }
+    let Ok(records) = shared.actors.all().await else {
+        return;
+    };
+    for (record, _) in records {
+        if record.state != RecordState::Alive {
+            continue;
+        }
+        let Some((worker, _, pid)) = &record.worker else {
+            continue;
+        };
+        if !live.contains(worker) {
+            let why = format!("its worker {worker} (pid {pid}) died");
+            claim(shared, &record.id, worker, &why, Some(*pid)).await;
+        }
+    }
+}
+
+/// Writes this worker's actors' call counts to their records, for `wtrace
+/// actor list`.
+async fn flush_calls(shared: &Shared) {
+    let counts: Vec<(String, u64)> = lock(&shared.local)
+        .iter()
+        .filter(|(_, a)| a.calls != a.flushed)
+        .map(|(id, a)| (id.clone(), a.calls))
+        .collect();
+    for (id, calls) in counts {
+        for _ in 0..4 {
+            let Ok(Some((mut record, revision))) = shared.actors.record(&id).await else {
+                break;
+            };
+            if record.state != RecordState::Alive {
+                break;
+            }
+            record.calls = calls;
+            if let Ok(true) = shared.actors.replace(&record, revision).await {
+                if let Some(actor) = lock(&shared.local).get_mut(&id) {
+                    actor.flushed = calls;
+                }
+                break;
+            }
+        }
+    }
 }
 
 async fn results_loop(shared: Arc<Shared>, mut results: consumer::pull::Ordered) {
