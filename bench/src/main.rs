@@ -29,6 +29,7 @@ use wtrace_tests::guests;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod actors;
 mod transport;
 
 /// wtrace's benchmarks: every figure with its target (scripts/bench.sh sets
@@ -68,6 +69,9 @@ enum Measure {
     Scale,
     /// Trivial tasks over NATS against the local head, and with 1-3 nodes.
     Nats,
+    /// Actor calls against tasks, over the local head and NATS, and
+    /// against Ray's actor calls.
+    Actors,
     /// The chaos run: normal and hostile tasks while workers are killed
     /// (only when asked for by name: it is long).
     Chaos,
@@ -120,6 +124,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wants(Measure::Nats) {
         rt.block_on(transport::rows(&mut report, options.quick))?;
+    }
+    if wants(Measure::Actors) {
+        rt.block_on(actors::measure(&mut report, options.quick, options.ray))?;
     }
     if options.only == Some(Measure::Chaos) {
         chaos(&options, &mut report)?;
@@ -842,11 +849,27 @@ struct Ray {
 }
 
 fn ray_bench() -> anyhow::Result<Ray> {
+    let value = run_ray_bench(&[])?;
+    let field = |name: &str| {
+        value[name]
+            .as_f64()
+            .with_context(|| format!("Ray printed no {name:?} in {value}"))
+    };
+    Ok(Ray {
+        plain: field("plain")?,
+        traced: field("traced")?,
+        cold_ms: field("cold_ms")?,
+    })
+}
+
+/// Runs `ray_bench.py` with `args`: the JSON line it prints last.
+fn run_ray_bench(args: &[&str]) -> anyhow::Result<serde_json::Value> {
     let python = std::env::var("WTRACE_RAY_PYTHON")
         .unwrap_or_else(|_| "target/tools/ray-venv/bin/python".into());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("ray_bench.py");
     let output = Command::new(&python)
         .arg(&script)
+        .args(args)
         .output()
         .with_context(|| {
             format!("cannot run {python} (run scripts/bench.sh, which installs Ray)")
@@ -862,18 +885,15 @@ fn ray_bench() -> anyhow::Result<Ray> {
         .last()
         .unwrap_or_default()
         .to_owned();
-    let value: serde_json::Value =
-        serde_json::from_str(&last).with_context(|| format!("Ray printed {last:?}"))?;
-    let field = |name: &str| {
-        value[name]
-            .as_f64()
-            .with_context(|| format!("Ray printed no {name:?} in {last:?}"))
-    };
-    Ok(Ray {
-        plain: field("plain")?,
-        traced: field("traced")?,
-        cold_ms: field("cold_ms")?,
-    })
+    serde_json::from_str(&last).with_context(|| format!("Ray printed {last:?}"))
+}
+
+/// Ray's traced calls per second on one actor (`ray_bench.py actors`).
+fn ray_actor_rate() -> anyhow::Result<f64> {
+    let value = run_ray_bench(&["actors"])?;
+    value["actor_traced"]
+        .as_f64()
+        .with_context(|| format!("Ray printed no \"actor_traced\" in {value}"))
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {

@@ -126,3 +126,58 @@ fn python_span_decorator_opens_a_span_per_call() {
     }
     assert_ne!(loads[0].span_id, loads[1].span_id);
 }
+
+#[test]
+fn python_counter_actor_keeps_its_state_and_traces_its_calls() {
+    let counter = built().counter.as_ref().expect("examples/counter is built");
+    let dir = wtrace_tests::span_dir();
+    let hook = format!("--tracing-startup-hook={}", guests::FILE_HOOK);
+    let allow = format!("--allow-span-dir={}", dir.path().display());
+    let cache = guest_langs::test_cache_dir();
+    let mut cluster = wtrace_tests::Cluster::start(
+        &[&hook, &allow, "-n", "1"],
+        &[
+            ("WTRACE_SPAN_DIR", dir.path().to_str().unwrap()),
+            ("WTRACE_CACHE_DIR", cache.to_str().unwrap()),
+        ],
+    );
+    let counter = counter.to_str().unwrap();
+    let id = cluster
+        .command(&["actor", "create", counter, "counter(5)"])
+        .run()
+        .success()
+        .trim()
+        .to_owned();
+    for (call, want) in [("incr(2)", "7"), ("incr(3)", "10"), ("get()", "10")] {
+        let run = cluster.command(&["actor", "call", &id, call]).run();
+        assert_eq!(run.success().trim(), want, "{call}");
+    }
+    cluster.command(&["actor", "kill", &id]).run().success();
+    cluster.stop();
+
+    let spans = wtrace_tests::Spans::read(dir.path());
+    let creation = spans.one("counter.new execute");
+    let mut calls = spans.named("counter.incr execute");
+    calls.sort_by_key(|s| s.start);
+    assert_eq!(calls.len(), 2);
+    let adds = spans.named("add");
+    assert_eq!(
+        adds.len(),
+        2,
+        "one guest span per call: {:?}",
+        spans.names()
+    );
+    for (call, by) in calls.iter().zip(["2", "3"]) {
+        assert_eq!(call.attributes["wtrace.actor_id"], id);
+        assert_eq!(call.links[0].1, creation.span_id, "linked to the creation");
+        let add = adds
+            .iter()
+            .find(|a| a.parent_span_id == call.span_id)
+            .expect("the guest's span under its call");
+        assert_eq!(
+            add.attributes.get("counter.by").map(String::as_str),
+            Some(by),
+            "{add:?}"
+        );
+    }
+}

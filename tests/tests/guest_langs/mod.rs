@@ -30,6 +30,9 @@ pub struct Built {
     pub task: PathBuf,
     /// A task whose function throws inside two nested helper spans.
     pub raise: PathBuf,
+    /// The example actor (`guest-sdk/<lang>/examples/counter`), where the
+    /// language has one.
+    pub counter: Option<PathBuf>,
 }
 
 /// A source file of a guest: (file name, contents).
@@ -135,16 +138,23 @@ impl Lang {
             Lang::Python => "py",
             Lang::Js => "js",
         };
+        let counter_dir = sdk.join("examples/counter");
         let built = Built {
             hook: out.join(format!("hook-{suffix}.wasm")),
             task: out.join(format!("hello-{suffix}.wasm")),
             raise: out.join(format!("raise-{suffix}.wasm")),
+            counter: counter_dir
+                .is_dir()
+                .then(|| out.join(format!("counter-{suffix}.wasm"))),
         };
-        let jobs = [
+        let mut jobs = vec![
             (sdk.join("examples/hook"), &built.hook),
             (sdk.join("examples/task"), &built.task),
             (raise_dir, &built.raise),
         ];
+        if let Some(counter) = &built.counter {
+            jobs.push((counter_dir, counter));
+        }
         let started = Instant::now();
         let children: Vec<_> = jobs.iter().map(|(dir, out)| self.build(dir, out)).collect();
         for ((dir, out), child) in jobs.iter().zip(children) {
@@ -167,9 +177,10 @@ impl Lang {
             );
         }
         eprintln!(
-            "{} guests built in {:.1?} (3 builds at once)",
+            "{} guests built in {:.1?} ({} builds at once)",
             self.name(),
-            started.elapsed()
+            started.elapsed(),
+            jobs.len()
         );
         built
     }
@@ -179,7 +190,7 @@ impl Lang {
 /// directory rather than the user's `~/.cache/wtrace`: the big Python and
 /// JavaScript components are not byte-identical from build to build, so each
 /// test run would leave tens of MB there.
-fn test_cache_dir() -> PathBuf {
+pub fn test_cache_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("wtrace-cache")
 }
 
