@@ -93,28 +93,22 @@ async fn rates(client: &Client, workers: usize, rounds: usize) -> anyhow::Result
 
 fn rows(report: &mut Report, over: &str, workers: usize, rates: &Rates) {
     report.row(
-        &format!("{over}: trivial tasks, {CALLS} at once (tasks/s)"),
+        &format!("{over}: tasks, {CALLS} at once (tasks/s)"),
         format!("{:.0}", rates.tasks),
         "",
     );
     report.row(
-        &format!("{over}: calls on one actor, {CALLS} at once (calls/s)"),
-        format!("{:.0}", rates.one_actor),
+        &format!("{over}: calls on 1 actor (calls/s, x tasks)"),
+        format!(
+            "{:.0} ({:.2}x)",
+            rates.one_actor,
+            rates.one_actor / rates.tasks
+        ),
         "",
     );
     report.row(
-        &format!("{over}: one actor's calls / tasks"),
-        format!("{:.2}x", rates.one_actor / rates.tasks),
-        "",
-    );
-    report.row(
-        &format!("{over}: calls over {workers} actors (calls/s)"),
-        format!("{:.0}", rates.actors),
-        "",
-    );
-    report.row(
-        &format!("{over}: {workers} actors' calls / tasks"),
-        format!("{:.2}x", rates.actors / rates.tasks),
+        &format!("{over}: calls over {workers} actors (calls/s, x tasks)"),
+        format!("{:.0} ({:.2}x)", rates.actors, rates.actors / rates.tasks),
         "",
     );
 }
@@ -135,7 +129,7 @@ pub async fn measure(report: &mut Report, quick: bool, ray: bool) -> anyhow::Res
     }
     client.shutdown_cluster().await?;
     cluster.stop().await;
-    rows(report, "actors, local head, traced", workers, &local);
+    rows(report, "actors, head, traced", workers, &local);
 
     let nats = NatsServer::start("");
     let url = nats.url();
@@ -162,12 +156,12 @@ pub async fn measure(report: &mut Report, quick: bool, ray: bool) -> anyhow::Res
     if ray {
         let ray = super::ray_actor_rate()?;
         report.row(
-            &format!("Ray: calls on one actor, {CALLS} at once, traced (calls/s)"),
+            &format!("Ray: calls on 1 actor, {CALLS} at once, traced (calls/s)"),
             format!("{ray:.0}"),
             "",
         );
         report.row(
-            "wtrace / Ray, calls on one actor, both traced",
+            "wtrace (head) / Ray, calls on 1 actor, both traced",
             format!("{:.1}x", local.one_actor / ray),
             "",
         );

@@ -19,6 +19,7 @@
 //!   stream by its sender and failed there: nothing waits for an actor that
 //!   is gone.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, object_store, stream};
@@ -297,7 +298,7 @@ pub(super) async fn submit(
     store: &ActorStore,
     blobs: &object_store::ObjectStore,
     limits: ActorLimits,
-    mut task: TaskMessage,
+    task: TaskMessage,
 ) -> Option<Done> {
     let Some(op) = task.submission.actor.clone() else {
         return Some(refused(
@@ -321,51 +322,57 @@ pub(super) async fn submit(
                 Err(done) => Some(*done),
             }
         }
-        ActorOp::Find { id: given } | ActorOp::Call { id: given } | ActorOp::Kill { id: given } => {
+        ActorOp::Call { .. } | ActorOp::Kill { .. } => {
+            send_calls(nats, store, blobs, vec![task]).await.pop()
+        }
+        ActorOp::Find { id: given } => {
             let id = match store.resolve(given).await {
                 Ok(id) => id,
                 Err(e) => return Some(cluster(&task, e)),
             };
-            let no_such = format!("no actor {given:?} in this cluster (see `wtrace actor list`)");
-            let record = match store.record(&id).await {
-                Ok(Some((record, _))) if valid_key(&id) => record,
-                Ok(_) => return Some(refused(&task, TaskErrorKind::Cluster, no_such)),
-                Err(e) => return Some(cluster(&task, e)),
-            };
-            if let ActorOp::Find { .. } = op {
-                let found = FoundActor {
-                    id: record.id,
-                    class: record.class,
-                    component: record.component,
-                    component_name: record.component_name,
-                };
-                return Some(answered(
-                    &task,
-                    serde_json::to_string(&found).expect("serializes"),
-                ));
-            }
-            let kill = matches!(op, ActorOp::Kill { .. });
-            if let RecordState::Dead(why) = &record.state {
-                if kill {
-                    store.forget(&record).await;
-                    return Some(answered(&task, String::new()));
+            match store.record(&id).await {
+                Ok(Some((record, _))) if valid_key(&id) => {
+                    let found = FoundActor {
+                        id: record.id,
+                        class: record.class,
+                        component: record.component,
+                        component_name: record.component_name,
+                    };
+                    let json = serde_json::to_string(&found).expect("serializes");
+                    Some(answered(&task, json))
                 }
-                return Some(refused(
-                    &task,
-                    TaskErrorKind::ActorDead,
-                    format!("actor {id} is dead: {why}"),
-                ));
+                Ok(_) => Some(refused(&task, TaskErrorKind::Cluster, no_such(given))),
+                Err(e) => Some(cluster(&task, e)),
             }
-            task.submission.component = record.component.clone();
-            task.component_name = record.component_name.clone();
-            task.submission.actor = Some(if kill {
-                ActorOp::Kill { id: id.clone() }
-            } else {
-                ActorOp::Call { id: id.clone() }
-            });
-            send_call(nats, store, blobs, task, &id).await
         }
     }
+}
+
+fn no_such(given: &str) -> String {
+    format!("no actor {given:?} in this cluster (see `wtrace actor list`)")
+}
+
+/// [`submit`] for many submissions in order: calls sent one after another
+/// travel together, each actor's in the order given.
+pub(super) async fn submit_all(
+    nats: &mut Nats,
+    store: &ActorStore,
+    blobs: &object_store::ObjectStore,
+    limits: ActorLimits,
+    tasks: Vec<TaskMessage>,
+) -> Vec<Done> {
+    let mut answers = Vec::new();
+    let mut calls = Vec::new();
+    for task in tasks {
+        if matches!(task.submission.actor, Some(ActorOp::Call { .. })) {
+            calls.push(task);
+            continue;
+        }
+        answers.extend(send_calls(nats, store, blobs, std::mem::take(&mut calls)).await);
+        answers.extend(submit(nats, store, blobs, limits, task).await);
+    }
+    answers.extend(send_calls(nats, store, blobs, calls).await);
+    answers
 }
 
 /// Records actor `id` and sends its creation to the task stream.
@@ -468,44 +475,161 @@ async fn create(
     Ok(())
 }
 
-/// Puts a call (or kill) on actor `id`'s subject; takes it back and fails
-/// it should the actor have died or gone meanwhile.
-async fn send_call(
+/// Puts calls and kills on their actors' subjects, each actor's in the
+/// order given, and answers those that cannot go: no such actor, a dead one
+/// (whose kill succeeds), or one that died before its call landed (taken
+/// back from the stream; if it was already read, whoever read it answers).
+async fn send_calls(
     nats: &mut Nats,
     store: &ActorStore,
     blobs: &object_store::ObjectStore,
-    task: TaskMessage,
+    tasks: Vec<TaskMessage>,
+) -> Vec<Done> {
+    let mut answers = Vec::new();
+    let mut ids: HashMap<String, String> = HashMap::new();
+    let mut records: HashMap<String, Option<ActorRecord>> = HashMap::new();
+    let mut by_actor: Vec<(String, Vec<TaskMessage>)> = Vec::new();
+    for mut task in tasks {
+        let Some(op) = task.submission.actor.clone() else {
+            continue;
+        };
+        let given = op.id().to_owned();
+        let id = match ids.get(&given) {
+            Some(id) => id.clone(),
+            None => match store.resolve(&given).await {
+                Ok(id) => {
+                    ids.insert(given.clone(), id.clone());
+                    id
+                }
+                Err(e) => {
+                    answers.push(refused(&task, TaskErrorKind::Cluster, e.to_string()));
+                    continue;
+                }
+            },
+        };
+        if !records.contains_key(&id) {
+            let record = match store.record(&id).await {
+                Ok(record) => record.map(|(record, _)| record),
+                Err(e) => {
+                    answers.push(refused(&task, TaskErrorKind::Cluster, e.to_string()));
+                    continue;
+                }
+            };
+            records.insert(id.clone(), record.filter(|_| valid_key(&id)));
+        }
+        let Some(record) = &records[&id] else {
+            answers.push(refused(&task, TaskErrorKind::Cluster, no_such(&given)));
+            continue;
+        };
+        let kill = matches!(op, ActorOp::Kill { .. });
+        if let RecordState::Dead(why) = &record.state {
+            if kill {
+                store.forget(record).await;
+                answers.push(answered(&task, String::new()));
+            } else {
+                let why = format!("actor {id} is dead: {why}");
+                answers.push(refused(&task, TaskErrorKind::ActorDead, why));
+            }
+            continue;
+        }
+        task.submission.component = record.component.clone();
+        task.component_name = record.component_name.clone();
+        task.submission.actor = Some(if kill {
+            ActorOp::Kill { id: id.clone() }
+        } else {
+            ActorOp::Call { id: id.clone() }
+        });
+        match by_actor.iter_mut().find(|(actor, _)| *actor == id) {
+            Some((_, tasks)) => tasks.push(task),
+            None => by_actor.push((id, vec![task])),
+        }
+    }
+    for (id, tasks) in by_actor {
+        let sent = publish_calls(nats, blobs, &id, tasks, &mut answers).await;
+        // Its actor may have died before the calls landed: then no one
+        // reads them.
+        let why = match store.record(&id).await {
+            Ok(Some((record, _))) => match record.state {
+                RecordState::Dead(why) => format!("actor {id} is dead: {why}"),
+                _ => continue,
+            },
+            Ok(None) => format!("actor {id} is gone: it was killed"),
+            Err(_) => continue,
+        };
+        for (task, sequence) in sent {
+            if let Ok(true) = store.calls.delete_message(sequence).await {
+                answers.push(refused(&task, TaskErrorKind::ActorDead, why.clone()));
+            }
+        }
+    }
+    answers
+}
+
+/// Publishes `tasks` on actor `id`'s subject in order, waiting for their
+/// acknowledgements together: each with its stream sequence. Those the
+/// server does not take at once are published again one by one while it is
+/// away; those refused for good are answered.
+async fn publish_calls(
+    nats: &mut Nats,
+    blobs: &object_store::ObjectStore,
     id: &str,
-) -> Option<Done> {
-    let dedup = format!("{}:0", task.submission.task_id);
-    let payload = match encode(&vec![task.clone()], blobs, || format!("payload/{dedup}")).await {
-        Ok(payload) => payload,
-        Err(e) => return Some(refused(&task, TaskErrorKind::Cluster, e.to_string())),
-    };
-    let sequence = match publish_one(nats, &calls_subject(id), payload, &dedup).await {
-        Ok(sequence) => sequence,
-        Err(why) => {
-            return Some(refused(
+    tasks: Vec<TaskMessage>,
+    answers: &mut Vec<Done>,
+) -> Vec<(TaskMessage, u64)> {
+    let subject = calls_subject(id);
+    let mut pending = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let dedup = format!("{}:0", task.submission.task_id);
+        match encode(&vec![task.clone()], blobs, || format!("payload/{dedup}")).await {
+            Ok(payload) => pending.push((task, dedup, payload)),
+            Err(e) => answers.push(refused(&task, TaskErrorKind::Cluster, e.to_string())),
+        }
+    }
+    let mut acks = Vec::with_capacity(pending.len());
+    for (task, dedup, payload) in pending {
+        let message = jetstream::message::PublishMessage::build()
+            .payload(payload.clone())
+            .message_id(dedup.as_str());
+        let sent = tokio::time::timeout(
+            super::REQUEST_TIMEOUT,
+            nats.js.send_publish(subject.clone(), message),
+        )
+        .await;
+        acks.push((task, dedup, payload, sent.ok().and_then(Result::ok)));
+    }
+    let (waiting, futures): (Vec<_>, Vec<_>) = acks
+        .into_iter()
+        .map(|(task, dedup, payload, ack)| {
+            let ack = async move {
+                let ack = ack?;
+                let acked = tokio::time::timeout(
+                    super::REQUEST_TIMEOUT,
+                    std::future::IntoFuture::into_future(ack),
+                )
+                .await;
+                acked.ok()?.ok().map(|ack| ack.sequence)
+            };
+            ((task, dedup, payload), ack)
+        })
+        .unzip();
+    let acked = futures::future::join_all(futures).await;
+    let mut sent = Vec::with_capacity(waiting.len());
+    for ((task, dedup, payload), sequence) in waiting.into_iter().zip(acked) {
+        let sequence = match sequence {
+            Some(sequence) => Ok(sequence),
+            // The de-duplication id keeps it from being stored twice.
+            None => publish_one(nats, &subject, payload, &dedup).await,
+        };
+        match sequence {
+            Ok(sequence) => sent.push((task, sequence)),
+            Err(why) => answers.push(refused(
                 &task,
                 TaskErrorKind::Cluster,
                 format!("NATS did not store the call: {why}"),
-            ));
+            )),
         }
-    };
-    // Its actor may have died before the call landed: then no one reads it.
-    let why = match store.record(id).await {
-        Ok(Some((record, _))) => match record.state {
-            RecordState::Dead(why) => format!("actor {id} is dead: {why}"),
-            _ => return None,
-        },
-        Ok(None) => format!("actor {id} is gone: it was killed"),
-        Err(_) => return None,
-    };
-    match store.calls.delete_message(sequence).await {
-        Ok(true) => Some(refused(&task, TaskErrorKind::ActorDead, why)),
-        // Already read: whoever read it answers.
-        _ => None,
     }
+    sent
 }
 
 /// How long a publish is retried while the server is away.
@@ -617,28 +741,58 @@ pub(super) async fn drain(
     answers
 }
 
-/// The call actor `record`'s consumer had delivered and not seen
-/// acknowledged: the one running when its worker died. Taken off the
-/// stream, to be failed.
-pub(super) async fn running_call(
+/// Ends actor `record`'s calls consumer, and takes off the stream the call
+/// its worker was running when it died: the oldest left on the actor's
+/// subject, when the consumer had delivered calls not yet acknowledged
+/// (calls are acknowledged in order, each once its result is stored).
+pub(super) async fn take_running_call(
     store: &ActorStore,
     blobs: &object_store::ObjectStore,
     record: &ActorRecord,
 ) -> Option<TaskMessage> {
     let name = consumer_name(&record.id, record.restarts);
-    let mut consumer: consumer::PullConsumer = store.calls.get_consumer(&name).await.ok()?;
-    let info = consumer.info().await.ok()?;
-    if info.num_ack_pending == 0 {
+    let delivered = match store
+        .calls
+        .get_consumer::<consumer::pull::Config>(&name)
+        .await
+    {
+        Ok(mut consumer) => consumer
+            .info()
+            .await
+            .is_ok_and(|info| info.num_ack_pending > 0),
+        Err(_) => false,
+    };
+    let _ = store.calls.delete_consumer(&name).await;
+    if !delivered {
         return None;
     }
-    let sequence = info.delivered.stream_sequence;
-    let message = store.calls.get_raw_message(sequence).await.ok()?;
+    let oldest = store
+        .calls
+        .create_consumer(consumer::pull::Config {
+            filter_subject: calls_subject(&record.id),
+            ack_policy: consumer::AckPolicy::Explicit,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .ok()?;
+    let mut batch = oldest
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await
+        .ok()?;
+    let message = batch.next().await.and_then(Result::ok);
+    let _ = store
+        .calls
+        .delete_consumer(&oldest.cached_info().name)
+        .await;
+    let message = message?;
     let mut tasks = decode::<Vec<TaskMessage>>(&message.payload, blobs, false)
         .await
         .ok()?;
-    if !matches!(store.calls.delete_message(sequence).await, Ok(true)) {
-        return None;
-    }
+    let _ = message.ack().await;
     super::discard_spilled(blobs, &message.payload).await;
     tasks.pop()
 }

@@ -162,7 +162,15 @@ async fn serve_requests(
     let mut names: HashMap<Digest, String> = HashMap::new();
     let mut refused: HashMap<Digest, String> = HashMap::new();
     let mut actors: Option<super::actors::ActorStore> = None;
-    while let Some(request) = requests.recv().await {
+    let mut held: Option<FromDriver> = None;
+    loop {
+        let request = match held.take() {
+            Some(request) => request,
+            None => match requests.recv().await {
+                Some(request) => request,
+                None => return,
+            },
+        };
         match request {
             FromDriver::Upload { name, bytes } => {
                 let digest = Digest::of(&bytes);
@@ -176,9 +184,21 @@ async fn serve_requests(
                 }
                 names.insert(digest, name);
             }
-            FromDriver::Submit(submissions) => {
+            FromDriver::Submit(mut submissions) => {
+                // Submissions queued behind this one go with it: many calls
+                // sent at once are stored together.
+                while let Ok(next) = requests.try_recv() {
+                    match next {
+                        FromDriver::Submit(more) => submissions.extend(more),
+                        other => {
+                            held = Some(other);
+                            break;
+                        }
+                    }
+                }
                 let mut failed = Vec::new();
                 let mut tasks = Vec::with_capacity(submissions.len());
+                let mut to_actors = Vec::new();
                 for submission in submissions {
                     if let Some(why) = refused.get(&submission.component) {
                         failed.push(failed_task(&submission, why.clone()));
@@ -198,30 +218,34 @@ async fn serve_requests(
                         bounces: 0,
                     };
                     if task.submission.actor.is_some() {
-                        // After the tasks before it, in order.
-                        failed.extend(
-                            publish_tasks(&mut nats, &blobs, pack(std::mem::take(&mut tasks)))
-                                .await,
-                        );
-                        let store = match &actors {
-                            Some(store) => store,
-                            None => match nats.actor_store().await {
-                                Ok(store) => actors.insert(store),
-                                Err(e) => {
-                                    failed.push(failed_task(&task.submission, e.to_string()));
-                                    continue;
-                                }
-                            },
-                        };
-                        let limits = entry.config.actors;
-                        failed.extend(
-                            super::actors::submit(&mut nats, store, &blobs, limits, task).await,
-                        );
-                        continue;
+                        to_actors.push(task);
+                    } else {
+                        tasks.push((task, id));
                     }
-                    tasks.push((task, id));
                 }
                 failed.extend(publish_tasks(&mut nats, &blobs, pack(tasks)).await);
+                if !to_actors.is_empty() {
+                    if actors.is_none() {
+                        match nats.actor_store().await {
+                            Ok(store) => actors = Some(store),
+                            Err(e) => {
+                                failed.extend(
+                                    to_actors
+                                        .iter()
+                                        .map(|t| failed_task(&t.submission, e.to_string())),
+                                );
+                                to_actors.clear();
+                            }
+                        }
+                    }
+                    if let Some(store) = &actors {
+                        let limits = entry.config.actors;
+                        failed.extend(
+                            super::actors::submit_all(&mut nats, store, &blobs, limits, to_actors)
+                                .await,
+                        );
+                    }
+                }
                 if !failed.is_empty() && replies.send(ToDriver::Results(failed)).is_err() {
                     return;
                 }

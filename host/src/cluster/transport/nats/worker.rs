@@ -27,6 +27,7 @@ use crate::cluster::messages::{
 };
 use crate::cluster::transport::{Credentials, WorkerLink};
 use crate::error::{Error, Result};
+use crate::exec::actor::kills;
 use crate::ids::random_hex;
 use crate::outcome::{TaskError, TaskErrorKind, TaskOutput};
 use crate::runtime::Digest;
@@ -82,6 +83,8 @@ struct Shared {
     creating: AtomicUsize,
     /// Starts the call loop of an actor this worker made.
     loops: mpsc::UnboundedSender<ActorLoop>,
+    /// Workers holding actors whose heartbeat was gone at the last look.
+    suspects: Mutex<std::collections::HashSet<String>>,
 }
 
 /// An actor whose calls to read: its id, which making of it, and its
@@ -176,6 +179,7 @@ pub(crate) async fn connect_worker(
         local: Mutex::new(HashMap::new()),
         creating: AtomicUsize::new(0),
         loops,
+        suspects: Mutex::new(std::collections::HashSet::new()),
     });
     beat(&shared, &workers, &key).await;
     tokio::spawn(fetch_loop(shared.clone(), consumer));
@@ -418,7 +422,7 @@ async fn take(
                 .iter()
                 .find(|t| t.submission.tag == done.id && t.reply == reply)
             {
-                actor_finished(shared, task, &done.output, false).await;
+                actor_finished(shared, task, &done.output).await;
             }
         }
         finish_all(shared, &reply, finished).await;
@@ -656,12 +660,22 @@ async fn send_loop(
                         .or_default()
                         .push((held.packet, done));
                 }
+                // An actor's next call may run while this one's result is
+                // stored, unless this one left the actor dead.
+                for (held, done) in &finishing {
+                    if let Some(ActorOp::Call { id }) = &held.task.submission.actor
+                        && !done.output.result.as_ref().is_err_and(|e| kills(e.kind))
+                        && let Some(actor) = lock(&shared.local).get(id)
+                    {
+                        actor.turn.notify_one();
+                    }
+                }
                 let stored = by_reply
                     .into_iter()
                     .map(|(reply, finished)| finish_all(shared, reply, finished));
                 futures::future::join_all(stored).await;
                 for (held, done) in &finishing {
-                    actor_finished(shared, &held.task, &done.output, true).await;
+                    actor_finished(shared, &held.task, &done.output).await;
                 }
             }
             FromWorker::Submit(submissions) => submit(shared, submissions.clone()).await,
@@ -805,10 +819,10 @@ async fn submit(shared: &Shared, submissions: Vec<crate::cluster::messages::Subm
         .partition(|(task, _)| task.submission.actor.is_some());
     rejected.extend(publish_tasks(&mut nats, &shared.blobs, pack(tasks)).await);
     let limits = shared.config.actors;
-    for (task, _) in to_actors {
-        rejected
-            .extend(actors::submit(&mut nats, &shared.actors, &shared.blobs, limits, task).await);
-    }
+    let to_actors = to_actors.into_iter().map(|(task, _)| task).collect();
+    rejected.extend(
+        actors::submit_all(&mut nats, &shared.actors, &shared.blobs, limits, to_actors).await,
+    );
     if !rejected.is_empty() {
         let _ = shared.inbox.send(ToWorker::Results(rejected));
     }
@@ -871,6 +885,9 @@ async fn charge_tree(trees: &kv::Store, root: &str, want: u32, limit: u32) -> Re
 /// worker with room takes it long before.
 const MAX_BOUNCES: u32 = 64;
 
+/// Calls of one actor its worker reads ahead of the one running.
+const CALLS_AHEAD: usize = 32;
+
 /// How often a worker looks for alive actors whose worker died, and writes
 /// its own actors' call counts to their records.
 const ACTOR_WATCH_EVERY: Duration = Duration::from_secs(3);
@@ -894,7 +911,7 @@ async fn make_room(shared: &Arc<Shared>, task: TaskMessage) -> Option<TaskMessag
         );
         let done = actors::refused(&task, TaskErrorKind::ActorLimit, why);
         shared.creating.fetch_add(1, Ordering::SeqCst);
-        actor_finished(shared, &task, &done.output, false).await;
+        actor_finished(shared, &task, &done.output).await;
         finish_all(shared, &task.reply, vec![(0, done)]).await;
         return None;
     }
@@ -919,13 +936,8 @@ async fn make_room(shared: &Arc<Shared>, task: TaskMessage) -> Option<TaskMessag
 }
 
 /// Keeps an actor's record true to what its creation, call or kill came
-/// to. `leased`: the pool ran it (so the actor's call loop waits for it).
-async fn actor_finished(
-    shared: &Arc<Shared>,
-    task: &TaskMessage,
-    output: &TaskOutput,
-    leased: bool,
-) {
+/// to, once its result is stored.
+async fn actor_finished(shared: &Arc<Shared>, task: &TaskMessage, output: &TaskOutput) {
     let Some(op) = &task.submission.actor else {
         return;
     };
@@ -950,7 +962,7 @@ async fn actor_finished(
             }
         }
         ActorOp::Call { id } => {
-            let (turn, calls) = {
+            let calls = {
                 let mut local = lock(&shared.local);
                 let Some(actor) = local.get_mut(id) else {
                     return;
@@ -958,10 +970,10 @@ async fn actor_finished(
                 if crate::exec::actor::ran(&output.result) {
                     actor.calls += 1;
                 }
-                (actor.turn.clone(), actor.calls)
+                actor.calls
             };
             if let Err(error) = &output.result
-                && crate::exec::actor::kills(error.kind)
+                && kills(error.kind)
             {
                 // The pool dropped the instance: the actor is made again
                 // or dead.
@@ -971,9 +983,6 @@ async fn actor_finished(
                 let why = format!("call {calls} failed: {}", error.message);
                 let worker = lock(&shared.beat).status.worker_id.clone();
                 claim(shared, id, &worker, &why, None).await;
-            }
-            if leased {
-                turn.notify_one();
             }
         }
         ActorOp::Kill { id } => {
@@ -1071,7 +1080,7 @@ async fn actor_loop(
                 filter_subject: actors::calls_subject(&id),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: super::ACK_WAIT,
-                max_ack_pending: 1,
+                max_ack_pending: CALLS_AHEAD as i64,
                 ..Default::default()
             },
         )
@@ -1083,23 +1092,47 @@ async fn actor_loop(
             return;
         }
     };
+    // A standing pull of a few calls ahead: they still run one at a time,
+    // the next as soon as the last finished (its result is stored, and it
+    // acknowledged, meanwhile).
+    let mut messages = None;
     loop {
-        let fetched = tokio::select! {
-            fetched = consumer.fetch().max_messages(1).expires(Duration::from_secs(1)).messages() => fetched,
+        let stream = match &mut messages {
+            Some(stream) => stream,
+            None => match consumer
+                .stream()
+                .max_messages_per_batch(CALLS_AHEAD)
+                .messages()
+                .await
+            {
+                Ok(stream) => messages.insert(stream),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+            },
+        };
+        let next = tokio::select! {
+            next = stream.next() => next,
             () = stop.cancelled() => return,
             () = shared.closing.cancelled() => return,
         };
-        let Ok(mut batch) = fetched else {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            continue;
-        };
-        let message = tokio::select! {
-            message = batch.next() => message,
-            () = stop.cancelled() => return,
-            () = shared.closing.cancelled() => return,
-        };
-        let Some(Ok(message)) = message else {
-            continue;
+        let message = match next {
+            Some(Ok(message)) => message,
+            failed => {
+                if !still_holds(&shared, &id).await {
+                    // Taken over (this worker was taken for dead): the
+                    // record names another making; this instance gets no
+                    // more calls.
+                    lock(&shared.local).remove(&id);
+                    return;
+                }
+                if failed.is_none() {
+                    messages = None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let mut leases = Vec::new();
         let mut forget = Vec::new();
@@ -1118,6 +1151,19 @@ async fn actor_loop(
                 () = shared.closing.cancelled() => return,
             }
         }
+    }
+}
+
+/// Whether actor `id`'s record still names this worker (true when it
+/// cannot be read: the server may be away).
+async fn still_holds(shared: &Shared, id: &str) -> bool {
+    let me = lock(&shared.beat).status.worker_id.clone();
+    match shared.actors.record(id).await {
+        Ok(Some((record, _))) => {
+            record.state == RecordState::Alive && record.worker.as_ref().is_some_and(|w| w.0 == me)
+        }
+        Ok(None) => false,
+        Err(_) => true,
     }
 }
 
@@ -1182,9 +1228,15 @@ async fn claim(shared: &Shared, id: &str, worker: &str, why: &str, died: Option<
             Ok(false) => continue,
             Err(_) => return,
         }
-        if died.is_some()
-            && let Some(task) = actors::running_call(store, &shared.blobs, &record).await
-        {
+        let running = match died {
+            Some(_) => actors::take_running_call(store, &shared.blobs, &record).await,
+            None => {
+                let name = actors::consumer_name(id, record.restarts);
+                let _ = store.calls.delete_consumer(&name).await;
+                None
+            }
+        };
+        if let Some(task) = running {
             let done = actors::refused(
                 &task,
                 TaskErrorKind::WorkerDied,
@@ -1192,10 +1244,6 @@ async fn claim(shared: &Shared, id: &str, worker: &str, why: &str, died: Option<
             );
             answer_all(shared, vec![(task.reply.clone(), done)]).await;
         }
-        let _ = store
-            .calls
-            .delete_consumer(&actors::consumer_name(id, record.restarts))
-            .await;
         if next.state == RecordState::Creating {
             let mut constructor = record.constructor.clone();
             if let Some(ActorOp::Create { restarts, .. }) = &mut constructor.submission.actor {
@@ -1223,23 +1271,15 @@ async fn claim(shared: &Shared, id: &str, worker: &str, why: &str, died: Option<
     }
 }
 
-/// Takes over the alive actors whose worker no longer announces itself.
+/// Takes over the alive actors whose worker no longer announces itself:
+/// its heartbeat, read by key (a listing can come back short while the
+/// server is busy), gone at two looks in a row.
 async fn watch_actors(shared: &Shared, workers: &kv::Store) {
-    let Ok(beats) = super::live_workers(workers).await else {
-        return;
-    };
-    let live: std::collections::HashSet<String> = beats
-        .into_iter()
-        .map(|beat| beat.status.worker_id)
-        .collect();
-    let me = lock(&shared.beat).status.worker_id.clone();
-    if !live.contains(&me) {
-        // Our own heartbeat not seen: the listing is not to be trusted.
-        return;
-    }
     let Ok(records) = shared.actors.all().await else {
         return;
     };
+    let me = lock(&shared.beat).status.worker_id.clone();
+    let mut missing = std::collections::HashSet::new();
     for (record, _) in records {
         if record.state != RecordState::Alive {
             continue;
@@ -1247,11 +1287,24 @@ async fn watch_actors(shared: &Shared, workers: &kv::Store) {
         let Some((worker, _, pid)) = &record.worker else {
             continue;
         };
-        if !live.contains(worker) {
+        if *worker == me || missing.contains(worker) {
+            continue;
+        }
+        let gone = match workers.entry(sanitize(worker)).await {
+            Ok(None) => true,
+            Ok(Some(entry)) => entry.operation != kv::Operation::Put,
+            Err(_) => false,
+        };
+        if !gone {
+            continue;
+        }
+        missing.insert(worker.clone());
+        if lock(&shared.suspects).contains(worker) {
             let why = format!("its worker {worker} (pid {pid}) died");
             claim(shared, &record.id, worker, &why, Some(*pid)).await;
         }
     }
+    *lock(&shared.suspects) = missing;
 }
 
 /// Writes this worker's actors' call counts to their records, for `wtrace
