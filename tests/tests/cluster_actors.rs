@@ -158,6 +158,17 @@ fn a_task_makes_calls_and_kills_an_actor_traced_under_its_own_span() {
     assert!(started.elapsed() < Duration::from_secs(20));
     let run = cluster.command(&["actor", "call", "tally", "get()"]).run();
     assert_eq!(run.success().trim(), "5", "the actor lives on");
+    // An actor's method calls another actor and waits for it.
+    let other = cluster
+        .command(&["actor", "create", guests::ACTORS, "counter(40)"])
+        .run()
+        .success()
+        .trim()
+        .to_owned();
+    let run = cluster
+        .command(&["actor", "call", "tally", &format!("wait-on({other:?})")])
+        .run();
+    assert_eq!(run.success().trim(), r#"ok("40")"#);
 
     // An actor a task made outlives the task.
     let run = cluster
