@@ -207,18 +207,20 @@ fn spans(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     // Per shape: native ns, guest ns, one pair per round, interleaved.
     let mut early = (Vec::new(), Vec::new());
     let mut late = (Vec::new(), Vec::new());
+    let mut raw = (Vec::new(), Vec::new());
     let mut calls_only = Vec::new();
     for round in 0..5 {
         for (shape, export, times) in [
             ("early", "bench-spans", &mut early),
             ("late", "bench-spans-late", &mut late),
+            ("raw", "bench-spans-raw", &mut raw),
         ] {
             let path = |side: &str| dir.path().join(format!("{shape}-{side}-{round}.json"));
             let telemetry = file_telemetry(&path("native"))?;
             let tracer = telemetry.tracer();
             let started = Instant::now();
             for _ in 0..n {
-                if shape == "early" {
+                if shape != "late" {
                     tracer
                         .span_builder("bench")
                         .with_attributes([KeyValue::new("a", 1), KeyValue::new("b", "two")])
@@ -302,6 +304,12 @@ fn spans(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     report.row(
         "same, attributes set after start (5 host calls): guest / native",
         format!("{:.2}x", guest_late / native_late),
+        "",
+    );
+    let (native_raw, guest_raw) = (median(raw.0), median(raw.1));
+    report.row(
+        "same, encoding made once in the guest (no SDK work): guest / native",
+        format!("{:.2}x", guest_raw / native_raw),
         "",
     );
     // Where a guest span's time goes: the native span it becomes, the two

@@ -4,7 +4,9 @@
 //! thread would otherwise have to free.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use opentelemetry::{StringValue, Value};
 
@@ -39,6 +41,38 @@ pub fn shared(text: &str) -> Value {
     })
 }
 
+/// Longest text [`interned`] keeps.
+const INTERNED_LEN: usize = 64;
+/// Most texts [`interned`] keeps, in all threads together: past it, texts
+/// are not kept (a guest feeding ever new names leaks at most this many).
+const INTERNED_MAX: usize = 4096;
+static INTERNED_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static INTERNED: RefCell<rustc_hash::FxHashMap<Box<str>, &'static str>> =
+        RefCell::new(HashMap::default());
+}
+
+/// `text` made once and kept for good, so spans that repeat it (a guest
+/// span's name, attribute keys, short values) share it without allocating:
+/// none when it is longer than 64 bytes or 4096 texts are kept already.
+pub fn interned(text: &str) -> Option<&'static str> {
+    if text.len() > INTERNED_LEN {
+        return None;
+    }
+    INTERNED.with_borrow_mut(|kept| {
+        if let Some(kept) = kept.get(text) {
+            return Some(*kept);
+        }
+        if INTERNED_COUNT.fetch_add(1, Ordering::Relaxed) >= INTERNED_MAX {
+            return None;
+        }
+        let made: &'static str = Box::leak(Box::from(text));
+        kept.insert(Box::from(text), made);
+        Some(made)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +91,14 @@ mod tests {
             assert_eq!(shared(&format!("w-{i}")), Value::from(format!("w-{i}")));
         }
         assert_eq!(shared("job-1"), Value::from("job-1"));
+    }
+
+    #[test]
+    fn short_text_is_interned_once_and_long_text_never() {
+        let a = interned("span-name").unwrap();
+        let b = interned("span-name").unwrap();
+        assert!(std::ptr::eq(a, b));
+        assert_eq!(a, "span-name");
+        assert!(interned(&"x".repeat(65)).is_none());
     }
 }

@@ -263,6 +263,27 @@ fn attributes_kinds_events_and_status_cross_the_bridge_typed() {
     assert_eq!(event.name, "checkpoint");
     assert_eq!(event.attributes, vec![KeyValue::new("step", 1_i64)]);
     assert_eq!(span.status, Status::error("went wrong on purpose"));
+
+    use opentelemetry::Array;
+    let all = out.span("all-types");
+    assert_eq!(all.span_kind, SpanKind::Producer);
+    assert_parent(all, span); // "attributed" is still open, so current
+    for (key, value) in [
+        ("s", Value::from("text")),
+        ("b", Value::Bool(true)),
+        ("i", Value::I64(-3)),
+        ("f", Value::F64(0.25)),
+        (
+            "sl",
+            Value::Array(Array::String(vec!["x".into(), "ÿ".into()])),
+        ),
+        ("il", Value::Array(Array::I64(vec![1, -2]))),
+        ("fl", Value::Array(Array::F64(vec![0.5, 1.5]))),
+        ("bl", Value::Array(Array::Bool(vec![true, false]))),
+    ] {
+        assert_eq!(attr(all, key), Some(&value), "{key}");
+    }
+    assert!(attr(all, "wtrace.unended").is_none(), "ended by its guard");
 }
 
 #[test]

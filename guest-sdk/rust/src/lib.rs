@@ -51,6 +51,7 @@ pub mod __private {
     pub use wit_bindgen;
 }
 
+pub mod encoded;
 pub mod hook;
 #[cfg(feature = "opentelemetry")]
 pub mod otel;
@@ -96,57 +97,118 @@ pub fn kv(key: impl Into<String>, value: impl Into<Value>) -> KeyValue {
 }
 
 /// Options for a span before it starts: kind, attributes, links, parent.
-#[derive(Debug)]
+///
+/// The description is written in the host's compact encoding as it is
+/// built, into a buffer kept from span to span: starting a span allocates
+/// nothing in steady state.
 #[must_use = "a span builder does nothing until `start` is called"]
 pub struct SpanBuilder {
-    name: String,
-    options: SpanOptions,
+    /// Kind, name, attribute count (set at start) and attributes.
+    encoded: Vec<u8>,
+    attributes: u32,
+    links: Vec<SpanContext>,
+    parent: Option<SpanContext>,
+}
+
+thread_local! {
+    /// A spare encoding buffer, taken by a builder and given back at start.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Where the attribute count sits: after the kind byte and the name.
+fn count_at(encoded: &[u8]) -> usize {
+    let name = u32::from_le_bytes(encoded[1..5].try_into().expect("a name length")) as usize;
+    5 + name
 }
 
 impl SpanBuilder {
     /// A builder for a span named `name`.
-    pub fn new(name: impl Into<String>) -> Self {
+    pub fn new(name: impl AsRef<str>) -> Self {
+        let mut encoded = SPARE.take();
+        encoded.clear();
+        encoded::head(&mut encoded, None, name.as_ref());
+        encoded.extend_from_slice(&[0; 4]);
         Self {
-            name: name.into(),
-            options: SpanOptions {
-                kind: None,
-                attributes: Vec::new(),
-                links: Vec::new(),
-                parent: None,
-            },
+            encoded,
+            attributes: 0,
+            links: Vec::new(),
+            parent: None,
         }
     }
 
     /// Sets the span kind (default internal).
     pub fn kind(mut self, kind: SpanKind) -> Self {
-        self.options.kind = Some(kind);
+        self.encoded[0] = encoded::kind(Some(kind));
         self
     }
 
     /// Adds an attribute known at start; the sampler sees it.
-    pub fn attribute(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.options.attributes.push(kv(key, value));
+    pub fn attribute(mut self, key: &str, value: impl encoded::AttributeValue) -> Self {
+        encoded::attribute(&mut self.encoded, key, &value);
+        self.attributes += 1;
         self
     }
 
     /// Links the span to another span.
     pub fn link(mut self, context: SpanContext) -> Self {
-        self.options.links.push(context);
+        self.links.push(context);
         self
     }
 
     /// Makes `parent` the parent instead of the current span.
     pub fn parent(mut self, parent: SpanContext) -> Self {
-        self.options.parent = Some(parent);
+        self.parent = Some(parent);
         self
     }
 
     /// Starts the span; it becomes the current span.
-    pub fn start(self) -> Span {
-        Span {
-            inner: Some(raw::start_span(&self.name, &self.options)),
-        }
+    pub fn start(mut self) -> Span {
+        let at = count_at(&self.encoded);
+        self.encoded[at..at + 4].copy_from_slice(&self.attributes.to_le_bytes());
+        encoded::tail(&mut self.encoded, &self.links, self.parent.as_ref());
+        let span = raw::start_span_encoded(&self.encoded);
+        SPARE.set(std::mem::take(&mut self.encoded));
+        Span { inner: Some(span) }
     }
+}
+
+impl fmt::Debug for SpanBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpanBuilder")
+            .field("attributes", &self.attributes)
+            .field("links", &self.links.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts a span described by typed options, through the encoded call.
+pub(crate) fn start_raw(name: &str, options: &SpanOptions) -> raw::Span {
+    let mut encoded = SPARE.take();
+    encoded.clear();
+    encoded::start(
+        &mut encoded,
+        options.kind,
+        name,
+        &options.attributes,
+        &options.links,
+        options.parent.as_ref(),
+    );
+    let span = raw::start_span_encoded(&encoded);
+    SPARE.set(encoded);
+    span
+}
+
+/// No attributes, encoded: a count of zero.
+const NO_ATTRIBUTES: [u8; 4] = [0; 4];
+
+/// Ends a span with its last attributes, in one host call.
+pub(crate) fn finish_raw(span: raw::Span, attributes: &[KeyValue]) -> Result<(), String> {
+    if attributes.is_empty() {
+        return raw::finish_span_encoded(span, &NO_ATTRIBUTES);
+    }
+    let mut encoded = Vec::new();
+    encoded::attributes(&mut encoded, attributes);
+    raw::finish_span_encoded(span, &encoded)
 }
 
 /// An open span. It ends when dropped, or by [`Span::end`].
@@ -208,7 +270,7 @@ impl Span {
         if let Some(span) = self.inner.take() {
             // One host call ends the span and releases its handle. It only
             // fails when the span was already ended, which a guard prevents.
-            let _ = raw::finish_span(span, &[]);
+            let _ = finish_raw(span, &[]);
         }
     }
 }

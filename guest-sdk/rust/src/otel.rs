@@ -86,7 +86,7 @@ impl opentelemetry::trace::Tracer for Tracer {
                 .collect(),
             parent,
         };
-        let inner = raw::start_span(&builder.name, &options);
+        let inner = crate::start_raw(&builder.name, &options);
         let context = from_wit_context(&inner.context());
         Span {
             inner: Some(inner),
@@ -150,7 +150,7 @@ impl opentelemetry::trace::Span for Span {
 
     fn end_with_timestamp(&mut self, _timestamp: SystemTime) {
         if let Some(span) = self.inner.take() {
-            let _ = raw::finish_span(span, &[]);
+            let _ = crate::finish_raw(span, &[]);
         }
     }
 }

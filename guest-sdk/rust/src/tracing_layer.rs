@@ -104,7 +104,7 @@ where
             .and_then(|parent| parent.extensions().get::<Handle>().map(|h| h.0.context()));
         let mut fields = Fields::default();
         attrs.record(&mut fields);
-        let handle = raw::start_span(
+        let handle = crate::start_raw(
             span.name(),
             &raw::SpanOptions {
                 kind: None,
@@ -149,7 +149,7 @@ where
             return;
         };
         if let Some(handle) = span.extensions_mut().remove::<Handle>() {
-            let _ = raw::finish_span(handle.0, &[]);
+            let _ = crate::finish_raw(handle.0, &[]);
         }
     }
 }

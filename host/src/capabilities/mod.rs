@@ -17,6 +17,7 @@ pub mod http;
 #[cfg(test)]
 mod properties;
 pub mod provider;
+mod span_encoding;
 pub mod tasks;
 pub mod tracer;
 pub(crate) mod wasi_otel;

@@ -154,6 +154,84 @@ enum TracerCall {
     Drop(usize),
     Finish(usize, Vec<types::KeyValue>),
     Current,
+    StartEncoded(Vec<u8>),
+    FinishEncoded(usize, Vec<u8>),
+}
+
+/// A span's start in the encoding of `start-span-encoded`, written here
+/// from the WIT's description, independently of any SDK.
+fn encoded_start(kind: u8, name: &str, attributes: &[types::KeyValue]) -> Vec<u8> {
+    let mut out = vec![kind];
+    put_str(&mut out, name);
+    out.extend(encoded_attributes(attributes));
+    out
+}
+
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn encoded_attributes(attributes: &[types::KeyValue]) -> Vec<u8> {
+    let mut out = (attributes.len() as u32).to_le_bytes().to_vec();
+    for kv in attributes {
+        put_str(&mut out, &kv.key);
+        let list = |out: &mut Vec<u8>, tag: u8, n: usize| {
+            out.push(tag);
+            out.extend_from_slice(&(n as u32).to_le_bytes());
+        };
+        match &kv.value {
+            types::Value::String(v) => {
+                out.push(0);
+                put_str(&mut out, v);
+            }
+            types::Value::Bool(v) => out.extend([1, u8::from(*v)]),
+            types::Value::S64(v) => {
+                out.push(2);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            types::Value::F64(v) => {
+                out.push(3);
+                out.extend_from_slice(&v.to_bits().to_le_bytes());
+            }
+            types::Value::StringList(v) => {
+                list(&mut out, 4, v.len());
+                v.iter().for_each(|s| put_str(&mut out, s));
+            }
+            types::Value::S64List(v) => {
+                list(&mut out, 5, v.len());
+                v.iter()
+                    .for_each(|i| out.extend_from_slice(&i.to_le_bytes()));
+            }
+            types::Value::F64List(v) => {
+                list(&mut out, 6, v.len());
+                v.iter()
+                    .for_each(|f| out.extend_from_slice(&f.to_bits().to_le_bytes()));
+            }
+            types::Value::BoolList(v) => {
+                list(&mut out, 7, v.len());
+                out.extend(v.iter().map(|b| u8::from(*b)));
+            }
+        }
+    }
+    out
+}
+
+/// Encoded starts: well formed (any kind byte, names and attributes of the
+/// other properties), cut short, or any bytes at all.
+fn encoded_start_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let formed = || {
+        (0u8..6, text(), key_values())
+            .prop_map(|(kind, name, attributes)| encoded_start(kind, &name, &attributes))
+    };
+    prop_oneof![
+        3 => formed(),
+        1 => (formed(), any::<prop::sample::Index>()).prop_map(|(bytes, at)| {
+            let cut = at.index(bytes.len().max(1));
+            bytes[..cut].to_vec()
+        }),
+        1 => prop::collection::vec(any::<u8>(), 0..64),
+    ]
 }
 
 fn span_options() -> impl Strategy<Value = tracer::SpanOptions> {
@@ -184,8 +262,13 @@ fn tracer_call() -> impl Strategy<Value = TracerCall> {
         1 => handle.clone().prop_map(TracerCall::Context),
         1 => handle.clone().prop_map(TracerCall::IsRecording),
         2 => handle.clone().prop_map(TracerCall::Drop),
-        2 => (handle, key_values()).prop_map(|(h, a)| TracerCall::Finish(h, a)),
+        2 => (handle.clone(), key_values()).prop_map(|(h, a)| TracerCall::Finish(h, a)),
         1 => Just(TracerCall::Current),
+        4 => encoded_start_bytes().prop_map(TracerCall::StartEncoded),
+        2 => (handle, prop_oneof![
+            key_values().prop_map(|a| encoded_attributes(&a)),
+            prop::collection::vec(any::<u8>(), 0..32),
+        ]).prop_map(|(h, a)| TracerCall::FinishEncoded(h, a)),
     ]
 }
 
@@ -552,6 +635,18 @@ proptest! {
                 TracerCall::Current => {
                     let cx = tracer::Host::current_span_context(&mut bridge).unwrap();
                     prop_assert_eq!(cx.trace_id.len(), 32);
+                }
+                TracerCall::StartEncoded(bytes) => {
+                    if let Ok(span) = tracer::Host::start_span_encoded(&mut bridge, bytes) {
+                        let rep = span.rep();
+                        if tracer::HostSpan::is_recording(&mut bridge, Resource::new_borrow(rep)).unwrap() {
+                            recorded += 1;
+                        }
+                        handles.push(rep);
+                    }
+                }
+                TracerCall::FinishEncoded(i, bytes) => {
+                    let _ = tracer::Host::finish_span_encoded(&mut bridge, Resource::new_own(pick(i)), bytes);
                 }
             }
         }

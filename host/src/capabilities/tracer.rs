@@ -21,7 +21,10 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{SdkTracer, Span as SdkSpan};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
+use std::borrow::Cow;
+
 use super::bindings::{tracer, types};
+use super::span_encoding;
 use crate::config::Limits;
 use crate::sandbox::host_call;
 use crate::telemetry::context::context_with_parent;
@@ -39,7 +42,7 @@ pub struct GuestSpan {
     context: SpanContext,
     /// The id of the span it was started under.
     parent: SpanId,
-    name: String,
+    name: Cow<'static, str>,
     ended: bool,
 }
 
@@ -78,6 +81,8 @@ pub struct SpanBridge {
     /// The parent context of the last span started: siblings (a loop of
     /// spans under one parent) share it rather than each building its own.
     parent_cx: Option<Context>,
+    /// Texts of encoded spans decoded lately.
+    recent: span_encoding::Recent,
 }
 
 impl SpanBridge {
@@ -93,6 +98,7 @@ impl SpanBridge {
             started: 0,
             dropped: 0,
             parent_cx: None,
+            recent: span_encoding::Recent::default(),
         }
     }
 
@@ -144,39 +150,66 @@ impl SpanBridge {
         name: String,
         options: tracer::SpanOptions,
     ) -> wasmtime::Result<Resource<GuestSpan>> {
+        let max = self.limits.attribute_value_length;
+        let name = Cow::Owned(truncate(name, max as usize));
+        let kind = options.kind.map_or(SpanKind::Internal, span_kind);
+        let explicit_parent = options.parent.map(span_context_from_wit);
+        let mut attributes: Vec<KeyValue> = options
+            .attributes
+            .into_iter()
+            .map(|kv| key_value(kv, max))
+            .collect();
+        if matches!(explicit_parent, Some(None)) {
+            attributes.push(KeyValue::new("wtrace.invalid_parent", true));
+        }
+        let links = options
+            .links
+            .into_iter()
+            .filter_map(span_context_from_wit)
+            .map(Link::with_context)
+            .collect();
+        self.start_with(
+            table,
+            name,
+            kind,
+            attributes,
+            links,
+            explicit_parent.flatten(),
+        )
+    }
+
+    /// Whether the next span started would be recorded: there is a tracer
+    /// and no limit is reached. (The sampler decides later.)
+    fn records_next(&self) -> bool {
+        self.tracer.is_some()
+            && self.started < self.limits.spans_per_task
+            && self.open.len() < self.limits.open_spans as usize
+    }
+
+    /// Starts a span under `parent` (else the current span), unless a limit
+    /// is reached, and holds it as the new current span.
+    fn start_with(
+        &mut self,
+        table: &mut ResourceTable,
+        name: Cow<'static, str>,
+        kind: SpanKind,
+        attributes: Vec<KeyValue>,
+        links: Vec<Link>,
+        parent: Option<SpanContext>,
+    ) -> wasmtime::Result<Resource<GuestSpan>> {
         if self.live_handles >= MAX_LIVE_HANDLES {
             wasmtime::bail!(
                 "the task holds {MAX_LIVE_HANDLES} span handles; end or drop spans it no longer needs"
             );
         }
         self.started = self.started.saturating_add(1);
-        let name = truncate(name, self.limits.attribute_value_length as usize);
-        let explicit_parent = options.parent.map(span_context_from_wit);
-        let parent = match &explicit_parent {
-            Some(Some(parent)) => parent.clone(),
-            _ => self.current(table),
-        };
+        let parent = parent.unwrap_or_else(|| self.current(table));
         let parent_id = parent.span_id();
         let over_limit = self.started > self.limits.spans_per_task
             || self.open.len() >= self.limits.open_spans as usize;
 
         let (span, context) = match &self.tracer {
             Some(tracer) if !over_limit => {
-                let max = self.limits.attribute_value_length;
-                let mut attributes: Vec<KeyValue> = options
-                    .attributes
-                    .into_iter()
-                    .map(|kv| key_value(kv, max))
-                    .collect();
-                if matches!(explicit_parent, Some(None)) {
-                    attributes.push(KeyValue::new("wtrace.invalid_parent", true));
-                }
-                let links = options
-                    .links
-                    .into_iter()
-                    .filter_map(span_context_from_wit)
-                    .map(Link::with_context)
-                    .collect();
                 let parent_cx = match &self.parent_cx {
                     Some(cx) if *cx.span().span_context() == parent => cx,
                     _ => self
@@ -185,7 +218,7 @@ impl SpanBridge {
                 };
                 let span = tracer
                     .span_builder(name.clone())
-                    .with_kind(options.kind.map_or(SpanKind::Internal, span_kind))
+                    .with_kind(kind)
                     .with_attributes(attributes)
                     .with_links(links)
                     .start_with_context(tracer, parent_cx);
@@ -366,6 +399,59 @@ impl tracer::Host for Bridge<'_> {
         self.state.with_span(self.table, &span, |sdk, max| {
             sdk.set_attributes(attributes.into_iter().map(|kv| key_value(kv, max)));
         })?;
+        let result = self.state.end(self.table, &span, false)?;
+        self.table.delete(span)?;
+        self.state.live_handles = self.state.live_handles.saturating_sub(1);
+        Ok(result)
+    }
+
+    fn start_span_encoded(&mut self, encoded: Vec<u8>) -> wasmtime::Result<Resource<GuestSpan>> {
+        let _call = host_call("wtrace:tracing/tracer#start-span-encoded");
+        let max = self.state.limits.attribute_value_length as usize;
+        let malformed = |why: String| {
+            wasmtime::format_err!("start-span-encoded: a malformed span description: {why}")
+        };
+        if !self.state.records_next() {
+            // Not recorded: only the name is kept (for error messages).
+            let name =
+                span_encoding::name(&encoded, max, &mut self.state.recent).map_err(malformed)?;
+            let (kind, attributes) = (SpanKind::Internal, Vec::new());
+            return self
+                .state
+                .start_with(self.table, name, kind, attributes, Vec::new(), None);
+        }
+        let mut start =
+            span_encoding::start(&encoded, max, &mut self.state.recent).map_err(malformed)?;
+        if matches!(start.parent, Some(None)) {
+            start
+                .attributes
+                .push(KeyValue::new("wtrace.invalid_parent", true));
+        }
+        self.state.start_with(
+            self.table,
+            start.name,
+            start.kind,
+            start.attributes,
+            start.links,
+            start.parent.flatten(),
+        )
+    }
+
+    fn finish_span_encoded(
+        &mut self,
+        span: Resource<GuestSpan>,
+        attributes: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let _call = host_call("wtrace:tracing/tracer#finish-span-encoded");
+        let max = self.state.limits.attribute_value_length as usize;
+        let recent = &mut self.state.recent;
+        let attributes = span_encoding::attributes(&attributes, max, recent).map_err(|why| {
+            wasmtime::format_err!("finish-span-encoded: malformed attributes: {why}")
+        })?;
+        if !attributes.is_empty() {
+            self.state
+                .with_span(self.table, &span, |sdk, _| sdk.set_attributes(attributes))?;
+        }
         let result = self.state.end(self.table, &span, false)?;
         self.table.delete(span)?;
         self.state.live_handles = self.state.live_handles.saturating_sub(1);

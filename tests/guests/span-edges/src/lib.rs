@@ -18,6 +18,7 @@ wit_bindgen::generate!({
             export spin: func(ms: u32) -> u32;
             export bench-spans: func(n: u32) -> u32;
             export bench-spans-late: func(n: u32) -> u32;
+            export bench-spans-raw: func(n: u32) -> u32;
             export finish-in-one-call: func() -> string;
             export busy: func(rounds: u32) -> u64;
         }
@@ -102,6 +103,18 @@ impl Guest for Edges {
         s.set_attribute("tags", &["a", "b"][..]);
         s.add_event("checkpoint", &[kv("step", 1)]);
         s.set_error("went wrong on purpose");
+        // Every value type known at start: the SDK's encoded start.
+        SpanBuilder::new("all-types")
+            .kind(SpanKind::Producer)
+            .attribute("s", "text")
+            .attribute("b", true)
+            .attribute("i", -3_i64)
+            .attribute("f", 0.25)
+            .attribute("sl", vec!["x".to_owned(), "ÿ".to_owned()])
+            .attribute("il", vec![1_i64, -2])
+            .attribute("fl", vec![0.5, 1.5])
+            .attribute("bl", vec![true, false])
+            .start();
     }
 
     fn many_spans(n: u32) -> u32 {
@@ -113,16 +126,28 @@ impl Guest for Edges {
 
     fn bench_spans(n: u32) -> u32 {
         // The unit of the span benchmark: a span with two attributes known
-        // at start, then its end: two host calls, as the SDK makes them.
-        let options = raw::SpanOptions {
-            kind: None,
-            attributes: vec![kv("a", 1), kv("b", "two")],
-            links: Vec::new(),
-            parent: None,
-        };
+        // at start, then its end, as the SDK makes it (two host calls).
         for _ in 0..n {
-            let span = raw::start_span("bench", &options);
-            raw::finish_span(span, &[]).ok();
+            SpanBuilder::new("bench")
+                .attribute("a", 1)
+                .attribute("b", "two")
+                .start()
+                .end();
+        }
+        n
+    }
+
+    fn bench_spans_raw(n: u32) -> u32 {
+        // The same span with its encoding made once: the two host calls
+        // alone, without the SDK's work in the guest.
+        let mut start = Vec::new();
+        let attributes = [kv("a", 1), kv("b", "two")];
+        wtrace_guest::encoded::start(&mut start, None, "bench", &attributes, &[], None);
+        let mut none = Vec::new();
+        wtrace_guest::encoded::attributes(&mut none, &[]);
+        for _ in 0..n {
+            let span = raw::start_span_encoded(&start);
+            raw::finish_span_encoded(span, &none).ok();
         }
         n
     }

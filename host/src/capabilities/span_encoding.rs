@@ -1,0 +1,370 @@
+//! The compact byte encoding of `start-span-encoded` and
+//! `finish-span-encoded`: a span's name, kind and attributes in one buffer,
+//! so a guest span costs the host one copy instead of the lifting of a
+//! record of strings and variants. The reference encoder is the Rust SDK's
+//! (`guest-sdk/rust/src/encoded.rs`); the format is in `wit/tracer.wit`.
+//!
+//! Everything here is untrusted guest data: a malformed buffer is an error,
+//! never a panic, and strings are held to `--max-attribute-length`.
+
+use std::borrow::Cow;
+
+use opentelemetry::trace::{Link, SpanContext, SpanId, SpanKind, TraceFlags, TraceId, TraceState};
+use opentelemetry::{Array, Key, KeyValue, StringValue, Value};
+
+/// A span's start, decoded.
+pub(crate) struct Start {
+    pub(crate) kind: SpanKind,
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) attributes: Vec<KeyValue>,
+    pub(crate) links: Vec<Link>,
+    /// An explicit parent: `Some(None)` when its ids are not valid.
+    pub(crate) parent: Option<Option<SpanContext>>,
+}
+
+/// The texts a bridge decoded lately (names, keys, short values), looked
+/// up before the process-wide [`crate::attrs::interned`]: a guest's spans
+/// repeat a few of them, and a short scan costs less than a hash.
+#[derive(Debug, Default)]
+pub(crate) struct Recent {
+    texts: Vec<&'static str>,
+}
+
+/// Texts [`Recent`] keeps.
+const RECENT: usize = 16;
+
+impl Recent {
+    fn get(&mut self, text: &str) -> Option<&'static str> {
+        if let Some(kept) = self.texts.iter().find(|kept| **kept == text) {
+            return Some(kept);
+        }
+        let kept = crate::attrs::interned(text)?;
+        if self.texts.len() == RECENT {
+            self.texts.remove(0);
+        }
+        self.texts.push(kept);
+        Some(kept)
+    }
+}
+
+/// Reads a buffer front to back.
+struct Reader<'a, 'r> {
+    bytes: &'a [u8],
+    /// Longest string kept, in bytes; longer ones are cut.
+    max: usize,
+    recent: &'r mut Recent,
+}
+
+type Decoded<T> = Result<T, String>;
+
+impl<'a> Reader<'a, '_> {
+    fn take(&mut self, n: usize) -> Decoded<&'a [u8]> {
+        if self.bytes.len() < n {
+            return Err(format!(
+                "it ends early: {n} more bytes wanted, {} left",
+                self.bytes.len()
+            ));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Decoded<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Decoded<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Decoded<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    /// A count of items of at least `item` bytes each: no larger than what
+    /// is left could hold, so a forged count reserves nothing.
+    fn count(&mut self, item: usize) -> Decoded<usize> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(item) > self.bytes.len() {
+            return Err(format!(
+                "it counts {n} items, more than its {} bytes left hold",
+                self.bytes.len()
+            ));
+        }
+        Ok(n)
+    }
+
+    /// A string, cut to the longest kept.
+    fn str(&mut self) -> Decoded<&'a str> {
+        Ok(cut(self.whole_str()?, self.max))
+    }
+
+    fn whole_str(&mut self) -> Decoded<&'a str> {
+        let n = self.u32()? as usize;
+        let bytes = self.take(n)?;
+        std::str::from_utf8(bytes).map_err(|e| format!("a string is not UTF-8: {e}"))
+    }
+
+    /// A string as a span name or key: shared when short and seen before.
+    fn name(&mut self) -> Decoded<Cow<'static, str>> {
+        let text = self.str()?;
+        Ok(match self.recent.get(text) {
+            Some(kept) => Cow::Borrowed(kept),
+            None => Cow::Owned(text.to_owned()),
+        })
+    }
+
+    fn string_value(&mut self) -> Decoded<StringValue> {
+        let text = self.str()?;
+        Ok(match self.recent.get(text) {
+            Some(kept) => StringValue::from(kept),
+            None => StringValue::from(text.to_owned()),
+        })
+    }
+
+    fn value(&mut self) -> Decoded<Value> {
+        Ok(match self.u8()? {
+            0 => Value::String(self.string_value()?),
+            1 => Value::Bool(self.u8()? != 0),
+            2 => Value::I64(self.u64()? as i64),
+            3 => Value::F64(f64::from_bits(self.u64()?)),
+            4 => {
+                let n = self.count(4)?;
+                let list = (0..n)
+                    .map(|_| self.string_value())
+                    .collect::<Decoded<Vec<_>>>()?;
+                Value::Array(Array::String(list))
+            }
+            5 => {
+                let n = self.count(8)?;
+                let list = (0..n)
+                    .map(|_| self.u64().map(|v| v as i64))
+                    .collect::<Decoded<Vec<_>>>()?;
+                Value::Array(Array::I64(list))
+            }
+            6 => {
+                let n = self.count(8)?;
+                let list = (0..n)
+                    .map(|_| self.u64().map(f64::from_bits))
+                    .collect::<Decoded<Vec<_>>>()?;
+                Value::Array(Array::F64(list))
+            }
+            7 => {
+                let n = self.count(1)?;
+                let list = (0..n)
+                    .map(|_| self.u8().map(|b| b != 0))
+                    .collect::<Decoded<Vec<_>>>()?;
+                Value::Array(Array::Bool(list))
+            }
+            tag => return Err(format!("unknown value tag {tag}")),
+        })
+    }
+
+    fn attributes(&mut self) -> Decoded<Vec<KeyValue>> {
+        // A key's length, a tag and the smallest value: 6 bytes at least.
+        let n = self.count(6)?;
+        let mut attributes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let key = Key::from(self.name()?);
+            attributes.push(KeyValue::new(key, self.value()?));
+        }
+        Ok(attributes)
+    }
+
+    /// A span context: 16 bytes of trace id, 8 of span id, flags (bit 0
+    /// sampled, bit 1 remote) and the trace state header; none when its ids
+    /// are zero.
+    fn context(&mut self) -> Decoded<Option<SpanContext>> {
+        let trace_id = TraceId::from_bytes(self.take(16)?.try_into().expect("16 bytes"));
+        let span_id = SpanId::from_bytes(self.take(8)?.try_into().expect("8 bytes"));
+        let flags = self.u8()?;
+        let state = self.whole_str()?;
+        if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+            return Ok(None);
+        }
+        let sampled = if flags & 1 != 0 {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        // W3C trace context allows 512 bytes of it; more is dropped whole.
+        let state = Some(state)
+            .filter(|s| s.len() <= 512)
+            .and_then(|s| s.parse::<TraceState>().ok())
+            .unwrap_or_default();
+        Ok(Some(SpanContext::new(
+            trace_id,
+            span_id,
+            sampled,
+            flags & 2 != 0,
+            state,
+        )))
+    }
+
+    fn end(&self) -> Decoded<()> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} bytes follow its end", self.bytes.len()))
+        }
+    }
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Decodes a span's start: kind, name, attributes, links and parent.
+pub(crate) fn start(bytes: &[u8], max: usize, recent: &mut Recent) -> Decoded<Start> {
+    let mut reader = Reader { bytes, max, recent };
+    let (kind, name) = head(&mut reader)?;
+    let attributes = reader.attributes()?;
+    // A link: 16 + 8 + 1 + 4 bytes at least.
+    let links = reader.count(29)?;
+    let links = (0..links)
+        .filter_map(|_| reader.context().transpose())
+        .map(|cx| cx.map(Link::with_context))
+        .collect::<Decoded<Vec<_>>>()?;
+    let parent = match reader.u8()? {
+        0 => None,
+        1 => Some(reader.context()?),
+        other => return Err(format!("a parent flag of {other}, not 0 or 1")),
+    };
+    reader.end()?;
+    Ok(Start {
+        kind,
+        name,
+        attributes,
+        links,
+        parent,
+    })
+}
+
+/// Decodes only a span's kind and name (what an untraced span needs).
+pub(crate) fn name(bytes: &[u8], max: usize, recent: &mut Recent) -> Decoded<Cow<'static, str>> {
+    head(&mut Reader { bytes, max, recent }).map(|(_, name)| name)
+}
+
+fn head(reader: &mut Reader<'_, '_>) -> Decoded<(SpanKind, Cow<'static, str>)> {
+    let kind = match reader.u8()? {
+        0 => SpanKind::Internal,
+        1 => SpanKind::Server,
+        2 => SpanKind::Client,
+        3 => SpanKind::Producer,
+        4 => SpanKind::Consumer,
+        kind => return Err(format!("unknown span kind {kind}")),
+    };
+    Ok((kind, reader.name()?))
+}
+
+/// Decodes attributes alone.
+pub(crate) fn attributes(bytes: &[u8], max: usize, recent: &mut Recent) -> Decoded<Vec<KeyValue>> {
+    let mut reader = Reader { bytes, max, recent };
+    let attributes = reader.attributes()?;
+    reader.end()?;
+    Ok(attributes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn str(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    #[test]
+    fn every_value_type_decodes_and_strings_are_cut_to_the_limit() {
+        let mut buf = vec![3u8];
+        str(&mut buf, "name");
+        buf.extend_from_slice(&5u32.to_le_bytes());
+        str(&mut buf, "s");
+        buf.push(0);
+        str(&mut buf, "héllo, long text");
+        str(&mut buf, "b");
+        buf.extend_from_slice(&[1, 1]);
+        str(&mut buf, "i");
+        buf.push(2);
+        buf.extend_from_slice(&(-7i64).to_le_bytes());
+        str(&mut buf, "f");
+        buf.push(3);
+        buf.extend_from_slice(&0.5f64.to_bits().to_le_bytes());
+        str(&mut buf, "l");
+        buf.push(4);
+        buf.extend_from_slice(&2u32.to_le_bytes());
+        str(&mut buf, "x");
+        str(&mut buf, "y");
+        // One link, then a parent whose ids are zero: not valid.
+        buf.extend_from_slice(&1u32.to_le_bytes());
+        buf.extend_from_slice(&[7; 24]);
+        buf.push(3);
+        str(&mut buf, "k=v");
+        buf.push(1);
+        buf.extend_from_slice(&[0; 25]);
+        str(&mut buf, "");
+        let start = start(&buf, 2, &mut Recent::default()).unwrap();
+        assert_eq!(start.links.len(), 1);
+        let link = &start.links[0].span_context;
+        assert_eq!(link.span_id(), SpanId::from_bytes([7; 8]));
+        assert!(link.is_sampled() && link.is_remote());
+        assert_eq!(link.trace_state().header(), "k=v");
+        assert!(matches!(start.parent, Some(None)), "an invalid parent");
+        assert_eq!(start.kind, SpanKind::Producer);
+        assert_eq!(start.name, "na");
+        let got: Vec<(String, Value)> = start
+            .attributes
+            .into_iter()
+            .map(|kv| (kv.key.to_string(), kv.value))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("s".into(), Value::from("h")),
+                ("b".into(), Value::Bool(true)),
+                ("i".into(), Value::I64(-7)),
+                ("f".into(), Value::F64(0.5)),
+                (
+                    "l".into(),
+                    Value::Array(Array::String(vec!["x".into(), "y".into()]))
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_buffers_are_errors() {
+        for (bytes, says) in [
+            (&[][..], "ends early"),
+            (&[9, 0, 0, 0, 0, 0, 0, 0, 0][..], "unknown span kind"),
+            (&[0, 1, 0, 0, 0, 0xff, 0, 0, 0, 0][..], "not UTF-8"),
+            (&[0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff][..], "more than"),
+            (
+                &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7][..],
+                "follow its end",
+            ),
+            (
+                &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9][..],
+                "parent flag",
+            ),
+        ] {
+            let error = start(bytes, 64, &mut Recent::default())
+                .err()
+                .expect("an error");
+            assert!(error.contains(says), "{bytes:?}: {error}");
+        }
+    }
+}
