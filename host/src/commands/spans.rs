@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Args;
 use wtrace::spans::SpanFiles;
 
@@ -15,6 +16,20 @@ pub struct SpansCommand {
     /// Only the trace whose id starts with ID.
     #[arg(long, value_name = "ID")]
     trace: Option<String>,
+    /// `tree` (text), or `chrome`: the Chrome trace-event JSON that
+    /// Perfetto (ui.perfetto.dev) and chrome://tracing open, a track per
+    /// process and an arrow from each submit span to its execute span.
+    #[arg(long, value_enum, default_value_t = Format::Tree)]
+    format: Format,
+    /// Write to FILE instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Tree,
+    Chrome,
 }
 
 impl SpansCommand {
@@ -23,7 +38,11 @@ impl SpansCommand {
         for warning in &files.warnings {
             eprintln!("warning: {warning}");
         }
-        let rendered = files.render(self.trace.as_deref());
+        let rendered = match self.format {
+            Format::Tree => files.render(self.trace.as_deref()),
+            Format::Chrome if files.spans.is_empty() => String::new(),
+            Format::Chrome => files.chrome_trace(self.trace.as_deref()).to_string(),
+        };
         if rendered.is_empty() {
             match &self.trace {
                 Some(id) => eprintln!(
@@ -34,7 +53,11 @@ impl SpansCommand {
             }
             return Ok(ExitCode::FAILURE);
         }
-        print!("{rendered}");
+        match &self.output {
+            Some(path) => std::fs::write(path, rendered)
+                .with_context(|| format!("cannot write {}", path.display()))?,
+            None => print!("{rendered}"),
+        }
         Ok(ExitCode::SUCCESS)
     }
 }

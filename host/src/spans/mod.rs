@@ -10,6 +10,8 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 
 use crate::error::{Error, Result};
 
+mod chrome;
+
 /// One span read from a file, flattened.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpanRecord {
