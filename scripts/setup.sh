@@ -91,3 +91,17 @@ setup_nats_server() {
     fi
     export WTRACE_NATS_SERVER="$server"
 }
+
+# Headless Chromium and tesseract (Debian), for the tests of `wtrace spans
+# --html`: the page is rendered, and its screenshot read back. Exports
+# WTRACE_CHROMIUM.
+setup_viewer_tools() {
+    local missing=()
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v tesseract >/dev/null || missing+=(tesseract-ocr)
+    if [ ${#missing[@]} -gt 0 ]; then
+        apt_install "${missing[@]}"
+    fi
+    WTRACE_CHROMIUM=$(command -v chromium)
+    export WTRACE_CHROMIUM
+}

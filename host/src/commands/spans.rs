@@ -24,6 +24,11 @@ pub struct SpansCommand {
     /// Write to FILE instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Write one self-contained HTML page to FILE: each trace a waterfall,
+    /// a span's details on click, the traces searchable. It fetches
+    /// nothing; open it in any browser.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["format", "output"])]
+    html: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -38,9 +43,11 @@ impl SpansCommand {
         for warning in &files.warnings {
             eprintln!("warning: {warning}");
         }
+        let output = self.html.as_ref().or(self.output.as_ref());
         let rendered = match self.format {
+            _ if files.spans.is_empty() => String::new(),
+            _ if self.html.is_some() => files.html(self.trace.as_deref()),
             Format::Tree => files.render(self.trace.as_deref()),
-            Format::Chrome if files.spans.is_empty() => String::new(),
             Format::Chrome => files.chrome_trace(self.trace.as_deref()).to_string(),
         };
         if rendered.is_empty() {
@@ -53,7 +60,7 @@ impl SpansCommand {
             }
             return Ok(ExitCode::FAILURE);
         }
-        match &self.output {
+        match output {
             Some(path) => std::fs::write(path, rendered)
                 .with_context(|| format!("cannot write {}", path.display()))?,
             None => print!("{rendered}"),

@@ -23,18 +23,6 @@ fn process_of(span: &SpanRecord, unknown: &mut HashMap<String, i64>) -> i64 {
     }
 }
 
-/// What a process is called in the viewer: its role and pid.
-fn process_name(span: &SpanRecord, pid: i64) -> String {
-    let resource = &span.resource;
-    let service = resource
-        .get("service.name")
-        .map_or("wtrace", String::as_str);
-    match resource.get("wtrace.worker_id").map(String::as_str) {
-        Some("driver") | None => format!("{service} driver (pid {pid})"),
-        Some(worker) => format!("{service} worker {worker} (pid {pid})"),
-    }
-}
-
 /// Lays out one process's spans on tracks: a span goes on its parent's
 /// track when the parent is in the same process, else on the first track
 /// free at its start, so slices on one track only ever nest.
@@ -91,7 +79,7 @@ impl SpanFiles {
         for (pid, spans) in &by_process {
             events.push(json!({
                 "ph": "M", "name": "process_name", "pid": pid,
-                "args": {"name": process_name(spans[0], *pid)},
+                "args": {"name": super::process_name(spans[0], *pid)},
             }));
             let tracks = tracks(spans);
             let count = tracks.values().max().map_or(0, |t| t + 1);

@@ -11,6 +11,19 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use crate::error::{Error, Result};
 
 mod chrome;
+mod html;
+
+/// What a process is called in the viewers: its role and pid.
+fn process_name(span: &SpanRecord, pid: i64) -> String {
+    let resource = &span.resource;
+    let service = resource
+        .get("service.name")
+        .map_or("wtrace", String::as_str);
+    match resource.get("wtrace.worker_id").map(String::as_str) {
+        Some("driver") | None => format!("{service} driver (pid {pid})"),
+        Some(worker) => format!("{service} worker {worker} (pid {pid})"),
+    }
+}
 
 /// One span read from a file, flattened.
 #[derive(Debug, Clone, PartialEq)]
