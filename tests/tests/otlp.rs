@@ -81,9 +81,14 @@ impl Rotel {
     /// Starts rotel on free loopback ports and waits until both receivers
     /// accept connections. Retries with new ports if another process took one.
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`Rotel::start`] with more arguments for rotel.
+    fn start_with(extra: &[&str]) -> Self {
         let agent = rotel_agent();
         for _attempt in 0..5 {
-            let mut rotel = Self::spawn(&agent);
+            let mut rotel = Self::spawn(&agent, extra);
             match rotel.wait_until_listening() {
                 Startup::Ready => return rotel,
                 Startup::Exited(_) if rotel.output().contains("Address already in use") => {
@@ -107,7 +112,7 @@ impl Rotel {
         panic!("rotel could not bind free loopback ports in 5 attempts");
     }
 
-    fn spawn(agent: &Path) -> Self {
+    fn spawn(agent: &Path, extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("wtrace-rotel-")
             .tempdir()
@@ -121,7 +126,7 @@ impl Rotel {
         };
         let stdout = dir.path().join("stdout.log");
         let stderr = dir.path().join("stderr.log");
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "start".into(),
             "--otlp-grpc-endpoint".into(),
             format!("127.0.0.1:{grpc_port}"),
@@ -138,6 +143,7 @@ impl Rotel {
             "--log-file".into(),
             dir.path().join("rotel.log").display().to_string(),
         ];
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         let mut command = Command::new(agent);
         command
             .args(&args)
@@ -381,6 +387,17 @@ fn unique_service_name(protocol: &str) -> String {
 
 /// Runs the seed example with the OTLP hook sending to a fresh rotel over
 /// `protocol`, and checks the trace rotel received.
+/// `wtrace` without the caller's `OTEL_*` variables: only those a test sets
+/// configure the hook.
+fn only_our_otel_variables(mut wtrace: Wtrace) -> Wtrace {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("OTEL_") {
+            wtrace.command().env_remove(key);
+        }
+    }
+    wtrace
+}
+
 fn spans_reach_rotel_over(protocol: &str) {
     let mut rotel = Rotel::start();
     let port = match protocol {
@@ -390,20 +407,14 @@ fn spans_reach_rotel_over(protocol: &str) {
     let endpoint = format!("http://127.0.0.1:{port}");
     let service = unique_service_name(protocol);
 
-    let mut wtrace = Wtrace::new([
+    let wtrace = Wtrace::new([
         "run".to_owned(),
         format!("--tracing-startup-hook={}", guests::OTLP_HOOK),
         "--num-workers=2".to_owned(),
         guests::HELLO.to_owned(),
         "my-func()".to_owned(),
     ]);
-    // Only these variables configure the hook, whatever the caller's environment.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("OTEL_") {
-            wtrace.command().env_remove(key);
-        }
-    }
-    let run = wtrace
+    let run = only_our_otel_variables(wtrace)
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
         .env("OTEL_SERVICE_NAME", &service)
@@ -541,6 +552,53 @@ fn spans_reach_a_collector_over_http_protobuf() {
 #[test]
 fn spans_reach_a_collector_over_http_json() {
     spans_reach_rotel_over("http/json");
+}
+
+/// A receiver that answers, but not at the path the spans go to: every
+/// process says at exit how many spans it lost, where to, the receiver's
+/// answer and what to do about it; the run itself still succeeds.
+#[test]
+fn spans_a_receiver_refuses_are_said_lost_with_its_answer_and_what_to_do() {
+    let rotel = Rotel::start_with(&["--otlp-receiver-traces-http-path", "/elsewhere"]);
+    let endpoint = format!("http://127.0.0.1:{}", rotel.http_port);
+    let wtrace = Wtrace::new([
+        "run".to_owned(),
+        format!("--tracing-startup-hook={}", guests::OTLP_HOOK),
+        guests::HELLO.to_owned(),
+        "my-func()".to_owned(),
+    ]);
+    let run = only_our_otel_variables(wtrace)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+        .run();
+    run.success();
+    let said: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|line| line.contains(": lost "))
+        .collect();
+    let worker_said = format!(
+        "lost 2 of 2 spans bound for OTLP http/json to {endpoint}/v1/traces: \
+         Operation failed: HTTP export failed with status code: 404 (the receiver has \
+         nothing at that path"
+    );
+    let driver_said = worker_said.replace("lost 2 of 2", "lost 1 of 1");
+    assert_eq!(
+        said.len(),
+        2,
+        "one line each from the driver and the worker:\n{}",
+        run.stderr
+    );
+    assert!(
+        said.iter().any(|line| line.contains(&worker_said)),
+        "the worker's execute and foo spans:\n{}",
+        run.stderr
+    );
+    assert!(
+        said.iter().any(|line| line.contains(&driver_said)),
+        "the driver's submit span:\n{}",
+        run.stderr
+    );
 }
 
 #[test]

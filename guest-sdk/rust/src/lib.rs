@@ -182,6 +182,7 @@ impl fmt::Debug for SpanBuilder {
 }
 
 /// Starts a span described by typed options, through the encoded call.
+#[cfg(any(feature = "opentelemetry", feature = "tracing"))]
 pub(crate) fn start_raw(name: &str, options: &SpanOptions) -> raw::Span {
     let mut encoded = SPARE.take();
     encoded.clear();

@@ -1,12 +1,15 @@
 //! The host side of `wtrace:tracing/provider`: what a tracing startup hook
 //! asks for, collected while it runs and built into a tracer provider after.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SimpleSpanProcessor};
+
+use crate::telemetry::loss::{Accounted, Counted, Ledger};
 use wasmtime::component::{HasData, Linker};
 
 use super::bindings::provider;
@@ -14,7 +17,7 @@ use crate::capabilities::tracer::key_value;
 use crate::config::{ExportPolicy, Limits};
 use crate::sandbox::host_call;
 use crate::telemetry::export::{
-    self, AnyExporter, ExporterSpec, OtlpProtocol, PathVars, SpanFile, batch_processor,
+    self, AnyExporter, ExporterSpec, OtlpProtocol, PathVars, SpanFile, counted_batch_processor,
 };
 
 /// Which process a hook runs in.
@@ -32,9 +35,9 @@ pub struct WorkerInfo {
 #[derive(Debug)]
 pub enum ProcessorChoice {
     /// Export each span as it ends.
-    Simple(AnyExporter),
+    Simple(AnyExporter, Arc<Ledger>),
     /// Export in batches from a background thread.
-    Batch(AnyExporter),
+    Batch(AnyExporter, Arc<Ledger>),
 }
 
 /// What the hook configured so far.
@@ -72,9 +75,19 @@ impl ProviderState {
     /// Builds the process's telemetry as the hook asked.
     pub fn build(self, limits: &Limits) -> crate::Telemetry {
         let instrumentations = self.instrumentations.clone();
+        let ledgers = self
+            .processors
+            .iter()
+            .map(|p| match p {
+                ProcessorChoice::Simple(_, ledger) | ProcessorChoice::Batch(_, ledger) => {
+                    ledger.clone()
+                }
+            })
+            .collect();
         let (provider, files) = self.build_provider(limits);
         crate::Telemetry::new(provider)
             .with_span_files(files)
+            .with_ledgers(ledgers)
             .with_instrumentations(instrumentations.iter().map(String::as_str))
     }
 
@@ -114,20 +127,22 @@ impl ProviderState {
         let mut files = Vec::new();
         for processor in self.processors {
             builder = match processor {
-                ProcessorChoice::Simple(exporter) => {
-                    builder.with_span_processor(SimpleSpanProcessor::new(exporter))
+                ProcessorChoice::Simple(exporter, ledger) => {
+                    let exporter = Counted::new(exporter, ledger.clone());
+                    let processor = SimpleSpanProcessor::new(exporter);
+                    builder.with_span_processor(Accounted::new(processor, ledger))
                 }
-                ProcessorChoice::Batch(exporter) => {
-                    let processor = batch_processor(exporter);
+                ProcessorChoice::Batch(exporter, ledger) => {
+                    let processor = counted_batch_processor(exporter, Some(ledger.clone()));
                     files.extend(processor.file());
-                    builder.with_span_processor(processor)
+                    builder.with_span_processor(Accounted::new(processor, ledger))
                 }
             };
         }
         (builder.build(), files)
     }
 
-    fn exporter(&self, spec: provider::Exporter) -> Result<AnyExporter, String> {
+    fn exporter(&self, spec: provider::Exporter) -> Result<(AnyExporter, Arc<Ledger>), String> {
         let spec = match spec {
             provider::Exporter::Console => ExporterSpec::Console,
             provider::Exporter::File(file) => ExporterSpec::File { path: file.path },
@@ -160,7 +175,8 @@ impl ProviderState {
                 .into());
         }
         let _guard = self.runtime.as_ref().map(|rt| rt.enter());
-        export::build(&spec, &self.policy, &vars)
+        let ledger = Ledger::new(export::target(&spec, &vars));
+        export::build(&spec, &self.policy, &vars).map(|exporter| (exporter, ledger))
     }
 }
 
@@ -222,12 +238,14 @@ impl provider::Host for Provider<'_> {
             return Ok(Err("a hook may add at most 8 span processors".into()));
         }
         let choice = match processor {
-            provider::Processor::Simple(spec) => {
-                self.state.exporter(spec).map(ProcessorChoice::Simple)
-            }
-            provider::Processor::Batch(spec) => {
-                self.state.exporter(spec).map(ProcessorChoice::Batch)
-            }
+            provider::Processor::Simple(spec) => self
+                .state
+                .exporter(spec)
+                .map(|(e, ledger)| ProcessorChoice::Simple(e, ledger)),
+            provider::Processor::Batch(spec) => self
+                .state
+                .exporter(spec)
+                .map(|(e, ledger)| ProcessorChoice::Batch(e, ledger)),
         };
         Ok(choice.map(|choice| self.state.processors.push(choice)))
     }

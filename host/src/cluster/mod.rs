@@ -212,10 +212,11 @@ impl LocalCluster {
         self.node.stop(Duration::from_secs(10)).await;
     }
 
-    /// Stops every worker gracefully (each flushes its spans), then returns.
-    pub async fn stop(self) {
+    /// Stops every worker gracefully (each flushes its spans), then returns
+    /// how many workers said their exporters lost spans.
+    pub async fn stop(self) -> usize {
         self.head.shutdown();
         let _ = tokio::time::timeout(Duration::from_secs(30), self.head.stopped()).await;
-        self.node.stop(Duration::from_secs(10)).await;
+        self.node.stop(Duration::from_secs(10)).await
     }
 }

@@ -18,6 +18,11 @@ use crate::error::{Error, Result};
 /// was unreachable): the node does not restart it.
 pub const EXIT_STARTUP_FAILED: i32 = 3;
 
+/// A worker's exit status when it stopped as told but its exporters lost
+/// spans (it said which, on its standard error): not a crash, no
+/// replacement, but `wtrace run --fail-on-lost-telemetry` hears of it.
+pub const EXIT_LOST_TELEMETRY: i32 = 4;
+
 /// How to start a node's workers.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
@@ -50,6 +55,8 @@ struct Slot {
     worker_id: String,
     pid: Option<u32>,
     exited: Option<String>,
+    /// It exited saying its exporters lost spans.
+    lost_telemetry: bool,
     restarts: u32,
     /// Deaths in a row, each soon after its start: what the restart
     /// backoff grows with.
@@ -78,6 +85,7 @@ impl Node {
                 worker_id,
                 pid: child.id(),
                 exited: None,
+                lost_telemetry: false,
                 restarts: 0,
                 quick_deaths: 0,
             }));
@@ -177,7 +185,10 @@ impl Node {
     /// Waits for every worker to exit (after the head told them to stop),
     /// killing those still running after `grace`. No worker is replaced
     /// from now on.
-    pub async fn stop(self, grace: Duration) {
+    ///
+    /// Returns how many of its workers exited saying their exporters lost
+    /// spans.
+    pub async fn stop(self, grace: Duration) -> usize {
         self.stopping.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + grace;
         for (slot, mut watcher) in self.slots.iter().zip(self.watchers) {
@@ -189,6 +200,10 @@ impl Node {
                 let _ = watcher.await;
             }
         }
+        self.slots
+            .iter()
+            .filter(|slot| slot.lock().unwrap().lost_telemetry)
+            .count()
     }
 }
 
@@ -267,6 +282,10 @@ async fn watch(
     loop {
         let status = child.wait().await;
         let lived = born.elapsed();
+        let lost_telemetry = matches!(&status, Ok(s) if s.code() == Some(EXIT_LOST_TELEMETRY));
+        if lost_telemetry {
+            slot.lock().unwrap().lost_telemetry = true;
+        }
         if stopping.load(Ordering::SeqCst) {
             return;
         }
@@ -275,7 +294,7 @@ async fn watch(
         let (worker_id, backoff) = {
             let mut slot = slot.lock().unwrap();
             slot.pid = None;
-            if startup_failure || status.as_ref().is_ok_and(ExitStatus::success) {
+            if startup_failure || lost_telemetry || status.as_ref().is_ok_and(ExitStatus::success) {
                 slot.exited = Some(description);
                 return;
             }

@@ -201,12 +201,21 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
     let _ = tokio::time::timeout(Duration::from_secs(5), link_sent).await;
     if let Some(telemetry) = telemetry {
         // Exporters may block (OTLP over HTTP); keep the runtime free.
-        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
-            eprintln!(
-                "wtrace worker {} (pid {}): {error}",
-                options.worker_id,
-                std::process::id()
-            );
+        let lost = tokio::task::spawn_blocking(move || {
+            let shut = telemetry.shutdown();
+            let losses = telemetry.losses();
+            // A failed shutdown that lost spans was just said, plainly.
+            if let Err(error) = shut
+                && losses.is_empty()
+            {
+                eprintln!("wtrace worker (pid {}): {error}", std::process::id());
+            }
+            !losses.is_empty()
+        })
+        .await
+        .unwrap_or(false);
+        if lost && stopped == Stopped::Told {
+            return Ok(Stopped::LostTelemetry);
         }
     }
     Ok(stopped)
@@ -334,6 +343,8 @@ pub enum Stopped {
     Told,
     /// Its connection to the head failed: its node should start another.
     Lost(String),
+    /// Told to stop, but its exporters lost spans (it said which).
+    LostTelemetry,
 }
 
 /// The worker's executor threads and what they share.

@@ -36,6 +36,10 @@ pub struct RunCommand {
     /// or running task needs are evicted, least recently used first.
     #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = super::args::parse_size)]
     component_store: u64,
+    /// Exit 3 when an exporter of any process lost spans (each says what,
+    /// how many and why on standard error either way), rather than 0.
+    #[arg(long)]
+    fail_on_lost_telemetry: bool,
     #[command(flatten)]
     sandbox: SandboxArgs,
     /// The task component (.wasm).
@@ -119,21 +123,47 @@ impl RunCommand {
                 }
                 Err(error) => Err(error.into()),
             };
+            let mut lost = false;
             if let Some(telemetry) = telemetry {
-                tokio::task::spawn_blocking(move || telemetry.shutdown()).await??;
+                lost = tokio::task::spawn_blocking(move || {
+                    let shut = telemetry.shutdown();
+                    let losses = telemetry.losses();
+                    // A failed shutdown that lost spans was just said, plainly.
+                    if let Err(error) = shut
+                        && losses.is_empty()
+                    {
+                        eprintln!("wtrace: {error}");
+                    }
+                    !losses.is_empty()
+                })
+                .await?;
             }
-            outcome
+            let (code, workers_lost) = outcome?;
+            // Tasks that failed say more than spans that were lost.
+            if self.fail_on_lost_telemetry
+                && (lost || workers_lost > 0)
+                && code == ExitCode::SUCCESS
+            {
+                return Ok(ExitCode::from(EXIT_LOST_TELEMETRY));
+            }
+            Ok(code)
         })
     }
 }
 
+/// `wtrace run`'s exit status when spans were lost and
+/// `--fail-on-lost-telemetry` was given.
+const EXIT_LOST_TELEMETRY: u8 = 3;
+
+/// Runs the invocations on `cluster`, then stops it: the exit status, and
+/// how many workers said their exporters lost spans.
 async fn drive<'a>(
     cluster: LocalCluster,
     telemetry: Option<Telemetry>,
     name: &str,
     bytes: Vec<u8>,
     invocations: impl Iterator<Item = &'a Invocation>,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<(ExitCode, usize)> {
     let result = async {
         let client = match telemetry {
             Some(t) => cluster.client(Some(t)).await?,
@@ -158,6 +188,6 @@ async fn drive<'a>(
         }
     }
     .await;
-    cluster.stop().await;
-    result
+    let workers_lost = cluster.stop().await;
+    result.map(|code| (code, workers_lost))
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use wtrace::cluster::node::EXIT_STARTUP_FAILED;
+use wtrace::cluster::node::{EXIT_LOST_TELEMETRY, EXIT_STARTUP_FAILED};
 use wtrace::cluster::worker::{self, Stopped, WorkerOptions};
 
 /// Run a worker process (internal: started by `wtrace run` and `wtrace start`).
@@ -41,6 +41,7 @@ impl WorkerCommand {
         };
         match worker::run(options) {
             Ok(Stopped::Told) => Ok(ExitCode::SUCCESS),
+            Ok(Stopped::LostTelemetry) => Ok(ExitCode::from(EXIT_LOST_TELEMETRY as u8)),
             // Not a startup failure: its node starts another worker in its place.
             Ok(Stopped::Lost(reason)) => {
                 eprintln!(

@@ -5,6 +5,7 @@
 pub mod context;
 pub mod diagnostics;
 pub mod export;
+pub mod loss;
 pub mod task_span;
 
 use opentelemetry::InstrumentationScope;
@@ -26,6 +27,8 @@ pub struct Telemetry {
     http_client: bool,
     /// The files batch processors write on demand.
     files: std::sync::Arc<[export::SpanFile]>,
+    /// What became of the spans bound for each exporter.
+    ledgers: std::sync::Arc<[std::sync::Arc<loss::Ledger>]>,
 }
 
 impl Telemetry {
@@ -41,7 +44,21 @@ impl Telemetry {
             tracer,
             http_client: false,
             files: std::sync::Arc::new([]),
+            ledgers: std::sync::Arc::new([]),
         }
+    }
+
+    /// Adds the ledgers of the provider's processors, for
+    /// [`Telemetry::losses`].
+    pub fn with_ledgers(mut self, ledgers: Vec<std::sync::Arc<loss::Ledger>>) -> Self {
+        self.ledgers = ledgers.into();
+        self
+    }
+
+    /// The spans lost so far, one entry per exporter that lost any: after
+    /// [`Telemetry::shutdown`], every loss.
+    pub fn losses(&self) -> Vec<loss::Loss> {
+        self.ledgers.iter().filter_map(|l| l.loss()).collect()
     }
 
     /// Adds the files of the provider's file batch processors, for
@@ -98,10 +115,18 @@ impl Telemetry {
     }
 
     /// Flushes and shuts down every processor and exporter. Spans that end
-    /// afterwards are not exported.
+    /// afterwards are not exported. Then says on standard error, one line
+    /// per exporter, what spans were lost, how many, where they were going
+    /// and why ([`Telemetry::losses`]).
     pub fn shutdown(&self) -> Result<()> {
-        self.provider
+        let shut = self
+            .provider
             .shutdown()
-            .map_err(|e| Error::Config(format!("shutting down span export failed: {e}")))
+            .map_err(|e| Error::Config(format!("shutting down span export failed: {e}")));
+        // Said plainly, one line per exporter that lost spans.
+        for loss in self.losses() {
+            eprintln!("wtrace (pid {}): {loss}", std::process::id());
+        }
+        shut
     }
 }

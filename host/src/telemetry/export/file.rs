@@ -21,6 +21,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
 
 use super::otlp_json::LineEncoder;
 use crate::sync::{lock, wait_timeout};
+use crate::telemetry::loss::Ledger;
 
 /// Appends each exported batch to a file as one JSON line.
 ///
@@ -30,6 +31,8 @@ use crate::sync::{lock, wait_timeout};
 pub struct FileExporter {
     path: PathBuf,
     output: Mutex<Output>,
+    /// Where its writes are counted, if anywhere.
+    ledger: Option<Arc<Ledger>>,
 }
 
 /// The open file and the encoder, which keeps its buffer and the resource
@@ -63,7 +66,14 @@ impl FileExporter {
                 file,
                 encoder: LineEncoder::new(),
             }),
+            ledger: None,
         })
+    }
+
+    /// This exporter, its writes counted in `ledger`.
+    pub fn counted(mut self, ledger: Option<Arc<Ledger>>) -> Self {
+        self.ledger = ledger;
+        self
     }
 
     /// The file written to.
@@ -85,10 +95,15 @@ impl FileExporter {
         if output.encoder.is_empty() {
             return Ok(());
         }
+        let spans = output.encoder.len();
         let line = output.encoder.finish();
-        output.file.write_all(line).map_err(|e| {
+        let result = output.file.write_all(line).map_err(|e| {
             OTelSdkError::InternalFailure(format!("writing {}: {e}", self.path.display()))
-        })
+        });
+        if let Some(ledger) = &self.ledger {
+            ledger.exported(spans, &result);
+        }
+        result
     }
 
     fn set_resource_shared(&self, resource: &SdkResource) {

@@ -23,6 +23,7 @@ pub use file::{FileBatchProcessor, FileExporter, SpanFile};
 pub use otlp_json::LineEncoder;
 
 use crate::config::ExportPolicy;
+use crate::telemetry::loss::Ledger;
 
 /// Where a hook asked spans to go, before the host checks and builds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +135,7 @@ impl SpanExporter for AnyExporter {
 pub struct Background {
     exporter: AnyExporter,
     queued: Arc<AtomicUsize>,
+    ledger: Option<Arc<Ledger>>,
 }
 
 thread_local! {
@@ -159,6 +161,9 @@ impl SpanExporter for Background {
         lower_this_threads_priority();
         let count = batch.len();
         let result = self.exporter.export(batch).await;
+        if let Some(ledger) = &self.ledger {
+            ledger.exported(count, &result);
+        }
         self.queued.fetch_sub(
             count.min(self.queued.load(Ordering::Relaxed)),
             Ordering::Relaxed,
@@ -196,11 +201,17 @@ pub const MAX_WAIT: Duration = Duration::from_millis(100);
 
 impl Backpressure {
     /// A batch processor over `exporter` with a queue of `queue_size` spans.
-    pub fn new(exporter: AnyExporter, queue_size: usize, config: BatchConfigBuilder) -> Self {
+    pub fn new(
+        exporter: AnyExporter,
+        queue_size: usize,
+        config: BatchConfigBuilder,
+        ledger: Option<Arc<Ledger>>,
+    ) -> Self {
         let queued = Arc::new(AtomicUsize::new(0));
         let inner = BatchSpanProcessor::builder(Background {
             exporter,
             queued: queued.clone(),
+            ledger,
         })
         .with_batch_config(config.with_max_queue_size(queue_size).build())
         .build();
@@ -260,8 +271,18 @@ pub const BATCH_DELAY: Duration = Duration::from_millis(100);
 /// backpressure, exported in the exporter's batch size at least every
 /// [`BATCH_DELAY`].
 pub fn batch_processor(exporter: AnyExporter) -> BatchProcessor {
+    counted_batch_processor(exporter, None)
+}
+
+/// [`batch_processor`], its exports counted in `ledger`.
+pub fn counted_batch_processor(
+    exporter: AnyExporter,
+    ledger: Option<Arc<Ledger>>,
+) -> BatchProcessor {
     match exporter {
-        AnyExporter::File(file) => BatchProcessor::File(FileBatchProcessor::new(file)),
+        AnyExporter::File(file) => {
+            BatchProcessor::File(FileBatchProcessor::new(file.counted(ledger)))
+        }
         exporter => {
             let batch_size = exporter.batch_size();
             BatchProcessor::Queued(Backpressure::new(
@@ -270,8 +291,29 @@ pub fn batch_processor(exporter: AnyExporter) -> BatchProcessor {
                 BatchConfigBuilder::default()
                     .with_max_export_batch_size(batch_size)
                     .with_scheduled_delay(BATCH_DELAY),
+                ledger,
             ))
         }
+    }
+}
+
+/// Where an exporter built from `spec` sends spans, as a loss report names
+/// it.
+pub fn target(spec: &ExporterSpec, vars: &PathVars<'_>) -> String {
+    match spec {
+        ExporterSpec::Console => "the console".into(),
+        ExporterSpec::File { path } => format!("file {}", expand_path(path, vars).display()),
+        ExporterSpec::Otlp {
+            endpoint, protocol, ..
+        } => match protocol {
+            OtlpProtocol::Grpc => format!("OTLP grpc to {endpoint}"),
+            OtlpProtocol::HttpProtobuf => {
+                format!("OTLP http/protobuf to {}", http_traces_endpoint(endpoint))
+            }
+            OtlpProtocol::HttpJson => {
+                format!("OTLP http/json to {}", http_traces_endpoint(endpoint))
+            }
+        },
     }
 }
 
