@@ -21,6 +21,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("wasi-otel", "WASI_OTEL"),
     ("actors", "ACTORS"),
     ("counter", "COUNTER"),
+    ("logging", "LOGGING"),
 ];
 
 fn main() {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use wtrace::spans::{SpanFiles, SpanRecord};
+use wtrace::spans::{LogLine, SpanFiles, SpanRecord};
 
 pub mod actors;
 pub mod chaos;
@@ -283,6 +283,18 @@ impl Spans {
         found[0]
     }
 
+    /// The one log record whose body is `body`.
+    pub fn log(&self, body: &str) -> &LogLine {
+        let found: Vec<&LogLine> = self.files.logs.iter().filter(|l| l.body == body).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "expected exactly one log record {body:?}; records: {:?}",
+            self.files.logs.iter().map(|l| &l.body).collect::<Vec<_>>()
+        );
+        found[0]
+    }
+
     /// Spans named `name`.
     pub fn named(&self, name: &str) -> Vec<&SpanRecord> {
         self.files.spans.iter().filter(|s| s.name == name).collect()
@@ -368,12 +380,23 @@ pub fn assert_child_of(child: &SpanRecord, parent: &SpanRecord) {
     );
 }
 
-/// The pid a span file is named after (`<pid>.json`).
+/// The pid a span or log file is named after (`<pid>.json`,
+/// `<pid>.logs.json`).
 pub fn file_pid(path: &Path) -> u32 {
-    path.file_stem()
+    path.file_name()
         .and_then(|s| s.to_str())
+        .and_then(|s| s.split('.').next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{} is not named <pid>.json", path.display()))
+}
+
+/// Whether `path` is a span file (`<pid>.json`), not a log file beside it.
+pub fn is_span_file(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    name.ends_with(".json") && !name.ends_with(".logs.json")
 }
 
 /// A cluster started with `wtrace start --head` in its own session directory,

@@ -45,11 +45,13 @@ fn tracing_crate_spans_become_guest_spans() {
         load.attributes["table"], "users",
         "#[instrument] records arguments"
     );
+    let loaded = spans.log("loaded");
     assert_eq!(
-        load.events,
-        vec!["loaded".to_owned()],
-        "tracing events become span events"
+        (&loaded.span_id, loaded.severity.as_str()),
+        (&load.span_id, "INFO"),
+        "tracing events become log records in their span"
     );
+    assert_eq!(loaded.attributes["table"], "users");
 }
 
 #[test]

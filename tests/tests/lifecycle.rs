@@ -33,7 +33,16 @@ fn ctrl_c_stops_the_run_and_flushes_every_span() {
 
     // Wait until the worker is running the task (its span file exists).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read_dir(dir.path()).unwrap().count() < 2 {
+    let span_files = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| wtrace_tests::is_span_file(&e.path()))
+            })
+            .count()
+    };
+    while span_files() < 2 {
         assert!(Instant::now() < deadline, "the worker never started");
         std::thread::sleep(Duration::from_millis(20));
     }

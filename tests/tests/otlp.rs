@@ -136,6 +136,8 @@ impl Rotel {
             "blackhole".into(),
             "--debug-log".into(),
             "traces".into(),
+            "--debug-log".into(),
+            "logs".into(),
             "--debug-log-verbosity".into(),
             "detailed".into(),
             "--pid-file".into(),
@@ -199,6 +201,24 @@ impl Rotel {
     fn output(&self) -> String {
         let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
         strip_ansi(&format!("{}{}", read(&self.stdout), read(&self.stderr)))
+    }
+
+    /// Polls rotel's debug log until it shows a log record whose body is
+    /// `body`; returns that record's part of the log.
+    fn wait_for_log_record(&self, body: &str, context: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let output = self.output();
+            let wanted = format!("Body: Str({body})");
+            if let Some(record) = output.split("LogRecord #").find(|r| r.contains(&wanted)) {
+                return record.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rotel received no log record {body:?} within {WAIT:?}\n{context}\nrotel output:\n{output}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Polls rotel's debug log until it shows every span in `names`, then
@@ -298,12 +318,20 @@ fn parse_debug_log(text: &str) -> Vec<ReceivedSpan> {
     let mut resource = BTreeMap::new();
     let mut current: Option<ReceivedSpan> = None;
     let mut section = Section::None;
+    // Inside a block of log records (or metrics), up to the next spans.
+    let mut elsewhere = false;
     for line in text.lines() {
         let line = line.trim();
         if line.starts_with("ResourceSpans #") {
             spans.extend(current.take());
             resource.clear();
             section = Section::None;
+            elsewhere = false;
+        } else if line.starts_with("ResourceLog #") || line.starts_with("ResourceMetrics #") {
+            spans.extend(current.take());
+            elsewhere = true;
+        } else if elsewhere {
+            continue;
         } else if line == "Resource attributes:" {
             section = Section::Resource;
         } else if line.starts_with("ScopeSpans #") {
@@ -537,6 +565,19 @@ fn spans_reach_rotel_over(protocol: &str) {
         "driver and worker are different processes\n{}",
         dump()
     );
+
+    // The task's output line arrived too, as a log record in span foo.
+    let record = rotel.wait_for_log_record("hello from inside span foo", &context);
+    assert!(
+        record.contains(&format!("Span ID        : {}", guest.span_id))
+            && record.contains(&format!("Trace ID       : {}", guest.trace_id)),
+        "the record is joined to foo ({}):\n{record}",
+        guest.span_id
+    );
+    assert!(
+        record.contains("SeverityText: INFO") && record.contains("wtrace.function: Str(my-func)"),
+        "{record}"
+    );
 }
 
 #[test]
@@ -632,6 +673,13 @@ Span #1
     Kind           : SPAN_KIND_PRODUCER
 Attributes:
      -> wtrace.function: Str(my-func)
+ResourceLog #0
+Resource attributes:
+     -> process.pid: Int(99)
+LogRecord #0
+Body: Str(a line)
+Attributes:
+     -> log.iostream: Str(stdout)
 ResourceSpans #1
 Resource attributes:
      -> process.pid: Int(7)
@@ -654,6 +702,12 @@ Span #0
     assert!(spans[0].attributes.is_empty(), "{:?}", spans[0].attributes);
     assert_eq!(spans[1].name, "root");
     assert_eq!(spans[1].parent_span_id, "");
+    assert_eq!(
+        spans[1].attributes.len(),
+        1,
+        "a log record's attributes are not the span's: {:?}",
+        spans[1].attributes
+    );
     assert_eq!(spans[1].attributes["wtrace.function"], "my-func");
     assert_eq!(spans[1].resource["process.pid"], "16555");
     assert_eq!(spans[2].name, "other");

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use wtrace_tests::{Spans, Wtrace, assert_child_of, file_pid, guests, span_dir};
+use wtrace_tests::{Spans, Wtrace, assert_child_of, file_pid, guests, is_span_file, span_dir};
 
 /// Files in /tmp/spans holding any span of `traces` (other runs share the directory).
 fn files_with_traces(traces: &HashSet<String>) -> Vec<PathBuf> {
@@ -140,7 +140,29 @@ fn default_hook_traces_the_seed_example_across_processes() {
     assert_eq!(foo.pid, func_execute.pid);
     assert_eq!(func_execute.attributes["wtrace.spans_started"], "1");
 
-    // `wtrace spans` shows the same tree.
+    // The task's line is also a log record, beside the worker's spans in
+    // /tmp/spans/<pid>.logs.json, joined to the span current when it was
+    // printed.
+    let worker_pid = foo.pid.unwrap();
+    let logs = Spans::read_files(&[PathBuf::from(format!("/tmp/spans/{worker_pid}.logs.json"))]);
+    let hello = logs
+        .files
+        .logs
+        .iter()
+        .find(|l| l.span_id == foo.span_id)
+        .unwrap_or_else(|| panic!("no record in foo: {:?}", logs.files.logs));
+    assert_eq!(hello.body, "hello from inside span foo");
+    assert_eq!(hello.trace_id, foo.trace_id);
+    assert_eq!(hello.severity, "INFO");
+    assert_eq!(hello.pid, Some(worker_pid), "the process's resource");
+    assert_eq!(hello.attributes["wtrace.function"], "my-func");
+    assert_eq!(
+        hello.attributes["wtrace.task_id"],
+        func_execute.attributes["wtrace.task_id"]
+    );
+    assert_eq!(hello.attributes["log.iostream"], "stdout");
+
+    // `wtrace spans` shows the same tree, with the line in its span.
     let shown = Wtrace::new([
         "spans".into(),
         "--trace".into(),
@@ -160,6 +182,13 @@ fn default_hook_traces_the_seed_example_across_processes() {
         "parents print before children:\n{tree}"
     );
     assert!(tree.contains("└─ foo"), "{tree}");
+    let after_foo = &tree[tree.find("└─ foo").unwrap()..];
+    assert!(
+        after_foo.lines().nth(1).is_some_and(|l| l
+            .trim_start()
+            .starts_with("INFO  hello from inside span foo")),
+        "the log line under its span:\n{tree}"
+    );
 }
 
 #[test]
@@ -192,11 +221,12 @@ fn each_of_three_workers_and_the_driver_writes_a_file_of_valid_lines() {
     let files: Vec<PathBuf> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| is_span_file(p))
         .collect();
     assert_eq!(
         files.len(),
         4,
-        "one file per process (driver + 3 workers): {files:?}"
+        "one span file per process (driver + 3 workers): {files:?}"
     );
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();

@@ -1,4 +1,5 @@
-//! Tracing startup hooks: configure where this process's spans go.
+//! Tracing startup hooks: configure where this process's spans and log
+//! records go.
 //!
 //! A hook is a component exporting `setup-tracing`. wtrace runs it once in the
 //! driver and once in every worker before any task; when it returns `Ok`, the
@@ -11,6 +12,9 @@
 //!     hook::set_resource(&hook::resource_from_env("my-service"));
 //!     hook::add_span_processor(&Processor::Batch(Exporter::File(FileExporter {
 //!         path: "/tmp/spans/{pid}.json".into(),
+//!     })))?;
+//!     hook::add_log_processor(&Processor::Batch(Exporter::File(FileExporter {
+//!         path: "/tmp/spans/{pid}.logs.json".into(),
 //!     })))
 //! }
 //!
@@ -23,7 +27,8 @@
 
 pub use crate::wit::wtrace::tracing::provider::{
     Exporter, FileExporter, OtlpExporter, OtlpProtocol, Processor, Sampler, WorkerInfo,
-    add_span_processor, current_worker, enable_instrumentation, set_resource, set_sampler,
+    add_log_processor, add_span_processor, current_worker, enable_instrumentation, set_resource,
+    set_sampler,
 };
 
 use crate::{KeyValue, kv};
@@ -125,7 +130,22 @@ pub fn sampler_from_env() -> Result<Option<Sampler>, String> {
 /// and `OTEL_EXPORTER_OTLP_TIMEOUT` (ms). The endpoint defaults to
 /// `http://127.0.0.1:4317` for gRPC and `http://127.0.0.1:4318` for HTTP.
 pub fn otlp_exporter_from_env() -> Result<OtlpExporter, String> {
-    let protocol = match env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+    otlp_exporter_for("TRACES")
+}
+
+/// An OTLP exporter for log records, as [`otlp_exporter_from_env`] but
+/// reading `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` and `…_LOGS_PROTOCOL` first;
+/// none when `OTEL_LOGS_EXPORTER` is `none`.
+pub fn otlp_log_exporter_from_env() -> Result<Option<OtlpExporter>, String> {
+    if env("OTEL_LOGS_EXPORTER").is_some_and(|e| e.trim() == "none") {
+        return Ok(None);
+    }
+    otlp_exporter_for("LOGS").map(Some)
+}
+
+/// `signal` is `TRACES` or `LOGS`: its own variables win over the shared ones.
+fn otlp_exporter_for(signal: &str) -> Result<OtlpExporter, String> {
+    let protocol = match env(&format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"))
         .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
         .as_deref()
         .map(str::trim)
@@ -140,7 +160,7 @@ pub fn otlp_exporter_from_env() -> Result<OtlpExporter, String> {
             ));
         }
     };
-    let endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    let endpoint = env(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
         .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
         .unwrap_or_else(|| match protocol {
             OtlpProtocol::Grpc => "http://127.0.0.1:4317".into(),

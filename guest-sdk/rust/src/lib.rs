@@ -39,6 +39,7 @@ pub mod wit {
                 import wtrace:tracing/tracer@0.1.0;
                 import wtrace:tracing/provider@0.1.0;
                 import wtrace:tracing/tasks@0.1.0;
+                import wtrace:tracing/logs@0.1.0;
             }
         ",
         path: "../../wit",
@@ -53,6 +54,7 @@ pub mod __private {
 
 pub mod encoded;
 pub mod hook;
+pub mod logs;
 #[cfg(feature = "opentelemetry")]
 pub mod otel;
 pub mod tasks;
@@ -218,7 +220,7 @@ pub struct Span {
 }
 
 impl Span {
-    fn raw(&self) -> &raw::Span {
+    pub(crate) fn raw(&self) -> &raw::Span {
         self.inner.as_ref().expect("span is open until dropped")
     }
 

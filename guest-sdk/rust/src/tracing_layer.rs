@@ -6,12 +6,15 @@
 //!
 //! let span = tracing::info_span!("load", rows = 42);
 //! let _entered = span.enter();
-//! tracing::info!(table = "users", "loaded");     // an event on "load"
+//! tracing::info!(table = "users", "loaded");     // a log record in "load"
 //! ```
 //!
 //! A `tracing` span becomes a wtrace span when created (its fields become
 //! attributes, its parent the `tracing` parent, else the current wtrace span)
-//! and ends when it closes; events become span events named by their message.
+//! and ends when it closes. An event becomes a log record joined to its span
+//! (else the current wtrace span): the message its body, the level its
+//! severity, the fields its attributes (OpenTelemetry now records events as
+//! logs rather than span events).
 
 use std::fmt::Debug;
 
@@ -21,6 +24,7 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::wit::wtrace::tracing::logs;
 use crate::wit::wtrace::tracing::tracer as raw;
 use crate::{KeyValue, Value, kv};
 
@@ -128,20 +132,29 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let Some(span) = ctx.event_span(event) else {
-            return;
-        };
         let mut fields = Fields::default();
         event.record(&mut fields);
+        let metadata = event.metadata();
         fields
             .attributes
-            .push(kv("level", event.metadata().level().to_string()));
-        let name = fields
-            .message
-            .unwrap_or_else(|| event.metadata().name().to_owned());
-        if let Some(handle) = span.extensions().get::<Handle>() {
-            handle.0.add_event(&name, &fields.attributes);
-        }
+            .push(kv("code.namespace", metadata.target().to_owned()));
+        let record = logs::LogRecord {
+            severity: match *metadata.level() {
+                tracing::Level::TRACE => logs::Severity::Trace,
+                tracing::Level::DEBUG => logs::Severity::Debug,
+                tracing::Level::INFO => logs::Severity::Info,
+                tracing::Level::WARN => logs::Severity::Warn,
+                tracing::Level::ERROR => logs::Severity::Error,
+            },
+            body: fields.message.unwrap_or_else(|| metadata.name().to_owned()),
+            attributes: fields.attributes,
+        };
+        let span = ctx.event_span(event);
+        let extensions = span.as_ref().map(|span| span.extensions());
+        let handle = extensions
+            .as_ref()
+            .and_then(|extensions| extensions.get::<Handle>());
+        logs::emit(&record, handle.map(|handle| &handle.0));
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {

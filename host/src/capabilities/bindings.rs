@@ -8,7 +8,9 @@ wasmtime::component::bindgen!({
             import wtrace:tracing/tracer@0.1.0;
             import wtrace:tracing/provider@0.1.0;
             import wtrace:tracing/tasks@0.1.0;
+            import wtrace:tracing/logs@0.1.0;
             import wasi:otel/tracing@0.2.0-rc.2;
+            import wasi:otel/logs@0.2.0-rc.2;
         }
     ",
     path: "../wit",
@@ -20,9 +22,9 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub(crate) use self::wtrace::tracing::{provider, tasks, tracer, types};
+pub(crate) use self::wtrace::tracing::{logs, provider, tasks, tracer, types};
 
 /// `wasi:otel@0.2.0-rc.2`.
 pub(crate) mod otel {
-    pub(crate) use super::wasi::otel::{tracing, types};
+    pub(crate) use super::wasi::otel::{logs, tracing, types};
 }

@@ -14,6 +14,7 @@
 
 pub(crate) mod bindings;
 pub mod http;
+pub mod logs;
 #[cfg(test)]
 mod properties;
 pub mod provider;

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::logs::{
+    BatchConfigBuilder as LogBatchConfigBuilder, BatchLogProcessor, SdkLoggerProvider,
+    SimpleLogProcessor,
+};
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SimpleSpanProcessor};
 
@@ -16,6 +20,7 @@ use super::bindings::provider;
 use crate::capabilities::tracer::key_value;
 use crate::config::{ExportPolicy, Limits};
 use crate::sandbox::host_call;
+use crate::telemetry::export::logs::AnyLogExporter;
 use crate::telemetry::export::{
     self, AnyExporter, ExporterSpec, OtlpProtocol, PathVars, SpanFile, counted_batch_processor,
 };
@@ -31,14 +36,26 @@ pub struct WorkerInfo {
     pub job_id: String,
 }
 
-/// A processor the hook added, its exporter already built.
+/// A processor the hook added, its exporter (of spans or of log records)
+/// already built, and the ledger its losses are counted in.
 #[derive(Debug)]
-pub enum ProcessorChoice {
-    /// Export each span as it ends.
-    Simple(AnyExporter, Arc<Ledger>),
+pub enum ProcessorChoice<E> {
+    /// Export each span or record as it ends.
+    Simple(E, Arc<Ledger>),
     /// Export in batches from a background thread.
-    Batch(AnyExporter, Arc<Ledger>),
+    Batch(E, Arc<Ledger>),
 }
+
+impl<E> ProcessorChoice<E> {
+    fn ledger(&self) -> &Arc<Ledger> {
+        match self {
+            Self::Simple(_, ledger) | Self::Batch(_, ledger) => ledger,
+        }
+    }
+}
+
+/// Span processors, and log processors, a hook may add.
+const MAX_PROCESSORS: usize = 8;
 
 /// What the hook configured so far.
 #[derive(Debug)]
@@ -48,7 +65,8 @@ pub struct ProviderState {
     runtime: Option<tokio::runtime::Handle>,
     resource: Vec<KeyValue>,
     sampler: Option<Sampler>,
-    processors: Vec<ProcessorChoice>,
+    processors: Vec<ProcessorChoice<AnyExporter>>,
+    log_processors: Vec<ProcessorChoice<AnyLogExporter>>,
     instrumentations: Vec<String>,
 }
 
@@ -68,30 +86,34 @@ impl ProviderState {
             resource: Vec::new(),
             sampler: None,
             processors: Vec::new(),
+            log_processors: Vec::new(),
             instrumentations: Vec::new(),
         }
     }
 
     /// Builds the process's telemetry as the hook asked.
-    pub fn build(self, limits: &Limits) -> crate::Telemetry {
-        let instrumentations = self.instrumentations.clone();
+    pub fn build(mut self, limits: &Limits) -> crate::Telemetry {
         let ledgers = self
             .processors
             .iter()
-            .map(|p| match p {
-                ProcessorChoice::Simple(_, ledger) | ProcessorChoice::Batch(_, ledger) => {
-                    ledger.clone()
-                }
-            })
+            .map(ProcessorChoice::ledger)
+            .chain(self.log_processors.iter().map(ProcessorChoice::ledger))
+            .cloned()
             .collect();
-        let (provider, files) = self.build_provider(limits);
+        let resource = self.resource();
+        let logs = std::mem::take(&mut self.log_processors);
+        let logger_provider = (!logs.is_empty()).then(|| logger_provider(logs, resource.clone()));
+        let instrumentations = std::mem::take(&mut self.instrumentations);
+        let (provider, files) = self.build_provider(resource, limits);
         crate::Telemetry::new(provider)
             .with_span_files(files)
             .with_ledgers(ledgers)
+            .with_logs(logger_provider)
             .with_instrumentations(instrumentations.iter().map(String::as_str))
     }
 
-    fn build_provider(self, limits: &Limits) -> (SdkTracerProvider, Vec<SpanFile>) {
+    /// Every span and log record's resource: who made it.
+    fn resource(&mut self) -> Resource {
         let pid = std::process::id();
         let mut attributes = vec![
             KeyValue::new("service.name", "wtrace"),
@@ -109,12 +131,18 @@ impl ProviderState {
         if !self.info.job_id.is_empty() {
             attributes.push(KeyValue::new("wtrace.job_id", self.info.job_id.clone()));
         }
-        attributes.extend(self.resource);
-        let resource = Resource::builder_empty()
+        attributes.extend(std::mem::take(&mut self.resource));
+        Resource::builder_empty()
             .with_detector(Box::new(TelemetryResourceDetector))
             .with_attributes(attributes)
-            .build();
+            .build()
+    }
 
+    fn build_provider(
+        self,
+        resource: Resource,
+        limits: &Limits,
+    ) -> (SdkTracerProvider, Vec<SpanFile>) {
         let mut builder = SdkTracerProvider::builder()
             .with_resource(resource)
             .with_id_generator(GuestIds::default())
@@ -143,6 +171,27 @@ impl ProviderState {
     }
 
     fn exporter(&self, spec: provider::Exporter) -> Result<(AnyExporter, Arc<Ledger>), String> {
+        let (spec, vars) = self.exporter_spec(spec)?;
+        let _guard = self.runtime.as_ref().map(|rt| rt.enter());
+        let ledger = Ledger::new(export::target(&spec, &vars));
+        export::build(&spec, &self.policy, &vars).map(|exporter| (exporter, ledger))
+    }
+
+    fn log_exporter(
+        &self,
+        spec: provider::Exporter,
+    ) -> Result<(AnyLogExporter, Arc<Ledger>), String> {
+        let (spec, vars) = self.exporter_spec(spec)?;
+        let _guard = self.runtime.as_ref().map(|rt| rt.enter());
+        let ledger = Ledger::for_logs(export::logs::target(&spec, &vars));
+        export::logs::build(&spec, &self.policy, &vars).map(|exporter| (exporter, ledger))
+    }
+
+    /// What the hook asked for, checked for what this process can build.
+    fn exporter_spec(
+        &self,
+        spec: provider::Exporter,
+    ) -> Result<(ExporterSpec, PathVars<'_>), String> {
         let spec = match spec {
             provider::Exporter::Console => ExporterSpec::Console,
             provider::Exporter::File(file) => ExporterSpec::File { path: file.path },
@@ -174,10 +223,36 @@ impl ProviderState {
             return Err("OTLP over gRPC needs an async runtime, and this process gave its hook                         none; export with http/protobuf instead"
                 .into());
         }
-        let _guard = self.runtime.as_ref().map(|rt| rt.enter());
-        let ledger = Ledger::new(export::target(&spec, &vars));
-        export::build(&spec, &self.policy, &vars).map(|exporter| (exporter, ledger))
+        Ok((spec, vars))
     }
+}
+
+/// The process's logger provider, with the hook's log processors.
+fn logger_provider(
+    processors: Vec<ProcessorChoice<AnyLogExporter>>,
+    resource: Resource,
+) -> SdkLoggerProvider {
+    let mut builder = SdkLoggerProvider::builder().with_resource(resource);
+    for processor in processors {
+        builder = match processor {
+            ProcessorChoice::Simple(exporter, ledger) => {
+                let exporter = Counted::new(exporter, ledger.clone());
+                builder
+                    .with_log_processor(Accounted::new(SimpleLogProcessor::new(exporter), ledger))
+            }
+            ProcessorChoice::Batch(exporter, ledger) => {
+                let exporter = Counted::new(exporter, ledger.clone());
+                let config = LogBatchConfigBuilder::default()
+                    .with_scheduled_delay(export::BATCH_DELAY)
+                    .build();
+                let processor = BatchLogProcessor::builder(exporter)
+                    .with_batch_config(config)
+                    .build();
+                builder.with_log_processor(Accounted::new(processor, ledger))
+            }
+        };
+    }
+    builder.build()
 }
 
 /// The provider interface as seen by host calls.
@@ -234,8 +309,10 @@ impl provider::Host for Provider<'_> {
         processor: provider::Processor,
     ) -> wasmtime::Result<Result<(), String>> {
         let _call = host_call("wtrace:tracing/provider#add-span-processor");
-        if self.state.processors.len() >= 8 {
-            return Ok(Err("a hook may add at most 8 span processors".into()));
+        if self.state.processors.len() >= MAX_PROCESSORS {
+            return Ok(Err(format!(
+                "a hook may add at most {MAX_PROCESSORS} span processors"
+            )));
         }
         let choice = match processor {
             provider::Processor::Simple(spec) => self
@@ -248,6 +325,29 @@ impl provider::Host for Provider<'_> {
                 .map(|(e, ledger)| ProcessorChoice::Batch(e, ledger)),
         };
         Ok(choice.map(|choice| self.state.processors.push(choice)))
+    }
+
+    fn add_log_processor(
+        &mut self,
+        processor: provider::Processor,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let _call = host_call("wtrace:tracing/provider#add-log-processor");
+        if self.state.log_processors.len() >= MAX_PROCESSORS {
+            return Ok(Err(format!(
+                "a hook may add at most {MAX_PROCESSORS} log processors"
+            )));
+        }
+        let choice = match processor {
+            provider::Processor::Simple(spec) => self
+                .state
+                .log_exporter(spec)
+                .map(|(e, ledger)| ProcessorChoice::Simple(e, ledger)),
+            provider::Processor::Batch(spec) => self
+                .state
+                .log_exporter(spec)
+                .map(|(e, ledger)| ProcessorChoice::Batch(e, ledger)),
+        };
+        Ok(choice.map(|choice| self.state.log_processors.push(choice)))
     }
 
     fn enable_instrumentation(&mut self, name: String) -> wasmtime::Result<Result<(), String>> {

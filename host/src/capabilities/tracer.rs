@@ -22,12 +22,14 @@ use opentelemetry_sdk::trace::{SdkTracer, Span as SdkSpan};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use super::bindings::{tracer, types};
 use super::span_encoding;
 use crate::config::Limits;
 use crate::sandbox::host_call;
 use crate::telemetry::context::context_with_parent;
+use crate::telemetry::logs::TaskLog;
 
 /// Live span handles a guest may hold at once before the host traps it: a
 /// guard against a guest exhausting host memory with handles.
@@ -44,6 +46,13 @@ pub struct GuestSpan {
     parent: SpanId,
     name: Cow<'static, str>,
     ended: bool,
+}
+
+impl GuestSpan {
+    /// The span's identity (its parent's, when it was not recorded).
+    pub(crate) fn context(&self) -> &SpanContext {
+        &self.context
+    }
 }
 
 /// Span-count limits the bridge applies to one task.
@@ -83,6 +92,8 @@ pub struct SpanBridge {
     parent_cx: Option<Context>,
     /// Texts of encoded spans decoded lately.
     recent: span_encoding::Recent,
+    /// Where the task's log records go, told which span is current.
+    log: Option<Arc<TaskLog>>,
 }
 
 impl SpanBridge {
@@ -99,6 +110,29 @@ impl SpanBridge {
             dropped: 0,
             parent_cx: None,
             recent: span_encoding::Recent::default(),
+            log: None,
+        }
+    }
+
+    /// This bridge, keeping `log` told which span is current, so that
+    /// output and records are joined to it.
+    pub fn with_log(mut self, log: Option<Arc<TaskLog>>) -> Self {
+        if let Some(log) = &log {
+            log.set_span(&self.root);
+        }
+        self.log = log;
+        self
+    }
+
+    /// Where the task's log records go, if the hook chose somewhere.
+    pub(crate) fn log(&self) -> Option<&Arc<TaskLog>> {
+        self.log.as_ref()
+    }
+
+    /// Tells the log which span is current now.
+    fn current_changed(&self, table: &ResourceTable) {
+        if let Some(log) = &self.log {
+            log.set_span(&self.current(table));
         }
     }
 
@@ -133,6 +167,7 @@ impl SpanBridge {
                 }
             }
         }
+        self.current_changed(table);
     }
 
     /// The guest's current span: its innermost open span, else the root.
@@ -240,6 +275,7 @@ impl SpanBridge {
         })?;
         self.open.push(handle.rep());
         self.live_handles += 1;
+        self.current_changed(table);
         Ok(handle)
     }
 
@@ -273,6 +309,7 @@ impl SpanBridge {
                     sdk.set_attribute(KeyValue::new("wtrace.outlived_parent", true));
                 }
             }
+            self.current_changed(table);
         }
         Ok(Ok(()))
     }

@@ -1,4 +1,5 @@
-//! `wasi:otel/tracing@0.2.0-rc.2` on the span bridge: guests instrumented for
+//! `wasi:otel/tracing@0.2.0-rc.2` on the span bridge, and `wasi:otel/logs`
+//! on the task's log: guests instrumented for
 //! the WASI OpenTelemetry proposal (the guest half of Spin's and wasmCloud's
 //! support, the `opentelemetry-wasi` SDKs) run unchanged, and their spans
 //! land in the task's trace.
@@ -10,15 +11,17 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use opentelemetry::logs::AnyValue;
 use opentelemetry::trace::{
     Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{KeyValue, Value};
 use wasmtime::component::{HasData, Linker};
 
-use super::bindings::otel::{tracing as wt, types as wty};
+use super::bindings::otel::{logs as wl, tracing as wt, types as wty};
 use crate::capabilities::tracer::{Bridge, GuestSpanData, truncate};
 use crate::sandbox::host_call;
+use crate::telemetry::logs::{GuestRecord, any_value, severity_from_number};
 
 impl wt::Host for Bridge<'_> {
     fn on_start(&mut self, _context: wt::SpanContext) -> wasmtime::Result<()> {
@@ -44,18 +47,93 @@ impl wt::Host for Bridge<'_> {
 
 impl wty::Host for Bridge<'_> {}
 
+impl wl::Host for Bridge<'_> {
+    fn on_emit(&mut self, data: wl::LogRecord) -> wasmtime::Result<()> {
+        let _call = host_call("wasi:otel/logs#on-emit");
+        let Some(log) = self.state.log().cloned() else {
+            return Ok(());
+        };
+        let max = self.state.attribute_value_length();
+        // The guest's own ids when it gave them, else its current span.
+        let span = match (&data.trace_id, &data.span_id) {
+            (Some(trace_id), Some(span_id)) => context(wt::SpanContext {
+                trace_id: trace_id.clone(),
+                span_id: span_id.clone(),
+                trace_flags: data.trace_flags.unwrap_or(wt::TraceFlags::SAMPLED),
+                is_remote: false,
+                trace_state: Vec::new(),
+            }),
+            _ => None,
+        };
+        let severity = data
+            .severity_number
+            .and_then(severity_from_number)
+            .or_else(|| data.severity_text.as_deref().and_then(severity_from_text));
+        let mut attributes: Vec<_> = data
+            .attributes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|kv| {
+                let kv = attribute(kv, max);
+                (kv.key, any_value(&kv.value))
+            })
+            .collect();
+        if let Some(name) = data.event_name {
+            attributes.push((
+                "event.name".into(),
+                AnyValue::String(truncate(name, max as usize).into()),
+            ));
+        }
+        log.emit(GuestRecord {
+            time: data.timestamp.map(time),
+            severity,
+            body: data.body.map(|json| {
+                let value = attribute(
+                    wty::KeyValue {
+                        key: String::new(),
+                        value: json,
+                    },
+                    max,
+                )
+                .value;
+                any_value(&value)
+            }),
+            attributes,
+            span,
+        });
+        Ok(())
+    }
+}
+
+/// A severity text (`INFO`, `warn`, `Error2`) as the SDK's severity.
+fn severity_from_text(text: &str) -> Option<opentelemetry::logs::Severity> {
+    use opentelemetry::logs::Severity;
+    let upper = text.trim().to_ascii_uppercase();
+    let base = upper.trim_end_matches(|c: char| c.is_ascii_digit());
+    Some(match base {
+        "TRACE" => Severity::Trace,
+        "DEBUG" => Severity::Debug,
+        "INFO" => Severity::Info,
+        "WARN" | "WARNING" => Severity::Warn,
+        "ERROR" => Severity::Error,
+        "FATAL" | "CRITICAL" => Severity::Fatal,
+        _ => return None,
+    })
+}
+
 struct OtelData;
 
 impl HasData for OtelData {
     type Data<'a> = Bridge<'a>;
 }
 
-/// Adds `wasi:otel/tracing` (and its `types`) to `linker`.
+/// Adds `wasi:otel/tracing` and `logs` (and their `types`) to `linker`.
 pub(crate) fn add_to_linker<T: 'static>(
     linker: &mut Linker<T>,
     view: fn(&mut T) -> Bridge<'_>,
 ) -> wasmtime::Result<()> {
     wt::add_to_linker::<T, OtelData>(linker, view)?;
+    wl::add_to_linker::<T, OtelData>(linker, view)?;
     wty::add_to_linker::<T, OtelData>(linker, view)
 }
 

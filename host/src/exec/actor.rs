@@ -188,8 +188,17 @@ impl Actor {
             Ok(class) => class,
             Err(error) => return (None, fail(span, error)),
         };
-        let output = CapturedOutput::new(limits.output_bytes as usize);
-        let mut store = match new_store(linker, telemetry, component, span.as_ref(), cx, &output) {
+        let (output, log) =
+            super::task::captured_output(telemetry, &function, span.as_ref(), cx, limits);
+        let mut store = match new_store(
+            linker,
+            telemetry,
+            component,
+            span.as_ref(),
+            cx,
+            &output,
+            log,
+        ) {
             Ok(store) => store,
             Err(message) => {
                 let error = TaskError::new(TaskErrorKind::Instantiate, &function, message);
@@ -304,6 +313,7 @@ impl Actor {
                     &mut self.store,
                     telemetry,
                     component,
+                    &function,
                     span.as_ref(),
                     cx,
                     limits,
@@ -431,6 +441,7 @@ impl Actor {
                 &mut self.store,
                 telemetry,
                 component,
+                &function,
                 span.as_ref(),
                 cx,
                 limits,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanContext;
 use wasmtime::Store;
 use wasmtime::component::types::ComponentItem;
@@ -14,7 +15,7 @@ use super::store::{StoreState, hook_linker};
 use crate::capabilities::provider::{ProviderState, WorkerInfo};
 use crate::capabilities::tasks::TasksState;
 use crate::capabilities::tracer::{BridgeLimits, SpanBridge};
-use crate::config::ExportPolicy;
+use crate::config::{ExportPolicy, Limits};
 use crate::error::{Error, Result, chain};
 use crate::outcome::TaskErrorKind;
 use crate::runtime::check::{list_or_none, root_export_names};
@@ -22,6 +23,7 @@ use crate::runtime::wave;
 use crate::runtime::{Digest, Runtime};
 use crate::sandbox::{self, CapturedOutput, Deadline};
 use crate::telemetry::Telemetry;
+use crate::telemetry::logs::{Stream, TaskLog};
 
 /// The built-in default hook, built from `examples/hooks/local-tmp`: every
 /// process writes its spans to `/tmp/spans/<pid>.json`.
@@ -204,7 +206,9 @@ impl HookComponent {
             .into_data()
             .provider
             .expect("hook store has provider state");
-        Ok(state.build(limits))
+        let telemetry = state.build(limits);
+        log_output(&telemetry, &output, &self.export, limits);
+        Ok(telemetry)
     }
 
     fn load_component(&self, runtime: &Runtime) -> Result<Component> {
@@ -251,6 +255,23 @@ fn forward_output(output: &CapturedOutput, export: &str) {
             eprintln!("{prefix} {line}");
         }
     }
+}
+
+/// The hook's output as log records (`wtrace.hook` naming the export), now
+/// that its hook chose where they go: it ran before there was a logger.
+fn log_output(telemetry: &Telemetry, output: &CapturedOutput, export: &str, limits: &Limits) {
+    let Some(logger) = telemetry.logger() else {
+        return;
+    };
+    let log = TaskLog::new(
+        logger.clone(),
+        limits.attribute_value_length as usize,
+        vec![KeyValue::new("wtrace.hook", export.to_owned())],
+        SpanContext::empty_context(),
+    );
+    log.write(Stream::Stdout, &output.stdout.contents());
+    log.write(Stream::Stderr, &output.stderr.contents());
+    log.finish();
 }
 
 #[cfg(test)]

@@ -102,14 +102,16 @@ impl Sandboxed for StoreState {
     }
 }
 
-/// The linker for tasks: WASI, `wtrace:tracing/tracer` and `tasks`,
-/// `wasi:otel/tracing` and `wasi:http` (refused unless granted).
+/// The linker for tasks: WASI, `wtrace:tracing/tracer`, `tasks` and
+/// `logs`, `wasi:otel/tracing` and `logs`, and `wasi:http` (refused unless
+/// granted).
 pub(crate) fn task_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState>> {
     let mut linker = Linker::new(engine);
     sandbox::add_to_linker(&mut linker)?;
     capabilities::tracer::add_to_linker(&mut linker, StoreState::bridge)?;
     capabilities::http::add_to_linker(&mut linker)?;
     capabilities::tasks::add_to_linker(&mut linker, StoreState::tasks)?;
+    capabilities::logs::add_to_linker(&mut linker, StoreState::bridge)?;
     capabilities::wasi_otel::add_to_linker(&mut linker, StoreState::bridge)?;
     Ok(linker)
 }

@@ -22,10 +22,11 @@ pub use crate::outcome::{TaskError, TaskErrorKind, TaskOutput};
 use crate::runtime::check::{World, list_or_none, root_export_names};
 use crate::runtime::wave;
 use crate::runtime::{Digest, Runtime};
-use crate::sandbox::{self, CapturedOutput, Deadline};
+use crate::sandbox::{self, CapturedOutput, Deadline, OutputTap};
 use crate::sync::lock;
 use crate::telemetry::Telemetry;
 use crate::telemetry::context::context_with_parent;
+use crate::telemetry::logs::{Stream, TaskLog};
 use crate::telemetry::task_span;
 
 /// Where a task comes from, recorded on its execute span. (Who runs it,
@@ -300,8 +301,16 @@ pub fn execute(
             cx,
         )
     });
-    let output = CapturedOutput::new(limits.output_bytes as usize);
-    let mut store = match new_store(linker, telemetry, component, span.as_ref(), cx, &output) {
+    let (output, log) = captured_output(telemetry, function, span.as_ref(), cx, limits);
+    let mut store = match new_store(
+        linker,
+        telemetry,
+        component,
+        span.as_ref(),
+        cx,
+        &output,
+        log,
+    ) {
         Ok(store) => store,
         Err(message) => {
             let error = TaskError::new(TaskErrorKind::Instantiate, function, message);
@@ -359,13 +368,14 @@ pub(crate) fn new_store(
     span: Option<&opentelemetry_sdk::trace::Span>,
     cx: &TaskContext<'_>,
     output: &CapturedOutput,
+    log: Option<Arc<TaskLog>>,
 ) -> std::result::Result<Store<StoreState>, String> {
     let limits = linker.runtime().limits();
     let env = linker.env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     let wasi = sandbox::wasi_ctx(output, env, Some(&linker.grants))?;
     let state = StoreState::new(
         wasi,
-        bridge(telemetry, span, limits),
+        bridge(telemetry, span, limits).with_log(log),
         tasks_state(component, cx, limits),
         limits.memory_bytes,
         Deadline::new(limits.timeout, "--timeout", cx.abort.clone()),
@@ -392,12 +402,20 @@ pub(crate) fn rearm_store(
     store: &mut Store<StoreState>,
     telemetry: Option<&Telemetry>,
     component: &TaskComponent,
+    function: &str,
     span: Option<&opentelemetry_sdk::trace::Span>,
     cx: &TaskContext<'_>,
     limits: &crate::config::Limits,
 ) {
     let state = store.data_mut();
-    state.bridge = bridge(telemetry, span, limits);
+    let log = state.bridge.log().cloned();
+    if let Some(log) = &log {
+        log.rearm(
+            TaskLog::task_origin(function, cx.task_id),
+            root_context(span),
+        );
+    }
+    state.bridge = bridge(telemetry, span, limits).with_log(log);
     state.tasks = tasks_state(component, cx, limits);
     state.deadline = Deadline::new(limits.timeout, "--timeout", cx.abort.clone());
     if let Some(fuel) = limits.fuel {
@@ -410,13 +428,50 @@ fn bridge(
     span: Option<&opentelemetry_sdk::trace::Span>,
     limits: &crate::config::Limits,
 ) -> SpanBridge {
-    let root = span
-        .map(|s| s.span_context().clone())
-        .unwrap_or_else(SpanContext::empty_context);
     SpanBridge::new(
         telemetry.map(|t| t.tracer().clone()),
-        root,
+        root_context(span),
         BridgeLimits::from(limits),
+    )
+}
+
+fn root_context(span: Option<&opentelemetry_sdk::trace::Span>) -> SpanContext {
+    span.map(|s| s.span_context().clone())
+        .unwrap_or_else(SpanContext::empty_context)
+}
+
+/// The guest's output, captured; when the hook chose where log records go,
+/// also turned into records line by line (the log returned, for the span
+/// bridge to keep told which span is current).
+pub(crate) fn captured_output(
+    telemetry: Option<&Telemetry>,
+    function: &str,
+    span: Option<&opentelemetry_sdk::trace::Span>,
+    cx: &TaskContext<'_>,
+    limits: &crate::config::Limits,
+) -> (CapturedOutput, Option<Arc<TaskLog>>) {
+    let capacity = limits.output_bytes as usize;
+    let Some(logger) = telemetry.and_then(Telemetry::logger) else {
+        return (CapturedOutput::new(capacity), None);
+    };
+    let log = Arc::new(TaskLog::new(
+        logger.clone(),
+        limits.attribute_value_length as usize,
+        TaskLog::task_origin(function, cx.task_id),
+        root_context(span),
+    ));
+    (
+        CapturedOutput::tapped(capacity, Some(taps(&log))),
+        Some(log),
+    )
+}
+
+/// Taps on a guest's stdout and stderr that hand what it writes to `log`.
+pub(crate) fn taps(log: &Arc<TaskLog>) -> (OutputTap, OutputTap) {
+    let (out, err) = (log.clone(), log.clone());
+    (
+        Arc::new(move |bytes: &[u8]| out.write(Stream::Stdout, bytes)),
+        Arc::new(move |bytes: &[u8]| err.write(Stream::Stderr, bytes)),
     )
 }
 
@@ -528,6 +583,10 @@ pub(crate) fn finish_run<T>(
 ) -> std::result::Result<T, TaskError> {
     let failure = result.as_ref().err().map(|e| e.message.clone());
     let state = store.data_mut();
+    if let Some(log) = state.bridge.log() {
+        // Output that did not end with a newline is a line too.
+        log.finish();
+    }
     let finished = sandbox::contain("ending the spans the guest left open", || {
         state.bridge.finish(&mut state.table, failure.as_deref())
     });

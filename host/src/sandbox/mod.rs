@@ -9,17 +9,18 @@
 mod deadline;
 mod fault;
 mod limiter;
+mod output;
 mod wasi;
 
 use std::sync::Arc;
 
 use wasmtime::component::Linker;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiView};
 
 pub(crate) use deadline::{Deadline, Stopped, arm_deadline};
 pub(crate) use fault::{HostPanic, contain, host_call};
 pub(crate) use limiter::MemoryLimiter;
+pub(crate) use output::{OutputPipe, OutputTap};
 
 use crate::config::{Grants, net_allowed};
 
@@ -42,15 +43,23 @@ pub(crate) fn add_to_linker<T: Sandboxed>(linker: &mut Linker<T>) -> wasmtime::R
 /// A guest's captured standard output and error.
 #[derive(Clone)]
 pub(crate) struct CapturedOutput {
-    pub(crate) stdout: MemoryOutputPipe,
-    pub(crate) stderr: MemoryOutputPipe,
+    pub(crate) stdout: OutputPipe,
+    pub(crate) stderr: OutputPipe,
 }
 
 impl CapturedOutput {
+    /// Up to `capacity` bytes of each stream.
     pub(crate) fn new(capacity: usize) -> Self {
+        Self::tapped(capacity, None)
+    }
+
+    /// Up to `capacity` bytes of each stream, each also shown as written to
+    /// its tap (stdout's, stderr's).
+    pub(crate) fn tapped(capacity: usize, taps: Option<(OutputTap, OutputTap)>) -> Self {
+        let (stdout, stderr) = taps.map_or((None, None), |(out, err)| (Some(out), Some(err)));
         Self {
-            stdout: MemoryOutputPipe::new(capacity),
-            stderr: MemoryOutputPipe::new(capacity),
+            stdout: OutputPipe::new(capacity, stdout),
+            stderr: OutputPipe::new(capacity, stderr),
         }
     }
 }

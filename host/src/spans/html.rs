@@ -37,8 +37,9 @@ fn utc(ns: u64) -> String {
     )
 }
 
-fn span_json(span: &SpanRecord, start: u64) -> Value {
+fn span_json(span: &SpanRecord, start: u64, logs: &[&super::LogLine]) -> Value {
     json!({
+        "logs": logs.iter().map(|l| json!({ "sev": l.severity, "body": l.body })).collect::<Vec<_>>(),
         "i": span.span_id,
         "p": span.parent_span_id,
         "n": span.name,
@@ -58,6 +59,7 @@ impl SpanFiles {
     /// page.
     pub fn html(&self, only: Option<&str>) -> String {
         let only = only.map(str::to_ascii_lowercase);
+        let logs = self.logs_by_span();
         let mut processes: BTreeMap<i64, String> = BTreeMap::new();
         let mut traces = Vec::new();
         for (id, spans) in self.traces() {
@@ -85,7 +87,10 @@ impl SpanFiles {
                 "root": root,
                 "started": utc(start),
                 "end": end - start,
-                "spans": spans.iter().map(|s| span_json(s, start)).collect::<Vec<_>>(),
+                "spans": spans
+                    .iter()
+                    .map(|s| span_json(s, start, logs.get(s.span_id.as_str()).map_or(&[], Vec::as_slice)))
+                    .collect::<Vec<_>>(),
             }));
         }
         let processes: Vec<Value> = processes

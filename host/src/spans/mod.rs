@@ -1,10 +1,12 @@
-//! Reading OTLP-JSON span files back, and printing traces as trees.
+//! Reading OTLP-JSON span files (and the log files beside them) back, and
+//! printing traces as trees, each span with the log lines written in it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 
@@ -59,6 +61,25 @@ pub struct SpanRecord {
     pub file: PathBuf,
 }
 
+/// One log record read from a file, flattened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLine {
+    /// Trace id, hex; empty when the record belongs to no span.
+    pub trace_id: String,
+    /// Span id, hex; empty when the record belongs to no span.
+    pub span_id: String,
+    /// When it was written, ns since the epoch.
+    pub time: u64,
+    /// `INFO`, `WARN`… (empty when unspecified).
+    pub severity: String,
+    /// The body, as text.
+    pub body: String,
+    /// Record attributes, values rendered as text.
+    pub attributes: BTreeMap<String, String>,
+    /// `process.pid` of the resource.
+    pub pid: Option<i64>,
+}
+
 /// Spans read, and what was skipped and why.
 #[derive(Debug, Default)]
 pub struct SpanFiles {
@@ -66,6 +87,8 @@ pub struct SpanFiles {
     only: Option<String>,
     /// Every span read.
     pub spans: Vec<SpanRecord>,
+    /// Every log record read (from `<pid>.logs.json` files).
+    pub logs: Vec<LogLine>,
     /// Lines skipped, with the reason (a torn last line of a killed process, say).
     pub warnings: Vec<String>,
     /// Files read.
@@ -137,6 +160,22 @@ impl SpanFiles {
             {
                 continue;
             }
+            // Log files (and metric files) sit beside span files; a line
+            // says which it is by its first key.
+            let head = line.trim_start();
+            if head.starts_with("{\"resourceMetrics\"") {
+                continue;
+            }
+            if head.starts_with("{\"resourceLogs\"") {
+                match serde_json::from_str::<ExportLogsServiceRequest>(&line) {
+                    Ok(request) => self.add_logs(request),
+                    Err(error) => self.warnings.push(format!(
+                        "{}: line {number} is not OTLP JSON: {error}",
+                        file.display()
+                    )),
+                }
+                continue;
+            }
             match serde_json::from_str::<ExportTraceServiceRequest>(&line) {
                 Ok(request) => self.add_request(file, request),
                 Err(error) => {
@@ -202,6 +241,52 @@ impl SpanFiles {
         }
     }
 
+    fn add_logs(&mut self, request: ExportLogsServiceRequest) {
+        for resource_logs in request.resource_logs {
+            let pid = resource_logs
+                .resource
+                .map(|r| attributes(&r.attributes))
+                .and_then(|r| r.get("process.pid").and_then(|p| p.parse().ok()));
+            for scope in resource_logs.scope_logs {
+                for record in scope.log_records {
+                    let trace_id = hex::encode(&record.trace_id);
+                    if let Some(only) = &self.only
+                        && !trace_id.starts_with(only.as_str())
+                    {
+                        continue;
+                    }
+                    self.logs.push(LogLine {
+                        trace_id,
+                        span_id: hex::encode(&record.span_id),
+                        time: if record.time_unix_nano > 0 {
+                            record.time_unix_nano
+                        } else {
+                            record.observed_time_unix_nano
+                        },
+                        severity: record.severity_text,
+                        body: record.body.as_ref().map(any_value_text).unwrap_or_default(),
+                        attributes: attributes(&record.attributes),
+                        pid,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The log lines of each span, by span id, oldest first.
+    fn logs_by_span(&self) -> HashMap<&str, Vec<&LogLine>> {
+        let mut by_span: HashMap<&str, Vec<&LogLine>> = HashMap::new();
+        for line in &self.logs {
+            if !line.span_id.is_empty() {
+                by_span.entry(&line.span_id).or_default().push(line);
+            }
+        }
+        for lines in by_span.values_mut() {
+            lines.sort_by_key(|l| l.time);
+        }
+        by_span
+    }
+
     /// The trace ids, oldest trace first.
     pub fn trace_ids(&self) -> Vec<String> {
         self.traces()
@@ -226,6 +311,7 @@ impl SpanFiles {
     /// Renders every trace (or those whose id starts with `only`) as trees.
     pub fn render(&self, only: Option<&str>) -> String {
         let only = only.map(str::to_ascii_lowercase);
+        let logs = self.logs_by_span();
         let mut out = String::new();
         for (trace_id, spans) in self.traces() {
             if only
@@ -234,13 +320,16 @@ impl SpanFiles {
             {
                 continue;
             }
-            render_trace(&mut out, trace_id, &spans);
+            render_trace(&mut out, trace_id, &spans, &logs);
         }
         out
     }
 }
 
-fn render_trace(out: &mut String, trace_id: &str, spans: &[&SpanRecord]) {
+/// Log lines by span id.
+type Logs<'a> = HashMap<&'a str, Vec<&'a LogLine>>;
+
+fn render_trace(out: &mut String, trace_id: &str, spans: &[&SpanRecord], logs: &Logs<'_>) {
     let ids: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
     let mut children: HashMap<&str, Vec<&SpanRecord>> = HashMap::new();
     let mut roots = Vec::new();
@@ -268,7 +357,7 @@ fn render_trace(out: &mut String, trace_id: &str, spans: &[&SpanRecord]) {
         duration(end.saturating_sub(start))
     );
     for (i, root) in roots.iter().enumerate() {
-        render_span(out, root, &children, "", i + 1 == roots.len());
+        render_span(out, root, &children, logs, "", i + 1 == roots.len());
     }
     out.push('\n');
 }
@@ -277,6 +366,7 @@ fn render_span(
     out: &mut String,
     span: &SpanRecord,
     children: &HashMap<&str, Vec<&SpanRecord>>,
+    logs: &Logs<'_>,
     prefix: &str,
     last: bool,
 ) {
@@ -311,9 +401,26 @@ fn render_span(
     out.push_str(&line);
     out.push('\n');
     let child_prefix = format!("{prefix}{}", if last { "   " } else { "│  " });
-    if let Some(list) = children.get(span.span_id.as_str()) {
+    let kids = children.get(span.span_id.as_str());
+    for line in logs.get(span.span_id.as_str()).into_iter().flatten() {
+        let bar = if kids.is_some() { "│" } else { " " };
+        let _ = writeln!(
+            out,
+            "{child_prefix}{bar} {:<5} {}",
+            line.severity,
+            line.body.trim_end()
+        );
+    }
+    if let Some(list) = kids {
         for (i, child) in list.iter().enumerate() {
-            render_span(out, child, children, &child_prefix, i + 1 == list.len());
+            render_span(
+                out,
+                child,
+                children,
+                logs,
+                &child_prefix,
+                i + 1 == list.len(),
+            );
         }
     }
 }

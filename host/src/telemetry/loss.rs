@@ -1,7 +1,8 @@
-//! Lost spans said plainly: each span processor keeps a [`Ledger`] of the
-//! spans that ended, those handed to its exporter, and those the exporter
-//! failed to deliver with the reason, so that at exit a process says, one
-//! line per exporter, what was lost, how much, where it was going and why
+//! Lost telemetry said plainly: each span or log processor keeps a
+//! [`Ledger`] of the spans (or log records) that ended, those handed to its
+//! exporter, and those the exporter failed to deliver with the reason, so
+//! that at exit a process says, one line per exporter, what was lost, how
+//! much, where it was going and why
 //! (an OTLP receiver answering 415 to `http/json`, a refused connection, a
 //! full disk), rather than leaving it to the SDK's internal warnings.
 
@@ -9,16 +10,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry::Context;
+use opentelemetry::{Context, InstrumentationScope};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::logs::{LogBatch, LogExporter, LogProcessor, SdkLogRecord};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 
 use crate::sync::lock;
 
-/// What became of the spans bound for one exporter.
+/// What became of the spans (or log records) bound for one exporter.
 #[derive(Debug)]
 pub struct Ledger {
+    /// `spans` or `log records`.
+    what: &'static str,
     /// Where they were going: `file /tmp/spans/42.json`, `OTLP http/json
     /// to http://…`.
     target: String,
@@ -29,9 +33,11 @@ pub struct Ledger {
     why: Mutex<Option<String>>,
 }
 
-/// Spans lost on their way to one exporter.
+/// Spans (or log records) lost on their way to one exporter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loss {
+    /// `spans` or `log records`.
+    pub what: &'static str,
     /// Where they were going.
     pub target: String,
     /// Spans lost.
@@ -47,8 +53,8 @@ impl std::fmt::Display for Loss {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "lost {} of {} spans bound for {}: ",
-            self.lost, self.ended, self.target
+            "lost {} of {} {} bound for {}: ",
+            self.lost, self.ended, self.what, self.target
         )?;
         match &self.why {
             Some(why) => {
@@ -101,7 +107,17 @@ fn what_to_do(why: &str) -> Option<&'static str> {
 impl Ledger {
     /// A ledger for spans going to `target`.
     pub fn new(target: impl Into<String>) -> Arc<Self> {
+        Self::of("spans", target)
+    }
+
+    /// A ledger for log records going to `target`.
+    pub fn for_logs(target: impl Into<String>) -> Arc<Self> {
+        Self::of("log records", target)
+    }
+
+    fn of(what: &'static str, target: impl Into<String>) -> Arc<Self> {
         Arc::new(Self {
+            what,
             target: target.into(),
             ended: AtomicU64::new(0),
             handed: AtomicU64::new(0),
@@ -127,6 +143,7 @@ impl Ledger {
         let failed = self.failed.load(Ordering::Relaxed);
         let lost = failed + ended.saturating_sub(handed);
         (lost > 0).then(|| Loss {
+            what: self.what,
             target: self.target.clone(),
             lost,
             ended,
@@ -175,7 +192,26 @@ impl<P: SpanProcessor> SpanProcessor for Accounted<P> {
     }
 }
 
-/// A span exporter whose exports are counted in a ledger.
+impl<P: LogProcessor> LogProcessor for Accounted<P> {
+    fn emit(&self, record: &mut SdkLogRecord, scope: &InstrumentationScope) {
+        self.ledger.ended.fetch_add(1, Ordering::Relaxed);
+        self.inner.emit(record, scope);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// A span (or log) exporter whose exports are counted in a ledger.
 #[derive(Debug)]
 pub struct Counted<E> {
     inner: E,
@@ -203,6 +239,23 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
 
     fn force_flush(&self) -> OTelSdkResult {
         self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+impl<E: LogExporter> LogExporter for Counted<E> {
+    async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
+        let n = batch.iter().count();
+        let result = self.inner.export(batch).await;
+        self.ledger.exported(n, &result);
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
     }
 
     fn set_resource(&mut self, resource: &Resource) {

@@ -1,15 +1,18 @@
-//! A process's tracing: the tracer provider its startup hook configured,
-//! the exporters it may choose, trace context across processes, and the
-//! SDK's own warnings.
+//! A process's telemetry: the tracer and logger providers its startup hook
+//! configured, the exporters it may choose, trace context across
+//! processes, lost telemetry, and the SDK's own warnings.
 
 pub mod context;
 pub mod diagnostics;
 pub mod export;
+pub mod logs;
 pub mod loss;
 pub mod task_span;
 
 use opentelemetry::InstrumentationScope;
+use opentelemetry::logs::LoggerProvider as _;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 use crate::error::{Error, Result};
@@ -29,6 +32,9 @@ pub struct Telemetry {
     files: std::sync::Arc<[export::SpanFile]>,
     /// What became of the spans bound for each exporter.
     ledgers: std::sync::Arc<[std::sync::Arc<loss::Ledger>]>,
+    /// The logger provider, when the hook added log processors, and the
+    /// logger task output and guest records go to.
+    logs: Option<(SdkLoggerProvider, SdkLogger)>,
 }
 
 impl Telemetry {
@@ -45,7 +51,25 @@ impl Telemetry {
             http_client: false,
             files: std::sync::Arc::new([]),
             ledgers: std::sync::Arc::new([]),
+            logs: None,
         }
+    }
+
+    /// Adds the logger provider (none: log records are not made at all).
+    pub fn with_logs(mut self, provider: Option<SdkLoggerProvider>) -> Self {
+        self.logs = provider.map(|provider| {
+            let scope = InstrumentationScope::builder("wtrace")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build();
+            let logger = provider.logger_with_scope(scope);
+            (provider, logger)
+        });
+        self
+    }
+
+    /// The logger, when the hook chose where log records go.
+    pub fn logger(&self) -> Option<&SdkLogger> {
+        self.logs.as_ref().map(|(_, logger)| logger)
     }
 
     /// Adds the ledgers of the provider's processors, for
@@ -109,9 +133,17 @@ impl Telemetry {
 
     /// Exports every finished span now.
     pub fn flush(&self) -> Result<()> {
-        self.provider
+        let spans = self
+            .provider
             .force_flush()
-            .map_err(|e| Error::Config(format!("flushing spans failed: {e}")))
+            .map_err(|e| Error::Config(format!("flushing spans failed: {e}")));
+        let logs = match &self.logs {
+            Some((provider, _)) => provider
+                .force_flush()
+                .map_err(|e| Error::Config(format!("flushing log records failed: {e}"))),
+            None => Ok(()),
+        };
+        spans.and(logs)
     }
 
     /// Flushes and shuts down every processor and exporter. Spans that end
@@ -123,6 +155,14 @@ impl Telemetry {
             .provider
             .shutdown()
             .map_err(|e| Error::Config(format!("shutting down span export failed: {e}")));
+        let shut = match &self.logs {
+            Some((provider, _)) => shut.and(
+                provider
+                    .shutdown()
+                    .map_err(|e| Error::Config(format!("shutting down log export failed: {e}"))),
+            ),
+            None => shut,
+        };
         // Said plainly, one line per exporter that lost spans.
         for loss in self.losses() {
             eprintln!("wtrace (pid {}): {loss}", std::process::id());

@@ -1,6 +1,7 @@
 //! The default tracing startup hook (`--tracing-startup-hook=default`): every
 //! process writes its spans to `/tmp/spans/<pid>.json`, one OTLP-JSON
-//! `ExportTraceServiceRequest` per line.
+//! `ExportTraceServiceRequest` per line, and its log records (task output,
+//! joined to spans) beside them to `/tmp/spans/<pid>.logs.json`.
 //!
 //! The counterpart of Ray's `ray.util.tracing.setup_local_tmp_tracing:setup_tracing`.
 
@@ -13,6 +14,9 @@ fn setup_tracing() -> Result<(), String> {
     }
     hook::add_span_processor(&Processor::Batch(Exporter::File(FileExporter {
         path: "/tmp/spans/{pid}.json".into(),
+    })))?;
+    hook::add_log_processor(&Processor::Batch(Exporter::File(FileExporter {
+        path: "/tmp/spans/{pid}.logs.json".into(),
     })))
 }
 

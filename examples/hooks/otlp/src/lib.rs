@@ -1,11 +1,14 @@
-//! A tracing startup hook that sends spans to an OTLP receiver (an
-//! OpenTelemetry Collector, Jaeger, rotel…), configured the OpenTelemetry way:
+//! A tracing startup hook that sends spans and log records to an OTLP
+//! receiver (an OpenTelemetry Collector, Jaeger, rotel…), configured the
+//! OpenTelemetry way:
 //!
 //! - `OTEL_EXPORTER_OTLP_ENDPOINT` (default `http://127.0.0.1:4317`, or `:4318` for HTTP)
 //! - `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` (default), `http/protobuf` or `http/json`
 //! - `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`
 //! - `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`
 //! - `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`
+//! - `OTEL_EXPORTER_OTLP_TRACES_*` and `OTEL_EXPORTER_OTLP_LOGS_*` (endpoint,
+//!   protocol) per signal; `OTEL_LOGS_EXPORTER=none` sends no log records
 
 use wtrace_guest::hook::{self, Exporter, Processor};
 
@@ -15,7 +18,11 @@ fn setup_tracing() -> Result<(), String> {
         hook::set_sampler(sampler);
     }
     let exporter = hook::otlp_exporter_from_env()?;
-    hook::add_span_processor(&Processor::Batch(Exporter::Otlp(exporter)))
+    hook::add_span_processor(&Processor::Batch(Exporter::Otlp(exporter)))?;
+    match hook::otlp_log_exporter_from_env()? {
+        Some(exporter) => hook::add_log_processor(&Processor::Batch(Exporter::Otlp(exporter))),
+        None => Ok(()),
+    }
 }
 
 wtrace_guest::export_hook!(setup_tracing);

@@ -23,6 +23,24 @@ use super::otlp_json::LineEncoder;
 use crate::sync::{lock, wait_timeout};
 use crate::telemetry::loss::Ledger;
 
+/// Opens (creating it and its directory if needed) `path` for appending, in
+/// a directory that is the user's own and writable by no one else, and not
+/// through a symbolic link: another local user could otherwise read the
+/// telemetry, or point the writes at a file of the user's.
+pub(super) fn open_private(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent() {
+        crate::private::ensure_private_dir(dir, 0o755, "the span directory")
+            .map_err(std::io::Error::other)?;
+    }
+    crate::private::open_append(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            std::io::Error::other("it is a symbolic link; telemetry is not written through links")
+        } else {
+            e
+        }
+    })
+}
+
 /// Appends each exported batch to a file as one JSON line.
 ///
 /// Each line is written with a single `write` to a file opened for appending,
@@ -49,17 +67,7 @@ impl FileExporter {
     /// and the file not a symbolic link: another local user could otherwise
     /// read the spans, or point the writes at a file of the user's.
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        if let Some(dir) = path.parent() {
-            crate::private::ensure_private_dir(dir, 0o755, "the span directory")
-                .map_err(std::io::Error::other)?;
-        }
-        let file = crate::private::open_append(path).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                std::io::Error::other("it is a symbolic link; spans are not written through links")
-            } else {
-                e
-            }
-        })?;
+        let file = open_private(path)?;
         Ok(Self {
             path: path.to_owned(),
             output: Mutex::new(Output {

@@ -3,6 +3,7 @@
 
 mod console;
 mod file;
+pub mod logs;
 mod otlp_json;
 
 use std::collections::HashMap;
@@ -307,14 +308,45 @@ pub fn target(spec: &ExporterSpec, vars: &PathVars<'_>) -> String {
             endpoint, protocol, ..
         } => match protocol {
             OtlpProtocol::Grpc => format!("OTLP grpc to {endpoint}"),
-            OtlpProtocol::HttpProtobuf => {
-                format!("OTLP http/protobuf to {}", http_traces_endpoint(endpoint))
-            }
-            OtlpProtocol::HttpJson => {
-                format!("OTLP http/json to {}", http_traces_endpoint(endpoint))
-            }
+            http => format!(
+                "OTLP {} to {}",
+                protocol_name(*http),
+                http_traces_endpoint(endpoint)
+            ),
         },
     }
+}
+
+/// The protocol's name in `OTEL_EXPORTER_OTLP_PROTOCOL`.
+fn protocol_name(protocol: OtlpProtocol) -> &'static str {
+    match protocol {
+        OtlpProtocol::Grpc => "grpc",
+        OtlpProtocol::HttpProtobuf => "http/protobuf",
+        OtlpProtocol::HttpJson => "http/json",
+    }
+}
+
+/// The OTLP exporter's wire format for an HTTP protocol.
+fn http_wire(protocol: OtlpProtocol) -> opentelemetry_otlp::Protocol {
+    match protocol {
+        OtlpProtocol::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
+        _ => opentelemetry_otlp::Protocol::HttpBinary,
+    }
+}
+
+/// Headers as gRPC metadata; the error names a header that cannot be one.
+fn grpc_metadata(
+    headers: &[(String, String)],
+) -> Result<opentelemetry_otlp::tonic_types::metadata::MetadataMap, String> {
+    let mut map = http::HeaderMap::new();
+    for (k, v) in headers {
+        let name = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+            .map_err(|_| format!("invalid OTLP header name {k:?}"))?;
+        let value = http::HeaderValue::from_str(v)
+            .map_err(|_| format!("invalid value for OTLP header {k:?}"))?;
+        map.insert(name, value);
+    }
+    Ok(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(map))
 }
 
 /// See [`batch_processor`].
@@ -387,8 +419,7 @@ pub fn build(
     match spec {
         ExporterSpec::Console => Ok(AnyExporter::Console(ConsoleExporter::new())),
         ExporterSpec::File { path } => {
-            let path = expand_path(path, vars);
-            check_span_path(&path, policy)?;
+            let path = allowed_path(path, vars, policy)?;
             FileExporter::open(&path)
                 .map(AnyExporter::File)
                 .map_err(|e| format!("cannot open span file {}: {e}", path.display()))
@@ -402,35 +433,16 @@ pub fn build(
             check_endpoint(endpoint, policy)?;
             let timeout = timeout.unwrap_or(Duration::from_secs(10));
             let built = match protocol {
-                OtlpProtocol::Grpc => {
-                    let mut map = http::HeaderMap::new();
-                    for (k, v) in headers {
-                        let name = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
-                            .map_err(|_| format!("invalid OTLP header name {k:?}"))?;
-                        let value = http::HeaderValue::from_str(v)
-                            .map_err(|_| format!("invalid value for OTLP header {k:?}"))?;
-                        map.insert(name, value);
-                    }
-                    opentelemetry_otlp::SpanExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(endpoint.clone())
-                        .with_timeout(timeout)
-                        .with_metadata(
-                            opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
-                                map,
-                            ),
-                        )
-                        .build()
-                }
+                OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint.clone())
+                    .with_timeout(timeout)
+                    .with_metadata(grpc_metadata(headers)?)
+                    .build(),
                 OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
-                    let wire = if *protocol == OtlpProtocol::HttpJson {
-                        opentelemetry_otlp::Protocol::HttpJson
-                    } else {
-                        opentelemetry_otlp::Protocol::HttpBinary
-                    };
                     opentelemetry_otlp::SpanExporter::builder()
                         .with_http()
-                        .with_protocol(wire)
+                        .with_protocol(http_wire(*protocol))
                         .with_endpoint(http_traces_endpoint(endpoint))
                         .with_timeout(timeout)
                         .with_headers(headers.iter().cloned().collect::<HashMap<_, _>>())
@@ -442,6 +454,17 @@ pub fn build(
                 .map_err(|e| format!("cannot build OTLP exporter for {endpoint}: {e}"))
         }
     }
+}
+
+/// A file exporter's path, expanded and checked against `policy`.
+fn allowed_path(
+    template: &str,
+    vars: &PathVars<'_>,
+    policy: &ExportPolicy,
+) -> Result<PathBuf, String> {
+    let path = expand_path(template, vars);
+    check_span_path(&path, policy)?;
+    Ok(path)
 }
 
 /// Replaces `{pid}`, `{worker_id}` and `{node_id}` in a path template.

@@ -1,5 +1,6 @@
 //! Test hook: spans to `$WTRACE_SPAN_DIR/{pid}.json` (simple processor unless
-//! `WTRACE_TEST_BATCH` is set), with the `OTEL_TRACES_SAMPLER` sampler.
+//! `WTRACE_TEST_BATCH` is set), log records to `{pid}.logs.json` (batch),
+//! with the `OTEL_TRACES_SAMPLER` sampler.
 
 use wtrace_guest::hook::{self, Exporter, FileExporter, Processor};
 
@@ -19,7 +20,10 @@ fn setup_tracing() -> Result<(), String> {
         Processor::Batch(exporter)
     } else {
         Processor::Simple(exporter)
-    })
+    })?;
+    hook::add_log_processor(&Processor::Batch(Exporter::File(FileExporter {
+        path: format!("{dir}/{{pid}}.logs.json"),
+    })))
 }
 
 wtrace_guest::export_hook!(setup_tracing);

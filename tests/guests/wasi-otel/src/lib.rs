@@ -9,7 +9,9 @@ wit_bindgen::generate!({
         package tests:wasi-otel;
         world wasi-otel {
             import wasi:otel/tracing@0.2.0-rc.2;
+            import wasi:otel/logs@0.2.0-rc.2;
             export traced: func(children: u32) -> u32;
+            export logged: func() -> u32;
         }
     ",
     path: "../../../wit",
@@ -25,6 +27,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, Span, SpanData, SpanProcessor};
+use wasi::otel::logs as wl;
 use wasi::otel::tracing as wt;
 use wasi::otel::types as wty;
 
@@ -149,17 +152,27 @@ fn data_to_wit(span: SpanData) -> wt::SpanData {
     }
 }
 
+/// A tracer whose spans go to the host, and the host's current span to
+/// parent them under, as the `opentelemetry-wasi` SDK sets them up.
+fn guest_tracer() -> (
+    SdkTracerProvider,
+    opentelemetry_sdk::trace::SdkTracer,
+    Context,
+) {
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(Sampler::AlwaysOn)
+        .with_span_processor(WasiProcessor)
+        .build();
+    let tracer = provider.tracer("wasi-otel-guest");
+    let outer = Context::new().with_remote_span_context(context_from_wit(wt::outer_span_context()));
+    (provider, tracer, outer)
+}
+
 struct Task;
 
 impl Guest for Task {
     fn traced(children: u32) -> u32 {
-        let provider = SdkTracerProvider::builder()
-            .with_sampler(Sampler::AlwaysOn)
-            .with_span_processor(WasiProcessor)
-            .build();
-        let tracer = provider.tracer("wasi-otel-guest");
-        let outer =
-            Context::new().with_remote_span_context(context_from_wit(wt::outer_span_context()));
+        let (_provider, tracer, outer) = guest_tracer();
         let span = tracer
             .span_builder("wasi-otel-outer")
             .with_attributes([KeyValue::new("answer", 42), KeyValue::new("mood", "fine")])
@@ -180,6 +193,47 @@ impl Guest for Task {
         }
         cx.span().end();
         children
+    }
+
+    /// A span, and two records through `wasi:otel/logs`: one carrying that
+    /// span's ids, one carrying none.
+    fn logged() -> u32 {
+        let (_provider, tracer, outer) = guest_tracer();
+        let span = tracer.start_with_context("wasi-otel-logging", &outer);
+        let ids = context_to_wit(opentelemetry::trace::Span::span_context(&span));
+        wl::on_emit(&wl::LogRecord {
+            timestamp: None,
+            observed_timestamp: None,
+            severity_text: None,
+            severity_number: Some(17),
+            body: Some("\"it broke\"".into()),
+            attributes: Some(vec![wty::KeyValue {
+                key: "code".into(),
+                value: "7".into(),
+            }]),
+            event_name: Some("failure".into()),
+            resource: None,
+            instrumentation_scope: None,
+            trace_id: Some(ids.trace_id),
+            span_id: Some(ids.span_id),
+            trace_flags: Some(ids.trace_flags),
+        });
+        wl::on_emit(&wl::LogRecord {
+            timestamp: None,
+            observed_timestamp: None,
+            severity_text: Some("debug".into()),
+            severity_number: None,
+            body: Some("\"no ids\"".into()),
+            attributes: None,
+            event_name: None,
+            resource: None,
+            instrumentation_scope: None,
+            trace_id: None,
+            span_id: None,
+            trace_flags: None,
+        });
+        drop(span);
+        1
     }
 }
 

@@ -1,0 +1,153 @@
+//! Logs joined to traces: every line a task writes to stdout or stderr, and
+//! every record it emits (`wtrace:tracing/logs`, the `tracing` crate,
+//! `wasi:otel/logs`), becomes an OpenTelemetry log record carrying the
+//! trace and span id of the span current when it was written, its severity,
+//! the task's function and id, and the process's resource; the hook's log
+//! processor writes them beside the spans.
+
+use wtrace_tests::{Spans, Wtrace, guests, span_dir};
+
+/// Runs `invocations` of `component` on one worker under the file hook
+/// (spans to `<pid>.json`, records to `<pid>.logs.json`); the run's stdout
+/// and what the files hold.
+fn logged_run(component: &str, invocations: &[&str]) -> (String, Spans, tempfile::TempDir) {
+    let dir = span_dir();
+    let mut args = vec![
+        "run".to_owned(),
+        format!("--tracing-startup-hook={}", guests::FILE_HOOK),
+        format!("--allow-span-dir={}", dir.path().display()),
+        "-n1".to_owned(),
+        component.to_owned(),
+    ];
+    args.extend(invocations.iter().map(|s| s.to_string()));
+    let run = Wtrace::new(args).env("WTRACE_SPAN_DIR", dir.path()).run();
+    let stdout = run.success().to_owned();
+    let spans = Spans::read(dir.path());
+    (stdout, spans, dir)
+}
+
+#[test]
+fn output_lines_and_emitted_records_are_joined_to_the_span_current_when_written() {
+    let (stdout, spans, dir) = logged_run(guests::LOGGING, &["chatter()"]);
+    assert!(
+        stdout.contains(") plain line") && stdout.contains(") ERROR disk full"),
+        "the driver's terminal still gets the output: {stdout}"
+    );
+    let execute = spans.one("chatter execute");
+    let step = spans.one("step");
+    let task_id = &execute.attributes["wtrace.task_id"];
+
+    // (body, severity, span, stream): INFO on stdout and WARN on stderr
+    // unless the line says otherwise.
+    for (body, severity, span, stream) in [
+        ("plain line", "INFO", execute, Some("stdout")),
+        ("careful now", "WARN", execute, Some("stderr")),
+        ("ERROR disk full", "ERROR", step, Some("stdout")),
+        ("slow disk", "WARN", step, None),
+        ("no newline at the end", "INFO", step, Some("stdout")),
+    ] {
+        let record = spans.log(body);
+        assert_eq!(record.severity, severity, "{body}");
+        assert_eq!(
+            (&record.trace_id, &record.span_id),
+            (&span.trace_id, &span.span_id),
+            "{body:?} belongs to {}",
+            span.name
+        );
+        assert_eq!(record.pid, execute.pid, "{body}: the worker's resource");
+        assert_eq!(record.attributes["wtrace.function"], "chatter", "{body}");
+        assert_eq!(&record.attributes["wtrace.task_id"], task_id, "{body}");
+        assert_eq!(
+            record.attributes.get("log.iostream").map(String::as_str),
+            stream,
+            "{body}"
+        );
+    }
+    assert_eq!(spans.log("slow disk").attributes["ms"], "250");
+
+    // The tree shows each line in its span; the page carries them too.
+    let tree = Wtrace::new(["spans".to_owned(), dir.path().display().to_string()]).run();
+    let tree = tree.success();
+    let step_at = tree.find("└─ step").expect(tree);
+    assert!(
+        tree[..step_at].contains("INFO  plain line")
+            && tree[..step_at].contains("WARN  careful now"),
+        "the execute span's lines come before its child:\n{tree}"
+    );
+    assert!(tree[step_at..].contains("ERROR ERROR disk full"), "{tree}");
+    let page = dir.path().join("page.html");
+    Wtrace::new([
+        "spans".to_owned(),
+        dir.path().display().to_string(),
+        "--html".to_owned(),
+        page.display().to_string(),
+    ])
+    .run()
+    .success();
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains(r#""body":"slow disk","sev":"WARN""#),
+        "the page has the span's log lines"
+    );
+}
+
+#[test]
+fn tracing_events_become_records_in_their_tracing_span() {
+    let (_, spans, _dir) = logged_run(guests::LOGGING, &["with-tracing()"]);
+    let load = spans.one("load");
+    let record = spans.log("loaded slowly");
+    assert_eq!(record.severity, "WARN");
+    assert_eq!(record.span_id, load.span_id);
+    assert_eq!(record.attributes["rows"], "3");
+    assert_eq!(record.attributes["wtrace.function"], "with-tracing");
+    assert!(load.events.is_empty(), "a record, not a span event");
+}
+
+#[test]
+fn wasi_otel_records_keep_their_ids_or_join_the_current_span() {
+    let (_, spans, _dir) = logged_run(guests::WASI_OTEL, &["logged()"]);
+    let execute = spans.one("logged execute");
+    let own = spans.one("wasi-otel-logging");
+    let broke = spans.log("it broke");
+    assert_eq!(broke.severity, "ERROR", "severity number 17");
+    assert_eq!(broke.span_id, own.span_id, "the guest's own span ids");
+    assert_eq!(broke.trace_id, execute.trace_id);
+    assert_eq!(broke.attributes["code"], "7", "JSON values arrive typed");
+    assert_eq!(broke.attributes["event.name"], "failure");
+    let no_ids = spans.log("no ids");
+    assert_eq!(no_ids.severity, "DEBUG", "severity text");
+    assert_eq!(no_ids.span_id, execute.span_id, "the current span");
+    assert_eq!(no_ids.attributes["wtrace.function"], "logged");
+}
+
+/// The console hook prints spans and records on stderr: each line of the
+/// task as a `[log …]` line with its span's ids.
+#[test]
+fn the_console_hook_prints_each_record_with_its_span() {
+    let run = Wtrace::new([
+        "run".to_owned(),
+        format!("--tracing-startup-hook={}", guests::CONSOLE_HOOK),
+        "-n1".to_owned(),
+        guests::HELLO.to_owned(),
+        "my-func()".to_owned(),
+    ])
+    .run();
+    run.success();
+    let foo_span = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("[span") && l.contains("] foo "))
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    let foo_id = foo_span
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("span="))
+        .unwrap();
+    assert!(
+        run.stderr.lines().any(|l| l.starts_with("[log pid=")
+            && l.contains(&format!("span={foo_id}"))
+            && l.contains(" INFO ")
+            && l.contains("hello from inside span foo")),
+        "{}",
+        run.stderr
+    );
+}
