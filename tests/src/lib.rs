@@ -390,13 +390,14 @@ pub fn file_pid(path: &Path) -> u32 {
         .unwrap_or_else(|| panic!("{} is not named <pid>.json", path.display()))
 }
 
-/// Whether `path` is a span file (`<pid>.json`), not a log file beside it.
+/// Whether `path` is a span file (`<pid>.json`), not a log or metrics file
+/// beside it.
 pub fn is_span_file(path: &Path) -> bool {
     let name = path
         .file_name()
         .and_then(|s| s.to_str())
         .unwrap_or_default();
-    name.ends_with(".json") && !name.ends_with(".logs.json")
+    name.ends_with(".json") && !name.ends_with(".logs.json") && !name.ends_with(".metrics.json")
 }
 
 /// A cluster started with `wtrace start --head` in its own session directory,

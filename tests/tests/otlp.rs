@@ -138,6 +138,8 @@ impl Rotel {
             "traces".into(),
             "--debug-log".into(),
             "logs".into(),
+            "--debug-log".into(),
+            "metrics".into(),
             "--debug-log-verbosity".into(),
             "detailed".into(),
             "--pid-file".into(),
@@ -216,6 +218,24 @@ impl Rotel {
             assert!(
                 Instant::now() < deadline,
                 "rotel received no log record {body:?} within {WAIT:?}\n{context}\nrotel output:\n{output}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Polls rotel's debug log until it shows the metric `name`; returns
+    /// that metric's part of the log.
+    fn wait_for_metric(&self, name: &str, context: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let output = self.output();
+            let wanted = format!("-> Name: {name}\n");
+            if let Some(metric) = output.split("Metric #").find(|m| m.contains(&wanted)) {
+                return metric.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rotel received no metric {name} within {WAIT:?}\n{context}\nrotel output:\n{output}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -578,6 +598,15 @@ fn spans_reach_rotel_over(protocol: &str) {
         record.contains("SeverityText: INFO") && record.contains("wtrace.function: Str(my-func)"),
         "{record}"
     );
+
+    // And the worker's metrics: one my-func task started. (Over http/json
+    // the count travels as the string "1", as OTLP/JSON writes 64-bit
+    // integers, and rotel's debug log shows no value for it.)
+    let metric = rotel.wait_for_metric("wtrace.tasks.started", &context);
+    assert!(metric.contains("wtrace.function: Str(my-func)"), "{metric}");
+    if protocol != "http/json" {
+        assert!(metric.contains("Value: 1"), "{metric}");
+    }
 }
 
 #[test]

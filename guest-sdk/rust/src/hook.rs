@@ -26,9 +26,9 @@
 //! process that runs it; the `*_from_env` helpers read the OpenTelemetry ones.
 
 pub use crate::wit::wtrace::tracing::provider::{
-    Exporter, FileExporter, OtlpExporter, OtlpProtocol, Processor, Sampler, WorkerInfo,
-    add_log_processor, add_span_processor, current_worker, enable_instrumentation, set_resource,
-    set_sampler,
+    Exporter, FileExporter, MetricReader, OtlpExporter, OtlpProtocol, Processor, Sampler,
+    WorkerInfo, add_log_processor, add_metric_reader, add_span_processor, current_worker,
+    enable_instrumentation, set_resource, set_sampler,
 };
 
 use crate::{KeyValue, kv};
@@ -143,7 +143,18 @@ pub fn otlp_log_exporter_from_env() -> Result<Option<OtlpExporter>, String> {
     otlp_exporter_for("LOGS").map(Some)
 }
 
-/// `signal` is `TRACES` or `LOGS`: its own variables win over the shared ones.
+/// An OTLP exporter for metrics, as [`otlp_exporter_from_env`] but reading
+/// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` and `…_METRICS_PROTOCOL` first;
+/// none when `OTEL_METRICS_EXPORTER` is `none`.
+pub fn otlp_metric_exporter_from_env() -> Result<Option<OtlpExporter>, String> {
+    if env("OTEL_METRICS_EXPORTER").is_some_and(|e| e.trim() == "none") {
+        return Ok(None);
+    }
+    otlp_exporter_for("METRICS").map(Some)
+}
+
+/// `signal` is `TRACES`, `LOGS` or `METRICS`: its own variables win over
+/// the shared ones.
 fn otlp_exporter_for(signal: &str) -> Result<OtlpExporter, String> {
     let protocol = match env(&format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"))
         .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))

@@ -10,6 +10,7 @@ use opentelemetry_sdk::logs::{
     BatchConfigBuilder as LogBatchConfigBuilder, BatchLogProcessor, SdkLoggerProvider,
     SimpleLogProcessor,
 };
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SimpleSpanProcessor};
 
@@ -21,6 +22,7 @@ use crate::capabilities::tracer::key_value;
 use crate::config::{ExportPolicy, Limits};
 use crate::sandbox::host_call;
 use crate::telemetry::export::logs::AnyLogExporter;
+use crate::telemetry::export::metrics::MetricExporter;
 use crate::telemetry::export::{
     self, AnyExporter, ExporterSpec, OtlpProtocol, PathVars, SpanFile, counted_batch_processor,
 };
@@ -67,6 +69,8 @@ pub struct ProviderState {
     sampler: Option<Sampler>,
     processors: Vec<ProcessorChoice<AnyExporter>>,
     log_processors: Vec<ProcessorChoice<AnyLogExporter>>,
+    /// Metric exporters, each with its export interval (zero: the default).
+    metric_readers: Vec<(MetricExporter, Duration)>,
     instrumentations: Vec<String>,
 }
 
@@ -87,6 +91,7 @@ impl ProviderState {
             sampler: None,
             processors: Vec::new(),
             log_processors: Vec::new(),
+            metric_readers: Vec::new(),
             instrumentations: Vec::new(),
         }
     }
@@ -98,17 +103,22 @@ impl ProviderState {
             .iter()
             .map(ProcessorChoice::ledger)
             .chain(self.log_processors.iter().map(ProcessorChoice::ledger))
+            .chain(self.metric_readers.iter().map(|(e, _)| e.ledger()))
             .cloned()
             .collect();
         let resource = self.resource();
         let logs = std::mem::take(&mut self.log_processors);
         let logger_provider = (!logs.is_empty()).then(|| logger_provider(logs, resource.clone()));
+        let readers = std::mem::take(&mut self.metric_readers);
+        let meter_provider =
+            (!readers.is_empty()).then(|| meter_provider(readers, resource.clone()));
         let instrumentations = std::mem::take(&mut self.instrumentations);
         let (provider, files) = self.build_provider(resource, limits);
         crate::Telemetry::new(provider)
             .with_span_files(files)
             .with_ledgers(ledgers)
             .with_logs(logger_provider)
+            .with_metrics(meter_provider)
             .with_instrumentations(instrumentations.iter().map(String::as_str))
     }
 
@@ -177,6 +187,12 @@ impl ProviderState {
         export::build(&spec, &self.policy, &vars).map(|exporter| (exporter, ledger))
     }
 
+    fn metric_exporter(&self, spec: provider::Exporter) -> Result<MetricExporter, String> {
+        let (spec, vars) = self.exporter_spec(spec)?;
+        let _guard = self.runtime.as_ref().map(|rt| rt.enter());
+        export::metrics::build(&spec, &self.policy, &vars)
+    }
+
     fn log_exporter(
         &self,
         spec: provider::Exporter,
@@ -225,6 +241,22 @@ impl ProviderState {
         }
         Ok((spec, vars))
     }
+}
+
+/// The process's meter provider, with the hook's periodic readers.
+fn meter_provider(
+    readers: Vec<(MetricExporter, Duration)>,
+    resource: Resource,
+) -> SdkMeterProvider {
+    let mut builder = SdkMeterProvider::builder().with_resource(resource);
+    for (exporter, interval) in readers {
+        builder = builder.with_reader(
+            PeriodicReader::builder(exporter)
+                .with_interval(interval)
+                .build(),
+        );
+    }
+    builder.build()
 }
 
 /// The process's logger provider, with the hook's log processors.
@@ -348,6 +380,23 @@ impl provider::Host for Provider<'_> {
                 .map(|(e, ledger)| ProcessorChoice::Batch(e, ledger)),
         };
         Ok(choice.map(|choice| self.state.log_processors.push(choice)))
+    }
+
+    fn add_metric_reader(
+        &mut self,
+        reader: provider::MetricReader,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let _call = host_call("wtrace:tracing/provider#add-metric-reader");
+        if self.state.metric_readers.len() >= MAX_PROCESSORS {
+            return Ok(Err(format!(
+                "a hook may add at most {MAX_PROCESSORS} metric readers"
+            )));
+        }
+        let interval = Duration::from_millis(u64::from(reader.interval_ms));
+        Ok(self
+            .state
+            .metric_exporter(reader.exporter)
+            .map(|exporter| self.state.metric_readers.push((exporter, interval))))
     }
 
     fn enable_instrumentation(&mut self, name: String) -> wasmtime::Result<Result<(), String>> {

@@ -206,6 +206,7 @@ impl Actor {
             }
         };
         store.data_mut().tasks.set_actor(identity.id);
+        super::task::begin_run(&mut store, &function);
         let mut instantiate_us = 0;
         let result = sandbox::contain("creating the actor", || {
             let params =
@@ -235,6 +236,7 @@ impl Actor {
             }
         })
         .unwrap_or_else(|panic| Err(host_panic(&function, &panic)));
+        super::task::record_instantiation(&store, &function, instantiate_us);
         let result = finish_run(
             &mut store,
             span.as_mut(),

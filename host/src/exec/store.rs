@@ -14,6 +14,7 @@ use crate::capabilities::tasks::{Tasks, TasksState};
 use crate::capabilities::tracer::{Bridge, SpanBridge};
 use crate::capabilities::{self};
 use crate::sandbox::{self, Deadline, MemoryLimiter, Sandboxed};
+use crate::telemetry::metrics::TaskMetrics;
 
 /// The data of every store wtrace creates.
 pub(crate) struct StoreState {
@@ -26,6 +27,10 @@ pub(crate) struct StoreState {
     pub(crate) deadline: Deadline,
     http: WasiHttpCtx,
     pub(crate) http_hooks: HttpHooks,
+    /// The instruments runs are recorded with, if measured.
+    pub(crate) metrics: Option<Arc<TaskMetrics>>,
+    /// When the current run began.
+    pub(crate) run_started: std::time::Instant,
 }
 
 impl StoreState {
@@ -46,6 +51,8 @@ impl StoreState {
             deadline,
             http: WasiHttpCtx::new(),
             http_hooks: HttpHooks::new(Arc::default(), None),
+            metrics: None,
+            run_started: std::time::Instant::now(),
         }
     }
 

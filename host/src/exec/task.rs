@@ -27,6 +27,7 @@ use crate::sync::lock;
 use crate::telemetry::Telemetry;
 use crate::telemetry::context::context_with_parent;
 use crate::telemetry::logs::{Stream, TaskLog};
+use crate::telemetry::metrics::TaskEnd;
 use crate::telemetry::task_span;
 
 /// Where a task comes from, recorded on its execute span. (Who runs it,
@@ -321,6 +322,7 @@ pub fn execute(
             return TaskOutput::failed(error);
         }
     };
+    begin_run(&mut store, function);
 
     let mut instantiate_us = 0;
     let result = sandbox::contain("preparing the task", || {
@@ -337,6 +339,7 @@ pub fn execute(
     })
     .unwrap_or_else(|panic| Err(host_panic(function, &panic)));
 
+    record_instantiation(&store, function, instantiate_us);
     let result = finish_run(
         &mut store,
         span.as_mut(),
@@ -387,6 +390,7 @@ pub(crate) fn new_store(
             .filter(|t| t.traces_http_client())
             .map(|t| t.tracer().clone()),
     );
+    store.data_mut().metrics = telemetry.and_then(Telemetry::metrics).cloned();
     store.limiter(|s| &mut s.memory);
     sandbox::arm_deadline(&mut store);
     if let Some(fuel) = limits.fuel {
@@ -416,6 +420,8 @@ pub(crate) fn rearm_store(
         );
     }
     state.bridge = bridge(telemetry, span, limits).with_log(log);
+    begin_run(store, function);
+    let state = store.data_mut();
     state.tasks = tasks_state(component, cx, limits);
     state.deadline = Deadline::new(limits.timeout, "--timeout", cx.abort.clone());
     if let Some(fuel) = limits.fuel {
@@ -433,6 +439,24 @@ fn bridge(
         root_context(span),
         BridgeLimits::from(limits),
     )
+}
+
+/// A run of `function` begins in `store`: counted, and timed from now.
+pub(crate) fn begin_run(store: &mut Store<StoreState>, function: &str) {
+    let state = store.data_mut();
+    state.run_started = Instant::now();
+    if let Some(metrics) = &state.metrics {
+        metrics.started(function);
+    }
+}
+
+/// How long `function`'s instance took to make, if it was made.
+pub(crate) fn record_instantiation(store: &Store<StoreState>, function: &str, micros: i64) {
+    if let Some(metrics) = &store.data().metrics
+        && micros > 0
+    {
+        metrics.instantiated(function, std::time::Duration::from_micros(micros as u64));
+    }
 }
 
 fn root_context(span: Option<&opentelemetry_sdk::trace::Span>) -> SpanContext {
@@ -594,6 +618,16 @@ pub(crate) fn finish_run<T>(
         Ok(()) => result,
         Err(panic) => Err(host_panic(function, &panic)),
     };
+    let state = store.data();
+    if let Some(metrics) = &state.metrics {
+        metrics.ended(TaskEnd {
+            function,
+            error_type: result.as_ref().err().map(|e| e.kind.exception_type()),
+            duration: state.run_started.elapsed(),
+            spans_started: state.bridge.started(),
+            spans_dropped: state.bridge.dropped(),
+        });
+    }
     if let Some(span) = span {
         annotate(span);
         let state = store.data();

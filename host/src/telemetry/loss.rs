@@ -110,6 +110,33 @@ impl Ledger {
         Self::of("spans", target)
     }
 
+    /// A ledger for metric exports going to `target`.
+    pub fn for_metrics(target: impl Into<String>) -> Arc<Self> {
+        Self::of("metric exports", target)
+    }
+
+    /// Where they go.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// `spans`, `log records` or `metric exports`.
+    pub fn what(&self) -> &'static str {
+        self.what
+    }
+
+    /// How many were delivered.
+    pub fn delivered(&self) -> u64 {
+        let handed = self.handed.load(Ordering::Relaxed);
+        handed.saturating_sub(self.failed.load(Ordering::Relaxed))
+    }
+
+    /// `n` more were made, bound for the exporter (for exporters without a
+    /// processor in front that counts them).
+    pub fn attempted(&self, n: u64) {
+        self.ended.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// A ledger for log records going to `target`.
     pub fn for_logs(target: impl Into<String>) -> Arc<Self> {
         Self::of("log records", target)

@@ -7,12 +7,14 @@ pub mod diagnostics;
 pub mod export;
 pub mod logs;
 pub mod loss;
+pub mod metrics;
 pub mod task_span;
 
 use opentelemetry::InstrumentationScope;
 use opentelemetry::logs::LoggerProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 use crate::error::{Error, Result};
@@ -35,6 +37,9 @@ pub struct Telemetry {
     /// The logger provider, when the hook added log processors, and the
     /// logger task output and guest records go to.
     logs: Option<(SdkLoggerProvider, SdkLogger)>,
+    /// The meter provider, when the hook added metric readers, and the
+    /// instruments tasks are recorded with.
+    metrics: Option<(SdkMeterProvider, std::sync::Arc<metrics::TaskMetrics>)>,
 }
 
 impl Telemetry {
@@ -52,7 +57,24 @@ impl Telemetry {
             files: std::sync::Arc::new([]),
             ledgers: std::sync::Arc::new([]),
             logs: None,
+            metrics: None,
         }
+    }
+
+    /// Adds the meter provider (none: nothing is measured). Call after
+    /// [`Telemetry::with_ledgers`]: the exporters' ledgers are observed.
+    pub fn with_metrics(mut self, provider: Option<SdkMeterProvider>) -> Self {
+        self.metrics = provider.map(|provider| {
+            let instruments = metrics::TaskMetrics::new(&provider, self.ledgers.clone());
+            (provider, std::sync::Arc::new(instruments))
+        });
+        self
+    }
+
+    /// The instruments tasks are recorded with, when the hook chose a
+    /// metric reader.
+    pub fn metrics(&self) -> Option<&std::sync::Arc<metrics::TaskMetrics>> {
+        self.metrics.as_ref().map(|(_, instruments)| instruments)
     }
 
     /// Adds the logger provider (none: log records are not made at all).
@@ -143,7 +165,13 @@ impl Telemetry {
                 .map_err(|e| Error::Config(format!("flushing log records failed: {e}"))),
             None => Ok(()),
         };
-        spans.and(logs)
+        let metrics = match &self.metrics {
+            Some((provider, _)) => provider
+                .force_flush()
+                .map_err(|e| Error::Config(format!("flushing metrics failed: {e}"))),
+            None => Ok(()),
+        };
+        spans.and(logs).and(metrics)
     }
 
     /// Flushes and shuts down every processor and exporter. Spans that end
@@ -163,6 +191,14 @@ impl Telemetry {
             ),
             None => shut,
         };
+        // Metrics last: their final export counts what the others delivered.
+        let shut =
+            match &self.metrics {
+                Some((provider, _)) => shut.and(provider.shutdown().map_err(|e| {
+                    Error::Config(format!("shutting down metric export failed: {e}"))
+                })),
+                None => shut,
+            };
         // Said plainly, one line per exporter that lost spans.
         for loss in self.losses() {
             eprintln!("wtrace (pid {}): {loss}", std::process::id());

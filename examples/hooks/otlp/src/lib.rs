@@ -8,9 +8,11 @@
 //! - `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`
 //! - `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`
 //! - `OTEL_EXPORTER_OTLP_TRACES_*` and `OTEL_EXPORTER_OTLP_LOGS_*` (endpoint,
-//!   protocol) per signal; `OTEL_LOGS_EXPORTER=none` sends no log records
+//!   protocol) per signal, and `OTEL_EXPORTER_OTLP_METRICS_*`;
+//!   `OTEL_LOGS_EXPORTER=none` and `OTEL_METRICS_EXPORTER=none` turn a
+//!   signal off; `OTEL_METRIC_EXPORT_INTERVAL` (ms, default 60 000)
 
-use wtrace_guest::hook::{self, Exporter, Processor};
+use wtrace_guest::hook::{self, Exporter, MetricReader, Processor};
 
 fn setup_tracing() -> Result<(), String> {
     hook::set_resource(&hook::resource_from_env("wtrace"));
@@ -19,8 +21,14 @@ fn setup_tracing() -> Result<(), String> {
     }
     let exporter = hook::otlp_exporter_from_env()?;
     hook::add_span_processor(&Processor::Batch(Exporter::Otlp(exporter)))?;
-    match hook::otlp_log_exporter_from_env()? {
-        Some(exporter) => hook::add_log_processor(&Processor::Batch(Exporter::Otlp(exporter))),
+    if let Some(exporter) = hook::otlp_log_exporter_from_env()? {
+        hook::add_log_processor(&Processor::Batch(Exporter::Otlp(exporter)))?;
+    }
+    match hook::otlp_metric_exporter_from_env()? {
+        Some(exporter) => hook::add_metric_reader(&MetricReader {
+            exporter: Exporter::Otlp(exporter),
+            interval_ms: 0,
+        }),
         None => Ok(()),
     }
 }

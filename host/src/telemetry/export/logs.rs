@@ -2,7 +2,6 @@
 //! console, a file of OTLP-JSON lines (the collector's format, one
 //! `ExportLogsServiceRequest` per line) and an OTLP receiver.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -10,7 +9,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use opentelemetry::logs::AnyValue;
-use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_proto::transform::logs::tonic::group_logs_by_resource_and_scope;
@@ -18,7 +16,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::logs::{LogBatch, LogExporter};
 
-use super::{ExporterSpec, OtlpProtocol, PathVars, check_endpoint};
+use super::{ExporterSpec, OtlpProtocol, PathVars};
 use crate::config::ExportPolicy;
 use crate::sync::lock;
 
@@ -80,30 +78,16 @@ pub fn build(
             protocol,
             headers,
             timeout,
-        } => {
-            check_endpoint(endpoint, policy)?;
-            let timeout = timeout.unwrap_or(Duration::from_secs(10));
-            let built = match protocol {
-                OtlpProtocol::Grpc => opentelemetry_otlp::LogExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(endpoint.clone())
-                    .with_timeout(timeout)
-                    .with_metadata(super::grpc_metadata(headers)?)
-                    .build(),
-                OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
-                    opentelemetry_otlp::LogExporter::builder()
-                        .with_http()
-                        .with_protocol(super::http_wire(*protocol))
-                        .with_endpoint(http_logs_endpoint(endpoint))
-                        .with_timeout(timeout)
-                        .with_headers(headers.iter().cloned().collect::<HashMap<_, _>>())
-                        .build()
-                }
-            };
-            built
-                .map(|e| AnyLogExporter::Otlp(Box::new(e)))
-                .map_err(|e| format!("cannot build OTLP log exporter for {endpoint}: {e}"))
-        }
+        } => build_otlp!(
+            opentelemetry_otlp::LogExporter,
+            "logs",
+            endpoint,
+            protocol,
+            headers,
+            timeout,
+            policy
+        )
+        .map(|e| AnyLogExporter::Otlp(Box::new(e))),
     }
 }
 
@@ -127,13 +111,7 @@ pub fn target(spec: &ExporterSpec, vars: &PathVars<'_>) -> String {
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` semantics for HTTP logs: the base URL plus
 /// `/v1/logs` (a traces endpoint given as the base loses its `/v1/traces`).
 fn http_logs_endpoint(endpoint: &str) -> String {
-    let trimmed = endpoint.trim_end_matches('/');
-    let base = trimmed.strip_suffix("/v1/traces").unwrap_or(trimmed);
-    if base.ends_with("/v1/logs") {
-        base.to_owned()
-    } else {
-        format!("{base}/v1/logs")
-    }
+    super::http_signal_endpoint(endpoint, "logs")
 }
 
 /// Prints one line per log record on standard error:

@@ -1,18 +1,63 @@
 //! Span exporters a tracing startup hook can choose, and the rules on where
 //! they may send spans.
 
+/// Builds an OTLP exporter of one signal after checking its endpoint
+/// against the policy: `$exporter` is `opentelemetry_otlp::SpanExporter`,
+/// `LogExporter` or `MetricExporter`, whose builders differ in type but not
+/// in shape; `$signal` (`traces`, `logs`, `metrics`) names the HTTP path.
+macro_rules! build_otlp {
+    ($exporter:ty, $signal:literal, $endpoint:expr, $protocol:expr, $headers:expr, $timeout:expr, $policy:expr) => {{
+        use opentelemetry_otlp::{
+            WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+        };
+        let endpoint: &String = $endpoint;
+        let headers: &[(String, String)] = $headers;
+        (|| -> Result<$exporter, String> {
+            $crate::telemetry::export::check_endpoint(endpoint, $policy)?;
+            let timeout = $timeout.unwrap_or(std::time::Duration::from_secs(10));
+            let built = match $protocol {
+                $crate::telemetry::export::OtlpProtocol::Grpc => <$exporter>::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint.clone())
+                    .with_timeout(timeout)
+                    .with_metadata($crate::telemetry::export::grpc_metadata(headers)?)
+                    .build(),
+                http => <$exporter>::builder()
+                    .with_http()
+                    .with_protocol($crate::telemetry::export::http_wire(*http))
+                    .with_endpoint($crate::telemetry::export::http_signal_endpoint(
+                        endpoint, $signal,
+                    ))
+                    .with_timeout(timeout)
+                    .with_headers(
+                        headers
+                            .iter()
+                            .cloned()
+                            .collect::<std::collections::HashMap<_, _>>(),
+                    )
+                    .build(),
+            };
+            built.map_err(|e| {
+                format!(
+                    "cannot build the OTLP {} exporter for {endpoint}: {e}",
+                    $signal
+                )
+            })
+        })()
+    }};
+}
+
 mod console;
 mod file;
 pub mod logs;
+pub mod metrics;
 mod otlp_json;
 
-use std::collections::HashMap;
 use std::path::{Component as PathComponent, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
@@ -429,30 +474,16 @@ pub fn build(
             protocol,
             headers,
             timeout,
-        } => {
-            check_endpoint(endpoint, policy)?;
-            let timeout = timeout.unwrap_or(Duration::from_secs(10));
-            let built = match protocol {
-                OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(endpoint.clone())
-                    .with_timeout(timeout)
-                    .with_metadata(grpc_metadata(headers)?)
-                    .build(),
-                OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
-                    opentelemetry_otlp::SpanExporter::builder()
-                        .with_http()
-                        .with_protocol(http_wire(*protocol))
-                        .with_endpoint(http_traces_endpoint(endpoint))
-                        .with_timeout(timeout)
-                        .with_headers(headers.iter().cloned().collect::<HashMap<_, _>>())
-                        .build()
-                }
-            };
-            built
-                .map(|e| AnyExporter::Otlp(Box::new(e)))
-                .map_err(|e| format!("cannot build OTLP exporter for {endpoint}: {e}"))
-        }
+        } => build_otlp!(
+            opentelemetry_otlp::SpanExporter,
+            "traces",
+            endpoint,
+            protocol,
+            headers,
+            timeout,
+            policy
+        )
+        .map(|e| AnyExporter::Otlp(Box::new(e))),
     }
 }
 
@@ -541,12 +572,23 @@ fn check_endpoint(endpoint: &str, policy: &ExportPolicy) -> Result<(), String> {
 
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` semantics for HTTP: append `/v1/traces`.
 fn http_traces_endpoint(endpoint: &str) -> String {
+    http_signal_endpoint(endpoint, "traces")
+}
+
+/// The base URL plus `/v1/<signal>`; an endpoint that already names a
+/// signal's path (`…/v1/traces`) keeps its own when it is this signal's and
+/// loses it otherwise.
+fn http_signal_endpoint(endpoint: &str, signal: &str) -> String {
     let trimmed = endpoint.trim_end_matches('/');
-    if trimmed.ends_with("/v1/traces") {
-        trimmed.to_owned()
-    } else {
-        format!("{trimmed}/v1/traces")
+    let own = format!("/v1/{signal}");
+    if trimmed.ends_with(&own) {
+        return trimmed.to_owned();
     }
+    let base = ["/v1/traces", "/v1/logs", "/v1/metrics"]
+        .iter()
+        .find_map(|path| trimmed.strip_suffix(path))
+        .unwrap_or(trimmed);
+    format!("{base}{own}")
 }
 
 #[cfg(test)]

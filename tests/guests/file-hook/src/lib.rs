@@ -1,8 +1,9 @@
 //! Test hook: spans to `$WTRACE_SPAN_DIR/{pid}.json` (simple processor unless
 //! `WTRACE_TEST_BATCH` is set), log records to `{pid}.logs.json` (batch),
+//! metrics to `{pid}.metrics.json` (at exit),
 //! with the `OTEL_TRACES_SAMPLER` sampler.
 
-use wtrace_guest::hook::{self, Exporter, FileExporter, Processor};
+use wtrace_guest::hook::{self, Exporter, FileExporter, MetricReader, Processor};
 
 fn setup_tracing() -> Result<(), String> {
     let dir = hook::env("WTRACE_SPAN_DIR").ok_or("WTRACE_SPAN_DIR is not set")?;
@@ -23,7 +24,13 @@ fn setup_tracing() -> Result<(), String> {
     })?;
     hook::add_log_processor(&Processor::Batch(Exporter::File(FileExporter {
         path: format!("{dir}/{{pid}}.logs.json"),
-    })))
+    })))?;
+    hook::add_metric_reader(&MetricReader {
+        exporter: Exporter::File(FileExporter {
+            path: format!("{dir}/{{pid}}.metrics.json"),
+        }),
+        interval_ms: 0,
+    })
 }
 
 wtrace_guest::export_hook!(setup_tracing);
