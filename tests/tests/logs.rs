@@ -120,6 +120,45 @@ fn wasi_otel_records_keep_their_ids_or_join_the_current_span() {
     assert_eq!(no_ids.attributes["wtrace.function"], "logged");
 }
 
+/// What the hook printed before its logger existed is a record too, in no
+/// span, naming the hook's export; still shown on the terminal.
+#[test]
+fn a_hooks_output_becomes_records_of_each_process() {
+    let dir = span_dir();
+    let run = Wtrace::new([
+        "run".to_owned(),
+        format!("--tracing-startup-hook={}", guests::FILE_HOOK),
+        format!("--allow-span-dir={}", dir.path().display()),
+        "-n1".to_owned(),
+        guests::HELLO.to_owned(),
+        "my-function()".to_owned(),
+    ])
+    .env("WTRACE_SPAN_DIR", dir.path())
+    .env("WTRACE_TEST_HOOK_SAYS", "hook ready")
+    .run();
+    run.success();
+    assert!(run.stderr.contains(") hook ready"), "{}", run.stderr);
+    let spans = Spans::read(dir.path());
+    let said: Vec<_> = spans
+        .files
+        .logs
+        .iter()
+        .filter(|l| l.body == "hook ready")
+        .collect();
+    assert_eq!(
+        said.len(),
+        2,
+        "the driver's and the worker's: {:?}",
+        spans.files.logs
+    );
+    for record in said {
+        assert_eq!(record.attributes["wtrace.hook"], "setup-tracing");
+        assert_eq!(record.severity, "INFO");
+        assert!(record.span_id.is_empty(), "a hook's output is in no span");
+        assert!(!record.attributes.contains_key("wtrace.task_id"));
+    }
+}
+
 /// The console hook prints spans and records on stderr: each line of the
 /// task as a `[log …]` line with its span's ids.
 #[test]

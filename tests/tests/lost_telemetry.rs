@@ -79,6 +79,38 @@ fn spans_no_receiver_took_are_counted_and_said_with_the_reason_and_the_flag_make
         assert!(!why.is_empty(), "and why: {line}");
     }
 
+    // The workers' log records (each task's line) and every process's
+    // metrics were bound there too.
+    let lost_records: u64 = run
+        .stderr
+        .lines()
+        .filter_map(|l| {
+            let target = format!(
+                " log records bound for OTLP http/protobuf to http://127.0.0.1:{port}/v1/logs: "
+            );
+            let (head, _) = l.split_once(&target)?;
+            head.rsplit_once("lost ")?
+                .1
+                .split_once(" of ")?
+                .0
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(lost_records, 2, "{}", run.stderr);
+    let metrics_target = format!(
+        "metric exports bound for OTLP http/protobuf to http://127.0.0.1:{port}/v1/metrics"
+    );
+    assert!(
+        run.stderr
+            .lines()
+            .filter(|l| l.contains(&metrics_target))
+            .count()
+            >= 2,
+        "the driver's and a worker's: {}",
+        run.stderr
+    );
+
     let failing = run_to_nowhere(port, &["--fail-on-lost-telemetry"]);
     assert_eq!(failing.status, Some(3), "{}", failing.stderr);
     assert_eq!(

@@ -1,12 +1,16 @@
 //! Test hook: spans to `$WTRACE_SPAN_DIR/{pid}.json` (simple processor unless
 //! `WTRACE_TEST_BATCH` is set), log records to `{pid}.logs.json` (batch),
 //! metrics to `{pid}.metrics.json` (at exit),
-//! with the `OTEL_TRACES_SAMPLER` sampler.
+//! with the `OTEL_TRACES_SAMPLER` sampler. With `WTRACE_TEST_HOOK_SAYS`,
+//! it prints that on stdout first.
 
 use wtrace_guest::hook::{self, Exporter, FileExporter, MetricReader, Processor};
 
 fn setup_tracing() -> Result<(), String> {
     let dir = hook::env("WTRACE_SPAN_DIR").ok_or("WTRACE_SPAN_DIR is not set")?;
+    if let Some(words) = hook::env("WTRACE_TEST_HOOK_SAYS") {
+        println!("{words}");
+    }
     hook::set_resource(&hook::resource_from_env("wtrace-tests"));
     if let Some(sampler) = hook::sampler_from_env()? {
         hook::set_sampler(sampler);
