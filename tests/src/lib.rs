@@ -228,6 +228,19 @@ pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// `wtrace run -n1` under the file hook, which writes spans, log records
+/// and metrics into `dir`; `args` follow (the component, invocations).
+pub fn file_hooked_run<S: AsRef<str>>(dir: &Path, args: &[S]) -> Wtrace {
+    let mut all = vec![
+        "run".to_owned(),
+        format!("--tracing-startup-hook={}", guests::FILE_HOOK),
+        format!("--allow-span-dir={}", dir.display()),
+        "-n1".to_owned(),
+    ];
+    all.extend(args.iter().map(|a| a.as_ref().to_owned()));
+    Wtrace::new(all).env("WTRACE_SPAN_DIR", dir)
+}
+
 /// A fresh directory for span files, allowed to hooks with `--allow-span-dir`.
 pub fn span_dir() -> tempfile::TempDir {
     tempfile::Builder::new()

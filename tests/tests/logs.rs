@@ -5,22 +5,16 @@
 //! the task's function and id, and the process's resource; the hook's log
 //! processor writes them beside the spans.
 
-use wtrace_tests::{Spans, Wtrace, guests, span_dir};
+use wtrace_tests::{Spans, Wtrace, file_hooked_run, guests, span_dir};
 
 /// Runs `invocations` of `component` on one worker under the file hook
 /// (spans to `<pid>.json`, records to `<pid>.logs.json`); the run's stdout
 /// and what the files hold.
 fn logged_run(component: &str, invocations: &[&str]) -> (String, Spans, tempfile::TempDir) {
     let dir = span_dir();
-    let mut args = vec![
-        "run".to_owned(),
-        format!("--tracing-startup-hook={}", guests::FILE_HOOK),
-        format!("--allow-span-dir={}", dir.path().display()),
-        "-n1".to_owned(),
-        component.to_owned(),
-    ];
-    args.extend(invocations.iter().map(|s| s.to_string()));
-    let run = Wtrace::new(args).env("WTRACE_SPAN_DIR", dir.path()).run();
+    let mut args = vec![component];
+    args.extend(invocations);
+    let run = file_hooked_run(dir.path(), &args).run();
     let stdout = run.success().to_owned();
     let spans = Spans::read(dir.path());
     (stdout, spans, dir)
@@ -125,17 +119,9 @@ fn wasi_otel_records_keep_their_ids_or_join_the_current_span() {
 #[test]
 fn a_hooks_output_becomes_records_of_each_process() {
     let dir = span_dir();
-    let run = Wtrace::new([
-        "run".to_owned(),
-        format!("--tracing-startup-hook={}", guests::FILE_HOOK),
-        format!("--allow-span-dir={}", dir.path().display()),
-        "-n1".to_owned(),
-        guests::HELLO.to_owned(),
-        "my-function()".to_owned(),
-    ])
-    .env("WTRACE_SPAN_DIR", dir.path())
-    .env("WTRACE_TEST_HOOK_SAYS", "hook ready")
-    .run();
+    let run = file_hooked_run(dir.path(), &[guests::HELLO, "my-function()"])
+        .env("WTRACE_TEST_HOOK_SAYS", "hook ready")
+        .run();
     run.success();
     assert!(run.stderr.contains(") hook ready"), "{}", run.stderr);
     let spans = Spans::read(dir.path());

@@ -5,7 +5,7 @@
 //! line) or an OTLP receiver (checked against rotel in `otlp.rs`).
 
 use serde_json::Value;
-use wtrace_tests::{Wtrace, guests, span_dir};
+use wtrace_tests::{file_hooked_run, guests, span_dir};
 
 /// The last line of each `<pid>.metrics.json` in `dir` (the export made at
 /// exit holds every total), by pid.
@@ -61,18 +61,16 @@ fn number(value: &Value) -> f64 {
 #[test]
 fn each_process_writes_its_task_counts_durations_spans_and_memory() {
     let dir = span_dir();
-    let run = Wtrace::new([
-        "run".to_owned(),
-        format!("--tracing-startup-hook={}", guests::FILE_HOOK),
-        format!("--allow-span-dir={}", dir.path().display()),
-        "-n1".to_owned(),
-        guests::SPAN_EDGES.to_owned(),
-        "add(1, 2)".to_owned(),
-        "add(3, 4)".to_owned(),
-        "nested-three()".to_owned(),
-        "fails(\"no\")".to_owned(),
-    ])
-    .env("WTRACE_SPAN_DIR", dir.path())
+    let run = file_hooked_run(
+        dir.path(),
+        &[
+            guests::SPAN_EDGES,
+            "add(1, 2)",
+            "add(3, 4)",
+            "nested-three()",
+            "fails(\"no\")",
+        ],
+    )
     .run();
     assert_eq!(run.status, Some(1), "one task failed: {}", run.stderr);
 
