@@ -176,3 +176,17 @@ fn the_console_hook_prints_each_record_with_its_span() {
         run.stderr
     );
 }
+
+/// `wtrace check` knows a task may import both logs interfaces.
+#[test]
+fn check_says_the_logs_interfaces_are_provided() {
+    for guest in [guests::LOGGING, guests::WASI_OTEL] {
+        let run = Wtrace::new(["check", guest]).run();
+        let report = run.success();
+        assert!(!report.contains("MISSING"), "{report}");
+        assert!(
+            report.contains("wtrace:tracing/logs@0.1.0") || report.contains("wasi:otel/logs"),
+            "{report}"
+        );
+    }
+}

@@ -18,7 +18,7 @@ use crate::runtime::wave;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum World {
-    /// A task: WASI, `tracer` and `tasks` are provided.
+    /// A task: WASI, `tracer`, `tasks` and `logs` are provided.
     Task,
     /// A tracing startup hook: WASI, `tracer` and `provider` are provided.
     Hook,
@@ -283,12 +283,12 @@ pub fn import_status(name: &str, world: World, grants: &Grants) -> ImportStatus 
             }
         }
         "wasi:otel" if version == "0.2.0-rc.2" && world == World::Task => match interface {
-            "wasi:otel/tracing" | "wasi:otel/types" => ImportStatus::Provided,
+            "wasi:otel/tracing" | "wasi:otel/logs" | "wasi:otel/types" => ImportStatus::Provided,
             _ => ImportStatus::Missing,
         },
         "wtrace:tracing" if version.starts_with("0.1") => match (interface, world) {
             ("wtrace:tracing/tracer" | "wtrace:tracing/types", _) => ImportStatus::Provided,
-            ("wtrace:tracing/tasks", World::Task) => ImportStatus::Provided,
+            ("wtrace:tracing/tasks" | "wtrace:tracing/logs", World::Task) => ImportStatus::Provided,
             ("wtrace:tracing/provider", World::Hook) => ImportStatus::Provided,
             _ => ImportStatus::Missing,
         },
@@ -339,6 +339,19 @@ mod tests {
         assert_eq!(
             import_status("wtrace:tracing/provider@0.1.0", World::Task, &none),
             ImportStatus::Missing
+        );
+        assert_eq!(
+            import_status("wtrace:tracing/logs@0.1.0", World::Task, &none),
+            ImportStatus::Provided
+        );
+        assert_eq!(
+            import_status("wasi:otel/logs@0.2.0-rc.2", World::Task, &none),
+            ImportStatus::Provided
+        );
+        assert_eq!(
+            import_status("wtrace:tracing/logs@0.1.0", World::Hook, &none),
+            ImportStatus::Missing,
+            "a hook logs by printing: its records have no logger yet"
         );
         assert_eq!(
             import_status("wasi:http/outgoing-handler@0.2.6", World::Hook, &none),
