@@ -34,6 +34,9 @@ pub struct Limits {
     pub nesting_depth: u32,
     /// Largest result a task may return, in bytes of WAVE (`--max-result-size`).
     pub result_bytes: u32,
+    /// Where each task's guest CPU profile is written (`--profile`), if
+    /// anywhere: `<task id>.json`, Firefox Profiler format.
+    pub profile_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Limits {
@@ -52,6 +55,7 @@ impl Default for Limits {
             nested_tasks: 1_000,
             nesting_depth: 16,
             result_bytes: 1 << 20,
+            profile_dir: None,
         }
     }
 }

@@ -68,6 +68,11 @@ pub struct SandboxArgs {
     /// Largest result a task may return (its WAVE text), e.g. 1M.
     #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
     pub max_result_size: u64,
+    /// Write each task's guest CPU profile (Firefox Profiler format) to
+    /// DIR/<task id>.json, sampled every 10 ms; the execute span names it
+    /// (`wtrace.profile`).
+    #[arg(long, value_name = "DIR")]
+    pub profile: Option<std::path::PathBuf>,
     /// Longest the tracing startup hook may run.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub hook_timeout: Duration,
@@ -109,6 +114,10 @@ impl SandboxArgs {
             nesting_depth: self.max_nesting_depth,
             result_bytes: u32::try_from(self.max_result_size).unwrap_or(u32::MAX),
             hook_timeout: self.hook_timeout,
+            profile_dir: self
+                .profile
+                .as_ref()
+                .map(|dir| std::path::absolute(dir).unwrap_or(dir.clone())),
             ..Limits::default()
         }
     }

@@ -31,6 +31,8 @@ pub(crate) struct StoreState {
     pub(crate) metrics: Option<Arc<TaskMetrics>>,
     /// When the current run began.
     pub(crate) run_started: std::time::Instant,
+    /// The guest's CPU profiler, with `--profile`.
+    pub(crate) profiler: Option<wasmtime::GuestProfiler>,
 }
 
 impl StoreState {
@@ -53,6 +55,7 @@ impl StoreState {
             http_hooks: HttpHooks::new(Arc::default(), None),
             metrics: None,
             run_started: std::time::Instant::now(),
+            profiler: None,
         }
     }
 
@@ -106,6 +109,10 @@ impl WasiView for StoreState {
 impl Sandboxed for StoreState {
     fn deadline(&self) -> &Deadline {
         &self.deadline
+    }
+
+    fn profiler(&mut self) -> &mut Option<wasmtime::GuestProfiler> {
+        &mut self.profiler
     }
 }
 

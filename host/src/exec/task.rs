@@ -323,6 +323,16 @@ pub fn execute(
         }
     };
     begin_run(&mut store, function);
+    if limits.profile_dir.is_some() {
+        store.data_mut().profiler = wasmtime::GuestProfiler::new_component(
+            runtime.engine(),
+            function,
+            crate::runtime::EPOCH_TICK,
+            component.component.clone(),
+            [],
+        )
+        .ok();
+    }
 
     let mut instantiate_us = 0;
     let result = sandbox::contain("preparing the task", || {
@@ -340,6 +350,12 @@ pub fn execute(
     .unwrap_or_else(|panic| Err(host_panic(function, &panic)));
 
     record_instantiation(&store, function, instantiate_us);
+    let profile = store
+        .data_mut()
+        .profiler
+        .take()
+        .zip(limits.profile_dir.as_deref())
+        .and_then(|(profiler, dir)| write_profile(profiler, dir, cx.task_id));
     let result = finish_run(
         &mut store,
         span.as_mut(),
@@ -349,6 +365,9 @@ pub fn execute(
         limits,
         |span| {
             span.set_attribute(KeyValue::new("wtrace.wasm.instantiate_us", instantiate_us));
+            if let Some(path) = profile {
+                span.set_attribute(KeyValue::new("wtrace.profile", path));
+            }
         },
     );
     let nested = std::mem::take(&mut store.data_mut().tasks.output);
@@ -439,6 +458,36 @@ fn bridge(
         root_context(span),
         BridgeLimits::from(limits),
     )
+}
+
+/// Writes a task's guest profile to `dir/<task id>.json`; its path, or
+/// none (said on stderr) when it could not be written.
+fn write_profile(profiler: wasmtime::GuestProfiler, dir: &Path, task_id: &str) -> Option<String> {
+    let name: String = task_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = dir.join(format!("{name}.json"));
+    let written = std::fs::create_dir_all(dir)
+        .map_err(wasmtime::Error::from)
+        .and_then(|()| std::fs::File::create(&path).map_err(wasmtime::Error::from))
+        .and_then(|file| profiler.finish(std::io::BufWriter::new(file)));
+    match written {
+        Ok(()) => Some(path.display().to_string()),
+        Err(error) => {
+            eprintln!(
+                "wtrace: cannot write the profile {}: {error}",
+                path.display()
+            );
+            None
+        }
+    }
 }
 
 /// A run of `function` begins in `store`: counted, and timed from now.

@@ -112,8 +112,12 @@ impl Deadline {
 /// every epoch tick.
 pub(crate) fn arm_deadline<T: Sandboxed>(store: &mut wasmtime::Store<T>) {
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|store| {
+    store.epoch_deadline_callback(|mut store| {
         store.data().deadline().check("")?;
+        if let Some(mut profiler) = store.data_mut().profiler().take() {
+            profiler.sample(&store, crate::runtime::EPOCH_TICK);
+            *store.data_mut().profiler() = Some(profiler);
+        }
         Ok(wasmtime::UpdateDeadline::Continue(1))
     });
 }

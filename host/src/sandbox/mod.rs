@@ -29,6 +29,10 @@ use crate::config::{Grants, net_allowed};
 pub(crate) trait Sandboxed: WasiView + 'static {
     /// When the guest must stop.
     fn deadline(&self) -> &Deadline;
+
+    /// The guest's CPU profiler, sampled at every epoch tick, if profiling:
+    /// taken out while it samples the store, then put back.
+    fn profiler(&mut self) -> &mut Option<wasmtime::GuestProfiler>;
 }
 
 /// Adds WASI 0.2 to `linker`, its blocking calls (poll, streams, the

@@ -88,7 +88,7 @@ const INLINE: u8 = 0;
 const IN_STORE: u8 = 1;
 
 /// Bumped whenever a message on the streams changes shape.
-const WIRE_VERSION: u32 = 4;
+const WIRE_VERSION: u32 = 5;
 
 /// The configuration entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]

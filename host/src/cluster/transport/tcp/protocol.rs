@@ -19,7 +19,7 @@ use crate::capabilities::provider::WorkerInfo;
 use crate::cluster::messages::ClusterConfig;
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The first bytes of every connection's first frame: what tells a wtrace
 /// peer from a stranger speaking something else.
