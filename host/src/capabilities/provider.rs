@@ -183,7 +183,7 @@ impl ProviderState {
     fn exporter(&self, spec: provider::Exporter) -> Result<(AnyExporter, Arc<Ledger>), String> {
         let (spec, vars) = self.exporter_spec(spec)?;
         let _guard = self.runtime.as_ref().map(|rt| rt.enter());
-        let ledger = Ledger::new(export::target(&spec, &vars));
+        let ledger = Ledger::new(export::target(&spec, &vars, "traces"));
         export::build(&spec, &self.policy, &vars).map(|exporter| (exporter, ledger))
     }
 
@@ -199,7 +199,7 @@ impl ProviderState {
     ) -> Result<(AnyLogExporter, Arc<Ledger>), String> {
         let (spec, vars) = self.exporter_spec(spec)?;
         let _guard = self.runtime.as_ref().map(|rt| rt.enter());
-        let ledger = Ledger::for_logs(export::logs::target(&spec, &vars));
+        let ledger = Ledger::for_logs(export::target(&spec, &vars, "logs"));
         export::logs::build(&spec, &self.policy, &vars).map(|exporter| (exporter, ledger))
     }
 

@@ -16,7 +16,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::logs::{LogBatch, LogExporter};
 
-use super::{ExporterSpec, OtlpProtocol, PathVars};
+use super::{ExporterSpec, PathVars};
 use crate::config::ExportPolicy;
 use crate::sync::lock;
 
@@ -89,29 +89,6 @@ pub fn build(
         )
         .map(|e| AnyLogExporter::Otlp(Box::new(e))),
     }
-}
-
-/// Where a log exporter built from `spec` sends records, as a loss report
-/// names it.
-pub fn target(spec: &ExporterSpec, vars: &PathVars<'_>) -> String {
-    match spec {
-        ExporterSpec::Otlp {
-            endpoint,
-            protocol: protocol @ (OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson),
-            ..
-        } => format!(
-            "OTLP {} to {}",
-            super::protocol_name(*protocol),
-            http_logs_endpoint(endpoint)
-        ),
-        spec => super::target(spec, vars),
-    }
-}
-
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` semantics for HTTP logs: the base URL plus
-/// `/v1/logs` (a traces endpoint given as the base loses its `/v1/traces`).
-fn http_logs_endpoint(endpoint: &str) -> String {
-    super::http_signal_endpoint(endpoint, "logs")
 }
 
 /// Prints one line per log record on standard error:
@@ -227,17 +204,20 @@ impl LogExporter for LogFileExporter {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::super::http_signal_endpoint;
 
     #[test]
     fn http_log_endpoints_follow_the_otlp_convention() {
-        assert_eq!(http_logs_endpoint("http://h:4318"), "http://h:4318/v1/logs");
         assert_eq!(
-            http_logs_endpoint("http://h:4318/v1/traces"),
+            http_signal_endpoint("http://h:4318", "logs"),
             "http://h:4318/v1/logs"
         );
         assert_eq!(
-            http_logs_endpoint("http://h:4318/v1/logs/"),
+            http_signal_endpoint("http://h:4318/v1/traces", "logs"),
+            "http://h:4318/v1/logs"
+        );
+        assert_eq!(
+            http_signal_endpoint("http://h:4318/v1/logs/", "logs"),
             "http://h:4318/v1/logs"
         );
     }

@@ -15,7 +15,7 @@ use opentelemetry_sdk::metrics::Temporality;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 
-use super::{ExporterSpec, OtlpProtocol, PathVars};
+use super::{ExporterSpec, PathVars};
 use crate::config::ExportPolicy;
 use crate::sync::lock;
 use crate::telemetry::loss::Ledger;
@@ -122,25 +122,8 @@ pub fn build(
     };
     Ok(MetricExporter {
         inner,
-        ledger: Ledger::for_metrics(target(spec, vars)),
+        ledger: Ledger::for_metrics(super::target(spec, vars, "metrics")),
     })
-}
-
-/// Where a metric exporter built from `spec` sends, as a loss report names
-/// it.
-fn target(spec: &ExporterSpec, vars: &PathVars<'_>) -> String {
-    match spec {
-        ExporterSpec::Otlp {
-            endpoint,
-            protocol: protocol @ (OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson),
-            ..
-        } => format!(
-            "OTLP {} to {}",
-            super::protocol_name(*protocol),
-            super::http_signal_endpoint(endpoint, "metrics")
-        ),
-        spec => super::target(spec, vars),
-    }
 }
 
 /// One line per data point on standard error:
@@ -171,42 +154,31 @@ fn print_metrics(request: &ExportMetricsServiceRequest) {
     for resource in &request.resource_metrics {
         for scope in &resource.scope_metrics {
             for m in &scope.metrics {
-                match &m.data {
-                    Some(metric::Data::Sum(sum)) => {
-                        for p in &sum.data_points {
-                            let _ = writeln!(
-                                out,
-                                "[metric pid={pid}] {}{{{}}} {}",
-                                m.name,
-                                attrs(&p.attributes),
-                                number(p)
-                            );
-                        }
+                let numbers = match &m.data {
+                    Some(metric::Data::Sum(sum)) => Some(&sum.data_points),
+                    Some(metric::Data::Gauge(gauge)) => Some(&gauge.data_points),
+                    _ => None,
+                };
+                for p in numbers.into_iter().flatten() {
+                    let _ = writeln!(
+                        out,
+                        "[metric pid={pid}] {}{{{}}} {}",
+                        m.name,
+                        attrs(&p.attributes),
+                        number(p)
+                    );
+                }
+                if let Some(metric::Data::Histogram(histogram)) = &m.data {
+                    for p in &histogram.data_points {
+                        let _ = writeln!(
+                            out,
+                            "[metric pid={pid}] {}{{{}}} count={} sum={}",
+                            m.name,
+                            attrs(&p.attributes),
+                            p.count,
+                            p.sum.unwrap_or_default()
+                        );
                     }
-                    Some(metric::Data::Gauge(gauge)) => {
-                        for p in &gauge.data_points {
-                            let _ = writeln!(
-                                out,
-                                "[metric pid={pid}] {}{{{}}} {}",
-                                m.name,
-                                attrs(&p.attributes),
-                                number(p)
-                            );
-                        }
-                    }
-                    Some(metric::Data::Histogram(histogram)) => {
-                        for p in &histogram.data_points {
-                            let _ = writeln!(
-                                out,
-                                "[metric pid={pid}] {}{{{}}} count={} sum={}",
-                                m.name,
-                                attrs(&p.attributes),
-                                p.count,
-                                p.sum.unwrap_or_default()
-                            );
-                        }
-                    }
-                    _ => {}
                 }
             }
         }

@@ -343,9 +343,9 @@ pub fn counted_batch_processor(
     }
 }
 
-/// Where an exporter built from `spec` sends spans, as a loss report names
-/// it.
-pub fn target(spec: &ExporterSpec, vars: &PathVars<'_>) -> String {
+/// Where an exporter built from `spec` sends one signal (`traces`, `logs`,
+/// `metrics`: the HTTP path), as a loss report names it.
+pub fn target(spec: &ExporterSpec, vars: &PathVars<'_>, signal: &str) -> String {
     match spec {
         ExporterSpec::Console => "the console".into(),
         ExporterSpec::File { path } => format!("file {}", expand_path(path, vars).display()),
@@ -356,7 +356,7 @@ pub fn target(spec: &ExporterSpec, vars: &PathVars<'_>) -> String {
             http => format!(
                 "OTLP {} to {}",
                 protocol_name(*http),
-                http_traces_endpoint(endpoint)
+                http_signal_endpoint(endpoint, signal)
             ),
         },
     }
@@ -570,11 +570,7 @@ fn check_endpoint(endpoint: &str, policy: &ExportPolicy) -> Result<(), String> {
     }
 }
 
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` semantics for HTTP: append `/v1/traces`.
-fn http_traces_endpoint(endpoint: &str) -> String {
-    http_signal_endpoint(endpoint, "traces")
-}
-
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` semantics for HTTP.
 /// The base URL plus `/v1/<signal>`; an endpoint that already names a
 /// signal's path (`…/v1/traces`) keeps its own when it is this signal's and
 /// loses it otherwise.
@@ -638,11 +634,11 @@ mod tests {
             PathBuf::from("/tmp/spans/n-a-w-1-42.json")
         );
         assert_eq!(
-            http_traces_endpoint("http://h:4318"),
+            http_signal_endpoint("http://h:4318", "traces"),
             "http://h:4318/v1/traces"
         );
         assert_eq!(
-            http_traces_endpoint("http://h:4318/v1/traces"),
+            http_signal_endpoint("http://h:4318/v1/traces", "traces"),
             "http://h:4318/v1/traces"
         );
     }
