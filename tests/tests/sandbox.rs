@@ -302,6 +302,24 @@ fn span_floods_are_dropped_and_counted() {
         &attack(&cluster, "stale-handle()"),
         &["stale-handle: trapped", "unknown handle"],
     );
+    let run = attack(&cluster, "stale-span-numbers()");
+    let numbers = run.success();
+    let said: Vec<&str> = numbers
+        .trim()
+        .trim_matches(['[', ']'])
+        .split("\", \"")
+        .collect();
+    assert_eq!(said.len(), 7, "{numbers}");
+    assert!(said[0].ends_with("Ok(())"), "{numbers}");
+    for misuse in &said[1..4] {
+        assert!(
+            misuse.contains("Err(") && misuse.contains("it has ended, or was never started"),
+            "finishing a finished or unknown number is an error: {numbers}"
+        );
+    }
+    assert_eq!(said[4], "recording=false", "{numbers}");
+    assert_eq!(said[5], "recording=true", "{numbers}");
+    assert!(said[6].starts_with("Ok(())"), "{numbers}");
     cluster.stop();
 
     let spans = Spans::read(dir.path());
@@ -318,6 +336,17 @@ fn span_floods_are_dropped_and_counted() {
         deep_spans
             .iter()
             .all(|s| s.attributes["wtrace.unended"] == "true")
+    );
+
+    // Both numbered spans ended as the guest asked; the stranger's
+    // attribute landed nowhere.
+    let numbered = spans.named("numbered");
+    assert_eq!(numbered.len(), 2);
+    assert!(
+        numbered
+            .iter()
+            .all(|s| !s.attributes.contains_key("wtrace.unended")
+                && !s.attributes.contains_key("ignored"))
     );
 
     let huge = spans.one("huge");

@@ -168,9 +168,11 @@ impl SpanBuilder {
         let at = count_at(&self.encoded);
         self.encoded[at..at + 4].copy_from_slice(&self.attributes.to_le_bytes());
         encoded::tail(&mut self.encoded, &self.links, self.parent.as_ref());
-        let span = raw::start_span_encoded(&self.encoded);
+        let id = raw::start_span_encoded(&self.encoded);
         SPARE.set(std::mem::take(&mut self.encoded));
-        Span { inner: Some(span) }
+        Span {
+            inner: Some(Open::new(id)),
+        }
     }
 }
 
@@ -185,7 +187,7 @@ impl fmt::Debug for SpanBuilder {
 
 /// Starts a span described by typed options, through the encoded call.
 #[cfg(any(feature = "opentelemetry", feature = "tracing"))]
-pub(crate) fn start_raw(name: &str, options: &SpanOptions) -> raw::Span {
+pub(crate) fn start_raw(name: &str, options: &SpanOptions) -> Open {
     let mut encoded = SPARE.take();
     encoded.clear();
     encoded::start(
@@ -196,32 +198,67 @@ pub(crate) fn start_raw(name: &str, options: &SpanOptions) -> raw::Span {
         &options.links,
         options.parent.as_ref(),
     );
-    let span = raw::start_span_encoded(&encoded);
+    let id = raw::start_span_encoded(&encoded);
     SPARE.set(encoded);
-    span
+    Open::new(id)
 }
 
 /// No attributes, encoded: a count of zero.
 const NO_ATTRIBUTES: [u8; 4] = [0; 4];
 
-/// Ends a span with its last attributes, in one host call.
-pub(crate) fn finish_raw(span: raw::Span, attributes: &[KeyValue]) -> Result<(), String> {
-    if attributes.is_empty() {
-        return raw::finish_span_encoded(span, &NO_ATTRIBUTES);
+/// A span this guest started, known by its number; the handle the methods
+/// of `span` need is asked for the first time one is called, so a span
+/// that is only started and ended costs two host calls and no handle.
+pub(crate) struct Open {
+    id: u64,
+    handle: std::sync::OnceLock<raw::Span>,
+}
+
+impl fmt::Debug for Open {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Open").field("id", &self.id).finish()
     }
-    let mut encoded = Vec::new();
-    encoded::attributes(&mut encoded, attributes);
-    raw::finish_span_encoded(span, &encoded)
+}
+
+impl Open {
+    fn new(id: u64) -> Self {
+        Self {
+            id,
+            handle: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The span's handle.
+    pub(crate) fn raw(&self) -> &raw::Span {
+        self.handle.get_or_init(|| raw::span_handle(self.id))
+    }
+
+    /// Ends the span with its last attributes, in one host call.
+    pub(crate) fn finish(self, attributes: &[KeyValue]) -> Result<(), String> {
+        if let Some(handle) = self.handle.into_inner() {
+            // Ends the span and releases the handle.
+            return raw::finish_span(handle, attributes);
+        }
+        if attributes.is_empty() {
+            return raw::finish_span_encoded(self.id, &NO_ATTRIBUTES);
+        }
+        let mut encoded = Vec::new();
+        encoded::attributes(&mut encoded, attributes);
+        raw::finish_span_encoded(self.id, &encoded)
+    }
 }
 
 /// An open span. It ends when dropped, or by [`Span::end`].
 pub struct Span {
-    inner: Option<raw::Span>,
+    inner: Option<Open>,
 }
 
 impl Span {
     pub(crate) fn raw(&self) -> &raw::Span {
-        self.inner.as_ref().expect("span is open until dropped")
+        self.inner
+            .as_ref()
+            .expect("span is open until dropped")
+            .raw()
     }
 
     /// Sets one attribute.
@@ -273,7 +310,7 @@ impl Span {
         if let Some(span) = self.inner.take() {
             // One host call ends the span and releases its handle. It only
             // fails when the span was already ended, which a guard prevents.
-            let _ = finish_raw(span, &[]);
+            let _ = span.finish(&[]);
         }
     }
 }

@@ -51,7 +51,7 @@ impl opentelemetry::trace::TracerProvider for TracerProvider {
 /// A wtrace span seen through the OpenTelemetry API. Ends when dropped.
 #[derive(Debug)]
 pub struct Span {
-    inner: Option<raw::Span>,
+    inner: Option<crate::Open>,
     context: SpanContext,
 }
 
@@ -87,7 +87,7 @@ impl opentelemetry::trace::Tracer for Tracer {
             parent,
         };
         let inner = crate::start_raw(&builder.name, &options);
-        let context = from_wit_context(&inner.context());
+        let context = from_wit_context(&inner.raw().context());
         Span {
             inner: Some(inner),
             context,
@@ -106,7 +106,7 @@ impl opentelemetry::trace::Span for Span {
     {
         if let Some(span) = &self.inner {
             let attributes: Vec<_> = attributes.into_iter().map(to_wit_kv).collect();
-            span.add_event(&name.into(), &attributes);
+            span.raw().add_event(&name.into(), &attributes);
         }
     }
 
@@ -115,19 +115,19 @@ impl opentelemetry::trace::Span for Span {
     }
 
     fn is_recording(&self) -> bool {
-        self.inner.as_ref().is_some_and(|s| s.is_recording())
+        self.inner.as_ref().is_some_and(|s| s.raw().is_recording())
     }
 
     fn set_attribute(&mut self, attribute: KeyValue) {
         if let Some(span) = &self.inner {
             let kv = to_wit_kv(attribute);
-            span.set_attribute(&kv.key, &kv.value);
+            span.raw().set_attribute(&kv.key, &kv.value);
         }
     }
 
     fn set_status(&mut self, status: Status) {
         if let Some(span) = &self.inner {
-            span.set_status(&match status {
+            span.raw().set_status(&match status {
                 Status::Unset => WitStatus::Unset,
                 Status::Ok => WitStatus::Ok,
                 Status::Error { description } => WitStatus::Error(description.into_owned()),
@@ -140,7 +140,7 @@ impl opentelemetry::trace::Span for Span {
         T: Into<Cow<'static, str>>,
     {
         if let Some(span) = &self.inner {
-            span.update_name(&new_name.into());
+            span.raw().update_name(&new_name.into());
         }
     }
 
@@ -150,7 +150,7 @@ impl opentelemetry::trace::Span for Span {
 
     fn end_with_timestamp(&mut self, _timestamp: SystemTime) {
         if let Some(span) = self.inner.take() {
-            let _ = crate::finish_raw(span, &[]);
+            let _ = span.finish(&[]);
         }
     }
 }

@@ -40,7 +40,7 @@ pub fn init() {
 pub struct WtraceLayer;
 
 /// The wtrace span behind a `tracing` span.
-struct Handle(raw::Span);
+struct Handle(crate::Open);
 
 // SAFETY: a wasm guest has one thread; the handle never crosses threads.
 #[allow(unsafe_code)]
@@ -103,9 +103,12 @@ where
         let Some(span) = ctx.span(id) else {
             return;
         };
-        let parent = span
-            .parent()
-            .and_then(|parent| parent.extensions().get::<Handle>().map(|h| h.0.context()));
+        let parent = span.parent().and_then(|parent| {
+            parent
+                .extensions()
+                .get::<Handle>()
+                .map(|h| h.0.raw().context())
+        });
         let mut fields = Fields::default();
         attrs.record(&mut fields);
         let handle = crate::start_raw(
@@ -127,7 +130,7 @@ where
         let mut fields = Fields::default();
         values.record(&mut fields);
         if let Some(handle) = span.extensions().get::<Handle>() {
-            handle.0.set_attributes(&fields.attributes);
+            handle.0.raw().set_attributes(&fields.attributes);
         }
     }
 
@@ -154,7 +157,7 @@ where
         let handle = extensions
             .as_ref()
             .and_then(|extensions| extensions.get::<Handle>());
-        logs::emit(&record, handle.map(|handle| &handle.0));
+        logs::emit(&record, handle.map(|handle| handle.0.raw()));
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
@@ -162,7 +165,7 @@ where
             return;
         };
         if let Some(handle) = span.extensions_mut().remove::<Handle>() {
-            let _ = crate::finish_raw(handle.0, &[]);
+            let _ = handle.0.finish(&[]);
         }
     }
 }

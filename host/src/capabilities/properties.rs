@@ -156,6 +156,7 @@ enum TracerCall {
     Current,
     StartEncoded(Vec<u8>),
     FinishEncoded(usize, Vec<u8>),
+    SpanHandle(usize),
 }
 
 /// A span's start in the encoding of `start-span-encoded`, written here
@@ -269,6 +270,7 @@ fn tracer_call() -> impl Strategy<Value = TracerCall> {
             key_values().prop_map(|a| encoded_attributes(&a)),
             prop::collection::vec(any::<u8>(), 0..32),
         ]).prop_map(|(h, a)| TracerCall::FinishEncoded(h, a)),
+        1 => (0usize..24).prop_map(TracerCall::SpanHandle),
     ]
 }
 
@@ -602,10 +604,12 @@ proptest! {
         let mut table = ResourceTable::new();
         let mut state = SpanBridge::new(Some(tracer), root(), limits());
         let mut handles: Vec<u32> = Vec::new();
+        let mut ids: Vec<u64> = Vec::new();
         let mut recorded = 0usize;
         for call in calls {
             let mut bridge = Bridge { table: &mut table, state: &mut state };
             let pick = |i: usize| -> u32 { handles.get(i).copied().unwrap_or(i as u32 + 1000) };
+            let pick_id = |i: usize| -> u64 { ids.get(i).copied().unwrap_or(i as u64 + 1000) };
             let borrow = |i: usize| Resource::<GuestSpan>::new_borrow(pick(i));
             match call {
                 TracerCall::Start(name, options) => {
@@ -637,20 +641,24 @@ proptest! {
                     prop_assert_eq!(cx.trace_id.len(), 32);
                 }
                 TracerCall::StartEncoded(bytes) => {
-                    if let Ok(span) = tracer::Host::start_span_encoded(&mut bridge, bytes) {
-                        let rep = span.rep();
-                        if tracer::HostSpan::is_recording(&mut bridge, Resource::new_borrow(rep)).unwrap() {
+                    if let Ok(id) = tracer::Host::start_span_encoded(&mut bridge, bytes) {
+                        if bridge.state.is_recording(id) {
                             recorded += 1;
                         }
-                        handles.push(rep);
+                        ids.push(id);
                     }
                 }
                 TracerCall::FinishEncoded(i, bytes) => {
-                    let _ = tracer::Host::finish_span_encoded(&mut bridge, Resource::new_own(pick(i)), bytes);
+                    let _ = tracer::Host::finish_span_encoded(&mut bridge, pick_id(i), bytes);
+                }
+                TracerCall::SpanHandle(i) => {
+                    if let Ok(span) = tracer::Host::span_handle(&mut bridge, pick_id(i)) {
+                        handles.push(span.rep());
+                    }
                 }
             }
         }
-        state.finish(&mut table, Some("the task ended"));
+        state.finish(Some("the task ended"));
         let spans = exporter.get_finished_spans().unwrap();
         prop_assert_eq!(spans.len(), recorded, "every recorded span exported once");
         prop_assert!(state.started() as usize >= recorded);

@@ -338,7 +338,7 @@ impl Tasks<'_> {
             .component
             .unwrap_or_else(|| context.component.clone());
 
-        let parent = self.bridge.current(self.table);
+        let parent = self.bridge.current().clone();
         let (span_context, span) = match self.bridge.tracer() {
             Some(tracer) => {
                 // Named as the execute span will name it; a component this

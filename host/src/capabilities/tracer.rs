@@ -31,13 +31,31 @@ use crate::sandbox::host_call;
 use crate::telemetry::context::context_with_parent;
 use crate::telemetry::logs::TaskLog;
 
-/// Live span handles a guest may hold at once before the host traps it: a
-/// guard against a guest exhausting host memory with handles.
+/// Spans (open, or ended with a handle left) and span handles a guest may
+/// hold at once before the host traps it: a guard against a guest
+/// exhausting host memory with them.
 const MAX_LIVE_HANDLES: usize = 100_000;
 
-/// A span a guest started, held in the store's resource table.
+/// A guest's handle on one of its spans, held in the store's resource
+/// table: the span's number in the bridge and its identity.
 #[derive(Debug)]
 pub struct GuestSpan {
+    id: u64,
+    context: SpanContext,
+}
+
+impl GuestSpan {
+    /// The span's identity (its parent's, when it was not recorded).
+    pub(crate) fn context(&self) -> &SpanContext {
+        &self.context
+    }
+}
+
+/// A span a guest started, held by the bridge until it has ended and no
+/// handle names it.
+#[derive(Debug)]
+struct HeldSpan {
+    id: u64,
     /// The SDK span while it is recorded and open.
     span: Option<SdkSpan>,
     /// The span's identity (its parent's, when it was not recorded).
@@ -46,12 +64,62 @@ pub struct GuestSpan {
     parent: SpanId,
     name: Cow<'static, str>,
     ended: bool,
+    /// Guest handles naming it (`start-span`, `span-handle`).
+    handles: u32,
 }
 
-impl GuestSpan {
-    /// The span's identity (its parent's, when it was not recorded).
-    pub(crate) fn context(&self) -> &SpanContext {
-        &self.context
+/// The spans a bridge holds, by number: a slot index in the low 32 bits and
+/// a serial in the high ones, so a number outlives its span harmlessly.
+#[derive(Debug, Default)]
+struct HeldSpans {
+    slots: Vec<Option<HeldSpan>>,
+    free: Vec<u32>,
+    serial: u32,
+}
+
+impl HeldSpans {
+    fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Holds a new span, made by `make` from its number.
+    fn insert(&mut self, make: impl FnOnce(u64) -> HeldSpan) -> u64 {
+        self.serial = self.serial.wrapping_add(1).max(1);
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let id = (u64::from(self.serial) << 32) | u64::from(slot);
+        self.slots[slot as usize] = Some(make(id));
+        id
+    }
+
+    fn get(&self, id: u64) -> Option<&HeldSpan> {
+        self.slots
+            .get(id as u32 as usize)?
+            .as_ref()
+            .filter(|span| span.id == id)
+    }
+
+    fn get_mut(&mut self, id: u64) -> Option<&mut HeldSpan> {
+        self.slots
+            .get_mut(id as u32 as usize)?
+            .as_mut()
+            .filter(|span| span.id == id)
+    }
+
+    /// Lets go of the span if it has ended and no handle names it.
+    fn release_if_done(&mut self, id: u64) {
+        if self
+            .get(id)
+            .is_some_and(|span| span.ended && span.handles == 0)
+        {
+            self.slots[id as u32 as usize] = None;
+            self.free.push(id as u32);
+        }
     }
 }
 
@@ -81,8 +149,10 @@ impl From<&Limits> for BridgeLimits {
 pub struct SpanBridge {
     tracer: Option<SdkTracer>,
     root: SpanContext,
-    /// Handles (reps) of open spans in start order; the last is current.
-    open: Vec<u32>,
+    spans: HeldSpans,
+    /// Open spans in start order, with their identities; the last is current.
+    open: Vec<(u64, SpanContext)>,
+    /// Guest handles alive (`GuestSpan`s in the resource table).
     live_handles: usize,
     limits: BridgeLimits,
     started: u32,
@@ -103,6 +173,7 @@ impl SpanBridge {
         Self {
             tracer,
             root,
+            spans: HeldSpans::default(),
             open: Vec::new(),
             live_handles: 0,
             limits,
@@ -130,9 +201,9 @@ impl SpanBridge {
     }
 
     /// Tells the log which span is current now.
-    fn current_changed(&self, table: &ResourceTable) {
+    fn current_changed(&self) {
         if let Some(log) = &self.log {
-            log.set_span(&self.current(table));
+            log.set_span(self.current());
         }
     }
 
@@ -154,9 +225,9 @@ impl SpanBridge {
     /// Ends every span the guest left open, innermost first, marking each
     /// `wtrace.unended = true` and, when the task failed, with `failure` as
     /// its error status.
-    pub fn finish(&mut self, table: &mut ResourceTable, failure: Option<&str>) {
-        while let Some(rep) = self.open.pop() {
-            if let Ok(span) = table.get_mut(&Resource::<GuestSpan>::new_borrow(rep)) {
+    pub fn finish(&mut self, failure: Option<&str>) {
+        while let Some((id, _)) = self.open.pop() {
+            if let Some(span) = self.spans.get_mut(id) {
                 span.ended = true;
                 if let Some(mut sdk) = span.span.take() {
                     sdk.set_attribute(KeyValue::new("wtrace.unended", true));
@@ -165,26 +236,22 @@ impl SpanBridge {
                     }
                     sdk.end();
                 }
+                self.spans.release_if_done(id);
             }
         }
-        self.current_changed(table);
+        self.current_changed();
     }
 
     /// The guest's current span: its innermost open span, else the root.
-    pub(crate) fn current(&self, table: &ResourceTable) -> SpanContext {
-        self.open
-            .last()
-            .and_then(|rep| table.get(&Resource::<GuestSpan>::new_borrow(*rep)).ok())
-            .map(|span| span.context.clone())
-            .unwrap_or_else(|| self.root.clone())
+    pub(crate) fn current(&self) -> &SpanContext {
+        self.open.last().map_or(&self.root, |(_, cx)| cx)
     }
 
     fn start(
         &mut self,
-        table: &mut ResourceTable,
         name: String,
         options: tracer::SpanOptions,
-    ) -> wasmtime::Result<Resource<GuestSpan>> {
+    ) -> wasmtime::Result<(u64, SpanContext)> {
         let max = self.limits.attribute_value_length;
         let name = Cow::Owned(truncate(name, max as usize));
         let kind = options.kind.map_or(SpanKind::Internal, span_kind);
@@ -203,14 +270,7 @@ impl SpanBridge {
             .filter_map(span_context_from_wit)
             .map(Link::with_context)
             .collect();
-        self.start_with(
-            table,
-            name,
-            kind,
-            attributes,
-            links,
-            explicit_parent.flatten(),
-        )
+        self.start_with(name, kind, attributes, links, explicit_parent.flatten())
     }
 
     /// Whether the next span started would be recorded: there is a tracer
@@ -221,27 +281,34 @@ impl SpanBridge {
             && self.open.len() < self.limits.open_spans as usize
     }
 
+    /// Traps the guest if it holds as many spans, or span handles, as it
+    /// may (each is bounded on its own: a typed span is one of each).
+    fn check_room(held: usize) -> wasmtime::Result<()> {
+        if held >= MAX_LIVE_HANDLES {
+            wasmtime::bail!(
+                "the task holds {MAX_LIVE_HANDLES} spans or span handles; end or drop spans it no longer needs"
+            );
+        }
+        Ok(())
+    }
+
     /// Starts a span under `parent` (else the current span), unless a limit
-    /// is reached, and holds it as the new current span.
+    /// is reached, and holds it as the new current span; returns its number
+    /// and identity.
     fn start_with(
         &mut self,
-        table: &mut ResourceTable,
         name: Cow<'static, str>,
         kind: SpanKind,
         attributes: Vec<KeyValue>,
         links: Vec<Link>,
         parent: Option<SpanContext>,
-    ) -> wasmtime::Result<Resource<GuestSpan>> {
-        if self.live_handles >= MAX_LIVE_HANDLES {
-            wasmtime::bail!(
-                "the task holds {MAX_LIVE_HANDLES} span handles; end or drop spans it no longer needs"
-            );
-        }
+    ) -> wasmtime::Result<(u64, SpanContext)> {
+        Self::check_room(self.spans.len())?;
         self.started = self.started.saturating_add(1);
-        let parent = parent.unwrap_or_else(|| self.current(table));
-        let parent_id = parent.span_id();
         let over_limit = self.started > self.limits.spans_per_task
             || self.open.len() >= self.limits.open_spans as usize;
+        let parent = parent.unwrap_or_else(|| self.current().clone());
+        let parent_id = parent.span_id();
 
         let (span, context) = match &self.tracer {
             Some(tracer) if !over_limit => {
@@ -266,28 +333,31 @@ impl SpanBridge {
             }
             None => (None, SpanContext::empty_context()),
         };
-        let handle = table.push(GuestSpan {
+        let id = self.spans.insert(|id| HeldSpan {
+            id,
             span,
-            context,
+            context: context.clone(),
             parent: parent_id,
             name,
             ended: false,
-        })?;
-        self.open.push(handle.rep());
-        self.live_handles += 1;
-        self.current_changed(table);
-        Ok(handle)
+            handles: 0,
+        });
+        self.open.push((id, context.clone()));
+        if let Some(log) = &self.log {
+            log.set_span(&context);
+        }
+        Ok((id, context))
     }
 
-    fn end(
-        &mut self,
-        table: &mut ResourceTable,
-        handle: &Resource<GuestSpan>,
-        unended: bool,
-    ) -> wasmtime::Result<Result<(), String>> {
-        let span = table.get_mut(handle)?;
+    /// Ends the span numbered `id`; the caller releases it.
+    fn end(&mut self, id: u64, unended: bool) -> Result<(), String> {
+        let Some(span) = self.spans.get_mut(id) else {
+            return Err(format!(
+                "no span is numbered {id}: it has ended, or was never started"
+            ));
+        };
         if span.ended {
-            return Ok(Err(format!("span {:?} has already ended", span.name)));
+            return Err(format!("span {:?} has already ended", span.name));
         }
         span.ended = true;
         let span_id = span.context.span_id();
@@ -297,34 +367,77 @@ impl SpanBridge {
             }
             sdk.end();
         }
-        let rep = handle.rep();
-        if let Some(position) = self.open.iter().rposition(|r| *r == rep) {
+        if let Some(position) = self.open.iter().rposition(|(open, _)| *open == id) {
             self.open.remove(position);
             // Spans opened after this one may be its children, now orphaned.
-            for child in &self.open[position..] {
-                if let Ok(child) = table.get_mut(&Resource::<GuestSpan>::new_borrow(*child))
+            for (child, _) in &self.open[position..] {
+                if let Some(child) = self.spans.get_mut(*child)
                     && child.parent == span_id
                     && let Some(sdk) = &mut child.span
                 {
                     sdk.set_attribute(KeyValue::new("wtrace.outlived_parent", true));
                 }
             }
-            self.current_changed(table);
-        }
-        Ok(Ok(()))
-    }
-
-    fn with_span(
-        &mut self,
-        table: &mut ResourceTable,
-        handle: &Resource<GuestSpan>,
-        f: impl FnOnce(&mut SdkSpan, u32),
-    ) -> wasmtime::Result<()> {
-        let max = self.limits.attribute_value_length;
-        if let Some(sdk) = &mut table.get_mut(handle)?.span {
-            f(sdk, max);
+            self.current_changed();
         }
         Ok(())
+    }
+
+    /// A new guest handle on the span numbered `id`.
+    fn handle(
+        &mut self,
+        table: &mut ResourceTable,
+        id: u64,
+    ) -> wasmtime::Result<Resource<GuestSpan>> {
+        Self::check_room(self.live_handles)?;
+        let context = match self.spans.get_mut(id) {
+            Some(span) => {
+                span.handles += 1;
+                span.context.clone()
+            }
+            None => SpanContext::empty_context(),
+        };
+        let handle = table.push(GuestSpan { id, context })?;
+        self.live_handles += 1;
+        Ok(handle)
+    }
+
+    /// Lets go of a guest handle; a span it names that is still open ends,
+    /// marked `wtrace.unended = true`.
+    fn release(
+        &mut self,
+        table: &mut ResourceTable,
+        handle: Resource<GuestSpan>,
+    ) -> wasmtime::Result<()> {
+        let id = table.delete(handle)?.id;
+        self.live_handles = self.live_handles.saturating_sub(1);
+        if let Some(span) = self.spans.get_mut(id) {
+            span.handles = span.handles.saturating_sub(1);
+            if !span.ended && span.handles == 0 {
+                self.end(id, true).ok();
+            }
+            self.spans.release_if_done(id);
+        }
+        Ok(())
+    }
+
+    /// Whether the span numbered `id` is open and recorded.
+    pub(crate) fn is_recording(&self, id: u64) -> bool {
+        self.spans
+            .get(id)
+            .is_some_and(|span| !span.ended && span.span.as_ref().is_some_and(|s| s.is_recording()))
+    }
+
+    /// The number of the span a handle names.
+    fn id(table: &ResourceTable, handle: &Resource<GuestSpan>) -> wasmtime::Result<u64> {
+        Ok(table.get(handle)?.id)
+    }
+
+    fn with_span(&mut self, id: u64, f: impl FnOnce(&mut SdkSpan, u32)) {
+        let max = self.limits.attribute_value_length;
+        if let Some(sdk) = self.spans.get_mut(id).and_then(|span| span.span.as_mut()) {
+            f(sdk, max);
+        }
     }
 }
 
@@ -349,19 +462,20 @@ impl SpanBridge {
     }
 
     /// The context of a span of this bridge (the root or an open guest span).
-    fn known(&self, table: &ResourceTable, id: SpanId) -> Option<SpanContext> {
+    fn known(&self, id: SpanId) -> Option<SpanContext> {
         if self.root.span_id() == id {
             return Some(self.root.clone());
         }
-        self.open.iter().rev().find_map(|rep| {
-            let span = table.get(&Resource::<GuestSpan>::new_borrow(*rep)).ok()?;
-            (span.context.span_id() == id).then(|| span.context.clone())
-        })
+        self.open
+            .iter()
+            .rev()
+            .find(|(_, cx)| cx.span_id() == id)
+            .map(|(_, cx)| cx.clone())
     }
 
     /// Replays a span the guest made through the tracer, keeping its ids and
     /// times: the sampler, limits and processors apply as to any span.
-    pub(crate) fn record_guest_span(&mut self, table: &ResourceTable, data: GuestSpanData) {
+    pub(crate) fn record_guest_span(&mut self, data: GuestSpanData) {
         let Some(tracer) = self.tracer.clone() else {
             return;
         };
@@ -373,7 +487,7 @@ impl SpanBridge {
         // A parent of ours carries our sampling decision; the guest's own
         // spans carry the guest's.
         let parent = data.parent.map(|id| {
-            self.known(table, id).unwrap_or_else(|| {
+            self.known(id).unwrap_or_else(|| {
                 SpanContext::new(
                     data.context.trace_id(),
                     id,
@@ -417,12 +531,14 @@ impl tracer::Host for Bridge<'_> {
         options: tracer::SpanOptions,
     ) -> wasmtime::Result<Resource<GuestSpan>> {
         let _call = host_call("wtrace:tracing/tracer#start-span");
-        self.state.start(self.table, name, options)
+        let (id, _) = self.state.start(name, options)?;
+        self.state.handle(self.table, id)
     }
 
     fn end_span(&mut self, span: Resource<GuestSpan>) -> wasmtime::Result<Result<(), String>> {
         let _call = host_call("wtrace:tracing/tracer#end-span");
-        self.state.end(self.table, &span, false)
+        let id = SpanBridge::id(self.table, &span)?;
+        Ok(self.state.end(id, false))
     }
 
     fn finish_span(
@@ -431,18 +547,18 @@ impl tracer::Host for Bridge<'_> {
         attributes: Vec<types::KeyValue>,
     ) -> wasmtime::Result<Result<(), String>> {
         let _call = host_call("wtrace:tracing/tracer#finish-span");
+        let id = SpanBridge::id(self.table, &span)?;
         // A span that ended (or is not recorded) has no SDK span left to
         // set attributes on.
-        self.state.with_span(self.table, &span, |sdk, max| {
+        self.state.with_span(id, |sdk, max| {
             sdk.set_attributes(attributes.into_iter().map(|kv| key_value(kv, max)));
-        })?;
-        let result = self.state.end(self.table, &span, false)?;
-        self.table.delete(span)?;
-        self.state.live_handles = self.state.live_handles.saturating_sub(1);
+        });
+        let result = self.state.end(id, false);
+        self.state.release(self.table, span)?;
         Ok(result)
     }
 
-    fn start_span_encoded(&mut self, encoded: Vec<u8>) -> wasmtime::Result<Resource<GuestSpan>> {
+    fn start_span_encoded(&mut self, encoded: Vec<u8>) -> wasmtime::Result<u64> {
         let _call = host_call("wtrace:tracing/tracer#start-span-encoded");
         let max = self.state.limits.attribute_value_length as usize;
         let malformed = |why: String| {
@@ -453,9 +569,10 @@ impl tracer::Host for Bridge<'_> {
             let name =
                 span_encoding::name(&encoded, max, &mut self.state.recent).map_err(malformed)?;
             let (kind, attributes) = (SpanKind::Internal, Vec::new());
-            return self
+            let (id, _) = self
                 .state
-                .start_with(self.table, name, kind, attributes, Vec::new(), None);
+                .start_with(name, kind, attributes, Vec::new(), None)?;
+            return Ok(id);
         }
         let mut start =
             span_encoding::start(&encoded, max, &mut self.state.recent).map_err(malformed)?;
@@ -464,19 +581,19 @@ impl tracer::Host for Bridge<'_> {
                 .attributes
                 .push(KeyValue::new("wtrace.invalid_parent", true));
         }
-        self.state.start_with(
-            self.table,
+        let (id, _) = self.state.start_with(
             start.name,
             start.kind,
             start.attributes,
             start.links,
             start.parent.flatten(),
-        )
+        )?;
+        Ok(id)
     }
 
     fn finish_span_encoded(
         &mut self,
-        span: Resource<GuestSpan>,
+        span: u64,
         attributes: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
         let _call = host_call("wtrace:tracing/tracer#finish-span-encoded");
@@ -487,17 +604,21 @@ impl tracer::Host for Bridge<'_> {
         })?;
         if !attributes.is_empty() {
             self.state
-                .with_span(self.table, &span, |sdk, _| sdk.set_attributes(attributes))?;
+                .with_span(span, |sdk, _| sdk.set_attributes(attributes));
         }
-        let result = self.state.end(self.table, &span, false)?;
-        self.table.delete(span)?;
-        self.state.live_handles = self.state.live_handles.saturating_sub(1);
+        let result = self.state.end(span, false);
+        self.state.spans.release_if_done(span);
         Ok(result)
+    }
+
+    fn span_handle(&mut self, span: u64) -> wasmtime::Result<Resource<GuestSpan>> {
+        let _call = host_call("wtrace:tracing/tracer#span-handle");
+        self.state.handle(self.table, span)
     }
 
     fn current_span_context(&mut self) -> wasmtime::Result<types::SpanContext> {
         let _call = host_call("wtrace:tracing/tracer#current-span-context");
-        Ok(span_context_to_wit(&self.state.current(self.table)))
+        Ok(span_context_to_wit(self.state.current()))
     }
 }
 
@@ -509,9 +630,11 @@ impl tracer::HostSpan for Bridge<'_> {
         value: types::Value,
     ) -> wasmtime::Result<()> {
         let _call = host_call("wtrace:tracing/tracer#[method]span.set-attribute");
-        self.state.with_span(self.table, &span, |sdk, max| {
+        let id = SpanBridge::id(self.table, &span)?;
+        self.state.with_span(id, |sdk, max| {
             sdk.set_attribute(key_value(types::KeyValue { key, value }, max));
-        })
+        });
+        Ok(())
     }
 
     fn set_attributes(
@@ -520,9 +643,11 @@ impl tracer::HostSpan for Bridge<'_> {
         attributes: Vec<types::KeyValue>,
     ) -> wasmtime::Result<()> {
         let _call = host_call("wtrace:tracing/tracer#[method]span.set-attributes");
-        self.state.with_span(self.table, &span, |sdk, max| {
+        let id = SpanBridge::id(self.table, &span)?;
+        self.state.with_span(id, |sdk, max| {
             sdk.set_attributes(attributes.into_iter().map(|kv| key_value(kv, max)));
-        })
+        });
+        Ok(())
     }
 
     fn add_event(
@@ -532,13 +657,15 @@ impl tracer::HostSpan for Bridge<'_> {
         attributes: Vec<types::KeyValue>,
     ) -> wasmtime::Result<()> {
         let _call = host_call("wtrace:tracing/tracer#[method]span.add-event");
-        self.state.with_span(self.table, &span, |sdk, max| {
+        let id = SpanBridge::id(self.table, &span)?;
+        self.state.with_span(id, |sdk, max| {
             let attributes = attributes
                 .into_iter()
                 .map(|kv| key_value(kv, max))
                 .collect();
             sdk.add_event(truncate(name, max as usize), attributes);
-        })
+        });
+        Ok(())
     }
 
     fn set_status(
@@ -547,7 +674,8 @@ impl tracer::HostSpan for Bridge<'_> {
         status: types::Status,
     ) -> wasmtime::Result<()> {
         let _call = host_call("wtrace:tracing/tracer#[method]span.set-status");
-        self.state.with_span(self.table, &span, |sdk, max| {
+        let id = SpanBridge::id(self.table, &span)?;
+        self.state.with_span(id, |sdk, max| {
             sdk.set_status(match status {
                 types::Status::Unset => Status::Unset,
                 types::Status::Ok => Status::Ok,
@@ -555,14 +683,16 @@ impl tracer::HostSpan for Bridge<'_> {
                     Status::error(truncate(description, max as usize))
                 }
             });
-        })
+        });
+        Ok(())
     }
 
     fn update_name(&mut self, span: Resource<GuestSpan>, name: String) -> wasmtime::Result<()> {
         let _call = host_call("wtrace:tracing/tracer#[method]span.update-name");
-        self.state.with_span(self.table, &span, |sdk, max| {
-            sdk.update_name(truncate(name, max as usize))
-        })
+        let id = SpanBridge::id(self.table, &span)?;
+        self.state
+            .with_span(id, |sdk, max| sdk.update_name(truncate(name, max as usize)));
+        Ok(())
     }
 
     fn context(&mut self, span: Resource<GuestSpan>) -> wasmtime::Result<types::SpanContext> {
@@ -572,19 +702,13 @@ impl tracer::HostSpan for Bridge<'_> {
 
     fn is_recording(&mut self, span: Resource<GuestSpan>) -> wasmtime::Result<bool> {
         let _call = host_call("wtrace:tracing/tracer#[method]span.is-recording");
-        let span = self.table.get(&span)?;
-        Ok(!span.ended && span.span.as_ref().is_some_and(|s| s.is_recording()))
+        let id = SpanBridge::id(self.table, &span)?;
+        Ok(self.state.is_recording(id))
     }
 
     fn drop(&mut self, span: Resource<GuestSpan>) -> wasmtime::Result<()> {
         let _call = host_call("wtrace:tracing/tracer#[resource-drop]span");
-        let open = !self.table.get(&span)?.ended;
-        if open {
-            self.state.end(self.table, &span, true)?.ok();
-        }
-        self.table.delete(span)?;
-        self.state.live_handles = self.state.live_handles.saturating_sub(1);
-        Ok(())
+        self.state.release(self.table, span)
     }
 }
 

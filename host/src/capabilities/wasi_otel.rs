@@ -34,14 +34,14 @@ impl wt::Host for Bridge<'_> {
         let _call = host_call("wasi:otel/tracing#on-end");
         let max = self.state.attribute_value_length();
         if let Some(data) = span_data(span, max) {
-            self.state.record_guest_span(self.table, data);
+            self.state.record_guest_span(data);
         }
         Ok(())
     }
 
     fn outer_span_context(&mut self) -> wasmtime::Result<wt::SpanContext> {
         let _call = host_call("wasi:otel/tracing#outer-span-context");
-        Ok(to_wit(&self.state.current(self.table)))
+        Ok(to_wit(self.state.current()))
     }
 }
 

@@ -88,7 +88,7 @@ impl StoreState {
 impl WasiHttpView for StoreState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         // Outgoing requests are children of the guest's current span.
-        self.http_hooks.parent = self.bridge.current(&self.table);
+        self.http_hooks.parent = self.bridge.current().clone();
         WasiHttpCtxView {
             hooks: &mut self.http_hooks,
             table: &mut self.table,

@@ -661,7 +661,7 @@ pub(crate) fn finish_run<T>(
         log.finish();
     }
     let finished = sandbox::contain("ending the spans the guest left open", || {
-        state.bridge.finish(&mut state.table, failure.as_deref())
+        state.bridge.finish(failure.as_deref())
     });
     let result = match finished {
         Ok(()) => result,

@@ -19,6 +19,7 @@ wit_bindgen::generate!({
             export huge-attribute: func(mib: u32);
             export deep-spans: func(n: u32) -> u32;
             export stale-handle: func();
+            export stale-span-numbers: func() -> list<string>;
             export out-of-order: func();
             export huge-result: func(mib: u32) -> string;
             export echo: func(value: string) -> u32;
@@ -184,6 +185,44 @@ impl Guest for Hostile {
         #[allow(unsafe_code)]
         let stale = unsafe { raw::Span::from_handle(handle) };
         raw::end_span(&stale).ok();
+    }
+
+    fn stale_span_numbers() -> Vec<String> {
+        // Span numbers are plain u64s: a guest can pass any. Each misuse is
+        // an error or an ignored call, never another span ended.
+        let mut start = Vec::new();
+        wtrace_guest::encoded::start(&mut start, None, "numbered", &[], &[], None);
+        let no_attributes = 0u32.to_le_bytes();
+        let keep = raw::start_span_encoded(&start);
+        let id = raw::start_span_encoded(&start);
+        let mut said = Vec::new();
+        said.push(format!(
+            "{:?}",
+            raw::finish_span_encoded(id, &no_attributes)
+        ));
+        said.push(format!(
+            "{:?}",
+            raw::finish_span_encoded(id, &no_attributes)
+        ));
+        said.push(format!(
+            "{:?}",
+            raw::finish_span_encoded(u64::MAX, &no_attributes)
+        ));
+        said.push(format!(
+            "{:?}",
+            raw::finish_span_encoded(keep ^ (1 << 40), &no_attributes)
+        ));
+        let stranger = raw::span_handle(12_345);
+        stranger.set_attribute(
+            "ignored",
+            &wtrace_guest::wit::wtrace::tracing::types::Value::Bool(true),
+        );
+        said.push(format!("recording={}", stranger.is_recording()));
+        drop(stranger);
+        let kept = raw::span_handle(keep);
+        said.push(format!("recording={}", kept.is_recording()));
+        said.push(format!("{:?}", raw::finish_span(kept, &[])));
+        said
     }
 
     fn out_of_order() {
