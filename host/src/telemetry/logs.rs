@@ -7,10 +7,11 @@
 
 use std::borrow::Cow;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
-use opentelemetry::trace::SpanContext;
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Key, KeyValue, Value};
 use opentelemetry_sdk::logs::SdkLogger;
 
@@ -92,14 +93,51 @@ pub struct TaskLog {
     logger: SdkLogger,
     /// Longest body, in bytes; longer ones are truncated.
     body_limit: usize,
+    /// The current span, set at every guest span start and end.
+    span: CurrentSpan,
     state: Mutex<State>,
+}
+
+/// A span's ids and flags (all a log record takes of it) in atomics: the
+/// bridge sets them twice a guest span, so without a lock.
+#[derive(Debug, Default)]
+struct CurrentSpan {
+    trace_id: [AtomicU64; 2],
+    span_id: AtomicU64,
+    flags: AtomicU8,
+}
+
+impl CurrentSpan {
+    // The store's thread sets and reads them; Relaxed is enough.
+    fn set(&self, span: &SpanContext) {
+        let trace_id = u128::from_be_bytes(span.trace_id().to_bytes());
+        self.trace_id[0].store((trace_id >> 64) as u64, Ordering::Relaxed);
+        self.trace_id[1].store(trace_id as u64, Ordering::Relaxed);
+        self.span_id.store(
+            u64::from_be_bytes(span.span_id().to_bytes()),
+            Ordering::Relaxed,
+        );
+        self.flags
+            .store(span.trace_flags().to_u8(), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> SpanContext {
+        let trace_id = (u128::from(self.trace_id[0].load(Ordering::Relaxed)) << 64)
+            | u128::from(self.trace_id[1].load(Ordering::Relaxed));
+        SpanContext::new(
+            TraceId::from_bytes(trace_id.to_be_bytes()),
+            SpanId::from_bytes(self.span_id.load(Ordering::Relaxed).to_be_bytes()),
+            TraceFlags::new(self.flags.load(Ordering::Relaxed)),
+            false,
+            TraceState::NONE,
+        )
+    }
 }
 
 #[derive(Debug)]
 struct State {
     /// `wtrace.function` and `wtrace.task_id` (or `wtrace.hook`).
     origin: Vec<KeyValue>,
-    span: SpanContext,
     /// The unfinished last line of each stream, with the span current when
     /// it began.
     partial: [Option<(Vec<u8>, SpanContext)>; 2],
@@ -130,12 +168,14 @@ impl TaskLog {
         origin: Vec<KeyValue>,
         span: SpanContext,
     ) -> Self {
+        let current = CurrentSpan::default();
+        current.set(&span);
         Self {
             logger,
             body_limit,
+            span: current,
             state: Mutex::new(State {
                 origin,
-                span,
                 partial: [None, None],
             }),
         }
@@ -151,19 +191,15 @@ impl TaskLog {
 
     /// The span now current: what later lines and records are joined to.
     pub fn set_span(&self, span: &SpanContext) {
-        let mut state = lock(&self.state);
-        if state.span != *span {
-            state.span = span.clone();
-        }
+        self.span.set(span);
     }
 
     /// Another run in the same store (an actor's next call): its origin and
     /// root span. Unfinished lines of the last run are emitted first.
     pub fn rearm(&self, origin: Vec<KeyValue>, span: SpanContext) {
         self.finish();
-        let mut state = lock(&self.state);
-        state.origin = origin;
-        state.span = span;
+        lock(&self.state).origin = origin;
+        self.span.set(&span);
     }
 
     /// Bytes the guest wrote to `stream`: each line they complete becomes a
@@ -171,8 +207,8 @@ impl TaskLog {
     pub fn write(&self, stream: Stream, mut bytes: &[u8]) {
         let mut lines = Vec::new();
         let origin = {
+            let current = self.span.get();
             let mut state = lock(&self.state);
-            let current = state.span.clone();
             let partial = &mut state.partial[stream.index()];
             while let Some(end) = bytes.iter().position(|b| *b == b'\n') {
                 let (line, rest) = (&bytes[..end], &bytes[end + 1..]);
@@ -244,11 +280,8 @@ impl TaskLog {
     /// Emits a record a guest handed over, joined to its span (else the
     /// current one) and carrying the task's origin.
     pub fn emit(&self, guest: GuestRecord) {
-        let (origin, current) = {
-            let state = lock(&self.state);
-            (state.origin.clone(), state.span.clone())
-        };
-        let span = guest.span.unwrap_or(current);
+        let origin = lock(&self.state).origin.clone();
+        let span = guest.span.unwrap_or_else(|| self.span.get());
         let mut record = self.logger.create_log_record();
         let now = SystemTime::now();
         record.set_timestamp(guest.time.unwrap_or(now));

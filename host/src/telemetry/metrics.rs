@@ -141,8 +141,12 @@ impl TaskMetrics {
     }
 }
 
+/// `wtrace.function`, its text shared from task to task when it can be.
 fn function_attribute(function: &str) -> KeyValue {
-    KeyValue::new("wtrace.function", function.to_owned())
+    match crate::attrs::interned(function) {
+        Some(kept) => KeyValue::new("wtrace.function", kept),
+        None => KeyValue::new("wtrace.function", function.to_owned()),
+    }
 }
 
 /// `wtrace.telemetry.exported` and `wtrace.telemetry.lost`, per exporter
