@@ -56,7 +56,12 @@ mod otlp_json;
 use std::path::{Component as PathComponent, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
+
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -177,11 +182,66 @@ impl SpanExporter for AnyExporter {
 /// priority than tasks: under load, tasks get the CPU first and the queue
 /// absorbs the spans until the exporter catches up. It counts down the
 /// spans [`Backpressure`] counted up.
-#[derive(Debug)]
+///
+/// Up to [`EXPORTS_IN_FLIGHT`] exports are under way at once: an OTLP
+/// export waits for the receiver's answer, and meanwhile the next batch is
+/// converted and sent rather than the receiver and this thread taking
+/// turns. Every export is still driven from this thread (an export returns
+/// once its batch is sent and fewer than the most are unanswered), and a
+/// flush or shutdown waits for all of them.
 pub struct Background {
-    exporter: AnyExporter,
+    exporter: Arc<AnyExporter>,
     queued: Arc<AtomicUsize>,
     ledger: Option<Arc<Ledger>>,
+    in_flight: Arc<InFlight>,
+}
+
+/// Exports under way. The batch processor does not tell its exporter of a
+/// flush, so [`Backpressure`] settles them itself after one.
+#[derive(Default)]
+struct InFlight(std::sync::Mutex<FuturesUnordered<BoxFuture<'static, ()>>>);
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InFlight")
+    }
+}
+
+impl InFlight {
+    fn push(&self, export: BoxFuture<'static, ()>) {
+        crate::sync::lock(&self.0).push(export);
+    }
+
+    /// Drives the exports under way until at most `most` are left.
+    fn settled(&self, most: usize) -> impl Future<Output = ()> + Send + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut in_flight = crate::sync::lock(&self.0);
+            loop {
+                match in_flight.poll_next_unpin(cx) {
+                    Poll::Ready(Some(())) => continue,
+                    Poll::Ready(None) => return Poll::Ready(()),
+                    Poll::Pending if in_flight.len() <= most => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+    }
+
+    /// Waits for every export under way (outside any executor).
+    fn settle(&self) {
+        futures::executor::block_on(self.settled(0));
+    }
+}
+
+/// Exports a [`Background`] exporter keeps under way at once.
+pub const EXPORTS_IN_FLIGHT: usize = 4;
+
+impl std::fmt::Debug for Background {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Background")
+            .field("exporter", &self.exporter)
+            .finish_non_exhaustive()
+    }
 }
 
 thread_local! {
@@ -206,27 +266,39 @@ impl SpanExporter for Background {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         lower_this_threads_priority();
         let count = batch.len();
-        let result = self.exporter.export(batch).await;
-        if let Some(ledger) = &self.ledger {
-            ledger.exported(count, &result);
-        }
-        self.queued.fetch_sub(
-            count.min(self.queued.load(Ordering::Relaxed)),
-            Ordering::Relaxed,
+        let (exporter, ledger, queued) = (
+            self.exporter.clone(),
+            self.ledger.clone(),
+            self.queued.clone(),
         );
-        result
+        self.in_flight.push(Box::pin(async move {
+            let result = exporter.export(batch).await;
+            if let Some(ledger) = &ledger {
+                ledger.exported(count, &result);
+            }
+            queued.fetch_sub(count.min(queued.load(Ordering::Relaxed)), Ordering::Relaxed);
+        }));
+        // Sends this batch (its first poll), and waits while too many are
+        // unanswered. A failure is the ledger's to count and say.
+        self.in_flight.settled(EXPORTS_IN_FLIGHT - 1).await;
+        Ok(())
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.in_flight.settle();
         self.exporter.shutdown_with_timeout(timeout)
     }
 
     fn force_flush(&self) -> OTelSdkResult {
+        self.in_flight.settle();
         self.exporter.force_flush()
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.exporter.set_resource(resource);
+        // Set before any export, while nothing else holds the exporter.
+        if let Some(exporter) = Arc::get_mut(&mut self.exporter) {
+            exporter.set_resource(resource);
+        }
     }
 }
 
@@ -239,6 +311,7 @@ impl SpanExporter for Background {
 pub struct Backpressure {
     inner: BatchSpanProcessor,
     queued: Arc<AtomicUsize>,
+    in_flight: Arc<InFlight>,
     limit: usize,
 }
 
@@ -254,16 +327,19 @@ impl Backpressure {
         ledger: Option<Arc<Ledger>>,
     ) -> Self {
         let queued = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(InFlight::default());
         let inner = BatchSpanProcessor::builder(Background {
-            exporter,
+            exporter: Arc::new(exporter),
             queued: queued.clone(),
             ledger,
+            in_flight: in_flight.clone(),
         })
         .with_batch_config(config.with_max_queue_size(queue_size).build())
         .build();
         Self {
             inner,
             queued,
+            in_flight,
             // Room for what the exporter holds while exporting.
             limit: queue_size.saturating_sub(queue_size / 4),
         }
@@ -289,7 +365,9 @@ impl SpanProcessor for Backpressure {
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
+        let result = self.inner.force_flush();
+        self.in_flight.settle();
+        result
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
