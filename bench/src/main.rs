@@ -434,6 +434,27 @@ struct RunPairs {
 
 /// CPU time of every finished child process and of the processes they
 /// waited for (a `wtrace run` waits for its workers).
+/// The CPU time process `pid` has taken so far (zero when it cannot be read).
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses: utime and
+    // stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let used = field(11) + field(12);
+    Duration::from_secs_f64(used as f64 / ticks)
+}
+
 fn children_cpu() -> Duration {
     // SAFETY: getrusage fills the struct it is given.
     let usage = unsafe {
@@ -998,7 +1019,9 @@ async fn export(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         std::env::set_var("WTRACE_SPAN_DIR", dir.path());
         std::env::set_var("WTRACE_TEST_BATCH", "1");
     }
+    let cpu_before = children_cpu();
     let elapsed = span_flood(guests::FILE_HOOK, Some(dir.path()), tasks, per_task).await?;
+    let worker_cpu = children_cpu().saturating_sub(cpu_before);
     let files = wtrace::spans::SpanFiles::read(&[dir.path().to_owned()])?;
     let exported = files.spans.iter().filter(|s| s.name == "bench").count();
     let expected = tasks * per_task as usize;
@@ -1006,6 +1029,13 @@ async fn export(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         "file export: spans/s one worker sustains, flushed",
         format!("{:.0}", expected as f64 / elapsed.as_secs_f64()),
         ">= 1000000",
+    );
+    // Where the time goes: the guest making the span, the bridge, the
+    // encoding on the executor thread and the write, all in the worker.
+    report.row(
+        "file export: the worker's CPU per span, all of it (us)",
+        format!("{:.2}", worker_cpu.as_secs_f64() * 1e6 / expected as f64),
+        "",
     );
     report.row(
         "file export: spans exported / spans made",
@@ -1113,7 +1143,12 @@ async fn export_otlp(options: &Options, report: &mut Report) -> anyhow::Result<(
         );
         std::env::set_var("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
     }
+    let (cpu_before, rotel_before) = (children_cpu(), process_cpu(collector.id()));
     let elapsed = span_flood(guests::OTLP_HOOK, None, tasks, per_task).await?;
+    // Where the time goes: the worker's CPU (a reaped child) and rotel's,
+    // which share the two cores.
+    let worker_cpu = children_cpu().saturating_sub(cpu_before);
+    let rotel_cpu = process_cpu(collector.id()).saturating_sub(rotel_before);
     // Each "Received traces" line of rotel's log counts a batch's spans.
     let expected = tasks * per_task as usize;
     let received = |log: &Path| -> usize {
@@ -1148,6 +1183,12 @@ async fn export_otlp(options: &Options, report: &mut Report) -> anyhow::Result<(
         "OTLP/gRPC export to rotel: spans/s one worker sustains, flushed",
         format!("{:.0}", expected as f64 / elapsed.as_secs_f64()),
         ">= 250000",
+    );
+    let per_span = |cpu: Duration| cpu.as_secs_f64() * 1e6 / expected as f64;
+    report.row(
+        "OTLP/gRPC export: CPU per span, worker / rotel (us)",
+        format!("{:.2} / {:.2}", per_span(worker_cpu), per_span(rotel_cpu)),
+        "",
     );
     // rotel also receives the tasks' execute spans (one per task).
     report.row(
