@@ -373,7 +373,19 @@ fn run_rate(
     hook: Option<&str>,
     n: usize,
 ) -> anyhow::Result<(f64, f64)> {
+    run_rate_with(guest, invocation, hook, n, &[])
+}
+
+/// [`run_rate`] with `env` set for the run.
+fn run_rate_with(
+    guest: &str,
+    invocation: &str,
+    hook: Option<&str>,
+    n: usize,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(f64, f64)> {
     let mut command = Command::new(wtrace_bin());
+    command.envs(env.iter().copied());
     command.args([
         "run",
         "-n",
@@ -432,8 +444,6 @@ struct RunPairs {
     traced_cpu: f64,
 }
 
-/// CPU time of every finished child process and of the processes they
-/// waited for (a `wtrace run` waits for its workers).
 /// The CPU time process `pid` has taken so far (zero when it cannot be read).
 fn process_cpu(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -455,6 +465,8 @@ fn process_cpu(pid: u32) -> Duration {
     Duration::from_secs_f64(used as f64 / ticks)
 }
 
+/// CPU time of every finished child process and of the processes they
+/// waited for (a `wtrace run` waits for its workers).
 fn children_cpu() -> Duration {
     // SAFETY: getrusage fills the struct it is given.
     let usage = unsafe {
@@ -701,6 +713,25 @@ async fn tasks(options: &Options, report: &mut Report) -> anyhow::Result<f64> {
         format!("{:.1} / {:.1}", traced_cpu - plain_cpu, plain_cpu / 9.0),
         "",
     );
+    // Part of that is paid once per run, not per task: each process loads
+    // and runs the hook, and flushes and closes its exporters at exit.
+    let mut once = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        once.0
+            .push(run_rate(guests::HELLO, "my-function()", None, 1)?.1);
+        once.1
+            .push(run_rate(guests::HELLO, "my-function()", Some("default"), 1)?.1);
+    }
+    let fixed = (median(once.1) - median(once.0)).max(0.0);
+    report.row(
+        "  of it, paid once per run / per task without it (ms, us)",
+        format!(
+            "{:.1} / {:.1}",
+            fixed / 1000.0,
+            traced_cpu - plain_cpu - fixed / n as f64
+        ),
+        "",
+    );
     let cost = span_export_cost(options).await?;
     report.row(
         "file export of one execute span: encode + write (us)",
@@ -725,6 +756,44 @@ async fn tasks(options: &Options, report: &mut Report) -> anyhow::Result<f64> {
             cost.encoding,
             cost.proto_encoding / cost.encoding
         ),
+        "",
+    );
+    // Which signal costs what: the file hook with spans alone, then with
+    // log records, then with metrics too (all to files, spans batched).
+    // Under /tmp/spans, where a hook may write without --allow-span-dir.
+    std::fs::create_dir_all("/tmp/spans")?;
+    let dir = tempfile::tempdir_in("/tmp/spans")?;
+    let dir_text = dir.path().to_string_lossy().into_owned();
+    let hook = format!("{}:setup-tracing", guests::FILE_HOOK);
+    let allow = [
+        ("WTRACE_SPAN_DIR", dir_text.as_str()),
+        ("WTRACE_TEST_BATCH", "1"),
+    ];
+    // Interleaved with an untraced run each round, as the machine's load
+    // drifts; medians of the differences.
+    let mut split = vec![Vec::new(); 3];
+    for _ in 0..rounds.max(3) {
+        let untraced = run_rate(guests::HELLO, "my-function()", None, n)?.1;
+        for (i, leave_out) in [
+            &[
+                ("WTRACE_TEST_NO_LOGS", "1"),
+                ("WTRACE_TEST_NO_METRICS", "1"),
+            ][..],
+            &[("WTRACE_TEST_NO_METRICS", "1")][..],
+            &[][..],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let env: Vec<_> = allow.iter().chain(leave_out).copied().collect();
+            let traced = run_rate_with(guests::HELLO, "my-function()", Some(&hook), n, &env)?.1;
+            split[i].push(traced - untraced);
+        }
+    }
+    let split: Vec<f64> = split.into_iter().map(median).collect();
+    report.row(
+        "tracing's CPU per task: spans / + logs / + metrics (us)",
+        format!("{:.1} / {:.1} / {:.1}", split[0], split[1], split[2]),
         "",
     );
     // The same spans on tasks with work of their own (`busy`: rounds of

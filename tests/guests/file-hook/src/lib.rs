@@ -2,7 +2,8 @@
 //! `WTRACE_TEST_BATCH` is set), log records to `{pid}.logs.json` (batch),
 //! metrics to `{pid}.metrics.json` (at exit),
 //! with the `OTEL_TRACES_SAMPLER` sampler. With `WTRACE_TEST_HOOK_SAYS`,
-//! it prints that on stdout first.
+//! it prints that on stdout first. `WTRACE_TEST_NO_LOGS` and
+//! `WTRACE_TEST_NO_METRICS` leave those out (the benchmark's cost split).
 
 use wtrace_guest::hook::{self, Exporter, FileExporter, MetricReader, Processor};
 
@@ -26,15 +27,20 @@ fn setup_tracing() -> Result<(), String> {
     } else {
         Processor::Simple(exporter)
     })?;
-    hook::add_log_processor(&Processor::Batch(Exporter::File(FileExporter {
-        path: format!("{dir}/{{pid}}.logs.json"),
-    })))?;
-    hook::add_metric_reader(&MetricReader {
-        exporter: Exporter::File(FileExporter {
-            path: format!("{dir}/{{pid}}.metrics.json"),
-        }),
-        interval_ms: 0,
-    })
+    if hook::env("WTRACE_TEST_NO_LOGS").is_none() {
+        hook::add_log_processor(&Processor::Batch(Exporter::File(FileExporter {
+            path: format!("{dir}/{{pid}}.logs.json"),
+        })))?;
+    }
+    if hook::env("WTRACE_TEST_NO_METRICS").is_none() {
+        hook::add_metric_reader(&MetricReader {
+            exporter: Exporter::File(FileExporter {
+                path: format!("{dir}/{{pid}}.metrics.json"),
+            }),
+            interval_ms: 0,
+        })?;
+    }
+    Ok(())
 }
 
 wtrace_guest::export_hook!(setup_tracing);
