@@ -23,28 +23,40 @@ fn process_of(span: &SpanRecord, unknown: &mut HashMap<String, i64>) -> i64 {
     }
 }
 
-/// Lays out one process's spans on tracks: a span goes on its parent's
-/// track when the parent is in the same process, else on the first track
-/// free at its start, so slices on one track only ever nest.
+/// Lays out one process's spans on tracks so that slices on one track only
+/// ever nest or follow each other: a span goes on its parent's track when
+/// it fits there (the parent is in the same process, and the span overlaps
+/// nothing there it does not nest in: siblings may overlap, and a child may
+/// outlive its parent), else on the first track where it fits, else a new
+/// one.
 fn tracks(spans: &[&SpanRecord]) -> HashMap<String, usize> {
     let mut sorted: Vec<&&SpanRecord> = spans.iter().collect();
     sorted.sort_by_key(|s| (s.start, std::cmp::Reverse(s.end)));
     let mut track_of: HashMap<String, usize> = HashMap::new();
-    // When each track is free again (the end of its last top-level slice).
-    let mut free_at: Vec<u64> = Vec::new();
+    // Per track, the ends of the slices open at the latest start seen,
+    // innermost last.
+    let mut open: Vec<Vec<u64>> = Vec::new();
+    // Whether `span` nests in what is open on a track (slices that ended
+    // before it started are closed first: spans come in start order).
+    let fits = |open: &mut Vec<u64>, span: &SpanRecord| {
+        while open.last().is_some_and(|end| *end <= span.start) {
+            open.pop();
+        }
+        open.last().is_none_or(|end| span.end <= *end)
+    };
     for span in sorted {
-        let inherited = track_of.get(&span.parent_span_id).copied();
-        let track = match inherited {
+        let parents = track_of.get(&span.parent_span_id).copied();
+        let track = match parents.filter(|track| fits(&mut open[*track], span)) {
             Some(track) => track,
-            None => match free_at.iter().position(|end| *end <= span.start) {
+            None => match (0..open.len()).find(|track| fits(&mut open[*track], span)) {
                 Some(track) => track,
                 None => {
-                    free_at.push(0);
-                    free_at.len() - 1
+                    open.push(Vec::new());
+                    open.len() - 1
                 }
             },
         };
-        free_at[track] = free_at[track].max(span.end);
+        open[track].push(span.end);
         track_of.insert(span.span_id.clone(), track);
     }
     track_of
@@ -145,5 +157,66 @@ impl SpanFiles {
             }));
         }
         json!({"traceEvents": events, "displayTimeUnit": "ms"})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn span(id: &str, parent: &str, start: u64, end: u64) -> SpanRecord {
+        SpanRecord {
+            trace_id: "aa".into(),
+            span_id: id.into(),
+            parent_span_id: parent.into(),
+            name: id.into(),
+            kind: "INTERNAL",
+            start,
+            end,
+            error: None,
+            pid: Some(1),
+            attributes: BTreeMap::new(),
+            resource: Arc::default(),
+            events: Vec::new(),
+            links: Vec::new(),
+            file: PathBuf::from("1.json"),
+        }
+    }
+
+    #[test]
+    fn slices_on_a_track_nest_or_follow_even_when_siblings_overlap_or_outlive_their_parent() {
+        // Two submissions of one task that overlap each other, and a child
+        // that ends after its parent.
+        let spans = [
+            span("parent", "", 0, 100),
+            span("submit-a", "parent", 10, 50),
+            span("submit-b", "parent", 20, 60),
+            span("late", "parent", 70, 130),
+            span("next", "", 110, 120),
+        ];
+        let refs: Vec<&SpanRecord> = spans.iter().collect();
+        let track_of = tracks(&refs);
+        for a in &spans {
+            for b in &spans {
+                if track_of[&a.span_id] != track_of[&b.span_id] {
+                    continue;
+                }
+                let nested = (a.start <= b.start && b.end <= a.end)
+                    || (b.start <= a.start && a.end <= b.end);
+                let apart = a.end <= b.start || b.end <= a.start;
+                assert!(
+                    nested || apart,
+                    "{} and {} half-overlap on one track",
+                    a.span_id,
+                    b.span_id
+                );
+            }
+        }
+        // A child that fits stays on its parent's track.
+        assert_eq!(track_of["submit-a"], track_of["parent"]);
     }
 }
