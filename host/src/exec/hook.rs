@@ -121,7 +121,8 @@ pub struct HookComponent {
     pub export: String,
     /// The component.
     pub bytes: Arc<[u8]>,
-    /// The sha256 of `bytes`.
+    /// The sha256 of `bytes`, made when they were read or checked when
+    /// they arrived: the compiled hook is looked up by it.
     pub digest: Digest,
 }
 
@@ -212,7 +213,8 @@ impl HookComponent {
     }
 
     fn load_component(&self, runtime: &Runtime) -> Result<Component> {
-        let (_, component) = runtime.load(&self.name, &self.bytes).map_err(|e| match e {
+        let loaded = runtime.load_digested(&self.name, &self.bytes, self.digest.clone());
+        let (_, component) = loaded.map_err(|e| match e {
             Error::Component { cause, .. } => self.error(cause),
             other => other,
         })?;
