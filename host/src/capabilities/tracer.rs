@@ -247,11 +247,7 @@ impl SpanBridge {
         self.open.last().map_or(&self.root, |(_, cx)| cx)
     }
 
-    fn start(
-        &mut self,
-        name: String,
-        options: tracer::SpanOptions,
-    ) -> wasmtime::Result<(u64, SpanContext)> {
+    fn start(&mut self, name: String, options: tracer::SpanOptions) -> wasmtime::Result<u64> {
         let max = self.limits.attribute_value_length;
         let name = Cow::Owned(truncate(name, max as usize));
         let kind = options.kind.map_or(SpanKind::Internal, span_kind);
@@ -293,8 +289,7 @@ impl SpanBridge {
     }
 
     /// Starts a span under `parent` (else the current span), unless a limit
-    /// is reached, and holds it as the new current span; returns its number
-    /// and identity.
+    /// is reached, and holds it as the new current span; returns its number.
     fn start_with(
         &mut self,
         name: Cow<'static, str>,
@@ -302,7 +297,7 @@ impl SpanBridge {
         attributes: Vec<KeyValue>,
         links: Vec<Link>,
         parent: Option<SpanContext>,
-    ) -> wasmtime::Result<(u64, SpanContext)> {
+    ) -> wasmtime::Result<u64> {
         Self::check_room(self.spans.len())?;
         self.started = self.started.saturating_add(1);
         let over_limit = self.started > self.limits.spans_per_task
@@ -342,11 +337,11 @@ impl SpanBridge {
             ended: false,
             handles: 0,
         });
-        self.open.push((id, context.clone()));
         if let Some(log) = &self.log {
             log.set_span(&context);
         }
-        Ok((id, context))
+        self.open.push((id, context));
+        Ok(id)
     }
 
     /// Ends the span numbered `id`; the caller releases it.
@@ -531,7 +526,7 @@ impl tracer::Host for Bridge<'_> {
         options: tracer::SpanOptions,
     ) -> wasmtime::Result<Resource<GuestSpan>> {
         let _call = host_call("wtrace:tracing/tracer#start-span");
-        let (id, _) = self.state.start(name, options)?;
+        let id = self.state.start(name, options)?;
         self.state.handle(self.table, id)
     }
 
@@ -569,7 +564,7 @@ impl tracer::Host for Bridge<'_> {
             let name =
                 span_encoding::name(&encoded, max, &mut self.state.recent).map_err(malformed)?;
             let (kind, attributes) = (SpanKind::Internal, Vec::new());
-            let (id, _) = self
+            let id = self
                 .state
                 .start_with(name, kind, attributes, Vec::new(), None)?;
             return Ok(id);
@@ -581,7 +576,7 @@ impl tracer::Host for Bridge<'_> {
                 .attributes
                 .push(KeyValue::new("wtrace.invalid_parent", true));
         }
-        let (id, _) = self.state.start_with(
+        let id = self.state.start_with(
             start.name,
             start.kind,
             start.attributes,

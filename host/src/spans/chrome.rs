@@ -162,29 +162,10 @@ impl SpanFiles {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::path::PathBuf;
-    use std::sync::Arc;
-
     use super::*;
 
     fn span(id: &str, parent: &str, start: u64, end: u64) -> SpanRecord {
-        SpanRecord {
-            trace_id: "aa".into(),
-            span_id: id.into(),
-            parent_span_id: parent.into(),
-            name: id.into(),
-            kind: "INTERNAL",
-            start,
-            end,
-            error: None,
-            pid: Some(1),
-            attributes: BTreeMap::new(),
-            resource: Arc::default(),
-            events: Vec::new(),
-            links: Vec::new(),
-            file: PathBuf::from("1.json"),
-        }
+        super::super::tests::record("aa", id, parent, start, end)
     }
 
     #[test]

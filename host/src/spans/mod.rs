@@ -485,6 +485,26 @@ pub fn any_value_text(value: &AnyValue) -> String {
 mod tests {
     use super::*;
 
+    /// A span of process 1 in `1.json`, named `span <id>`.
+    pub(super) fn record(trace: &str, id: &str, parent: &str, start: u64, end: u64) -> SpanRecord {
+        SpanRecord {
+            trace_id: trace.to_owned(),
+            span_id: id.to_owned(),
+            parent_span_id: parent.to_owned(),
+            name: format!("span {id}"),
+            kind: "INTERNAL",
+            start,
+            end,
+            error: None,
+            pid: Some(1),
+            attributes: BTreeMap::new(),
+            resource: Arc::default(),
+            events: Vec::new(),
+            links: Vec::new(),
+            file: PathBuf::from("1.json"),
+        }
+    }
+
     const LINE: &str = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"process.pid","value":{"intValue":"42"}}]},"scopeSpans":[{"scope":{"name":"wtrace"},"spans":[{"traceId":"0af7651916cd43dd8448eb211c80319c","spanId":"b7ad6b7169203331","parentSpanId":"","name":"root","kind":4,"startTimeUnixNano":"1000","endTimeUnixNano":"3000000","status":{}},{"traceId":"0af7651916cd43dd8448eb211c80319c","spanId":"00f067aa0ba902b7","parentSpanId":"b7ad6b7169203331","name":"child","kind":5,"startTimeUnixNano":"2000","endTimeUnixNano":"4000","status":{"code":2,"message":"boom"}}]}]}]}"#;
 
     #[test]
@@ -512,21 +532,8 @@ mod tests {
 
     #[test]
     fn traces_come_oldest_first_with_their_own_spans_however_files_interleave_them() {
-        let span = |trace: &str, id: &str, parent: &str, start: u64| SpanRecord {
-            trace_id: trace.to_owned(),
-            span_id: id.to_owned(),
-            parent_span_id: parent.to_owned(),
-            name: format!("span {id}"),
-            kind: "INTERNAL",
-            start,
-            end: start + 1_000,
-            error: None,
-            pid: Some(1),
-            attributes: BTreeMap::new(),
-            resource: Arc::default(),
-            events: Vec::new(),
-            links: Vec::new(),
-            file: PathBuf::from("1.json"),
+        let span = |trace: &str, id: &str, parent: &str, start: u64| {
+            record(trace, id, parent, start, start + 1_000)
         };
         let files = SpanFiles {
             spans: vec![
