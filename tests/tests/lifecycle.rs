@@ -105,7 +105,10 @@ fn compiled_components_are_cached_by_digest() {
         .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
         .collect();
     assert_eq!(cached.len(), 1, "{cached:?}");
-    assert_eq!(cached[0].file_stem().unwrap().to_str().unwrap(), digest.0);
+    assert_eq!(
+        cached[0].file_stem().unwrap().to_str().unwrap(),
+        digest.hex()
+    );
 
     // A second run loads it instead of compiling: the file is not rewritten.
     let before = std::fs::metadata(&cached[0]).unwrap().modified().unwrap();

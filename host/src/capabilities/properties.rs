@@ -417,7 +417,7 @@ impl Submitter for Answering {
             Some(ActorOp::Find { id }) if id.is_ascii() => Ok(serde_json::to_string(&FoundActor {
                 id: id.clone(),
                 class: "counter".into(),
-                component: Digest("ef".repeat(32)),
+                component: Digest::of(b"ef"),
                 component_name: "c.wasm".into(),
             })
             .unwrap()),
@@ -702,7 +702,7 @@ proptest! {
         let context = NestedContext {
             submitter: Arc::new(Answering),
             task_id: "t-1".into(),
-            component: Digest("cd".repeat(32)),
+            component: Digest::of(b"cd"),
             component_name: "props.wasm".into(),
             depth,
             actor: Some("counter-self".into()),

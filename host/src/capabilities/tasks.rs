@@ -142,8 +142,8 @@ pub struct NestedContext {
     pub task_id: String,
     /// The submitting task's component.
     pub component: Digest,
-    /// Its component's file name.
-    pub component_name: String,
+    /// Its component's file name, shared with the component's spans.
+    pub component_name: std::sync::Arc<str>,
     /// Its nesting depth (0 for a task a driver submitted).
     pub depth: u32,
     /// The actor whose creation or method this is, if it is one: waiting
@@ -334,22 +334,21 @@ impl Tasks<'_> {
         }
         self.state.submitted += 1;
         let task_id = format!("{}.{}", context.task_id, self.state.submitted);
-        let component = request
-            .component
-            .unwrap_or_else(|| context.component.clone());
+        let component = request.component.unwrap_or(context.component);
 
         let parent = self.bridge.current().clone();
         let (span_context, span) = match self.bridge.tracer() {
             Some(tracer) => {
                 // Named as the execute span will name it; a component this
                 // worker does not hold is named by its digest.
-                let name = if component == context.component {
+                let name: std::sync::Arc<str> = if component == context.component {
                     context.component_name.clone()
                 } else {
                     request
                         .component_name
                         .or_else(|| context.submitter.component_name(&component))
                         .unwrap_or_else(|| component.to_string())
+                        .into()
                 };
                 let span = task_span::start_submit(
                     tracer,
@@ -523,9 +522,9 @@ impl Tasks<'_> {
             Ok(context) => context,
             Err(why) => return Ok(Err(why)),
         };
-        let component = component.unwrap_or_else(|| context.component.clone());
+        let component = component.unwrap_or(context.component);
         let request = Request {
-            component: Some(component.clone()),
+            component: Some(component),
             component_name: None,
             function: format!("{class}.new"),
             invocation: invocation.text,
@@ -541,7 +540,7 @@ impl Tasks<'_> {
             return Ok(Err(error));
         }
         let component_name = if component == context.component {
-            context.component_name
+            context.component_name.to_string()
         } else {
             context
                 .submitter
@@ -559,13 +558,9 @@ impl Tasks<'_> {
 
 /// `sha256:<hex>` (or the hex alone) as a digest, or why not.
 fn parse_digest(component: &str) -> Result<Digest, String> {
-    let hex = component.strip_prefix("sha256:").unwrap_or(component);
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "{component:?} is not a component digest; expected sha256:<64 hex digits>"
-        ));
-    }
-    Ok(Digest(hex.to_ascii_lowercase()))
+    Digest::parse(component).ok_or_else(|| {
+        format!("{component:?} is not a component digest; expected sha256:<64 hex digits>")
+    })
 }
 
 impl tasks::Host for Tasks<'_> {
@@ -626,7 +621,7 @@ impl tasks::Host for Tasks<'_> {
         };
         let find = NestedTask {
             task_id: context.task_id.clone(),
-            component: context.component.clone(),
+            component: context.component,
             function: "actor".into(),
             invocation: String::new(),
             trace: None,
@@ -842,7 +837,7 @@ mod tests {
         let context = NestedContext {
             submitter,
             task_id: "t-1".into(),
-            component: Digest("ab".repeat(32)),
+            component: Digest::of(b"ab"),
             component_name: "t.wasm".into(),
             depth: 0,
             actor: None,

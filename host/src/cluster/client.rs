@@ -281,8 +281,8 @@ impl Client {
             .components
             .lock()
             .unwrap()
-            .insert(digest.clone(), name.to_owned());
-        if self.inner.uploaded.lock().unwrap().insert(digest.clone()) {
+            .insert(digest, name.to_owned());
+        if self.inner.uploaded.lock().unwrap().insert(digest) {
             self.request(FromDriver::Upload {
                 name: name.to_owned(),
                 bytes,
@@ -367,7 +367,7 @@ impl Client {
                 submissions.push(Submission {
                     tag,
                     task_id: task_id.clone(),
-                    component: component.clone(),
+                    component: *component,
                     function: invocation.function.clone(),
                     invocation: invocation.text.clone(),
                     trace: WireContext::of(&context),
@@ -509,7 +509,7 @@ fn check_same_hook(config: &ClusterConfig, expected: &HookComponent) -> Result<(
 async fn fetch_hook(link: &mut DriverLink, digest: &Digest) -> Result<Vec<u8>> {
     let lost = || Error::Cluster("lost the cluster while fetching its hook".into());
     link.tx
-        .send(FromDriver::Fetch(digest.clone()))
+        .send(FromDriver::Fetch(*digest))
         .map_err(|_| lost())?;
     loop {
         match link.rx.recv().await.ok_or_else(lost)? {

@@ -81,7 +81,7 @@ impl HookRef {
             display: hook.display.clone(),
             name: hook.name.display().to_string(),
             export: hook.export.clone(),
-            digest: hook.digest.clone(),
+            digest: hook.digest,
         }
     }
 

@@ -228,8 +228,7 @@ async fn fetch_blob(
     digest: &Digest,
 ) -> Result<Vec<u8>> {
     let lost = || Error::Cluster(format!("lost the cluster while fetching blob {digest}"));
-    link.send(FromWorker::Fetch(digest.clone()))
-        .map_err(|_| lost())?;
+    link.send(FromWorker::Fetch(*digest)).map_err(|_| lost())?;
     loop {
         match inbox.recv().await.ok_or_else(lost)? {
             ToWorker::Blob(got, bytes) if got == *digest => {
@@ -536,7 +535,7 @@ impl Pool {
             leases
                 .into_iter()
                 .map(|mut lease| {
-                    let digest = lease.component.digest.clone();
+                    let digest = lease.component.digest;
                     let loaded = match lease.component.bytes.take() {
                         Some(bytes) => {
                             let loaded = Arc::new(Loaded::new(&lease.component.name, bytes));

@@ -213,7 +213,7 @@ impl HookComponent {
     }
 
     fn load_component(&self, runtime: &Runtime) -> Result<Component> {
-        let loaded = runtime.load_digested(&self.name, &self.bytes, self.digest.clone());
+        let loaded = runtime.load_digested(&self.name, &self.bytes, self.digest);
         let (_, component) = loaded.map_err(|e| match e {
             Error::Component { cause, .. } => self.error(cause),
             other => other,

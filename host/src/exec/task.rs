@@ -72,7 +72,7 @@ struct Export {
 
 /// A compiled task component, ready to instantiate.
 pub struct TaskComponent {
-    name: String,
+    name: std::sync::Arc<str>,
     digest: Digest,
     /// `name` and `digest` as span attribute values, made once.
     name_value: opentelemetry::Value,
@@ -160,9 +160,10 @@ impl TaskLinker {
                 ),
             }
         })?;
+        let name: std::sync::Arc<str> = name.into();
         Ok(TaskComponent {
-            name: name.to_owned(),
-            name_value: crate::attrs::text(name),
+            name_value: crate::attrs::text(name.clone()),
+            name,
             digest_value: crate::attrs::text(digest.to_string()),
             digest,
             component,
@@ -556,7 +557,7 @@ fn tasks_state(
     let nested = cx.submitter.clone().map(|submitter| NestedContext {
         submitter,
         task_id: cx.task_id.to_owned(),
-        component: component.digest.clone(),
+        component: component.digest,
         component_name: component.name.clone(),
         depth: cx.depth,
         actor: None,

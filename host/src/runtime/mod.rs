@@ -23,27 +23,97 @@ use crate::sync::lock;
 /// How often the epoch advances: how often deadlines are checked.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// The sha256 of a component's bytes, in lowercase hex.
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub struct Digest(pub String);
+/// The sha256 of a component's bytes: its name everywhere in a cluster.
+///
+/// Kept as the 32 bytes, so a submission copies it without allocating and
+/// the wire carries it raw; written out (`sha256:<hex>`) only at the edges:
+/// span attributes, messages, file and blob names. Hashing one for a map
+/// takes its first 8 bytes, which are already uniformly spread.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Digest([u8; 32]);
 
 impl Digest {
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
-        Self(hex::encode(Sha256::digest(bytes)))
+        Self(Sha256::digest(bytes).into())
+    }
+
+    /// `sha256:<hex>` or the 64 hex digits alone, any case; `None` for
+    /// anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = text.strip_prefix("sha256:").unwrap_or(text);
+        let mut bytes = [0; 32];
+        hex::decode_to_slice(hex, &mut bytes).ok()?;
+        Some(Self(bytes))
+    }
+
+    /// The 64 lowercase hex digits, as in file and blob names.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
     }
 
     /// The first 12 hex digits, for messages.
-    pub fn short(&self) -> &str {
-        &self.0[..self.0.len().min(12)]
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..6])
+    }
+}
+
+impl std::hash::Hash for Digest {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut head = [0; 8];
+        head.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_ne_bytes(head));
     }
 }
 
 impl std::fmt::Display for Digest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "sha256:{}", self.0)
+        write!(f, "sha256:{}", self.hex())
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Digest({self})")
+    }
+}
+
+/// Hex in readable formats (JSON, the cluster's key-value entries), the raw
+/// 32 bytes in binary ones (postcard messages).
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&self.hex())
+        } else {
+            serializer.serialize_bytes(&self.0)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Digest;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a sha256 digest: 32 bytes or 64 hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Digest, E> {
+                Digest::parse(text)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(text), &self))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Digest, E> {
+                bytes
+                    .try_into()
+                    .map(Digest)
+                    .map_err(|_| E::invalid_length(bytes.len(), &self))
+            }
+        }
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_str(Visit)
+        } else {
+            deserializer.deserialize_bytes(Visit)
+        }
     }
 }
 
@@ -161,7 +231,7 @@ impl Runtime {
         if kept.len() == COMPILED_KEPT {
             kept.pop_front();
         }
-        kept.push_back((digest.clone(), component.clone()));
+        kept.push_back((digest, component.clone()));
         drop(kept);
         Ok((digest, component))
     }
@@ -197,14 +267,14 @@ impl Runtime {
         bytes: &[u8],
     ) -> Result<Component> {
         let engine_dir = dir.join(engine_hash(&self.inner.engine));
-        let path = engine_dir.join(format!("{}.cwasm", digest.0));
+        let path = engine_dir.join(format!("{}.cwasm", digest.hex()));
         if let Some(component) = self.deserialize(&path) {
             return Ok(component);
         }
         let cache_error = |e| Error::io(format!("component cache {}", engine_dir.display()), e);
         crate::private::ensure_private_dir(&engine_dir, 0o700, "the compiled-component cache")
             .map_err(Error::Config)?;
-        let lock = crate::private::open_append(&engine_dir.join(format!("{}.lock", digest.0)))
+        let lock = crate::private::open_append(&engine_dir.join(format!("{}.lock", digest.hex())))
             .map_err(cache_error)?;
         lock.lock().map_err(cache_error)?;
         if let Some(component) = self.deserialize(&path) {
@@ -314,4 +384,37 @@ fn start_epoch_ticker(engine: &Engine) {
             }
         })
         .expect("spawn epoch thread");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Digest;
+
+    #[test]
+    fn a_digest_is_sha256_written_as_hex_at_the_edges() {
+        let digest = Digest::of(b"abc");
+        let hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(digest.hex(), hex);
+        assert_eq!(digest.to_string(), format!("sha256:{hex}"));
+        assert_eq!(digest.short(), &hex[..12]);
+        assert_eq!(Digest::parse(&format!("sha256:{hex}")), Some(digest));
+        assert_eq!(Digest::parse(&hex.to_uppercase()), Some(digest));
+        for bad in ["", "sha256:", &hex[..63], &format!("{hex}0"), &hex.replace('b', "g")] {
+            assert_eq!(Digest::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_digest_is_hex_in_json_and_raw_bytes_on_the_wire() {
+        let digest = Digest::of(b"abc");
+        let json = serde_json::to_string(&digest).unwrap();
+        assert_eq!(json, format!("\"{}\"", digest.hex()));
+        assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), digest);
+        assert!(serde_json::from_str::<Digest>("\"sha256:12\"").is_err());
+
+        let wire = postcard::to_allocvec(&digest).unwrap();
+        assert_eq!(wire.len(), 33, "a length byte and the 32 bytes");
+        assert_eq!(postcard::from_bytes::<Digest>(&wire).unwrap(), digest);
+        assert!(postcard::from_bytes::<Digest>(&[3, 1, 2, 3]).is_err());
+    }
 }

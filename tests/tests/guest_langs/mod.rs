@@ -370,7 +370,7 @@ pub fn assert_seed(run: &Run, task: &Path, span_dir: &Path, service_name: &str) 
 
 /// The `<cache>/<engine>/<digest>.cwasm` of `component`; asserts it exists.
 pub fn cached(cache: &Path, component: &Path) -> PathBuf {
-    let digest = wtrace::Digest::of(&std::fs::read(component).unwrap()).0;
+    let digest = wtrace::Digest::of(&std::fs::read(component).unwrap()).hex();
     let found: Vec<PathBuf> = std::fs::read_dir(cache)
         .unwrap_or_else(|e| panic!("cache {} not created: {e}", cache.display()))
         .flatten()

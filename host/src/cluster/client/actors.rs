@@ -97,7 +97,7 @@ impl Client {
             client: self.clone(),
             id: format!("{}-{}", invocation.function, crate::ids::random_hex(8)),
             class: invocation.function.clone(),
-            component: component.clone(),
+            component: *component,
             component_name,
         };
         let op = ActorOp::Create {
@@ -199,7 +199,7 @@ impl Client {
         let sent = self.request(FromDriver::Submit(vec![Submission {
             tag,
             task_id: task_id.clone(),
-            component: actor.component.clone(),
+            component: actor.component,
             function: function.clone(),
             invocation: invocation.text.clone(),
             trace: WireContext::of(&context),

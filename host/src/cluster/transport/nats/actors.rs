@@ -94,7 +94,7 @@ impl ActorRecord {
             name: self.name.clone(),
             class: self.class.clone(),
             component: self.component_name.clone(),
-            digest: self.component.clone(),
+            digest: self.component,
             worker: self.worker.clone(),
             calls: self.calls,
             restarts: self.restarts,
@@ -429,7 +429,7 @@ async fn create(
         id: id.to_owned(),
         name: name.clone(),
         class,
-        component: task.submission.component.clone(),
+        component: task.submission.component,
         component_name: task.component_name.clone(),
         constructor: task.clone(),
         max_restarts,
@@ -532,7 +532,7 @@ async fn send_calls(
             }
             continue;
         }
-        task.submission.component = record.component.clone();
+        task.submission.component = record.component;
         task.component_name = record.component_name.clone();
         task.submission.actor = Some(if kill {
             ActorOp::Kill { id: id.clone() }

@@ -179,7 +179,7 @@ async fn serve_requests(
                         refused.remove(&digest);
                     }
                     Err(error) => {
-                        refused.insert(digest.clone(), error.to_string());
+                        refused.insert(digest, error.to_string());
                     }
                 }
                 names.insert(digest, name);
@@ -458,7 +458,7 @@ pub(super) async fn status(nats: &Nats, entry: &ConfigEntry) -> ClusterStatus {
             .config
             .hook
             .as_ref()
-            .map(|h| (h.display.clone(), h.digest.clone())),
+            .map(|h| (h.display.clone(), h.digest)),
         done: workers.iter().map(|w| w.done).sum(),
         workers,
         queued,

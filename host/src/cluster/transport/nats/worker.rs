@@ -456,7 +456,7 @@ async fn lease(
         );
         return fail(TaskErrorKind::WorkerDied, why);
     }
-    let digest = submission.component.clone();
+    let digest = submission.component;
     let held_already = {
         let mut has = lock(&shared.has);
         match has.iter().position(|d| *d == digest) {
@@ -474,7 +474,7 @@ async fn lease(
         match get_blob(&shared.blobs, &digest.to_string()).await {
             Ok(Some(bytes)) => {
                 let mut has = lock(&shared.has);
-                has.push_back(digest.clone());
+                has.push_back(digest);
                 if has.len() > WORKER_COMPONENTS
                     && let Some(oldest) = has.pop_front()
                 {
@@ -488,7 +488,7 @@ async fn lease(
             }
         }
     };
-    lock(&shared.names).insert(digest.clone(), task.component_name.clone());
+    lock(&shared.names).insert(digest, task.component_name.clone());
     let lease_id = shared.next_lease.fetch_add(1, Ordering::Relaxed);
     let lease = Lease {
         lease_id,
@@ -689,7 +689,7 @@ async fn send_loop(
                     .await
                     .ok()
                     .flatten();
-                let _ = shared.inbox.send(ToWorker::Blob(digest.clone(), bytes));
+                let _ = shared.inbox.send(ToWorker::Blob(*digest, bytes));
             }
             FromWorker::Started(count) => shared.started.store(*count, Ordering::Relaxed),
         }

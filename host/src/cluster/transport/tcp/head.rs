@@ -862,9 +862,7 @@ impl State {
             }
             FromWorker::Fetch(digest) => {
                 if let Some(worker) = self.workers.get(&conn) {
-                    worker
-                        .tx
-                        .send(ToWorker::Blob(digest.clone(), self.blob(&digest)));
+                    worker.tx.send(ToWorker::Blob(digest, self.blob(&digest)));
                 }
             }
             FromWorker::Done(batch) => {
@@ -1012,7 +1010,7 @@ impl State {
             FromDriver::Shutdown => self.shutdown(),
             FromDriver::Fetch(digest) => {
                 if let Some(tx) = self.drivers.get(&conn) {
-                    tx.send(ToDriver::Blob(digest.clone(), self.blob(&digest)));
+                    tx.send(ToDriver::Blob(digest, self.blob(&digest)));
                 }
             }
             FromDriver::Detach(_) => {
@@ -1348,7 +1346,7 @@ impl State {
                 None
             }
             None => {
-                worker.has.push_back(digest.clone());
+                worker.has.push_back(*digest);
                 if worker.has.len() > WORKER_COMPONENTS
                     && let Some(oldest) = worker.has.pop_front()
                 {
@@ -1365,7 +1363,7 @@ impl State {
             task_id: task.submission.task_id.clone(),
             attempt: task.attempt,
             component: ComponentRef {
-                digest: digest.clone(),
+                digest: *digest,
                 name: component.name.clone(),
                 bytes,
             },
@@ -1454,7 +1452,7 @@ impl State {
                     let found = FoundActor {
                         id,
                         class: actor.class.clone(),
-                        component: actor.component.clone(),
+                        component: actor.component,
                         component_name: actor.component_name.clone(),
                     };
                     let json = serde_json::to_string(&found).expect("serializes");
@@ -1473,7 +1471,7 @@ impl State {
                         format!("actor {id} is dead: {why}"),
                     ));
                 }
-                submission.component = actor.component.clone();
+                submission.component = actor.component;
                 submission.actor = Some(if kill {
                     ActorOp::Kill { id }
                 } else {
@@ -1513,7 +1511,7 @@ impl State {
             HeadActor {
                 name,
                 class,
-                component: submission.component.clone(),
+                component: submission.component,
                 component_name,
                 creation,
                 constructor: submission.clone(),
@@ -1699,7 +1697,7 @@ impl State {
                 name: a.name.clone(),
                 class: a.class.clone(),
                 component: a.component_name.clone(),
-                digest: a.component.clone(),
+                digest: a.component,
                 worker: a
                     .worker
                     .and_then(|conn| self.workers.get(&conn))
@@ -1721,7 +1719,7 @@ impl State {
                 .config
                 .hook
                 .as_ref()
-                .map(|h| (h.display.clone(), h.digest.clone())),
+                .map(|h| (h.display.clone(), h.digest)),
             workers: self
                 .workers
                 .values()
@@ -1817,7 +1815,7 @@ mod tests {
         Submission {
             tag,
             task_id: format!("t-{tag}"),
-            component: component.clone(),
+            component: *component,
             function: "f".into(),
             invocation: "f()".into(),
             trace: None,
@@ -2261,13 +2259,13 @@ mod tests {
             display: "hook.wasm:setup".into(),
             name: "hook.wasm".into(),
             export: "setup".into(),
-            digest: digest.clone(),
+            digest,
         });
         state.hook = Some(Arc::new(hook.clone()));
         let mut worker = join_worker(&mut state, 1);
-        state.handle(Event::WorkerMessage(1, FromWorker::Fetch(digest.clone())));
+        state.handle(Event::WorkerMessage(1, FromWorker::Fetch(digest)));
         let unknown = Digest::of(b"other");
-        state.handle(Event::WorkerMessage(1, FromWorker::Fetch(unknown.clone())));
+        state.handle(Event::WorkerMessage(1, FromWorker::Fetch(unknown)));
         let blobs = drain(&mut worker, |m| match m {
             ToWorker::Blob(digest, bytes) => Some(vec![(digest, bytes)]),
             _ => None,

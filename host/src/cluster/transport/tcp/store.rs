@@ -76,7 +76,7 @@ impl ComponentStore {
                 .iter()
                 .filter(|(_, c)| c.pins == 0)
                 .min_by_key(|(_, c)| c.used)
-                .map(|(d, _)| d.clone());
+                .map(|(d, _)| *d);
             let Some(victim) = victim else { break };
             if let Some(evicted) = self.components.remove(&victim) {
                 self.bytes -= evicted.bytes.len() as u64;
@@ -96,7 +96,7 @@ impl ComponentStore {
         }
         self.bytes += size;
         self.components.insert(
-            digest.clone(),
+            digest,
             Stored {
                 name,
                 bytes: Arc::new(bytes),
@@ -111,7 +111,7 @@ impl ComponentStore {
         if self.refused.len() == REFUSALS_KEPT {
             self.refused.pop_front();
         }
-        self.refused.push_back((digest.clone(), why.to_owned()));
+        self.refused.push_back((*digest, why.to_owned()));
     }
 
     /// The component, if stored.
