@@ -399,7 +399,13 @@ mod tests {
         assert_eq!(digest.short(), &hex[..12]);
         assert_eq!(Digest::parse(&format!("sha256:{hex}")), Some(digest));
         assert_eq!(Digest::parse(&hex.to_uppercase()), Some(digest));
-        for bad in ["", "sha256:", &hex[..63], &format!("{hex}0"), &hex.replace('b', "g")] {
+        for bad in [
+            "",
+            "sha256:",
+            &hex[..63],
+            &format!("{hex}0"),
+            &hex.replace('b', "g"),
+        ] {
             assert_eq!(Digest::parse(bad), None, "{bad:?}");
         }
     }
