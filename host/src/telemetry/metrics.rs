@@ -4,15 +4,23 @@
 //! started and dropped, telemetry exported and lost per exporter, and the
 //! process's memory. The hook chooses a metric reader; without one, no
 //! instrument exists and recording costs nothing.
+//!
+//! The counts are kept per function in atomics of wtrace's own and read by
+//! observable counters at each collection: a task adds to them without the
+//! SDK's per-measurement work (a lock, hashing the attributes, a lookup).
+//! The durations go through the SDK's histograms, which have no such way.
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
+use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
 use super::loss::Ledger;
+use crate::sync::lock;
 
 /// Bucket bounds for task and instantiation times, in seconds: from 100 µs
 /// (a trivial task) to a minute.
@@ -23,13 +31,91 @@ const SECONDS_BOUNDS: [f64; 14] = [
 /// The instruments tasks are recorded with.
 #[derive(Debug)]
 pub struct TaskMetrics {
-    started: Counter<u64>,
-    finished: Counter<u64>,
-    failed: Counter<u64>,
+    /// Which `TaskMetrics` this is, for the threads' last-used tally.
+    id: usize,
+    tallies: Arc<Tallies>,
     duration: Histogram<f64>,
     instantiate: Histogram<f64>,
-    guest_spans_started: Counter<u64>,
-    guest_spans_dropped: Counter<u64>,
+}
+
+/// Most functions counted apart; later ones are counted together under
+/// `otel.metric.overflow`, as the SDK does past its cardinality limit.
+const MAX_FUNCTIONS: usize = 2000;
+
+/// The counts of every function, by name.
+#[derive(Debug, Default)]
+struct Tallies {
+    by_function: Mutex<rustc_hash::FxHashMap<Box<str>, Arc<Tally>>>,
+    overflow: Mutex<Option<Arc<Tally>>>,
+}
+
+/// One function's counts since the process began (cumulative, as the
+/// counters report them).
+#[derive(Debug)]
+struct Tally {
+    /// The function's name, as asked for: the key of the thread's cache.
+    name: Box<str>,
+    /// `wtrace.function` (or the overflow attribute), shared.
+    attribute: KeyValue,
+    started: AtomicU64,
+    finished: AtomicU64,
+    /// By error type: few, and only when tasks fail.
+    failed: Mutex<Vec<(&'static str, u64)>>,
+    spans_started: AtomicU64,
+    spans_dropped: AtomicU64,
+}
+
+impl Tally {
+    fn new(name: &str, attribute: KeyValue) -> Self {
+        Self {
+            name: name.into(),
+            attribute,
+            started: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            failed: Mutex::new(Vec::new()),
+            spans_started: AtomicU64::new(0),
+            spans_dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Tallies {
+    fn get(&self, function: &str) -> Arc<Tally> {
+        let mut by_function = lock(&self.by_function);
+        if let Some(tally) = by_function.get(function) {
+            return tally.clone();
+        }
+        if by_function.len() >= MAX_FUNCTIONS {
+            drop(by_function);
+            let mut overflow = lock(&self.overflow);
+            return overflow
+                .get_or_insert_with(|| {
+                    Arc::new(Tally::new(
+                        function,
+                        KeyValue::new("otel.metric.overflow", true),
+                    ))
+                })
+                .clone();
+        }
+        let tally = Arc::new(Tally::new(function, function_attribute(function)));
+        by_function.insert(function.into(), tally.clone());
+        tally
+    }
+
+    /// Every tally, the overflow last.
+    fn all(&self) -> Vec<Arc<Tally>> {
+        let mut all: Vec<_> = lock(&self.by_function).values().cloned().collect();
+        all.extend(lock(&self.overflow).clone());
+        all
+    }
+}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// The tally this thread used last, and whose: a task's three updates,
+    /// and the next task of the same function, find it without a lock.
+    static LAST: RefCell<Option<(usize, Arc<Tally>)>> = const { RefCell::new(None) };
 }
 
 /// How one run of a task (or actor method) ended.
@@ -63,13 +149,8 @@ impl TaskMetrics {
                 }
             })
             .build();
-        let counter = |name: &'static str, description: &'static str| {
-            meter
-                .u64_counter(name)
-                .with_unit("{task}")
-                .with_description(description)
-                .build()
-        };
+        let tallies = Arc::new(Tallies::default());
+        observe_tallies(&meter, &tallies);
         let seconds = |name: &'static str, description: &'static str| {
             meter
                 .f64_histogram(name)
@@ -79,66 +160,139 @@ impl TaskMetrics {
                 .build()
         };
         Self {
-            started: counter("wtrace.tasks.started", "Tasks (and actor calls) started"),
-            finished: counter(
-                "wtrace.tasks.finished",
-                "Tasks (and actor calls) that returned",
-            ),
-            failed: counter(
-                "wtrace.tasks.failed",
-                "Tasks (and actor calls) that failed, by error.type",
-            ),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            tallies,
             duration: seconds("wtrace.task.duration", "How long a task ran"),
             instantiate: seconds(
                 "wtrace.task.instantiate.duration",
                 "How long a task's instance took to make",
             ),
-            guest_spans_started: meter
-                .u64_counter("wtrace.guest_spans.started")
-                .with_unit("{span}")
-                .with_description("Spans guests started")
-                .build(),
-            guest_spans_dropped: meter
-                .u64_counter("wtrace.guest_spans.dropped")
-                .with_unit("{span}")
-                .with_description("Spans guests started past a limit, not recorded")
-                .build(),
         }
+    }
+
+    /// Runs `f` on `function`'s tally.
+    fn with_tally<R>(&self, function: &str, f: impl FnOnce(&Tally) -> R) -> R {
+        LAST.with_borrow_mut(|last| match last {
+            Some((id, tally)) if *id == self.id && *tally.name == *function => f(tally),
+            _ => {
+                let tally = self.tallies.get(function);
+                let result = f(&tally);
+                *last = Some((self.id, tally));
+                result
+            }
+        })
     }
 
     /// A task (or actor call) of `function` started.
     pub fn started(&self, function: &str) {
-        self.started.add(1, &[function_attribute(function)]);
+        self.with_tally(function, |tally| {
+            tally.started.fetch_add(1, Ordering::Relaxed);
+        });
     }
 
     /// Its instance took `took` to make.
     pub fn instantiated(&self, function: &str, took: Duration) {
-        self.instantiate
-            .record(took.as_secs_f64(), &[function_attribute(function)]);
+        self.with_tally(function, |tally| {
+            self.instantiate
+                .record(took.as_secs_f64(), std::slice::from_ref(&tally.attribute));
+        });
     }
 
     /// A task (or actor call) ended.
     pub fn ended(&self, end: TaskEnd<'_>) {
-        let function = function_attribute(end.function);
-        match end.error_type {
-            None => self.finished.add(1, std::slice::from_ref(&function)),
-            Some(error) => self
-                .failed
-                .add(1, &[function.clone(), KeyValue::new("error.type", error)]),
-        }
-        self.duration
-            .record(end.duration.as_secs_f64(), std::slice::from_ref(&function));
-        if end.spans_started > 0 {
-            self.guest_spans_started.add(
-                u64::from(end.spans_started),
-                std::slice::from_ref(&function),
+        self.with_tally(end.function, |tally| {
+            match end.error_type {
+                None => {
+                    tally.finished.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(error) => {
+                    let mut failed = lock(&tally.failed);
+                    match failed.iter_mut().find(|(kind, _)| *kind == error) {
+                        Some((_, count)) => *count += 1,
+                        None => failed.push((error, 1)),
+                    }
+                }
+            }
+            self.duration.record(
+                end.duration.as_secs_f64(),
+                std::slice::from_ref(&tally.attribute),
             );
-        }
-        if end.spans_dropped > 0 {
-            self.guest_spans_dropped
-                .add(u64::from(end.spans_dropped), &[function]);
-        }
+            if end.spans_started > 0 {
+                tally
+                    .spans_started
+                    .fetch_add(u64::from(end.spans_started), Ordering::Relaxed);
+            }
+            if end.spans_dropped > 0 {
+                tally
+                    .spans_dropped
+                    .fetch_add(u64::from(end.spans_dropped), Ordering::Relaxed);
+            }
+        });
     }
+}
+
+/// The task counters, read from the tallies at each collection. A count
+/// still at zero is not reported, as a counter never added to is not.
+fn observe_tallies(meter: &Meter, tallies: &Arc<Tallies>) {
+    let counter = |name: &'static str,
+                   unit: &'static str,
+                   description: &'static str,
+                   read: fn(&Tally) -> u64| {
+        let tallies = tallies.clone();
+        meter
+            .u64_observable_counter(name)
+            .with_unit(unit)
+            .with_description(description)
+            .with_callback(move |counter| {
+                for tally in tallies.all() {
+                    let count = read(&tally);
+                    if count > 0 {
+                        counter.observe(count, std::slice::from_ref(&tally.attribute));
+                    }
+                }
+            })
+            .build();
+    };
+    counter(
+        "wtrace.tasks.started",
+        "{task}",
+        "Tasks (and actor calls) started",
+        |tally| tally.started.load(Ordering::Relaxed),
+    );
+    counter(
+        "wtrace.tasks.finished",
+        "{task}",
+        "Tasks (and actor calls) that returned",
+        |tally| tally.finished.load(Ordering::Relaxed),
+    );
+    counter(
+        "wtrace.guest_spans.started",
+        "{span}",
+        "Spans guests started",
+        |tally| tally.spans_started.load(Ordering::Relaxed),
+    );
+    counter(
+        "wtrace.guest_spans.dropped",
+        "{span}",
+        "Spans guests started past a limit, not recorded",
+        |tally| tally.spans_dropped.load(Ordering::Relaxed),
+    );
+    let tallies = tallies.clone();
+    meter
+        .u64_observable_counter("wtrace.tasks.failed")
+        .with_unit("{task}")
+        .with_description("Tasks (and actor calls) that failed, by error.type")
+        .with_callback(move |counter| {
+            for tally in tallies.all() {
+                for (kind, count) in lock(&tally.failed).iter() {
+                    counter.observe(
+                        *count,
+                        &[tally.attribute.clone(), KeyValue::new("error.type", *kind)],
+                    );
+                }
+            }
+        })
+        .build();
 }
 
 /// `wtrace.function`, its text shared from task to task when it can be.
