@@ -57,24 +57,49 @@ struct Tally {
     name: Box<str>,
     /// `wtrace.function` (or the overflow attribute), shared.
     attribute: KeyValue,
-    started: AtomicU64,
-    finished: AtomicU64,
+    /// Indexed by [`STARTED`] and the others, as [`COUNTERS`] name them.
+    counts: [AtomicU64; 4],
     /// By error type: few, and only when tasks fail.
     failed: Mutex<Vec<(&'static str, u64)>>,
-    spans_started: AtomicU64,
-    spans_dropped: AtomicU64,
 }
+
+const STARTED: usize = 0;
+const FINISHED: usize = 1;
+const SPANS_STARTED: usize = 2;
+const SPANS_DROPPED: usize = 3;
+
+/// The counters read from [`Tally::counts`], in its order: name, unit,
+/// description.
+const COUNTERS: [(&str, &str, &str); 4] = [
+    (
+        "wtrace.tasks.started",
+        "{task}",
+        "Tasks (and actor calls) started",
+    ),
+    (
+        "wtrace.tasks.finished",
+        "{task}",
+        "Tasks (and actor calls) that returned",
+    ),
+    (
+        "wtrace.guest_spans.started",
+        "{span}",
+        "Spans guests started",
+    ),
+    (
+        "wtrace.guest_spans.dropped",
+        "{span}",
+        "Spans guests started past a limit, not recorded",
+    ),
+];
 
 impl Tally {
     fn new(name: &str, attribute: KeyValue) -> Self {
         Self {
             name: name.into(),
             attribute,
-            started: AtomicU64::new(0),
-            finished: AtomicU64::new(0),
+            counts: Default::default(),
             failed: Mutex::new(Vec::new()),
-            spans_started: AtomicU64::new(0),
-            spans_dropped: AtomicU64::new(0),
         }
     }
 }
@@ -186,7 +211,7 @@ impl TaskMetrics {
     /// A task (or actor call) of `function` started.
     pub fn started(&self, function: &str) {
         self.with_tally(function, |tally| {
-            tally.started.fetch_add(1, Ordering::Relaxed);
+            tally.counts[STARTED].fetch_add(1, Ordering::Relaxed);
         });
     }
 
@@ -203,7 +228,7 @@ impl TaskMetrics {
         self.with_tally(end.function, |tally| {
             match end.error_type {
                 None => {
-                    tally.finished.fetch_add(1, Ordering::Relaxed);
+                    tally.counts[FINISHED].fetch_add(1, Ordering::Relaxed);
                 }
                 Some(error) => {
                     let mut failed = lock(&tally.failed);
@@ -218,13 +243,11 @@ impl TaskMetrics {
                 std::slice::from_ref(&tally.attribute),
             );
             if end.spans_started > 0 {
-                tally
-                    .spans_started
+                tally.counts[SPANS_STARTED]
                     .fetch_add(u64::from(end.spans_started), Ordering::Relaxed);
             }
             if end.spans_dropped > 0 {
-                tally
-                    .spans_dropped
+                tally.counts[SPANS_DROPPED]
                     .fetch_add(u64::from(end.spans_dropped), Ordering::Relaxed);
             }
         });
@@ -234,10 +257,7 @@ impl TaskMetrics {
 /// The task counters, read from the tallies at each collection. A count
 /// still at zero is not reported, as a counter never added to is not.
 fn observe_tallies(meter: &Meter, tallies: &Arc<Tallies>) {
-    let counter = |name: &'static str,
-                   unit: &'static str,
-                   description: &'static str,
-                   read: fn(&Tally) -> u64| {
+    for (which, (name, unit, description)) in COUNTERS.into_iter().enumerate() {
         let tallies = tallies.clone();
         meter
             .u64_observable_counter(name)
@@ -245,38 +265,14 @@ fn observe_tallies(meter: &Meter, tallies: &Arc<Tallies>) {
             .with_description(description)
             .with_callback(move |counter| {
                 for tally in tallies.all() {
-                    let count = read(&tally);
+                    let count = tally.counts[which].load(Ordering::Relaxed);
                     if count > 0 {
                         counter.observe(count, std::slice::from_ref(&tally.attribute));
                     }
                 }
             })
             .build();
-    };
-    counter(
-        "wtrace.tasks.started",
-        "{task}",
-        "Tasks (and actor calls) started",
-        |tally| tally.started.load(Ordering::Relaxed),
-    );
-    counter(
-        "wtrace.tasks.finished",
-        "{task}",
-        "Tasks (and actor calls) that returned",
-        |tally| tally.finished.load(Ordering::Relaxed),
-    );
-    counter(
-        "wtrace.guest_spans.started",
-        "{span}",
-        "Spans guests started",
-        |tally| tally.spans_started.load(Ordering::Relaxed),
-    );
-    counter(
-        "wtrace.guest_spans.dropped",
-        "{span}",
-        "Spans guests started past a limit, not recorded",
-        |tally| tally.spans_dropped.load(Ordering::Relaxed),
-    );
+    }
     let tallies = tallies.clone();
     meter
         .u64_observable_counter("wtrace.tasks.failed")
@@ -342,4 +338,120 @@ fn resident_bytes() -> Option<u64> {
     #[allow(unsafe_code)]
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader};
+
+    use super::*;
+
+    /// The points of the u64 sum `name` in the last export: each point's
+    /// attributes as `key=value` text, sorted, with its value.
+    fn sums(exporter: &InMemoryMetricExporter, name: &str) -> Vec<(String, u64)> {
+        let exports = exporter.get_finished_metrics().unwrap();
+        let last = exports.last().expect("an export");
+        let Some(metric) = last
+            .scope_metrics()
+            .flat_map(|scope| scope.metrics())
+            .find(|metric| metric.name() == name)
+        else {
+            return Vec::new();
+        };
+        let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
+            panic!("{name} is not a u64 sum");
+        };
+        assert!(sum.is_monotonic(), "{name} is a counter");
+        let mut points: Vec<_> = sum
+            .data_points()
+            .map(|point| {
+                let mut attributes: Vec<_> = point
+                    .attributes()
+                    .map(|kv| format!("{}={}", kv.key, kv.value))
+                    .collect();
+                attributes.sort();
+                (attributes.join(","), point.value())
+            })
+            .collect();
+        points.sort();
+        points
+    }
+
+    fn task<'a>(function: &'a str, error_type: Option<&'static str>, spans: u32) -> TaskEnd<'a> {
+        TaskEnd {
+            function,
+            error_type,
+            duration: Duration::from_micros(50),
+            spans_started: spans,
+            spans_dropped: 0,
+        }
+    }
+
+    #[test]
+    fn counts_are_per_function_and_error_type_and_zero_counts_are_not_reported() {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        let metrics = TaskMetrics::new(&provider, Arc::from(Vec::new()));
+        for (function, error, spans) in [
+            ("add", None, 2),
+            ("add", None, 0),
+            ("fails", Some("wtrace.GuestError"), 0),
+            ("fails", Some("wtrace.Trap"), 1),
+            ("fails", Some("wtrace.Trap"), 0),
+        ] {
+            metrics.started(function);
+            metrics.ended(task(function, error, spans));
+        }
+        // Another thread, and another provider's metrics on this thread:
+        // neither mixes with these counts.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                metrics.started("add");
+                metrics.ended(task("add", None, 0));
+            });
+        });
+        let other = SdkMeterProvider::builder().build();
+        let others = TaskMetrics::new(&other, Arc::from(Vec::new()));
+        others.started("add");
+        provider.force_flush().unwrap();
+
+        let f = |name: &str| format!("wtrace.function={name}");
+        assert_eq!(
+            sums(&exporter, "wtrace.tasks.started"),
+            [(f("add"), 3), (f("fails"), 3)]
+        );
+        assert_eq!(sums(&exporter, "wtrace.tasks.finished"), [(f("add"), 3)]);
+        assert_eq!(
+            sums(&exporter, "wtrace.tasks.failed"),
+            [
+                (format!("error.type=wtrace.GuestError,{}", f("fails")), 1),
+                (format!("error.type=wtrace.Trap,{}", f("fails")), 2),
+            ]
+        );
+        assert_eq!(
+            sums(&exporter, "wtrace.guest_spans.started"),
+            [(f("add"), 2), (f("fails"), 1)]
+        );
+        assert_eq!(sums(&exporter, "wtrace.guest_spans.dropped"), []);
+    }
+
+    #[test]
+    fn past_the_function_limit_counts_go_to_one_overflow_point() {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        let metrics = TaskMetrics::new(&provider, Arc::from(Vec::new()));
+        for i in 0..MAX_FUNCTIONS + 5 {
+            metrics.started(&format!("f{i}"));
+        }
+        provider.force_flush().unwrap();
+        let started = sums(&exporter, "wtrace.tasks.started");
+        assert_eq!(started.len(), MAX_FUNCTIONS + 1);
+        assert!(started.contains(&("wtrace.function=f0".into(), 1)));
+        assert!(started.contains(&("otel.metric.overflow=true".into(), 5)));
+    }
 }
