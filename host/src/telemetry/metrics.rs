@@ -378,6 +378,16 @@ mod tests {
         points
     }
 
+    /// Task metrics on a provider whose exports are kept in memory.
+    fn recorded() -> (InMemoryMetricExporter, SdkMeterProvider, TaskMetrics) {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        let metrics = TaskMetrics::new(&provider, Arc::from(Vec::new()));
+        (exporter, provider, metrics)
+    }
+
     fn task<'a>(function: &'a str, error_type: Option<&'static str>, spans: u32) -> TaskEnd<'a> {
         TaskEnd {
             function,
@@ -390,11 +400,7 @@ mod tests {
 
     #[test]
     fn counts_are_per_function_and_error_type_and_zero_counts_are_not_reported() {
-        let exporter = InMemoryMetricExporter::default();
-        let provider = SdkMeterProvider::builder()
-            .with_reader(PeriodicReader::builder(exporter.clone()).build())
-            .build();
-        let metrics = TaskMetrics::new(&provider, Arc::from(Vec::new()));
+        let (exporter, provider, metrics) = recorded();
         for (function, error, spans) in [
             ("add", None, 2),
             ("add", None, 0),
@@ -440,11 +446,7 @@ mod tests {
 
     #[test]
     fn past_the_function_limit_counts_go_to_one_overflow_point() {
-        let exporter = InMemoryMetricExporter::default();
-        let provider = SdkMeterProvider::builder()
-            .with_reader(PeriodicReader::builder(exporter.clone()).build())
-            .build();
-        let metrics = TaskMetrics::new(&provider, Arc::from(Vec::new()));
+        let (exporter, provider, metrics) = recorded();
         for i in 0..MAX_FUNCTIONS + 5 {
             metrics.started(&format!("f{i}"));
         }
