@@ -284,44 +284,71 @@ impl Runtime {
         if let Ok(serialized) = component.serialize() {
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));
             let _ = fs::remove_file(&tmp);
-            let written = crate::private::create_new(&tmp, 0o600)
-                .and_then(|mut f| {
-                    f.write_all(&crc32fast::hash(&serialized).to_le_bytes())?;
-                    f.write_all(&serialized)?;
-                    f.sync_data()
-                })
-                .and_then(|()| fs::rename(&tmp, &path));
-            if written.is_err() {
+            // The checksum first: a reader that finds it before the new
+            // component (or a torn one) sees them disagree and compiles.
+            let write = |path: &Path, bytes: &[u8]| {
                 let _ = fs::remove_file(&tmp);
-            }
+                let written = crate::private::create_new(&tmp, 0o600)
+                    .and_then(|mut f| {
+                        f.write_all(bytes)?;
+                        f.sync_data()
+                    })
+                    .and_then(|()| fs::rename(&tmp, path));
+                if written.is_err() {
+                    let _ = fs::remove_file(&tmp);
+                }
+                written
+            };
+            let sum = crc32fast::hash(&serialized).to_le_bytes();
+            let _ =
+                write(&path.with_extension("crc32"), &sum).and_then(|()| write(&path, &serialized));
         }
         Ok(component)
     }
 
-    /// Loads a cached compiled component: the file is the CRC-32 (little
-    /// endian) of the bytes `Component::serialize` wrote, then those bytes.
-    /// One that does not match (torn, corrupted) is removed, not run. A
-    /// checksum, not a digest: only this user can write the directory
-    /// (checked), and every process loads its hook and components from
-    /// here at start, where a SHA-256 of each cost more than the load.
+    /// Loads a cached compiled component: the file holds exactly what
+    /// `Component::serialize` wrote, and a file beside it (`.crc32`) their
+    /// CRC-32 (little endian). One that does not match (torn, corrupted) is
+    /// removed, not run. A checksum, not a digest: only this user can write
+    /// the directory (checked), and every process loads its hook and
+    /// components from here at start, where a SHA-256 of each cost more
+    /// than the load. The file is then mapped, not read into memory: its
+    /// pages are the page cache's, shared by every process that loads it,
+    /// where a copy cost each process page faults and zeroed pages for
+    /// twice its size.
     fn deserialize(&self, path: &Path) -> Option<Component> {
-        let file = std::fs::read(path).ok()?;
-        let (sum, compiled) = file.split_at_checked(4)?;
-        if crc32fast::hash(compiled).to_le_bytes() != sum {
+        let sum = fs::read(path.with_extension("crc32")).ok()?;
+        if checksum(path).ok()?.to_le_bytes()[..] != sum[..] {
             let _ = fs::remove_file(path);
             return None;
         }
-        // SAFETY: the bytes are what this engine's `Component::serialize`
-        // wrote into a directory only this user can write (checked), their
+        // SAFETY: the file is what this engine's `Component::serialize`
+        // wrote into a directory only this user can write (checked), its
         // checksum checked just now; wasmtime checks the engine header too.
+        // It is never changed in place (a new one is renamed over it), so
+        // the mapping stays what was checked.
         #[allow(unsafe_code)]
-        let loaded = unsafe { Component::deserialize(&self.inner.engine, compiled) };
+        let loaded = unsafe { Component::deserialize_file(&self.inner.engine, path) };
         match loaded {
             Ok(component) => Some(component),
             Err(_) => {
                 let _ = fs::remove_file(path);
                 None
             }
+        }
+    }
+}
+
+/// The CRC-32 of the file at `path`, read through one small buffer.
+fn checksum(path: &Path) -> std::io::Result<u32> {
+    use std::io::Read as _;
+    let mut file = fs::File::open(path)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buffer = [0; 64 * 1024];
+    loop {
+        match file.read(&mut buffer)? {
+            0 => return Ok(hasher.finalize()),
+            n => hasher.update(&buffer[..n]),
         }
     }
 }
