@@ -163,8 +163,7 @@ fn a_cache_others_can_write_is_refused_and_a_corrupt_entry_is_compiled_again() {
     std::fs::remove_file(&sum).unwrap();
     std::fs::write(&entry, &bytes).unwrap();
     let run = Wtrace::new(["run", "-n1", &cache_arg, guests::HELLO, "my-function()"]).run();
-    assert_eq!(run.success(), "1
-", "compiled again, not run unchecked");
+    assert_eq!(run.success(), "1\n", "compiled again, not run unchecked");
     assert_ne!(std::fs::read(&entry).unwrap(), bytes, "rewritten");
     assert!(sum.exists(), "with its checksum");
 }
