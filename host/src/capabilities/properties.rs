@@ -704,6 +704,7 @@ proptest! {
             task_id: "t-1".into(),
             component: Digest::of(b"cd"),
             component_name: "props.wasm".into(),
+            digest_value: crate::attrs::text(Digest::of(b"cd").to_string()),
             depth,
             actor: Some("counter-self".into()),
         };

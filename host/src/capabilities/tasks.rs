@@ -144,6 +144,9 @@ pub struct NestedContext {
     pub component: Digest,
     /// Its component's file name, shared with the component's spans.
     pub component_name: std::sync::Arc<str>,
+    /// Its component's `wtrace.component.digest` value, made once per
+    /// component.
+    pub digest_value: opentelemetry::Value,
     /// Its nesting depth (0 for a task a driver submitted).
     pub depth: u32,
     /// The actor whose creation or method this is, if it is one: waiting
@@ -355,7 +358,11 @@ impl Tasks<'_> {
                     SubmitSpan {
                         function: &request.function,
                         component: crate::attrs::text(name),
-                        digest: crate::attrs::text(component.to_string()),
+                        digest: if component == context.component {
+                            context.digest_value.clone()
+                        } else {
+                            crate::attrs::text(component.to_string())
+                        },
                         task_id: &task_id,
                         depth: Some(depth),
                         actor: request.actor.as_ref().map(|(op, span)| ActorOfSpan {
@@ -839,6 +846,7 @@ mod tests {
             task_id: "t-1".into(),
             component: Digest::of(b"ab"),
             component_name: "t.wasm".into(),
+            digest_value: crate::attrs::text(Digest::of(b"ab").to_string()),
             depth: 0,
             actor: None,
         };

@@ -559,6 +559,7 @@ fn tasks_state(
         task_id: cx.task_id.to_owned(),
         component: component.digest,
         component_name: component.name.clone(),
+        digest_value: component.digest_value.clone(),
         depth: cx.depth,
         actor: None,
     });
