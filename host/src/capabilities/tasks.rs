@@ -344,25 +344,25 @@ impl Tasks<'_> {
             Some(tracer) => {
                 // Named as the execute span will name it; a component this
                 // worker does not hold is named by its digest.
-                let name: std::sync::Arc<str> = if component == context.component {
-                    context.component_name.clone()
+                let (name, digest) = if component == context.component {
+                    let name = crate::attrs::text(context.component_name.clone());
+                    (name, context.digest_value.clone())
                 } else {
-                    request
+                    let name = request
                         .component_name
                         .or_else(|| context.submitter.component_name(&component))
-                        .unwrap_or_else(|| component.to_string())
-                        .into()
+                        .unwrap_or_else(|| component.to_string());
+                    (
+                        crate::attrs::text(name),
+                        crate::attrs::text(component.to_string()),
+                    )
                 };
                 let span = task_span::start_submit(
                     tracer,
                     SubmitSpan {
                         function: &request.function,
-                        component: crate::attrs::text(name),
-                        digest: if component == context.component {
-                            context.digest_value.clone()
-                        } else {
-                            crate::attrs::text(component.to_string())
-                        },
+                        component: name,
+                        digest,
                         task_id: &task_id,
                         depth: Some(depth),
                         actor: request.actor.as_ref().map(|(op, span)| ActorOfSpan {

@@ -283,7 +283,6 @@ impl Runtime {
         let component = self.compile(name, bytes)?;
         if let Ok(serialized) = component.serialize() {
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            let _ = fs::remove_file(&tmp);
             // The checksum first: a reader that finds it before the new
             // component (or a torn one) sees them disagree and compiles.
             let write = |path: &Path, bytes: &[u8]| {
