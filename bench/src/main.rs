@@ -57,6 +57,9 @@ enum Measure {
     Span,
     /// Tracing overhead of `wtrace run` and a cluster (and the Ray workload).
     Tasks,
+    /// Tracing's cost where a task runs: one thread in process (also part
+    /// of `tasks`).
+    Executor,
     /// The Ray workload on wtrace and on Ray, and the ratio.
     Ray,
     /// Cold start of wtrace and of Ray.
@@ -104,6 +107,9 @@ fn main() -> anyhow::Result<()> {
         spans(&options, &mut report)?;
     }
     let mut wtrace_traced = None;
+    if options.only == Some(Measure::Executor) {
+        executor_cost(&options, &mut report)?;
+    }
     if wants(Measure::Tasks) {
         wtrace_traced = Some(rt.block_on(tasks(&options, &mut report))?);
     } else if options.ray && wants(Measure::Ray) {
@@ -131,9 +137,7 @@ fn main() -> anyhow::Result<()> {
     if options.only == Some(Measure::Chaos) {
         chaos(&options, &mut report)?;
     }
-    for file in span_files().difference(&before) {
-        let _ = std::fs::remove_file(file);
-    }
+    remove_span_files_since(&before);
     if let Some(path) = std::env::var_os("WTRACE_BENCH_JSON") {
         let rows: Vec<_> = report
             .rows
@@ -149,6 +153,15 @@ fn span_files() -> std::collections::HashSet<PathBuf> {
     std::fs::read_dir("/tmp/spans")
         .map(|dir| dir.flatten().map(|e| e.path()).collect())
         .unwrap_or_default()
+}
+
+/// Removes the span files a run wrote, once it is over: unlinked before the
+/// kernel writes them back, they cost no later run the disk's writeback
+/// (tens of MB a traced run).
+fn remove_span_files_since(before: &std::collections::HashSet<PathBuf>) {
+    for file in span_files().difference(before) {
+        let _ = std::fs::remove_file(file);
+    }
 }
 
 fn machine() -> String {
@@ -331,6 +344,7 @@ async fn cluster_rate(workers: usize, hook: Option<&str>, n: usize) -> anyhow::R
     let mut options = LocalClusterOptions::new(wtrace_bin());
     options.num_workers = workers;
     options.hook = hook.map(|h| h.parse::<HookSpec>()?.load()).transpose()?;
+    let files = span_files();
     let cluster = LocalCluster::start(options).await?;
     let client = cluster.client(None).await?;
     let component = client.upload_file(guests::HELLO.as_ref()).await?;
@@ -361,6 +375,7 @@ async fn cluster_rate(workers: usize, hook: Option<&str>, n: usize) -> anyhow::R
     client.shutdown_cluster().await?;
     let rate = n as f64 / started.elapsed().as_secs_f64();
     cluster.stop().await;
+    remove_span_files_since(&files);
     Ok(rate)
 }
 
@@ -397,10 +412,12 @@ fn run_rate_with(
         command.arg(format!("--tracing-startup-hook={hook}"));
     }
     command.args([guest, invocation]);
+    let files = span_files();
     let cpu_before = children_cpu();
     let started = Instant::now();
     let output = command.output()?;
     let elapsed = started.elapsed();
+    remove_span_files_since(&files);
     if !output.status.success() {
         bail!(
             "wtrace run failed: {}",
@@ -498,6 +515,86 @@ fn overhead_rows(report: &mut Report, what: &str, n: usize, runs: Vec<(f64, f64)
         format!("{:.2}x", traced / plain),
         target,
     );
+}
+
+/// One thread running trivial tasks in this process, without telemetry and
+/// with the default hook's (spans, log records and metrics to files): what
+/// tracing adds to a task where it runs, with no driver, head or IPC.
+fn executor_cost(options: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let runtime = Runtime::new(Limits::default(), None)?;
+    let linker = TaskLinker::new(&runtime)?;
+    let component = linker.load("hello.wasm", &std::fs::read(guests::HELLO)?)?;
+    let info = wtrace::capabilities::provider::WorkerInfo {
+        worker_id: "bench-w1".into(),
+        node_id: "bench".into(),
+        job_id: "bench".into(),
+    };
+    let telemetry = "default".parse::<HookSpec>()?.load()?.run(
+        &runtime,
+        info,
+        &wtrace::ExportPolicy::default(),
+        None,
+    )?;
+    let parent = opentelemetry::trace::SpanContext::new(
+        opentelemetry::trace::TraceId::from(0x302954deb0e9910d2730f5ded7a88e7a_u128),
+        opentelemetry::trace::SpanId::from(0xa5ab168519f12e6e_u64),
+        opentelemetry::trace::TraceFlags::SAMPLED,
+        true,
+        Default::default(),
+    );
+    let batch = if options.quick { 1_000 } else { 2_000 };
+    let rounds = if options.quick { 5 } else { 15 };
+    let mut times = (Vec::new(), Vec::new());
+    let mut tag = 0;
+    for round in 0..=rounds {
+        for traced in [false, true] {
+            let started = Instant::now();
+            for _ in 0..batch {
+                tag += 1;
+                let task_id = format!("bench-{tag}");
+                let cx = TaskContext {
+                    parent: Some(parent.clone()),
+                    ..TaskContext::new(&task_id)
+                };
+                let output = task::execute(
+                    &linker,
+                    traced.then_some(&telemetry),
+                    &component,
+                    "my-function",
+                    "my-function()",
+                    &cx,
+                );
+                output.result.map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            if traced {
+                telemetry.sync_files()?;
+            }
+            let per_task = started.elapsed().as_nanos() as f64 / 1000.0 / batch as f64;
+            // Round 0 warms the caches and the allocator.
+            if round > 0 {
+                if traced {
+                    times.1.push(per_task)
+                } else {
+                    times.0.push(per_task)
+                }
+            }
+        }
+    }
+    let spans = telemetry.provider().clone();
+    telemetry.shutdown()?;
+    drop(spans);
+    let (plain, traced) = (median(times.0), median(times.1));
+    report.row(
+        "one task in process, untraced / traced (us)",
+        format!("{plain:.2} / {traced:.2}"),
+        "",
+    );
+    report.row(
+        "  tracing's part where the task runs (us)",
+        format!("{:.2}", traced - plain),
+        "",
+    );
+    Ok(())
 }
 
 /// Collects the spans of an in-process task.
@@ -732,6 +829,7 @@ async fn tasks(options: &Options, report: &mut Report) -> anyhow::Result<f64> {
         ),
         "",
     );
+    executor_cost(options, report)?;
     let cost = span_export_cost(options).await?;
     report.row(
         "file export of one execute span: encode + write (us)",
