@@ -221,6 +221,70 @@ fn each_call_returns_only_its_own_output() {
 }
 
 #[test]
+fn each_calls_output_becomes_records_of_that_call_in_its_span() {
+    use opentelemetry_sdk::logs::{InMemoryLogExporter, SdkLoggerProvider};
+    let mut host = Host::new(Limits::default(), guests::ACTORS);
+    let logs = InMemoryLogExporter::default();
+    host.telemetry = host.telemetry.clone().with_logs(Some(
+        SdkLoggerProvider::builder()
+            .with_simple_exporter(logs.clone())
+            .build(),
+    ));
+    let mut counter = host.create("a-9", "counter(0)").unwrap();
+    // Each call under a task id of its own, as a cluster gives them.
+    for (task_id, invocation) in [("t-1", "say(\"one\")"), ("t-2", "say(\"two\")")] {
+        let output = counter.call(
+            &host.linker,
+            Some(&host.telemetry),
+            &host.component,
+            &invocation.parse().unwrap(),
+            &TaskContext::new(task_id),
+        );
+        output.result.unwrap();
+    }
+    host.telemetry.flush().unwrap();
+    let records = logs.get_emitted_logs().unwrap();
+    let calls: Vec<SpanData> = host
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "counter.say execute")
+        .collect();
+    assert_eq!(calls.len(), 2, "two call spans");
+    for (body, task_id, call) in [("one", "t-1", &calls[0]), ("two", "t-2", &calls[1])] {
+        let record = records
+            .iter()
+            .map(|r| &r.record)
+            .find(|r| {
+                r.body()
+                    .is_some_and(|b| *b == opentelemetry::logs::AnyValue::from(body))
+            })
+            .unwrap_or_else(|| panic!("no record {body:?}"));
+        let attribute = |key: &str| {
+            record
+                .attributes_iter()
+                .find(|(k, _)| k.as_str() == key)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            attribute("wtrace.function"),
+            Some(opentelemetry::logs::AnyValue::from("counter.say")),
+            "{body}"
+        );
+        assert_eq!(
+            attribute("wtrace.task_id"),
+            Some(opentelemetry::logs::AnyValue::from(task_id)),
+            "{body}"
+        );
+        let trace = record.trace_context().expect("joined to a span");
+        assert_eq!(
+            (trace.trace_id, trace.span_id),
+            (call.span_context.trace_id(), call.span_context.span_id()),
+            "{body} belongs to its own call's span"
+        );
+    }
+}
+
+#[test]
 fn the_timeout_applies_per_call_and_a_call_past_it_kills_the_actor() {
     let limits = Limits {
         timeout: Duration::from_millis(300),

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanContext;
 use wasmtime::Store;
 use wasmtime::component::types::ComponentItem;
@@ -23,7 +22,7 @@ use crate::runtime::wave;
 use crate::runtime::{Digest, Runtime};
 use crate::sandbox::{self, CapturedOutput, Deadline};
 use crate::telemetry::Telemetry;
-use crate::telemetry::logs::{Stream, TaskLog};
+use crate::telemetry::logs::{Origin, Stream, TaskLog};
 
 /// The built-in default hook, built from `examples/hooks/local-tmp`: every
 /// process writes its spans to `/tmp/spans/<pid>.json`.
@@ -268,7 +267,7 @@ fn log_output(telemetry: &Telemetry, output: &CapturedOutput, export: &str, limi
     let log = TaskLog::new(
         logger.clone(),
         limits.attribute_value_length as usize,
-        vec![KeyValue::new("wtrace.hook", export.to_owned())],
+        Origin::Hook(export.to_owned()),
         SpanContext::empty_context(),
     );
     log.write(Stream::Stdout, &output.stdout.contents());

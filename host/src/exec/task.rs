@@ -22,11 +22,11 @@ pub use crate::outcome::{TaskError, TaskErrorKind, TaskOutput};
 use crate::runtime::check::{World, list_or_none, root_export_names};
 use crate::runtime::wave;
 use crate::runtime::{Digest, Runtime};
-use crate::sandbox::{self, CapturedOutput, Deadline, OutputTap};
+use crate::sandbox::{self, CapturedOutput, Deadline, GuestStream, OutputTap};
 use crate::sync::lock;
 use crate::telemetry::Telemetry;
 use crate::telemetry::context::context_with_parent;
-use crate::telemetry::logs::{Stream, TaskLog};
+use crate::telemetry::logs::{Origin, Stream, TaskLog};
 use crate::telemetry::metrics::TaskEnd;
 use crate::telemetry::task_span;
 
@@ -434,10 +434,7 @@ pub(crate) fn rearm_store(
     let state = store.data_mut();
     let log = state.bridge.log().cloned();
     if let Some(log) = &log {
-        log.rearm(
-            TaskLog::task_origin(function, cx.task_id),
-            root_context(span),
-        );
+        log.rearm(Origin::task(function, cx.task_id), root_context(span));
     }
     state.bridge = bridge(telemetry, span, limits).with_log(log);
     begin_run(store, function);
@@ -531,22 +528,24 @@ pub(crate) fn captured_output(
     let log = Arc::new(TaskLog::new(
         logger.clone(),
         limits.attribute_value_length as usize,
-        TaskLog::task_origin(function, cx.task_id),
+        Origin::task(function, cx.task_id),
         root_context(span),
     ));
     (
-        CapturedOutput::tapped(capacity, Some(taps(&log))),
+        CapturedOutput::tapped(capacity, Some(log.clone())),
         Some(log),
     )
 }
 
-/// Taps on a guest's stdout and stderr that hand what it writes to `log`.
-pub(crate) fn taps(log: &Arc<TaskLog>) -> (OutputTap, OutputTap) {
-    let (out, err) = (log.clone(), log.clone());
-    (
-        Arc::new(move |bytes: &[u8]| out.write(Stream::Stdout, bytes)),
-        Arc::new(move |bytes: &[u8]| err.write(Stream::Stderr, bytes)),
-    )
+/// What a guest writes becomes its log's records.
+impl OutputTap for TaskLog {
+    fn written(&self, stream: GuestStream, bytes: &[u8]) {
+        let stream = match stream {
+            GuestStream::Stdout => Stream::Stdout,
+            GuestStream::Stderr => Stream::Stderr,
+        };
+        self.write(stream, bytes);
+    }
 }
 
 fn tasks_state(

@@ -20,7 +20,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiView};
 pub(crate) use deadline::{Deadline, Stopped, arm_deadline};
 pub(crate) use fault::{HostPanic, contain, host_call};
 pub(crate) use limiter::MemoryLimiter;
-pub(crate) use output::{OutputPipe, OutputTap};
+pub(crate) use output::{GuestStream, OutputPipe, OutputTap};
 
 use crate::config::{Grants, net_allowed};
 
@@ -57,13 +57,12 @@ impl CapturedOutput {
         Self::tapped(capacity, None)
     }
 
-    /// Up to `capacity` bytes of each stream, each also shown as written to
-    /// its tap (stdout's, stderr's).
-    pub(crate) fn tapped(capacity: usize, taps: Option<(OutputTap, OutputTap)>) -> Self {
-        let (stdout, stderr) = taps.map_or((None, None), |(out, err)| (Some(out), Some(err)));
+    /// Up to `capacity` bytes of each stream, both also shown as written to
+    /// `tap`.
+    pub(crate) fn tapped(capacity: usize, tap: Option<Arc<dyn OutputTap>>) -> Self {
         Self {
-            stdout: OutputPipe::new(capacity, stdout),
-            stderr: OutputPipe::new(capacity, stderr),
+            stdout: OutputPipe::new(capacity, GuestStream::Stdout, tap.clone()),
+            stderr: OutputPipe::new(capacity, GuestStream::Stderr, tap),
         }
     }
 }

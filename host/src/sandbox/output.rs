@@ -16,22 +16,39 @@ use wasmtime_wasi_io::streams::{OutputStream, StreamError};
 
 use crate::sync::lock;
 
-/// Sees every byte a guest writes to one stream, as it is written.
-pub(crate) type OutputTap = Arc<dyn Fn(&[u8]) + Send + Sync>;
+/// One of a guest's two output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GuestStream {
+    Stdout,
+    Stderr,
+}
+
+/// Sees every byte a guest writes to its standard output and error, as it
+/// is written. One tap serves both streams, so tapping a store costs no
+/// allocation of its own.
+pub(crate) trait OutputTap: Send + Sync {
+    fn written(&self, stream: GuestStream, bytes: &[u8]);
+}
 
 /// An in-memory output stream of bounded capacity, with an optional tap.
 #[derive(Clone)]
 pub(crate) struct OutputPipe {
     capacity: usize,
     buffer: Arc<Mutex<BytesMut>>,
-    tap: Option<OutputTap>,
+    stream: GuestStream,
+    tap: Option<Arc<dyn OutputTap>>,
 }
 
 impl OutputPipe {
-    pub(crate) fn new(capacity: usize, tap: Option<OutputTap>) -> Self {
+    pub(crate) fn new(
+        capacity: usize,
+        stream: GuestStream,
+        tap: Option<Arc<dyn OutputTap>>,
+    ) -> Self {
         Self {
             capacity,
             buffer: Arc::new(Mutex::new(BytesMut::new())),
+            stream,
             tap,
         }
     }
@@ -50,7 +67,7 @@ impl OutputPipe {
         if let Some(tap) = &self.tap
             && kept > 0
         {
-            tap(&bytes[..kept]);
+            tap.written(self.stream, &bytes[..kept]);
         }
         kept
     }

@@ -6,13 +6,13 @@
 //! spans; without a log processor none of this costs anything.
 
 use std::borrow::Cow;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
-use opentelemetry::{Key, KeyValue, Value};
+use opentelemetry::{Key, Value};
 use opentelemetry_sdk::logs::SdkLogger;
 
 use crate::sync::lock;
@@ -90,7 +90,7 @@ pub fn severity_of_line(line: &str, stream: Stream) -> Severity {
 /// ([`TaskLog::write`]).
 #[derive(Debug)]
 pub struct TaskLog {
-    logger: SdkLogger,
+    logger: Arc<SdkLogger>,
     /// Longest body, in bytes; longer ones are truncated.
     body_limit: usize,
     /// The current span, set at every guest span start and end.
@@ -134,10 +134,45 @@ impl CurrentSpan {
     }
 }
 
+/// Who wrote a store's records: the attributes each record carries, made
+/// only when one is.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// A task or an actor call: `wtrace.function` and `wtrace.task_id`.
+    Task {
+        /// The function called.
+        function: String,
+        /// The task's id.
+        task_id: String,
+    },
+    /// A hook: `wtrace.hook`, the export run.
+    Hook(String),
+}
+
+impl Origin {
+    /// A task's (or actor call's) origin.
+    pub fn task(function: &str, task_id: &str) -> Self {
+        Self::Task {
+            function: function.to_owned(),
+            task_id: task_id.to_owned(),
+        }
+    }
+
+    /// Adds the attributes to `record`.
+    fn add_to(&self, record: &mut impl opentelemetry::logs::LogRecord) {
+        match self {
+            Self::Task { function, task_id } => {
+                record.add_attribute("wtrace.function", function.clone());
+                record.add_attribute("wtrace.task_id", task_id.clone());
+            }
+            Self::Hook(export) => record.add_attribute("wtrace.hook", export.clone()),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct State {
-    /// `wtrace.function` and `wtrace.task_id` (or `wtrace.hook`).
-    origin: Vec<KeyValue>,
+    origin: Origin,
     /// The unfinished last line of each stream, with the span current when
     /// it began.
     partial: [Option<(Vec<u8>, SpanContext)>; 2],
@@ -163,9 +198,9 @@ impl TaskLog {
     /// `origin` attributes (who wrote them) and under `span` until told
     /// otherwise.
     pub fn new(
-        logger: SdkLogger,
+        logger: Arc<SdkLogger>,
         body_limit: usize,
-        origin: Vec<KeyValue>,
+        origin: Origin,
         span: SpanContext,
     ) -> Self {
         let current = CurrentSpan::default();
@@ -181,14 +216,6 @@ impl TaskLog {
         }
     }
 
-    /// `wtrace.function` and `wtrace.task_id` for a task's records.
-    pub fn task_origin(function: &str, task_id: &str) -> Vec<KeyValue> {
-        vec![
-            KeyValue::new("wtrace.function", function.to_owned()),
-            KeyValue::new("wtrace.task_id", task_id.to_owned()),
-        ]
-    }
-
     /// The span now current: what later lines and records are joined to.
     pub fn set_span(&self, span: &SpanContext) {
         self.span.set(span);
@@ -196,7 +223,7 @@ impl TaskLog {
 
     /// Another run in the same store (an actor's next call): its origin and
     /// root span. Unfinished lines of the last run are emitted first.
-    pub fn rearm(&self, origin: Vec<KeyValue>, span: SpanContext) {
+    pub fn rearm(&self, origin: Origin, span: SpanContext) {
         self.finish();
         lock(&self.state).origin = origin;
         self.span.set(&span);
@@ -242,6 +269,10 @@ impl TaskLog {
     pub fn finish(&self) {
         let (pending, origin) = {
             let mut state = lock(&self.state);
+            // Most runs leave nothing: then nothing is copied.
+            if state.partial.iter().all(Option::is_none) {
+                return;
+            }
             let pending: Vec<_> = [Stream::Stdout, Stream::Stderr]
                 .into_iter()
                 .filter_map(|s| state.partial[s.index()].take().map(|p| (s, p)))
@@ -253,7 +284,7 @@ impl TaskLog {
         }
     }
 
-    fn emit_line(&self, stream: Stream, line: &[u8], span: &SpanContext, origin: &[KeyValue]) {
+    fn emit_line(&self, stream: Stream, line: &[u8], span: &SpanContext, origin: &Origin) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let text = String::from_utf8_lossy(line);
         if text.trim().is_empty() {
@@ -267,9 +298,7 @@ impl TaskLog {
         record.set_severity_number(severity);
         record.set_severity_text(severity.name());
         record.set_body(AnyValue::String(self.cut(text).into()));
-        for kv in origin {
-            record.add_attribute(kv.key.clone(), any_value(&kv.value));
-        }
+        origin.add_to(&mut record);
         record.add_attribute("log.iostream", stream.name());
         if span.is_valid() {
             record.set_trace_context(span.trace_id(), span.span_id(), Some(span.trace_flags()));
@@ -296,9 +325,7 @@ impl TaskLog {
                 other => other,
             });
         }
-        for kv in origin {
-            record.add_attribute(kv.key, any_value(&kv.value));
-        }
+        origin.add_to(&mut record);
         for (key, value) in guest.attributes {
             record.add_attribute(key, value);
         }

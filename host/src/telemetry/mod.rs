@@ -36,7 +36,7 @@ pub struct Telemetry {
     ledgers: std::sync::Arc<[std::sync::Arc<loss::Ledger>]>,
     /// The logger provider, when the hook added log processors, and the
     /// logger task output and guest records go to.
-    logs: Option<(SdkLoggerProvider, SdkLogger)>,
+    logs: Option<(SdkLoggerProvider, std::sync::Arc<SdkLogger>)>,
     /// The meter provider, when the hook added metric readers, and the
     /// instruments tasks are recorded with.
     metrics: Option<(SdkMeterProvider, std::sync::Arc<metrics::TaskMetrics>)>,
@@ -84,13 +84,14 @@ impl Telemetry {
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build();
             let logger = provider.logger_with_scope(scope);
-            (provider, logger)
+            (provider, std::sync::Arc::new(logger))
         });
         self
     }
 
-    /// The logger, when the hook chose where log records go.
-    pub fn logger(&self) -> Option<&SdkLogger> {
+    /// The logger, when the hook chose where log records go (shared: each
+    /// store's log holds it).
+    pub fn logger(&self) -> Option<&std::sync::Arc<SdkLogger>> {
         self.logs.as_ref().map(|(_, logger)| logger)
     }
 
