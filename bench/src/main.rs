@@ -580,9 +580,7 @@ fn executor_cost(options: &Options, report: &mut Report) -> anyhow::Result<()> {
             }
         }
     }
-    let spans = telemetry.provider().clone();
     telemetry.shutdown()?;
-    drop(spans);
     let (plain, traced) = (median(times.0), median(times.1));
     report.row(
         "one task in process, untraced / traced (us)",
