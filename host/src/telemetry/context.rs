@@ -64,7 +64,11 @@ pub fn context_with_parent(cx: Option<SpanContext>) -> Context {
 /// only for the edges (`TRACEPARENT`, HTTP headers, guests).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WireContext {
+    // As bytes (a length and a copy), not as arrays of 16 and 8 numbers that
+    // serde would read one by one.
+    #[serde(with = "serde_bytes")]
     trace_id: [u8; 16],
+    #[serde(with = "serde_bytes")]
     span_id: [u8; 8],
     flags: u8,
     /// The W3C `tracestate`, when there is one.
@@ -128,7 +132,10 @@ mod tests {
         );
         let wire = WireContext::of(&cx).unwrap();
         let bytes = postcard::to_allocvec(&wire).unwrap();
-        assert!(bytes.len() < 50, "{} bytes", bytes.len());
+        // Ids as bytes with their lengths (17 + 9), flags, the state's
+        // presence, length and text.
+        assert_eq!(bytes.len(), 17 + 9 + 1 + 1 + 1 + "vendor=value".len());
+        assert_eq!(&bytes[1..17], &cx.trace_id().to_bytes());
         let back: WireContext = postcard::from_bytes(&bytes).unwrap();
         let back = back.span_context().unwrap();
         assert_eq!(back.trace_id(), cx.trace_id());
@@ -141,5 +148,22 @@ mod tests {
             ..wire
         };
         assert_eq!(zero.span_context(), None);
+    }
+
+    #[test]
+    fn wire_contexts_read_from_json_and_refuse_wrong_lengths() {
+        let wire = WireContext::of(&SpanContext::new(
+            TraceId::from(0x0af7651916cd43dd8448eb211c80319c_u128),
+            SpanId::from(0xb7ad6b7169203331_u64),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        ))
+        .unwrap();
+        let json = serde_json::to_string(&wire).unwrap();
+        assert_eq!(serde_json::from_str::<WireContext>(&json).unwrap(), wire);
+        let mut short = postcard::to_allocvec(&wire).unwrap();
+        short[0] = 15;
+        assert!(postcard::from_bytes::<WireContext>(&short).is_err());
     }
 }
