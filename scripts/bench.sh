@@ -2,7 +2,7 @@
 # wtrace's benchmarks, reproducible on a fresh machine: installs the
 # wasm32-wasip2 target and Ray (into target/tools/ray-venv, from PyPI), builds
 # in release mode and prints every figure with its target. Pass --quick for a
-# short run, --no-ray to skip Ray, --only span|tasks|cold|memory|export|scale|nats|actors|chaos
+# short run, --no-ray to skip Ray, --only span|tasks|executor|cold|memory|export|scale|nats|actors|chaos
 # (chaos, 100 000 normal and hostile tasks while workers are killed, runs only
 # when named).
 set -euo pipefail
