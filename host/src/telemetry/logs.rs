@@ -309,7 +309,6 @@ impl TaskLog {
     /// Emits a record a guest handed over, joined to its span (else the
     /// current one) and carrying the task's origin.
     pub fn emit(&self, guest: GuestRecord) {
-        let origin = lock(&self.state).origin.clone();
         let span = guest.span.unwrap_or_else(|| self.span.get());
         let mut record = self.logger.create_log_record();
         let now = SystemTime::now();
@@ -325,7 +324,7 @@ impl TaskLog {
                 other => other,
             });
         }
-        origin.add_to(&mut record);
+        lock(&self.state).origin.add_to(&mut record);
         for (key, value) in guest.attributes {
             record.add_attribute(key, value);
         }
