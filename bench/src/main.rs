@@ -517,6 +517,18 @@ fn overhead_rows(report: &mut Report, what: &str, n: usize, runs: Vec<(f64, f64)
     );
 }
 
+/// A submit span's context as a worker gets it: the parent of the execute
+/// spans the in-process measures make.
+fn submit_span_context() -> opentelemetry::trace::SpanContext {
+    opentelemetry::trace::SpanContext::new(
+        opentelemetry::trace::TraceId::from(0x302954deb0e9910d2730f5ded7a88e7a_u128),
+        opentelemetry::trace::SpanId::from(0xa5ab168519f12e6e_u64),
+        opentelemetry::trace::TraceFlags::SAMPLED,
+        true,
+        Default::default(),
+    )
+}
+
 /// One thread running trivial tasks in this process, without telemetry and
 /// with the default hook's (spans, log records and metrics to files): what
 /// tracing adds to a task where it runs, with no driver, head or IPC.
@@ -535,13 +547,7 @@ fn executor_cost(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         &wtrace::ExportPolicy::default(),
         None,
     )?;
-    let parent = opentelemetry::trace::SpanContext::new(
-        opentelemetry::trace::TraceId::from(0x302954deb0e9910d2730f5ded7a88e7a_u128),
-        opentelemetry::trace::SpanId::from(0xa5ab168519f12e6e_u64),
-        opentelemetry::trace::TraceFlags::SAMPLED,
-        true,
-        Default::default(),
-    );
+    let parent = submit_span_context();
     let batch = if options.quick { 1_000 } else { 2_000 };
     let rounds = if options.quick { 5 } else { 15 };
     let mut times = (Vec::new(), Vec::new());
@@ -671,13 +677,7 @@ async fn span_export_cost(options: &Options) -> anyhow::Result<ExportCost> {
     let runtime = Runtime::new(Limits::default(), None)?;
     let linker = TaskLinker::new(&runtime)?;
     let component = linker.load("hello.wasm", &std::fs::read(guests::HELLO)?)?;
-    let parent = opentelemetry::trace::SpanContext::new(
-        opentelemetry::trace::TraceId::from(0x302954deb0e9910d2730f5ded7a88e7a_u128),
-        opentelemetry::trace::SpanId::from(0xa5ab168519f12e6e_u64),
-        opentelemetry::trace::TraceFlags::SAMPLED,
-        true,
-        Default::default(),
-    );
+    let parent = submit_span_context();
     let cx = TaskContext {
         parent: Some(parent),
         ..TaskContext::new("801a4f83-1")
