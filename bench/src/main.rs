@@ -367,13 +367,19 @@ async fn cluster_rate(workers: usize, hook: Option<&str>, n: usize) -> anyhow::R
             .value
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    // The clock stops once every span is written, as `wtrace run`'s does:
-    // the driver's exporter flushed, every worker flushed and gone.
+    // The clock stops once every span of the run is in its file, as Ray's
+    // does (its hook's simple processors write each span as it ends): the
+    // workers wrote theirs before their results left, the driver writes its
+    // submit spans here. Shutting the driver's telemetry and the cluster
+    // down is not part of the rate, as `ray.shutdown()` is not of Ray's.
+    if let Some(telemetry) = client.telemetry() {
+        telemetry.sync_files()?;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
     if let Some(telemetry) = client.telemetry().cloned() {
         tokio::task::spawn_blocking(move || telemetry.shutdown()).await??;
     }
     client.shutdown_cluster().await?;
-    let rate = n as f64 / started.elapsed().as_secs_f64();
     cluster.stop().await;
     remove_span_files_since(&files);
     Ok(rate)
