@@ -385,6 +385,19 @@ async fn cluster_rate(workers: usize, hook: Option<&str>, n: usize) -> anyhow::R
     Ok(rate)
 }
 
+/// [`cluster_rate`] untraced and traced, in turns first as [`in_turns`]
+/// orders them: (untraced, traced).
+async fn cluster_pair(round: usize, workers: usize, n: usize) -> anyhow::Result<(f64, f64)> {
+    let traced_first = !round.is_multiple_of(2);
+    let first = cluster_rate(workers, traced_first.then_some("default"), n).await?;
+    let second = cluster_rate(workers, (!traced_first).then_some("default"), n).await?;
+    Ok(if traced_first {
+        (second, first)
+    } else {
+        (first, second)
+    })
+}
+
 /// A whole `wtrace run` of `n` × `invocation` of the component at `guest`,
 /// as a process: its rate, and the CPU (user + system, driver and workers)
 /// it spent per task in µs.
@@ -437,16 +450,19 @@ fn run_rate_with(
     ))
 }
 
-/// `rounds` pairs of `wtrace run`s of `n` × `invocation`, untraced then
+/// `rounds` pairs of `wtrace run`s of `n` × `invocation`, untraced and
 /// with the default hook, after a warm-up run that fills the compile cache:
-/// each pair's rates, and the median CPU per task of each side.
+/// each pair's rates, and the median CPU per task of each side. The two
+/// runs of a pair go back to back, in turns first, so the machine's load
+/// drifting, or one run paying for the last one's writes, favours neither.
 fn run_pairs(guest: &str, invocation: &str, n: usize, rounds: usize) -> anyhow::Result<RunPairs> {
     run_rate(guest, invocation, Some("default"), 1)?;
     let mut runs = Vec::new();
     let mut cpu = Vec::new();
-    for _ in 0..rounds {
-        let (plain, plain_cpu) = run_rate(guest, invocation, None, n)?;
-        let (traced, traced_cpu) = run_rate(guest, invocation, Some("default"), n)?;
+    for round in 0..rounds {
+        let ((plain, plain_cpu), (traced, traced_cpu)) = in_turns(round, |traced| {
+            run_rate(guest, invocation, traced.then_some("default"), n)
+        })?;
         runs.push((plain, traced));
         cpu.push((plain_cpu, traced_cpu));
     }
@@ -456,6 +472,22 @@ fn run_pairs(guest: &str, invocation: &str, n: usize, rounds: usize) -> anyhow::
         plain_cpu: median(plain_cpu),
         traced_cpu: median(traced_cpu),
     })
+}
+
+/// `measure(false)` (untraced) and `measure(true)` (traced), in that order
+/// on even rounds and the other way on odd ones; their results in the
+/// order (untraced, traced).
+fn in_turns<T>(
+    round: usize,
+    mut measure: impl FnMut(bool) -> anyhow::Result<T>,
+) -> anyhow::Result<(T, T)> {
+    if round.is_multiple_of(2) {
+        let plain = measure(false)?;
+        Ok((plain, measure(true)?))
+    } else {
+        let traced = measure(true)?;
+        Ok((measure(false)?, traced))
+    }
 }
 
 /// Untraced and traced `wtrace run`s of one workload.
@@ -502,8 +534,15 @@ fn children_cpu() -> Duration {
 }
 
 /// The rows of one tracing-overhead measure: the medians of (untraced,
-/// traced) rates, and their ratio.
+/// traced) rates, and the median of the pairs' ratios with their range.
+/// A pair's two runs go back to back, so its ratio is taken under one load
+/// of the machine; the medians of the rates may come from different pairs.
 fn overhead_rows(report: &mut Report, what: &str, n: usize, runs: Vec<(f64, f64)>, target: &str) {
+    let ratios: Vec<f64> = runs.iter().map(|(plain, traced)| traced / plain).collect();
+    let (low, high) = ratios.iter().fold((f64::MAX, f64::MIN), |(low, high), r| {
+        (low.min(*r), high.max(*r))
+    });
+    let pairs = ratios.len();
     let (plain, traced): (Vec<f64>, Vec<f64>) = runs.into_iter().unzip();
     let (plain, traced) = (median(plain), median(traced));
     report.row(
@@ -516,9 +555,14 @@ fn overhead_rows(report: &mut Report, what: &str, n: usize, runs: Vec<(f64, f64)
         format!("{traced:.0}"),
         "",
     );
+    let ratio = median(ratios);
     report.row(
-        &format!("{what}: traced / untraced"),
-        format!("{:.2}x", traced / plain),
+        &format!("{what}: traced / untraced, median of {pairs} pairs"),
+        if pairs > 1 {
+            format!("{ratio:.2}x ({low:.2}-{high:.2})")
+        } else {
+            format!("{ratio:.2}x")
+        },
         target,
     );
 }
@@ -797,7 +841,7 @@ const BUSY_ROUNDS: u32 = 40_000;
 /// Trivial tasks per second, without and with tracing (the default hook).
 async fn tasks(options: &Options, report: &mut Report) -> anyhow::Result<f64> {
     let n = if options.quick { 5_000 } else { 20_000 };
-    let rounds = if options.quick { 1 } else { 3 };
+    let rounds = if options.quick { 3 } else { 7 };
     let trivial = run_pairs(guests::HELLO, "my-function()", n, rounds)?;
     let (plain_cpu, traced_cpu) = (trivial.plain_cpu, trivial.traced_cpu);
     overhead_rows(report, "wtrace run", n, trivial.rates, ">= 0.90x");
@@ -874,7 +918,7 @@ async fn tasks(options: &Options, report: &mut Report) -> anyhow::Result<f64> {
     // Interleaved with an untraced run each round, as the machine's load
     // drifts; medians of the differences.
     let mut split = vec![Vec::new(); 3];
-    for _ in 0..rounds.max(3) {
+    for _ in 0..3 {
         let untraced = run_rate(guests::HELLO, "my-function()", None, n)?.1;
         for (i, leave_out) in [
             &[
@@ -911,11 +955,8 @@ async fn tasks(options: &Options, report: &mut Report) -> anyhow::Result<f64> {
     );
     overhead_rows(report, "busy-task run", n_busy, busy.rates, ">= 0.97x");
     let mut runs = Vec::new();
-    for _ in 0..rounds {
-        runs.push((
-            cluster_rate(cores(), None, n).await?,
-            cluster_rate(cores(), Some("default"), n).await?,
-        ));
+    for round in 0..rounds {
+        runs.push(cluster_pair(round, cores(), n).await?);
     }
     overhead_rows(report, "cluster", n, runs, ">= 0.90x");
 
@@ -928,8 +969,7 @@ async fn tasks(options: &Options, report: &mut Report) -> anyhow::Result<f64> {
 async fn scale(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     let n = if options.quick { 5_000 } else { 20_000 };
     let pair = |workers: usize, n: usize| async move {
-        let plain = cluster_rate(workers, None, n).await?;
-        let traced = cluster_rate(workers, Some("default"), n).await?;
+        let (plain, traced) = cluster_pair(0, workers, n).await?;
         anyhow::Ok(format!(
             "{:.1}k / {:.1}k = {:.2}x",
             plain / 1000.0,
