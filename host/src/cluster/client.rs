@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use opentelemetry::trace::{Span as _, TraceContextExt as _};
+use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::messages::{
@@ -29,7 +30,7 @@ mod actors;
 
 pub use actors::{ActorHandle, ActorOptions};
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Done>>>>;
+type Pending = Arc<Mutex<FxHashMap<u64, oneshot::Sender<Done>>>>;
 
 /// Submissions per message: large enough to amortize a message, small
 /// enough that workers start before a big submission is fully prepared.

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -130,12 +131,12 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
     let pool = Arc::new(Pool {
         linker,
         telemetry: telemetry.clone(),
-        components: Mutex::new(HashMap::new()),
+        components: Mutex::new(FxHashMap::default()),
         state: Mutex::new(PoolState::default()),
         wake: Condvar::new(),
         abort: Arc::new(AtomicBool::new(false)),
         out,
-        pending: Mutex::new(HashMap::new()),
+        pending: Mutex::new(FxHashMap::default()),
         next_tag: AtomicU64::new(1),
         done: Mutex::new(Vec::new()),
         done_count: AtomicUsize::new(0),
@@ -357,12 +358,12 @@ struct Pool {
     telemetry: Option<Telemetry>,
     /// The components this worker holds, as the head told it: the head
     /// says which to forget, so this map mirrors its bounded view.
-    components: Mutex<HashMap<Digest, Arc<Loaded>>>,
+    components: Mutex<FxHashMap<Digest, Arc<Loaded>>>,
     state: Mutex<PoolState>,
     wake: Condvar,
     abort: Arc<AtomicBool>,
     out: mpsc::UnboundedSender<FromWorker>,
-    pending: Mutex<HashMap<u64, std::sync::mpsc::Sender<NestedResult>>>,
+    pending: Mutex<FxHashMap<u64, std::sync::mpsc::Sender<NestedResult>>>,
     next_tag: AtomicU64,
     /// Results not yet sent, so that quick tasks' results go out together.
     done: Mutex<Vec<Done>>,

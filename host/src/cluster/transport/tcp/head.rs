@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use rustc_hash::FxHashMap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -76,7 +77,7 @@ struct Worker {
     ready: bool,
     /// Leased tasks not yet done, each with its place in the order they
     /// were leased to this worker.
-    leased: HashMap<u64, u64>,
+    leased: FxHashMap<u64, u64>,
     /// Leases sent to this worker so far.
     sent: u64,
     /// Leases the worker says it has started: a prefix of the lease order,
@@ -255,7 +256,8 @@ struct State {
     workers: BTreeMap<ConnId, Worker>,
     drivers: HashMap<ConnId, Outbox<ToDriver>>,
     store: ComponentStore,
-    tasks: HashMap<u64, Task>,
+    /// By id: ids are the head's own, so a fast hash is safe here.
+    tasks: FxHashMap<u64, Task>,
     queue: VecDeque<u64>,
     next_task: u64,
     done: u64,
@@ -265,7 +267,7 @@ struct State {
     readiness_changed: Arc<tokio::sync::Notify>,
     stopping: bool,
     /// Live trees, by the id of their root task.
-    trees: HashMap<u64, Tree>,
+    trees: FxHashMap<u64, Tree>,
     /// Bytes of the invocations of the tasks held.
     task_bytes: usize,
     /// [`MAX_TASKS`], but for tests.
@@ -696,14 +698,14 @@ impl State {
             started: Instant::now(),
             workers: BTreeMap::new(),
             drivers: HashMap::new(),
-            tasks: HashMap::new(),
+            tasks: FxHashMap::default(),
             queue: VecDeque::new(),
             next_task: 1,
             done: 0,
             failed_hooks: Vec::new(),
             readiness_changed: Arc::default(),
             stopping: false,
-            trees: HashMap::new(),
+            trees: FxHashMap::default(),
             task_bytes: 0,
             max_tasks: MAX_TASKS,
             actors: HashMap::new(),
@@ -730,7 +732,7 @@ impl State {
                         pid,
                         tx,
                         ready: false,
-                        leased: HashMap::new(),
+                        leased: FxHashMap::default(),
                         sent: 0,
                         started: 0,
                         credit: 0,

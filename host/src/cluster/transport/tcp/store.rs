@@ -4,8 +4,10 @@
 //! evicted to make room, and an upload that cannot fit is refused with the
 //! reason, which later submissions naming it are told.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use crate::cluster::messages::MAX_COMPONENT_BYTES;
 use crate::runtime::Digest;
@@ -27,7 +29,7 @@ pub(crate) struct ComponentStore {
     quota: u64,
     bytes: u64,
     clock: u64,
-    components: HashMap<Digest, Stored>,
+    components: FxHashMap<Digest, Stored>,
     /// Why recent uploads were refused, by digest (the last few).
     refused: VecDeque<(Digest, String)>,
 }
@@ -41,7 +43,7 @@ impl ComponentStore {
             quota,
             bytes: 0,
             clock: 0,
-            components: HashMap::new(),
+            components: FxHashMap::default(),
             refused: VecDeque::new(),
         }
     }
