@@ -533,36 +533,66 @@ fn children_cpu() -> Duration {
     time(usage.ru_utime) + time(usage.ru_stime)
 }
 
+/// The medians of pairs of (untraced, traced) rates, and of the pairs'
+/// ratios with their range. A pair's two runs go back to back, so its
+/// ratio is taken under one load of the machine; the medians of the rates
+/// may come from different pairs.
+struct Pairs {
+    plain: f64,
+    traced: f64,
+    ratio: f64,
+    low: f64,
+    high: f64,
+    count: usize,
+}
+
+impl Pairs {
+    fn of(runs: Vec<(f64, f64)>) -> Self {
+        let ratios: Vec<f64> = runs.iter().map(|(plain, traced)| traced / plain).collect();
+        let (low, high) = ratios.iter().fold((f64::MAX, f64::MIN), |(low, high), r| {
+            (low.min(*r), high.max(*r))
+        });
+        let count = ratios.len();
+        let (plain, traced): (Vec<f64>, Vec<f64>) = runs.into_iter().unzip();
+        Self {
+            plain: median(plain),
+            traced: median(traced),
+            ratio: median(ratios),
+            low,
+            high,
+            count,
+        }
+    }
+}
+
+impl std::fmt::Display for Pairs {
+    /// The ratio, and the pairs' range when there are several.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.2}x", self.ratio)?;
+        if self.count > 1 {
+            write!(f, " ({:.2}-{:.2})", self.low, self.high)?;
+        }
+        Ok(())
+    }
+}
+
 /// The rows of one tracing-overhead measure: the medians of (untraced,
 /// traced) rates, and the median of the pairs' ratios with their range.
-/// A pair's two runs go back to back, so its ratio is taken under one load
-/// of the machine; the medians of the rates may come from different pairs.
 fn overhead_rows(report: &mut Report, what: &str, n: usize, runs: Vec<(f64, f64)>, target: &str) {
-    let ratios: Vec<f64> = runs.iter().map(|(plain, traced)| traced / plain).collect();
-    let (low, high) = ratios.iter().fold((f64::MAX, f64::MIN), |(low, high), r| {
-        (low.min(*r), high.max(*r))
-    });
-    let pairs = ratios.len();
-    let (plain, traced): (Vec<f64>, Vec<f64>) = runs.into_iter().unzip();
-    let (plain, traced) = (median(plain), median(traced));
+    let pairs = Pairs::of(runs);
     report.row(
         &format!("{what}, {n} tasks, no hook (tasks/s)"),
-        format!("{plain:.0}"),
+        format!("{:.0}", pairs.plain),
         "",
     );
     report.row(
         &format!("{what}, {n} tasks, default hook (tasks/s)"),
-        format!("{traced:.0}"),
+        format!("{:.0}", pairs.traced),
         "",
     );
-    let ratio = median(ratios);
     report.row(
-        &format!("{what}: traced / untraced, median of {pairs} pairs"),
-        if pairs > 1 {
-            format!("{ratio:.2}x ({low:.2}-{high:.2})")
-        } else {
-            format!("{ratio:.2}x")
-        },
+        &format!("{what}: traced / untraced, median of {} pairs", pairs.count),
+        pairs.to_string(),
         target,
     );
 }
@@ -968,21 +998,31 @@ async fn tasks(options: &Options, report: &mut Report) -> anyhow::Result<f64> {
 /// hold as the work grows (on two cores, 4 workers oversubscribe them).
 async fn scale(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     let n = if options.quick { 5_000 } else { 20_000 };
-    let pair = |workers: usize, n: usize| async move {
-        let (plain, traced) = cluster_pair(0, workers, n).await?;
+    // Pairs in turns, as the overhead rows take them: one pair alone strays
+    // as far as the machine's load does.
+    let rounds = if options.quick { 1 } else { 3 };
+    let pairs = |workers: usize, n: usize| async move {
+        let mut runs = Vec::new();
+        for round in 0..rounds {
+            runs.push(cluster_pair(round, workers, n).await?);
+        }
+        let pairs = Pairs::of(runs);
         anyhow::Ok(format!(
-            "{:.1}k / {:.1}k = {:.2}x",
-            plain / 1000.0,
-            traced / 1000.0,
-            traced / plain
+            "{:.1}k / {:.1}k = {pairs}",
+            pairs.plain / 1000.0,
+            pairs.traced / 1000.0,
         ))
     };
+    let what = |workers: usize, n: usize| {
+        let pairs = if rounds > 1 {
+            format!(", median of {rounds} pairs")
+        } else {
+            String::new()
+        };
+        format!("cluster, {workers} workers, {n} tasks: untraced / traced{pairs}")
+    };
     for workers in [1, 2, 4] {
-        report.row(
-            &format!("cluster, {workers} workers, {n} tasks: untraced / traced"),
-            pair(workers, n).await?,
-            "",
-        );
+        report.row(&what(workers, n), pairs(workers, n).await?, "");
     }
     let counts: &[usize] = if options.quick {
         &[2_000, 20_000]
@@ -990,11 +1030,7 @@ async fn scale(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         &[2_000, 20_000, 200_000]
     };
     for &n in counts {
-        report.row(
-            &format!("cluster, {} workers, {n} tasks: untraced / traced", cores()),
-            pair(cores(), n).await?,
-            "",
-        );
+        report.row(&what(cores(), n), pairs(cores(), n).await?, "");
     }
     Ok(())
 }
