@@ -388,14 +388,10 @@ async fn cluster_rate(workers: usize, hook: Option<&str>, n: usize) -> anyhow::R
 /// [`cluster_rate`] untraced and traced, in turns first as [`in_turns`]
 /// orders them: (untraced, traced).
 async fn cluster_pair(round: usize, workers: usize, n: usize) -> anyhow::Result<(f64, f64)> {
-    let traced_first = !round.is_multiple_of(2);
-    let first = cluster_rate(workers, traced_first.then_some("default"), n).await?;
-    let second = cluster_rate(workers, (!traced_first).then_some("default"), n).await?;
-    Ok(if traced_first {
-        (second, first)
-    } else {
-        (first, second)
+    in_turns(round, |traced| {
+        cluster_rate(workers, traced.then_some("default"), n)
     })
+    .await
 }
 
 /// A whole `wtrace run` of `n` × `invocation` of the component at `guest`,
@@ -455,14 +451,20 @@ fn run_rate_with(
 /// each pair's rates, and the median CPU per task of each side. The two
 /// runs of a pair go back to back, in turns first, so the machine's load
 /// drifting, or one run paying for the last one's writes, favours neither.
-fn run_pairs(guest: &str, invocation: &str, n: usize, rounds: usize) -> anyhow::Result<RunPairs> {
+async fn run_pairs(
+    guest: &str,
+    invocation: &str,
+    n: usize,
+    rounds: usize,
+) -> anyhow::Result<RunPairs> {
     run_rate(guest, invocation, Some("default"), 1)?;
     let mut runs = Vec::new();
     let mut cpu = Vec::new();
     for round in 0..rounds {
-        let ((plain, plain_cpu), (traced, traced_cpu)) = in_turns(round, |traced| {
+        let ((plain, plain_cpu), (traced, traced_cpu)) = in_turns(round, |traced| async move {
             run_rate(guest, invocation, traced.then_some("default"), n)
-        })?;
+        })
+        .await?;
         runs.push((plain, traced));
         cpu.push((plain_cpu, traced_cpu));
     }
@@ -477,16 +479,16 @@ fn run_pairs(guest: &str, invocation: &str, n: usize, rounds: usize) -> anyhow::
 /// `measure(false)` (untraced) and `measure(true)` (traced), in that order
 /// on even rounds and the other way on odd ones; their results in the
 /// order (untraced, traced).
-fn in_turns<T>(
+async fn in_turns<T, F: std::future::Future<Output = anyhow::Result<T>>>(
     round: usize,
-    mut measure: impl FnMut(bool) -> anyhow::Result<T>,
+    mut measure: impl FnMut(bool) -> F,
 ) -> anyhow::Result<(T, T)> {
     if round.is_multiple_of(2) {
-        let plain = measure(false)?;
-        Ok((plain, measure(true)?))
+        let plain = measure(false).await?;
+        Ok((plain, measure(true).await?))
     } else {
-        let traced = measure(true)?;
-        Ok((measure(false)?, traced))
+        let traced = measure(true).await?;
+        Ok((measure(false).await?, traced))
     }
 }
 
@@ -872,7 +874,7 @@ const BUSY_ROUNDS: u32 = 40_000;
 async fn tasks(options: &Options, report: &mut Report) -> anyhow::Result<f64> {
     let n = if options.quick { 5_000 } else { 20_000 };
     let rounds = if options.quick { 3 } else { 7 };
-    let trivial = run_pairs(guests::HELLO, "my-function()", n, rounds)?;
+    let trivial = run_pairs(guests::HELLO, "my-function()", n, rounds).await?;
     let (plain_cpu, traced_cpu) = (trivial.plain_cpu, trivial.traced_cpu);
     overhead_rows(report, "wtrace run", n, trivial.rates, ">= 0.90x");
     // Why the ratio is what it is. On saturated cores, 0.9x the rate leaves
@@ -977,7 +979,7 @@ async fn tasks(options: &Options, report: &mut Report) -> anyhow::Result<f64> {
     // real tasks pays.
     let busy = format!("busy({BUSY_ROUNDS})");
     let n_busy = n / 2;
-    let busy = run_pairs(guests::SPAN_EDGES, &busy, n_busy, rounds)?;
+    let busy = run_pairs(guests::SPAN_EDGES, &busy, n_busy, rounds).await?;
     report.row(
         "busy-task run: CPU per task, no hook / default hook (us)",
         format!("{:.0} / {:.0}", busy.plain_cpu, busy.traced_cpu),
