@@ -309,7 +309,7 @@ fn span_floods_are_dropped_and_counted() {
         .trim_matches(['[', ']'])
         .split("\", \"")
         .collect();
-    assert_eq!(said.len(), 7, "{numbers}");
+    assert_eq!(said.len(), 9, "{numbers}");
     assert!(said[0].ends_with("Ok(())"), "{numbers}");
     for misuse in &said[1..4] {
         assert!(
@@ -320,6 +320,15 @@ fn span_floods_are_dropped_and_counted() {
     assert_eq!(said[4], "recording=false", "{numbers}");
     assert_eq!(said[5], "recording=true", "{numbers}");
     assert!(said[6].starts_with("Ok(())"), "{numbers}");
+    assert!(
+        said[7].contains("no span is numbered 0"),
+        "zero numbers no span, even when a slot is free: {numbers}"
+    );
+    assert_eq!(
+        said[8].trim_matches('"'),
+        "Ok(()) Ok(())",
+        "two spans started after a handle on 0 are two spans: {numbers}"
+    );
     cluster.stop();
 
     let spans = Spans::read(dir.path());
@@ -341,7 +350,7 @@ fn span_floods_are_dropped_and_counted() {
     // Both numbered spans ended as the guest asked; the stranger's
     // attribute landed nowhere.
     let numbered = spans.named("numbered");
-    assert_eq!(numbered.len(), 2);
+    assert_eq!(numbered.len(), 4);
     assert!(
         numbered
             .iter()

@@ -55,6 +55,7 @@ impl GuestSpan {
 /// handle names it.
 #[derive(Debug)]
 struct HeldSpan {
+    /// Its number; 0 while its slot is free.
     id: u64,
     /// The SDK span while it is recorded and open.
     span: Option<SdkSpan>,
@@ -68,11 +69,28 @@ struct HeldSpan {
     handles: u32,
 }
 
+impl HeldSpan {
+    fn free() -> Self {
+        Self {
+            id: 0,
+            span: None,
+            context: SpanContext::empty_context(),
+            parent: SpanId::INVALID,
+            name: Cow::Borrowed(""),
+            ended: true,
+            handles: 0,
+        }
+    }
+}
+
 /// The spans a bridge holds, by number: a slot index in the low 32 bits and
-/// a serial in the high ones, so a number outlives its span harmlessly.
+/// a serial (never 0) in the high ones, so a number outlives its span
+/// harmlessly. Slots are filled in place and reused: an SDK span is some
+/// 300 bytes, and moving a whole held span in and out of an `Option` per
+/// span was several `memmove` calls a guest span.
 #[derive(Debug, Default)]
 struct HeldSpans {
-    slots: Vec<Option<HeldSpan>>,
+    slots: Vec<HeldSpan>,
     free: Vec<u32>,
     serial: u32,
 }
@@ -82,42 +100,45 @@ impl HeldSpans {
         self.slots.len() - self.free.len()
     }
 
-    /// Holds a new span, made by `make` from its number.
-    fn insert(&mut self, make: impl FnOnce(u64) -> HeldSpan) -> u64 {
+    /// A free slot, numbered, for a new span; the caller fills it in.
+    fn insert(&mut self) -> (u64, &mut HeldSpan) {
         self.serial = self.serial.wrapping_add(1).max(1);
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
-                self.slots.push(None);
+                self.slots.push(HeldSpan::free());
                 (self.slots.len() - 1) as u32
             }
         };
         let id = (u64::from(self.serial) << 32) | u64::from(slot);
-        self.slots[slot as usize] = Some(make(id));
-        id
+        let held = &mut self.slots[slot as usize];
+        held.id = id;
+        (id, held)
     }
 
+    /// The span numbered `id`, if held (no span is numbered 0, the number
+    /// of a free slot).
     fn get(&self, id: u64) -> Option<&HeldSpan> {
         self.slots
-            .get(id as u32 as usize)?
-            .as_ref()
-            .filter(|span| span.id == id)
+            .get(id as u32 as usize)
+            .filter(|span| span.id == id && id != 0)
     }
 
     fn get_mut(&mut self, id: u64) -> Option<&mut HeldSpan> {
         self.slots
-            .get_mut(id as u32 as usize)?
-            .as_mut()
-            .filter(|span| span.id == id)
+            .get_mut(id as u32 as usize)
+            .filter(|span| span.id == id && id != 0)
     }
 
     /// Lets go of the span if it has ended and no handle names it.
     fn release_if_done(&mut self, id: u64) {
-        if self
-            .get(id)
-            .is_some_and(|span| span.ended && span.handles == 0)
+        if let Some(span) = self.get_mut(id)
+            && span.ended
+            && span.handles == 0
         {
-            self.slots[id as u32 as usize] = None;
+            span.id = 0;
+            span.span = None;
+            span.name = Cow::Borrowed("");
             self.free.push(id as u32);
         }
     }
@@ -303,9 +324,11 @@ impl SpanBridge {
         let over_limit = self.started > self.limits.spans_per_task
             || self.open.len() >= self.limits.open_spans as usize;
         let parent = parent.unwrap_or_else(|| self.current().clone());
-        let parent_id = parent.span_id();
-
-        let (span, context) = match &self.tracer {
+        let (id, held) = self.spans.insert();
+        held.parent = parent.span_id();
+        held.ended = false;
+        held.handles = 0;
+        held.context = match &self.tracer {
             Some(tracer) if !over_limit => {
                 let parent_cx = match &self.parent_cx {
                     Some(cx) if *cx.span().span_context() == parent => cx,
@@ -313,34 +336,27 @@ impl SpanBridge {
                         .parent_cx
                         .insert(Context::new().with_remote_span_context(parent)),
                 };
-                let span = tracer
-                    .span_builder(name.clone())
-                    .with_kind(kind)
-                    .with_attributes(attributes)
-                    .with_links(links)
-                    .start_with_context(tracer, parent_cx);
-                let context = span.span_context().clone();
-                (Some(span), context)
+                let span = held.span.insert(
+                    tracer
+                        .span_builder(name.clone())
+                        .with_kind(kind)
+                        .with_attributes(attributes)
+                        .with_links(links)
+                        .start_with_context(tracer, parent_cx),
+                );
+                span.span_context().clone()
             }
             Some(_) => {
                 self.dropped += 1;
-                (None, parent)
+                parent
             }
-            None => (None, SpanContext::empty_context()),
+            None => SpanContext::empty_context(),
         };
-        let id = self.spans.insert(|id| HeldSpan {
-            id,
-            span,
-            context: context.clone(),
-            parent: parent_id,
-            name,
-            ended: false,
-            handles: 0,
-        });
+        held.name = name;
         if let Some(log) = &self.log {
-            log.set_span(&context);
+            log.set_span(&held.context);
         }
-        self.open.push((id, context));
+        self.open.push((id, held.context.clone()));
         Ok(id)
     }
 
@@ -356,14 +372,20 @@ impl SpanBridge {
         }
         span.ended = true;
         let span_id = span.context.span_id();
-        if let Some(mut sdk) = span.span.take() {
+        // Ended where it is held, not moved out first.
+        if let Some(sdk) = &mut span.span {
             if unended {
                 sdk.set_attribute(KeyValue::new("wtrace.unended", true));
             }
             sdk.end();
+            span.span = None;
         }
         if let Some(position) = self.open.iter().rposition(|(open, _)| *open == id) {
-            self.open.remove(position);
+            if position + 1 == self.open.len() {
+                self.open.pop();
+            } else {
+                self.open.remove(position);
+            }
             // Spans opened after this one may be its children, now orphaned.
             for (child, _) in &self.open[position..] {
                 if let Some(child) = self.spans.get_mut(*child)
@@ -556,7 +578,7 @@ impl tracer::Host for Bridge<'_> {
     fn start_span_encoded(&mut self, encoded: Vec<u8>) -> wasmtime::Result<u64> {
         let _call = host_call("wtrace:tracing/tracer#start-span-encoded");
         let max = self.state.limits.attribute_value_length as usize;
-        let malformed = |why: String| {
+        let malformed = |why: span_encoding::Malformed| {
             wasmtime::format_err!("start-span-encoded: a malformed span description: {why}")
         };
         if !self.state.records_next() {

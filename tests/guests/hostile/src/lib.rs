@@ -222,6 +222,18 @@ impl Guest for Hostile {
         let kept = raw::span_handle(keep);
         said.push(format!("recording={}", kept.is_recording()));
         said.push(format!("{:?}", raw::finish_span(kept, &[])));
+        // Every slot is free now. Zero is no span's number: a handle on it
+        // and its drop must leave the free slots as they were, so the next
+        // two spans are two spans, each ended once.
+        drop(raw::span_handle(0));
+        said.push(format!("{:?}", raw::finish_span_encoded(0, &no_attributes)));
+        let first = raw::start_span_encoded(&start);
+        let second = raw::start_span_encoded(&start);
+        said.push(format!(
+            "{:?} {:?}",
+            raw::finish_span_encoded(second, &no_attributes),
+            raw::finish_span_encoded(first, &no_attributes)
+        ));
         said
     }
 
