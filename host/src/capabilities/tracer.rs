@@ -336,14 +336,18 @@ impl SpanBridge {
                         .parent_cx
                         .insert(Context::new().with_remote_span_context(parent)),
                 };
-                let span = held.span.insert(
-                    tracer
-                        .span_builder(name.clone())
-                        .with_kind(kind)
-                        .with_attributes(attributes)
-                        .with_links(links)
-                        .start_with_context(tracer, parent_cx),
-                );
+                let mut builder = tracer
+                    .span_builder(name.clone())
+                    .with_kind(kind)
+                    .with_attributes(attributes);
+                if !links.is_empty() {
+                    // Most spans have none; an empty list still costs the
+                    // SDK a queue of links.
+                    builder = builder.with_links(links);
+                }
+                let span = held
+                    .span
+                    .insert(builder.start_with_context(tracer, parent_cx));
                 span.span_context().clone()
             }
             Some(_) => {
