@@ -190,3 +190,27 @@ fn check_says_the_logs_interfaces_are_provided() {
         );
     }
 }
+
+/// A task that emits records faster than the exporter drains them loses
+/// none: the hook's batch log processor makes the task wait for room
+/// rather than drop records (as spans' does), and nothing says "lost".
+#[test]
+fn a_flood_of_records_loses_none() {
+    const RECORDS: usize = 60_000;
+    let dir = span_dir();
+    let run = file_hooked_run(dir.path(), &[guests::LOGGING, &format!("flood({RECORDS})")]).run();
+    assert_eq!(run.success().trim(), RECORDS.to_string());
+    assert!(
+        !run.stderr.contains("lost"),
+        "records were lost: {}",
+        run.stderr
+    );
+    let spans = Spans::read(dir.path());
+    let flooding = spans
+        .files
+        .logs
+        .iter()
+        .filter(|record| record.body == "flooding")
+        .count();
+    assert_eq!(flooding, RECORDS, "every record reached the file");
+}

@@ -280,6 +280,7 @@ fn logger_provider(
                 let processor = BatchLogProcessor::builder(exporter)
                     .with_batch_config(config)
                     .build();
+                let processor = export::LogBackpressure::new(processor, ledger.clone());
                 builder.with_log_processor(Accounted::new(processor, ledger))
             }
         };

@@ -153,6 +153,13 @@ impl Ledger {
         })
     }
 
+    /// Spans (or records) ended and not yet through their exporter: those
+    /// in its processor's queue and in the batch it is exporting.
+    pub fn queued(&self) -> u64 {
+        let ended = self.ended.load(Ordering::Relaxed);
+        ended.saturating_sub(self.handed.load(Ordering::Relaxed))
+    }
+
     /// `n` spans were handed to the exporter; `result` is what it said.
     pub fn exported<T, E: std::fmt::Display>(&self, n: usize, result: &Result<T, E>) {
         self.handed.fetch_add(n as u64, Ordering::Relaxed);

@@ -7,6 +7,7 @@ wit_bindgen::generate!({
         world logging {
             export chatter: func() -> u32;
             export with-tracing: func() -> u32;
+            export flood: func(records: u32) -> u32;
         }
     ",
 });
@@ -40,6 +41,19 @@ impl Guest for Logging {
         let _entered = load.enter();
         tracing::warn!(rows = 3, "loaded slowly");
         2
+    }
+
+    /// `records` records emitted as fast as the guest can: more than any
+    /// exporter queue holds, faster than it drains.
+    fn flood(records: u32) -> u32 {
+        for i in 0..records {
+            logs::emit(
+                Severity::Info,
+                "flooding",
+                &[wtrace_guest::kv("i", i64::from(i))],
+            );
+        }
+        records
     }
 }
 
