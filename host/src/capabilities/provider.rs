@@ -259,6 +259,11 @@ fn meter_provider(
     builder.build()
 }
 
+/// Records a batch log processor lets wait before emitting waits: the
+/// SDK's queue (2048) less one export batch (512), as records taken into
+/// the batch being exported count as queued until it is through.
+const LOG_QUEUE_ROOM: u64 = 2048 - 512;
+
 /// The process's logger provider, with the hook's log processors.
 fn logger_provider(
     processors: Vec<ProcessorChoice<AnyLogExporter>>,
@@ -280,8 +285,9 @@ fn logger_provider(
                 let processor = BatchLogProcessor::builder(exporter)
                     .with_batch_config(config)
                     .build();
-                let processor = export::LogBackpressure::new(processor, ledger.clone());
-                builder.with_log_processor(Accounted::new(processor, ledger))
+                builder.with_log_processor(
+                    Accounted::new(processor, ledger).waiting_for_room(LOG_QUEUE_ROOM),
+                )
             }
         };
     }

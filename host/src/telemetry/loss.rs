@@ -186,17 +186,47 @@ impl Ledger {
     }
 }
 
-/// A span processor whose ended spans are counted in a ledger.
+/// The longest one span end (or log record) waits for room in a queue.
+pub const MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// Waits while `full()`, for at most [`MAX_WAIT`]: a producer slowed to
+/// what its exporter takes rather than a span or record dropped. Past that
+/// wait (an exporter that is stuck) the queue drops, and the ledger says so.
+pub(crate) fn wait_for_room(full: impl Fn() -> bool) {
+    if full() {
+        let deadline = std::time::Instant::now() + MAX_WAIT;
+        while full() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+/// A span (or log) processor whose ended spans (or emitted records) are
+/// counted in a ledger.
 #[derive(Debug)]
 pub struct Accounted<P> {
     inner: P,
     ledger: Arc<Ledger>,
+    /// Records a log processor may hold queued before emitting waits.
+    room: Option<u64>,
 }
 
 impl<P> Accounted<P> {
     /// `inner`, its ended spans counted in `ledger`.
     pub fn new(inner: P, ledger: Arc<Ledger>) -> Self {
-        Self { inner, ledger }
+        Self {
+            inner,
+            ledger,
+            room: None,
+        }
+    }
+
+    /// The same, for a batch log processor whose queue holds `room` records
+    /// (less one export batch): emitting waits while that many are queued,
+    /// as [`crate::telemetry::export::Backpressure`] makes span ends wait.
+    pub fn waiting_for_room(mut self, room: u64) -> Self {
+        self.room = Some(room);
+        self
     }
 }
 
@@ -228,6 +258,9 @@ impl<P: SpanProcessor> SpanProcessor for Accounted<P> {
 
 impl<P: LogProcessor> LogProcessor for Accounted<P> {
     fn emit(&self, record: &mut SdkLogRecord, scope: &InstrumentationScope) {
+        if let Some(room) = self.room {
+            wait_for_room(|| self.ledger.queued() >= room);
+        }
         self.ledger.ended.fetch_add(1, Ordering::Relaxed);
         self.inner.emit(record, scope);
     }

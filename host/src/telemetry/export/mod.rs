@@ -74,7 +74,7 @@ pub use file::{FileBatchProcessor, FileExporter, SpanFile};
 pub use otlp_json::LineEncoder;
 
 use crate::config::ExportPolicy;
-use crate::telemetry::loss::Ledger;
+use crate::telemetry::loss::{self, Ledger};
 
 /// Where a hook asked spans to go, before the host checks and builds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -304,7 +304,7 @@ impl SpanExporter for Background {
 
 /// A batch processor that slows span producers down instead of dropping
 /// spans: when its queue is nearly full, ending a span waits (up to
-/// [`MAX_WAIT`]) for the exporter to catch up. Past that wait — an exporter
+/// [`loss::MAX_WAIT`]) for the exporter to catch up. Past that wait — an exporter
 /// that is stuck, say — the batch processor drops spans, and the SDK says
 /// so on stderr.
 #[derive(Debug)]
@@ -313,67 +313,6 @@ pub struct Backpressure {
     queued: Arc<AtomicUsize>,
     in_flight: Arc<InFlight>,
     limit: usize,
-}
-
-/// The longest one span end (or log record) waits for room in the queue.
-pub const MAX_WAIT: Duration = Duration::from_millis(100);
-
-/// Waits while `full()` (for at most [`MAX_WAIT`]).
-fn wait_for_room(full: impl Fn() -> bool) {
-    if full() {
-        let deadline = std::time::Instant::now() + MAX_WAIT;
-        while full() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-}
-
-/// A batch log processor that slows record producers down instead of
-/// dropping records, as [`Backpressure`] does for spans: when its queue
-/// (the SDK's, 2048 records) is nearly full, emitting waits (up to
-/// [`MAX_WAIT`]) for the exporter. Its ledger counts what is queued: records
-/// emitted and not yet through the exporter.
-#[derive(Debug)]
-pub struct LogBackpressure<P> {
-    inner: P,
-    ledger: Arc<Ledger>,
-}
-
-/// Records a [`LogBackpressure`] lets wait in the queue: the SDK's queue
-/// less one export batch (records taken off the queue into the batch being
-/// exported still count as queued until it is through).
-const LOG_QUEUE_LIMIT: u64 = 2048 - 512;
-
-impl<P> LogBackpressure<P> {
-    /// `inner`, whose records `ledger` counts (emitted and exported).
-    pub fn new(inner: P, ledger: Arc<Ledger>) -> Self {
-        Self { inner, ledger }
-    }
-}
-
-impl<P: opentelemetry_sdk::logs::LogProcessor> opentelemetry_sdk::logs::LogProcessor
-    for LogBackpressure<P>
-{
-    fn emit(
-        &self,
-        record: &mut opentelemetry_sdk::logs::SdkLogRecord,
-        scope: &opentelemetry::InstrumentationScope,
-    ) {
-        wait_for_room(|| self.ledger.queued() > LOG_QUEUE_LIMIT);
-        self.inner.emit(record, scope);
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
 }
 
 impl Backpressure {
@@ -410,7 +349,7 @@ impl SpanProcessor for Backpressure {
     }
 
     fn on_end(&self, span: SpanData) {
-        wait_for_room(|| self.queued.load(Ordering::Relaxed) >= self.limit);
+        loss::wait_for_room(|| self.queued.load(Ordering::Relaxed) >= self.limit);
         self.queued.fetch_add(1, Ordering::Relaxed);
         self.inner.on_end(span);
     }
