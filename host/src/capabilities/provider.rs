@@ -259,10 +259,14 @@ fn meter_provider(
     builder.build()
 }
 
-/// Records a batch log processor lets wait before emitting waits: the
-/// SDK's queue (2048) less one export batch (512), as records taken into
-/// the batch being exported count as queued until it is through.
-const LOG_QUEUE_ROOM: u64 = 2048 - 512;
+/// Records a batch log processor's queue holds, and records it exports at
+/// once (the SDK's defaults, set here so the room below follows them).
+const LOG_QUEUE_SIZE: usize = 2048;
+const LOG_EXPORT_BATCH: usize = 512;
+/// Records a batch log processor lets wait before emitting waits: its
+/// queue less one export batch, as records taken into the batch being
+/// exported count as queued until it is through.
+const LOG_QUEUE_ROOM: u64 = (LOG_QUEUE_SIZE - LOG_EXPORT_BATCH) as u64;
 
 /// The process's logger provider, with the hook's log processors.
 fn logger_provider(
@@ -281,6 +285,8 @@ fn logger_provider(
                 let exporter = Counted::new(exporter, ledger.clone());
                 let config = LogBatchConfigBuilder::default()
                     .with_scheduled_delay(export::BATCH_DELAY)
+                    .with_max_queue_size(LOG_QUEUE_SIZE)
+                    .with_max_export_batch_size(LOG_EXPORT_BATCH)
                     .build();
                 let processor = BatchLogProcessor::builder(exporter)
                     .with_batch_config(config)

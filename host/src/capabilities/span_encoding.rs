@@ -34,7 +34,6 @@ pub(crate) struct Recent {
 const RECENT: usize = 16;
 
 impl Recent {
-    #[inline]
     fn get(&mut self, text: &str) -> Option<&'static str> {
         if let Some(kept) = self.texts.iter().find(|kept| **kept == text) {
             return Some(kept);
@@ -92,7 +91,6 @@ impl std::fmt::Display for Malformed {
 type Decoded<T> = Result<T, Malformed>;
 
 impl<'a> Reader<'a, '_> {
-    #[inline]
     fn take(&mut self, n: usize) -> Decoded<&'a [u8]> {
         if self.bytes.len() < n {
             return Err(Malformed::EndsEarly {
@@ -105,19 +103,16 @@ impl<'a> Reader<'a, '_> {
         Ok(head)
     }
 
-    #[inline]
     fn u8(&mut self) -> Decoded<u8> {
         Ok(self.take(1)?[0])
     }
 
-    #[inline]
     fn u32(&mut self) -> Decoded<u32> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
         ))
     }
 
-    #[inline]
     fn u64(&mut self) -> Decoded<u64> {
         Ok(u64::from_le_bytes(
             self.take(8)?.try_into().expect("8 bytes"),
@@ -126,7 +121,6 @@ impl<'a> Reader<'a, '_> {
 
     /// A count of items of at least `item` bytes each: no larger than what
     /// is left could hold, so a forged count reserves nothing.
-    #[inline]
     fn count(&mut self, item: usize) -> Decoded<usize> {
         let n = self.u32()? as usize;
         if n.saturating_mul(item) > self.bytes.len() {
@@ -139,12 +133,10 @@ impl<'a> Reader<'a, '_> {
     }
 
     /// A string, cut to the longest kept.
-    #[inline]
     fn str(&mut self) -> Decoded<&'a str> {
         Ok(cut(self.whole_str()?, self.max))
     }
 
-    #[inline]
     fn whole_str(&mut self) -> Decoded<&'a str> {
         let n = self.u32()? as usize;
         let bytes = self.take(n)?;
@@ -152,7 +144,6 @@ impl<'a> Reader<'a, '_> {
     }
 
     /// A string as a span name or key: shared when short and seen before.
-    #[inline]
     fn name(&mut self) -> Decoded<Cow<'static, str>> {
         let text = self.str()?;
         Ok(match self.recent.get(text) {
@@ -161,7 +152,6 @@ impl<'a> Reader<'a, '_> {
         })
     }
 
-    #[inline]
     fn string_value(&mut self) -> Decoded<StringValue> {
         let text = self.str()?;
         Ok(match self.recent.get(text) {
@@ -170,7 +160,6 @@ impl<'a> Reader<'a, '_> {
         })
     }
 
-    #[inline]
     fn value(&mut self) -> Decoded<Value> {
         Ok(match self.u8()? {
             0 => Value::String(self.string_value()?),

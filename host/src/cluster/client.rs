@@ -338,11 +338,11 @@ impl Client {
             messages::BATCH_BYTES,
             |invocation| invocation.text.len() + 192,
         );
+        let traced = self.inner.telemetry.is_some();
         for chunk in chunks {
             let mut submissions = Vec::with_capacity(chunk.len());
             // Sized once: grown span by span, the chunk's spans (about 300
             // bytes each) were copied again at each of eight doublings.
-            let traced = self.inner.telemetry.is_some();
             let mut spans = Vec::with_capacity(if traced { chunk.len() } else { 0 });
             let mut senders = Vec::with_capacity(chunk.len());
             for invocation in chunk {
