@@ -1059,32 +1059,54 @@ fn cold_start(
     options: &Options,
     wtrace_traced: Option<f64>,
 ) -> anyhow::Result<()> {
-    // Warm the compile cache first.
-    let once = || -> anyhow::Result<f64> {
+    // One `wtrace run` of a single task, with the default hook or none, in
+    // ms of wall time.
+    let once = |hook: bool| -> anyhow::Result<f64> {
+        let mut command = Command::new(wtrace_bin());
+        command.arg("run");
+        if hook {
+            command.arg("--tracing-startup-hook=default");
+        }
         let started = Instant::now();
-        let output = Command::new(wtrace_bin())
-            .args([
-                "run",
-                "--tracing-startup-hook=default",
-                guests::HELLO,
-                "my-function()",
-            ])
-            .output()?;
+        let output = command.args([guests::HELLO, "my-function()"]).output()?;
         if !output.status.success() {
             bail!("{}", String::from_utf8_lossy(&output.stderr));
         }
         Ok(started.elapsed().as_secs_f64() * 1000.0)
     };
-    once()?;
-    let cold = median(
-        (0..10)
-            .map(|_| once())
-            .collect::<anyhow::Result<Vec<_>>>()?,
-    );
+    // The floor under it: starting the binary at all (`wtrace --version`),
+    // which the driver and each worker of a run pay.
+    let bare = || -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let output = Command::new(wtrace_bin()).arg("--version").output()?;
+        if !output.status.success() {
+            bail!("{}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(started.elapsed().as_secs_f64() * 1000.0)
+    };
+    // Warm the compile cache first; then interleaved, as the load drifts.
+    once(true)?;
+    let (mut traced, mut untraced, mut started) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..10 {
+        traced.push(once(true)?);
+        untraced.push(once(false)?);
+        started.push(bare()?);
+    }
+    let (cold, untraced, started) = (median(traced), median(untraced), median(started));
     report.row(
         "wtrace run cold start, one traced task (ms)",
         format!("{cold:.1}"),
         "<= 20 ms",
+    );
+    report.row(
+        "  where it goes: the same run untraced / the hook's part (ms)",
+        format!("{untraced:.1} / {:.1}", (cold - untraced).max(0.0)),
+        "",
+    );
+    report.row(
+        "  starting the binary at all, per process of the run's 3 (ms)",
+        format!("{started:.1}"),
+        "",
     );
     if !options.ray {
         return Ok(());

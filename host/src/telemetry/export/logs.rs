@@ -191,10 +191,11 @@ impl LogExporter for LogFileExporter {
         })
     }
 
+    /// Nothing to do: each export is one `write` into the kernel, so the
+    /// records survive the process, as spans do (not an `fsync`, which at
+    /// every exit can wait behind other writes to the same disk).
     fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        lock(&self.file)
-            .sync_data()
-            .map_err(|e| OTelSdkError::InternalFailure(format!("{}: {e}", self.path.display())))
+        Ok(())
     }
 
     fn set_resource(&mut self, resource: &Resource) {
