@@ -197,6 +197,19 @@ impl LineEncoder {
         self.spans == 0
     }
 
+    /// How many bytes the spans added since the last line take, encoded,
+    /// with the line's header.
+    pub fn encoded_len(&self) -> usize {
+        if self.open == 0 {
+            return 0;
+        }
+        let others: usize = self.groups[1..self.open]
+            .iter()
+            .map(|(_, spans)| spans.len())
+            .sum();
+        self.line.len() + others
+    }
+
     /// The line (with its newline) of the spans added since the last one,
     /// which are then forgotten. The slice is valid until the next call.
     pub fn finish(&mut self) -> &[u8] {
