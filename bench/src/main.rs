@@ -630,12 +630,21 @@ fn executor_cost(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         None,
     )?;
     let parent = submit_span_context();
-    let batch = if options.quick { 1_000 } else { 2_000 };
-    let rounds = if options.quick { 5 } else { 15 };
-    let mut times = (Vec::new(), Vec::new());
+    // Short batches in alternating order, and the median of each round's
+    // difference: the machine's speed drifts over seconds, and a batch of
+    // 200 trivial tasks takes a few ms, so both sides of a round see it alike.
+    let batch = 200;
+    let rounds = if options.quick { 50 } else { 150 };
+    let (mut plain, mut traced, mut part) = (Vec::new(), Vec::new(), Vec::new());
     let mut tag = 0;
     for round in 0..=rounds {
-        for traced in [false, true] {
+        let mut pair = [0.0; 2];
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for traced in order {
             let started = Instant::now();
             for _ in 0..batch {
                 tag += 1;
@@ -657,27 +666,25 @@ fn executor_cost(options: &Options, report: &mut Report) -> anyhow::Result<()> {
             if traced {
                 telemetry.sync_files()?;
             }
-            let per_task = started.elapsed().as_nanos() as f64 / 1000.0 / batch as f64;
-            // Round 0 warms the caches and the allocator.
-            if round > 0 {
-                if traced {
-                    times.1.push(per_task)
-                } else {
-                    times.0.push(per_task)
-                }
-            }
+            pair[usize::from(traced)] = started.elapsed().as_nanos() as f64 / 1000.0 / batch as f64;
+        }
+        // Round 0 warms the caches and the allocator.
+        if round > 0 {
+            plain.push(pair[0]);
+            traced.push(pair[1]);
+            part.push(pair[1] - pair[0]);
         }
     }
     telemetry.shutdown()?;
-    let (plain, traced) = (median(times.0), median(times.1));
+    let (plain, traced, part) = (median(plain), median(traced), median(part));
     report.row(
         "one task in process, untraced / traced (us)",
         format!("{plain:.2} / {traced:.2}"),
         "",
     );
     report.row(
-        "  tracing's part where the task runs (us)",
-        format!("{:.2}", traced - plain),
+        "  tracing's part where the task runs, median of the rounds (us)",
+        format!("{part:.2} ({:.0} % of untraced)", 100.0 * part / plain),
         "",
     );
     Ok(())
