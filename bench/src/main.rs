@@ -1066,31 +1066,27 @@ fn cold_start(
     options: &Options,
     wtrace_traced: Option<f64>,
 ) -> anyhow::Result<()> {
-    // One `wtrace run` of a single task, with the default hook or none, in
-    // ms of wall time.
-    let once = |hook: bool| -> anyhow::Result<f64> {
+    // ms of wall time for `command` to run and succeed.
+    let timed = |command: &mut Command| -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let output = command.output()?;
+        if !output.status.success() {
+            bail!("{}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(started.elapsed().as_secs_f64() * 1000.0)
+    };
+    // One `wtrace run` of a single task, with the default hook or none.
+    let once = |hook: bool| {
         let mut command = Command::new(wtrace_bin());
         command.arg("run");
         if hook {
             command.arg("--tracing-startup-hook=default");
         }
-        let started = Instant::now();
-        let output = command.args([guests::HELLO, "my-function()"]).output()?;
-        if !output.status.success() {
-            bail!("{}", String::from_utf8_lossy(&output.stderr));
-        }
-        Ok(started.elapsed().as_secs_f64() * 1000.0)
+        timed(command.args([guests::HELLO, "my-function()"]))
     };
     // The floor under it: starting the binary at all (`wtrace --version`),
     // which the driver and each worker of a run pay.
-    let bare = || -> anyhow::Result<f64> {
-        let started = Instant::now();
-        let output = Command::new(wtrace_bin()).arg("--version").output()?;
-        if !output.status.success() {
-            bail!("{}", String::from_utf8_lossy(&output.stderr));
-        }
-        Ok(started.elapsed().as_secs_f64() * 1000.0)
-    };
+    let bare = || timed(Command::new(wtrace_bin()).arg("--version"));
     // Warm the compile cache first; then interleaved, as the load drifts.
     once(true)?;
     let (mut traced, mut untraced, mut started) = (Vec::new(), Vec::new(), Vec::new());
@@ -1111,7 +1107,7 @@ fn cold_start(
         "",
     );
     report.row(
-        "  starting the binary at all, per process of the run's 3 (ms)",
+        "  starting the binary at all, per process: driver, each worker (ms)",
         format!("{started:.1}"),
         "",
     );

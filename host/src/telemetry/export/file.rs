@@ -144,8 +144,8 @@ impl SpanExporter for FileExporter {
 /// Encoded spans held in memory before a write: past this many bytes, the
 /// thread ending a span writes them itself. A few hundred spans a write;
 /// small enough that the line being built stays in the core's cache and
-/// its buffer is not regrown into fresh pages (at 2048 spans, 1.6 MB, a
-/// driver's lines cost it 1 600 page faults a run).
+/// its buffer is not regrown into fresh pages (at 2048 spans, 1.6 MB,
+/// regrowing a driver's lines took about 1 400 page faults a run).
 const HIGH_WATER_BYTES: usize = 256 << 10;
 
 /// The longest ended spans wait in memory when no one asks for a write.
