@@ -52,6 +52,8 @@ pub struct LineEncoder {
     spans: usize,
     /// Where the first group's spans start in `line`, once it is open.
     header: usize,
+    /// Keys, names and string values encoded lately.
+    fragments: Fragments,
 }
 
 #[derive(Debug)]
@@ -86,6 +88,7 @@ impl LineEncoder {
             last: None,
             spans: 0,
             header: 0,
+            fragments: Fragments::default(),
         };
         encoder.set_resource_attributes(&ResourceAttributesWithSchema::default());
         encoder
@@ -156,7 +159,7 @@ impl LineEncoder {
         if !empty {
             out.push(b',');
         }
-        span(out, data);
+        span(out, &mut self.fragments, data);
         self.spans += 1;
     }
 
@@ -286,7 +289,7 @@ fn identity(out: &mut Vec<u8>, cx: &SpanContext) {
     trace_state(out, cx.trace_state());
 }
 
-fn span(out: &mut Vec<u8>, data: &SpanData) {
+fn span(out: &mut Vec<u8>, fragments: &mut Fragments, data: &SpanData) {
     let cx = &data.span_context;
     identity(out, cx);
     out.extend_from_slice(br#","parentSpanId":""#);
@@ -299,7 +302,7 @@ fn span(out: &mut Vec<u8>, data: &SpanData) {
         span_flags(data.parent_span_is_remote, cx.trace_flags().to_u8()),
     );
     out.extend_from_slice(br#","name":"#);
-    string(out, &data.name);
+    fragments.put(out, Fragment::String, &data.name);
     out.extend_from_slice(br#","kind":"#);
     out.push(kind_digit(&data.span_kind));
     out.extend_from_slice(br#","startTimeUnixNano":""#);
@@ -307,7 +310,7 @@ fn span(out: &mut Vec<u8>, data: &SpanData) {
     out.extend_from_slice(br#"","endTimeUnixNano":""#);
     int(out, unix_nanos(data.end_time));
     out.extend_from_slice(br#"","attributes":"#);
-    attributes(out, &data.attributes);
+    attributes(out, fragments, &data.attributes);
     out.extend_from_slice(br#","droppedAttributesCount":"#);
     int(out, data.dropped_attributes_count);
     out.extend_from_slice(br#","events":["#);
@@ -318,9 +321,9 @@ fn span(out: &mut Vec<u8>, data: &SpanData) {
         out.extend_from_slice(br#"{"timeUnixNano":""#);
         int(out, unix_nanos(event.timestamp));
         out.extend_from_slice(br#"","name":"#);
-        string(out, &event.name);
+        fragments.put(out, Fragment::String, &event.name);
         out.extend_from_slice(br#","attributes":"#);
-        attributes(out, &event.attributes);
+        attributes(out, fragments, &event.attributes);
         out.extend_from_slice(br#","droppedAttributesCount":"#);
         int(out, event.dropped_attributes_count);
         out.push(b'}');
@@ -335,7 +338,7 @@ fn span(out: &mut Vec<u8>, data: &SpanData) {
         let cx = &link.span_context;
         identity(out, cx);
         out.extend_from_slice(br#","attributes":"#);
-        attributes(out, &link.attributes);
+        attributes(out, fragments, &link.attributes);
         out.extend_from_slice(br#","droppedAttributesCount":"#);
         int(out, link.dropped_attributes_count);
         out.extend_from_slice(br#","flags":"#);
@@ -355,19 +358,110 @@ fn span(out: &mut Vec<u8>, data: &SpanData) {
     }
 }
 
-fn attributes(out: &mut Vec<u8>, attributes: &[KeyValue]) {
+fn attributes(out: &mut Vec<u8>, fragments: &mut Fragments, attributes: &[KeyValue]) {
     out.push(b'[');
     for (i, attribute) in attributes.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(br#"{"key":"#);
-        string(out, attribute.key.as_str());
-        out.extend_from_slice(br#","value":"#);
-        value(out, &attribute.value);
+        fragments.put(out, Fragment::Key, attribute.key.as_str());
+        match &attribute.value {
+            Value::String(text) => fragments.put(out, Fragment::StringValue, text.as_str()),
+            other => value(out, other),
+        }
         out.push(b'}');
     }
     out.push(b']');
+}
+
+/// JSON fragments of the texts a process repeats in span after span
+/// (contract keys, span names, function and component names, digests),
+/// encoded once and then copied: a hit costs a compare and one copy
+/// instead of an escape scan and the fragment's assembly, piece by piece.
+///
+/// A text's slot is chosen by its address and length, where a shared or
+/// static text sits every time, and the slot keeps a copy of the text it
+/// encodes: the copy, not the address, decides a hit, so the output is
+/// right whatever text comes to sit where another was. A miss encodes the
+/// text and takes the slot.
+#[derive(Debug)]
+struct Fragments {
+    slots: Box<[Slot]>,
+}
+
+/// What a fragment encodes its text as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fragment {
+    /// `{"key":"…","value":`, an attribute's start.
+    Key,
+    /// `{"stringValue":"…"}`.
+    StringValue,
+    /// `"…"`, a span or event name.
+    String,
+}
+
+#[derive(Debug)]
+struct Slot {
+    kind: Fragment,
+    text: Vec<u8>,
+    /// Empty while the slot holds nothing.
+    json: Vec<u8>,
+}
+
+const FRAGMENT_SLOTS_LOG2: u32 = 6;
+const FRAGMENT_SLOTS: usize = 1 << FRAGMENT_SLOTS_LOG2;
+/// Longer texts are encoded each time: a slot's buffers stay small.
+const FRAGMENT_TEXT_BYTES: usize = 256;
+
+impl Default for Fragments {
+    fn default() -> Self {
+        let empty = || Slot {
+            kind: Fragment::String,
+            text: Vec::new(),
+            json: Vec::new(),
+        };
+        Self {
+            slots: (0..FRAGMENT_SLOTS).map(|_| empty()).collect(),
+        }
+    }
+}
+
+impl Fragments {
+    /// Writes `text` encoded as `kind` to `out`.
+    fn put(&mut self, out: &mut Vec<u8>, kind: Fragment, text: &str) {
+        let encode = |out: &mut Vec<u8>| match kind {
+            Fragment::Key => {
+                out.extend_from_slice(br#"{"key":"#);
+                string(out, text);
+                out.extend_from_slice(br#","value":"#);
+            }
+            Fragment::StringValue => {
+                out.extend_from_slice(br#"{"stringValue":"#);
+                string(out, text);
+                out.push(b'}');
+            }
+            Fragment::String => string(out, text),
+        };
+        if text.len() > FRAGMENT_TEXT_BYTES {
+            encode(out);
+            return;
+        }
+        let address = text.as_ptr() as u64 ^ (text.len() as u64) ^ (kind as u64);
+        let at =
+            (address.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FRAGMENT_SLOTS_LOG2)) as usize;
+        let slot = &mut self.slots[at];
+        if slot.kind == kind && !slot.json.is_empty() && slot.text == text.as_bytes() {
+            out.extend_from_slice(&slot.json);
+            return;
+        }
+        let start = out.len();
+        encode(out);
+        slot.kind = kind;
+        slot.text.clear();
+        slot.text.extend_from_slice(text.as_bytes());
+        slot.json.clear();
+        slot.json.extend_from_slice(&out[start..]);
+    }
 }
 
 /// An `AnyValue`: integers as strings, as the OTLP-JSON mapping has them.

@@ -281,3 +281,52 @@ fn the_escape_scan_finds_each_special_byte_at_every_position() {
         }
     }
 }
+
+/// The fragments kept of repeated texts are right whoever comes to sit at
+/// their address: texts of one length allocated and freed in turn (an
+/// allocator hands the same place back), one text as key, value and name
+/// at once, shared texts that hit, and texts longer than a slot keeps.
+#[test]
+fn kept_fragments_follow_the_text_not_its_address() {
+    let resource = Resource::builder_empty().build();
+    let shared: std::sync::Arc<str> = "my-function".into();
+    let long = "x\"y".repeat(200);
+    let mut encoder = LineEncoder::new();
+    for i in 0..300 {
+        let mut span = SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(1_u128 + i),
+                SpanId::from(1_u64),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: format!("name-{i:04}").into(),
+            start_time: UNIX_EPOCH,
+            end_time: UNIX_EPOCH,
+            attributes: vec![
+                KeyValue::new("wtrace.function", shared.clone()),
+                KeyValue::new(format!("key-{i:04}"), format!("val-{i:04}")),
+                KeyValue::new(format!("q\"{i:03}"), format!("n\n{i:03}")),
+                KeyValue::new("same", "same"),
+                KeyValue::new(format!("int-{i:04}"), i as i64),
+            ],
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: scopes()[0].clone(),
+        };
+        if i % 3 == 0 {
+            span.name = "same".into();
+            span.attributes
+                .push(KeyValue::new(long.clone(), long.clone()));
+        }
+        let batch = [span];
+        let got = String::from_utf8(encoder.encode(&batch).to_vec()).unwrap();
+        assert_eq!(got, reference(&batch, &resource), "span {i}");
+    }
+}
