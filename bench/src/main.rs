@@ -277,7 +277,7 @@ fn spans(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         let telemetry = Telemetry::new(
             SdkTracerProvider::builder()
                 .with_span_processor(wtrace::telemetry::export::batch_processor(
-                    wtrace::telemetry::export::AnyExporter::File(exporter),
+                    wtrace::telemetry::export::AnyExporter::File(Box::new(exporter)),
                 ))
                 .build(),
         );
@@ -789,9 +789,9 @@ async fn span_export_cost(options: &Options) -> anyhow::Result<ExportCost> {
         .find(|span| span.name == "my-function execute")
         .context("the task made no execute span")?;
     let dir = tempfile::tempdir()?;
-    let exporter = wtrace::telemetry::export::AnyExporter::File(FileExporter::open(
+    let exporter = wtrace::telemetry::export::AnyExporter::File(Box::new(FileExporter::open(
         &dir.path().join("export.json"),
-    )?);
+    )?));
     let batch_size = exporter.batch_size();
     let batches = if options.quick { 200 } else { 1000 };
     let mut rounds = Vec::new();

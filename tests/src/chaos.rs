@@ -303,7 +303,7 @@ fn drive(
         let exporter =
             wtrace::telemetry::export::FileExporter::open(&dir.join("driver.json")).unwrap();
         let processor = wtrace::telemetry::export::batch_processor(
-            wtrace::telemetry::export::AnyExporter::File(exporter),
+            wtrace::telemetry::export::AnyExporter::File(Box::new(exporter)),
         );
         let telemetry = wtrace::Telemetry::new(
             opentelemetry_sdk::trace::SdkTracerProvider::builder()

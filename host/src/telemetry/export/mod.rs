@@ -127,7 +127,7 @@ pub enum AnyExporter {
     /// See [`ConsoleExporter`].
     Console(ConsoleExporter),
     /// See [`FileExporter`].
-    File(FileExporter),
+    File(Box<FileExporter>),
     /// The OpenTelemetry OTLP exporter.
     Otlp(Box<opentelemetry_otlp::SpanExporter>),
 }
@@ -395,7 +395,7 @@ pub fn counted_batch_processor(
 ) -> BatchProcessor {
     match exporter {
         AnyExporter::File(file) => {
-            BatchProcessor::File(FileBatchProcessor::new(file.counted(ledger)))
+            BatchProcessor::File(FileBatchProcessor::new((*file).counted(ledger)))
         }
         exporter => {
             let batch_size = exporter.batch_size();
@@ -534,7 +534,7 @@ pub fn build(
         ExporterSpec::File { path } => {
             let path = allowed_path(path, vars, policy)?;
             FileExporter::open(&path)
-                .map(AnyExporter::File)
+                .map(|file| AnyExporter::File(Box::new(file)))
                 .map_err(|e| format!("cannot open span file {}: {e}", path.display()))
         }
         ExporterSpec::Otlp {
