@@ -290,27 +290,71 @@ fn identity(out: &mut Vec<u8>, cx: &SpanContext) {
 }
 
 fn span(out: &mut Vec<u8>, fragments: &mut Fragments, data: &SpanData) {
+    // The usual span's constant runs are written whole: each piece costs a
+    // copy call of its own.
     let cx = &data.span_context;
-    identity(out, cx);
-    out.extend_from_slice(br#","parentSpanId":""#);
+    if *cx.trace_state() == TraceState::NONE {
+        out.extend_from_slice(br#"{"traceId":""#);
+        hex(out, &cx.trace_id().to_bytes());
+        out.extend_from_slice(br#"","spanId":""#);
+        hex(out, &cx.span_id().to_bytes());
+        out.extend_from_slice(br#"","traceState":"","parentSpanId":""#);
+    } else {
+        identity(out, cx);
+        out.extend_from_slice(br#","parentSpanId":""#);
+    }
     if data.parent_span_id != SpanId::INVALID {
         hex(out, &data.parent_span_id.to_bytes());
     }
-    out.extend_from_slice(br#"","flags":"#);
-    int(
-        out,
-        span_flags(data.parent_span_is_remote, cx.trace_flags().to_u8()),
-    );
-    out.extend_from_slice(br#","name":"#);
+    match span_flags(data.parent_span_is_remote, cx.trace_flags().to_u8()) {
+        0x100 => out.extend_from_slice(br#"","flags":256,"name":"#),
+        0x101 => out.extend_from_slice(br#"","flags":257,"name":"#),
+        0x300 => out.extend_from_slice(br#"","flags":768,"name":"#),
+        0x301 => out.extend_from_slice(br#"","flags":769,"name":"#),
+        other => {
+            out.extend_from_slice(br#"","flags":"#);
+            int(out, other);
+            out.extend_from_slice(br#","name":"#);
+        }
+    }
     fragments.put(out, Fragment::String, &data.name);
-    out.extend_from_slice(br#","kind":"#);
-    out.push(kind_digit(&data.span_kind));
-    out.extend_from_slice(br#","startTimeUnixNano":""#);
+    out.extend_from_slice(match data.span_kind {
+        SpanKind::Internal => br#","kind":1,"startTimeUnixNano":""#,
+        SpanKind::Server => br#","kind":2,"startTimeUnixNano":""#,
+        SpanKind::Client => br#","kind":3,"startTimeUnixNano":""#,
+        SpanKind::Producer => br#","kind":4,"startTimeUnixNano":""#,
+        SpanKind::Consumer => br#","kind":5,"startTimeUnixNano":""#,
+    });
     int(out, unix_nanos(data.start_time));
     out.extend_from_slice(br#"","endTimeUnixNano":""#);
     int(out, unix_nanos(data.end_time));
     out.extend_from_slice(br#"","attributes":"#);
     attributes(out, fragments, &data.attributes);
+    if data.dropped_attributes_count == 0
+        && data.events.events.is_empty()
+        && data.events.dropped_count == 0
+        && data.links.links.is_empty()
+        && data.links.dropped_count == 0
+    {
+        out.extend_from_slice(
+            br#","droppedAttributesCount":0,"events":[],"droppedEventsCount":0,"links":[],"droppedLinksCount":0"#,
+        );
+    } else {
+        events_and_links(out, fragments, data);
+    }
+    match &data.status {
+        Status::Unset => out.extend_from_slice(br#","status":{"message":"","code":0}}"#),
+        Status::Ok => out.extend_from_slice(br#","status":{"message":"","code":1}}"#),
+        Status::Error { description } => {
+            out.extend_from_slice(br#","status":{"message":"#);
+            string(out, description);
+            out.extend_from_slice(br#","code":2}}"#);
+        }
+    }
+}
+
+/// From `,"droppedAttributesCount":` to the dropped links' count.
+fn events_and_links(out: &mut Vec<u8>, fragments: &mut Fragments, data: &SpanData) {
     out.extend_from_slice(br#","droppedAttributesCount":"#);
     int(out, data.dropped_attributes_count);
     out.extend_from_slice(br#","events":["#);
@@ -347,15 +391,6 @@ fn span(out: &mut Vec<u8>, fragments: &mut Fragments, data: &SpanData) {
     }
     out.extend_from_slice(br#"],"droppedLinksCount":"#);
     int(out, data.links.dropped_count);
-    match &data.status {
-        Status::Unset => out.extend_from_slice(br#","status":{"message":"","code":0}}"#),
-        Status::Ok => out.extend_from_slice(br#","status":{"message":"","code":1}}"#),
-        Status::Error { description } => {
-            out.extend_from_slice(br#","status":{"message":"#);
-            string(out, description);
-            out.extend_from_slice(br#","code":2}}"#);
-        }
-    }
 }
 
 fn attributes(out: &mut Vec<u8>, fragments: &mut Fragments, attributes: &[KeyValue]) {
@@ -379,14 +414,23 @@ fn attributes(out: &mut Vec<u8>, fragments: &mut Fragments, attributes: &[KeyVal
 /// encoded once and then copied: a hit costs a compare and one copy
 /// instead of an escape scan and the fragment's assembly, piece by piece.
 ///
-/// A text's slot is chosen by its address and length, where a shared or
-/// static text sits every time, and the slot keeps a copy of the text it
-/// encodes: the copy, not the address, decides a hit, so the output is
-/// right whatever text comes to sit where another was. A miss encodes the
-/// text and takes the slot.
+/// A text's pair of slots is chosen by its address and length, where a
+/// shared or static text sits every time, and a slot keeps a copy of the
+/// text it encodes: the copy, not the address, decides a hit, so the output
+/// is right whatever text comes to sit where another was. A miss encodes
+/// the text and takes the pair's slot used less lately: two texts a span
+/// repeats that fall on one pair both stay, and a text seen once (a task
+/// id) displaces at most one.
 #[derive(Debug)]
 struct Fragments {
-    slots: Box<[Slot]>,
+    pairs: Box<[Pair]>,
+}
+
+#[derive(Debug)]
+struct Pair {
+    slots: [Slot; 2],
+    /// Which of the two (0 or 1) was used last: it is looked at first.
+    last: usize,
 }
 
 /// What a fragment encodes its text as.
@@ -408,8 +452,9 @@ struct Slot {
     json: Vec<u8>,
 }
 
-const FRAGMENT_SLOTS_LOG2: u32 = 6;
-const FRAGMENT_SLOTS: usize = 1 << FRAGMENT_SLOTS_LOG2;
+/// Pairs of slots, as a power of two.
+const FRAGMENT_PAIRS_LOG2: u32 = 6;
+const FRAGMENT_PAIRS: usize = 1 << FRAGMENT_PAIRS_LOG2;
 /// Longer texts are encoded each time: a slot's buffers stay small.
 const FRAGMENT_TEXT_BYTES: usize = 256;
 
@@ -421,15 +466,43 @@ impl Default for Fragments {
             json: Vec::new(),
         };
         Self {
-            slots: (0..FRAGMENT_SLOTS).map(|_| empty()).collect(),
+            pairs: (0..FRAGMENT_PAIRS)
+                .map(|_| Pair {
+                    slots: [empty(), empty()],
+                    last: 0,
+                })
+                .collect(),
         }
     }
 }
 
 impl Fragments {
-    /// Writes `text` encoded as `kind` to `out`.
+    /// Writes `text` encoded as `kind` to `out`. The hit is kept small
+    /// enough to inline; the miss is out of line.
+    #[inline]
     fn put(&mut self, out: &mut Vec<u8>, kind: Fragment, text: &str) {
-        let encode = |out: &mut Vec<u8>| match kind {
+        if text.len() <= FRAGMENT_TEXT_BYTES {
+            let pair = &mut self.pairs[pair_of(kind, text)];
+            let first = pair.last;
+            for way in [first, first ^ 1] {
+                let slot = &pair.slots[way];
+                if slot.kind == kind && !slot.json.is_empty() && same(&slot.text, text.as_bytes()) {
+                    out.extend_from_slice(&slot.json);
+                    pair.last = way;
+                    return;
+                }
+            }
+        }
+        self.miss(out, kind, text);
+    }
+
+    /// Encodes `text` as `kind` and keeps it in its pair's slot used less
+    /// lately.
+    #[cold]
+    #[inline(never)]
+    fn miss(&mut self, out: &mut Vec<u8>, kind: Fragment, text: &str) {
+        let start = out.len();
+        match kind {
             Fragment::Key => {
                 out.extend_from_slice(br#"{"key":"#);
                 string(out, text);
@@ -441,27 +514,46 @@ impl Fragments {
                 out.push(b'}');
             }
             Fragment::String => string(out, text),
-        };
+        }
         if text.len() > FRAGMENT_TEXT_BYTES {
-            encode(out);
             return;
         }
-        let address = text.as_ptr() as u64 ^ (text.len() as u64) ^ (kind as u64);
-        let at =
-            (address.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FRAGMENT_SLOTS_LOG2)) as usize;
-        let slot = &mut self.slots[at];
-        if slot.kind == kind && !slot.json.is_empty() && slot.text == text.as_bytes() {
-            out.extend_from_slice(&slot.json);
-            return;
-        }
-        let start = out.len();
-        encode(out);
+        let pair = &mut self.pairs[pair_of(kind, text)];
+        let way = pair.last ^ 1;
+        pair.last = way;
+        let slot = &mut pair.slots[way];
         slot.kind = kind;
         slot.text.clear();
         slot.text.extend_from_slice(text.as_bytes());
         slot.json.clear();
         slot.json.extend_from_slice(&out[start..]);
     }
+}
+
+/// Whether `a` and `b` hold the same bytes: texts up to 32 bytes (most
+/// keys and names) are compared eight bytes at a time in place, without a
+/// call to `memcmp`.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    let word =
+        |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("eight bytes"));
+    let words = |at: usize| word(a, at) == word(b, at);
+    match len {
+        0..8 => a == b,
+        8..=16 => words(0) & words(len - 8),
+        17..=32 => words(0) & words(8) & words(len - 16) & words(len - 8),
+        _ => a == b,
+    }
+}
+
+/// The pair of slots for `text` as `kind`, from its address and length.
+fn pair_of(kind: Fragment, text: &str) -> usize {
+    let address = text.as_ptr() as u64 ^ (text.len() as u64) ^ (kind as u64);
+    let hash = address.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FRAGMENT_PAIRS_LOG2);
+    hash as usize & (FRAGMENT_PAIRS - 1)
 }
 
 /// An `AnyValue`: integers as strings, as the OTLP-JSON mapping has them.
@@ -637,26 +729,25 @@ fn int(out: &mut Vec<u8>, number: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(number).as_bytes());
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Each byte's two lower-case hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [DIGITS[b >> 4], DIGITS[b & 0xf]];
+        b += 1;
+    }
+    pairs
+};
 
 /// Lower-case hex of an id, made on the stack and copied in once.
 fn hex<const N: usize>(out: &mut Vec<u8>, bytes: &[u8; N]) {
     let mut text = [[0u8; 2]; N];
     for (pair, &b) in text.iter_mut().zip(bytes) {
-        *pair = [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]];
+        *pair = HEX_PAIRS[usize::from(b)];
     }
     out.extend_from_slice(text.as_flattened());
-}
-
-/// The OTLP `SpanKind` number, as one digit.
-fn kind_digit(kind: &SpanKind) -> u8 {
-    b'0' + match kind {
-        SpanKind::Internal => 1,
-        SpanKind::Server => 2,
-        SpanKind::Client => 3,
-        SpanKind::Producer => 4,
-        SpanKind::Consumer => 5,
-    }
 }
 
 /// The OTLP span flags: the W3C trace flags plus whether the parent is remote.

@@ -84,7 +84,8 @@ fn span_context() -> impl Strategy<Value = SpanContext> {
     (
         1..=u128::MAX,
         1..=u64::MAX,
-        any::<u8>(),
+        // Sampled or not, as nearly every span; now and then any flags.
+        prop_oneof![3 => 0..=1_u8, 1 => any::<u8>()],
         any::<bool>(),
         trace_state(),
     )
@@ -328,5 +329,21 @@ fn kept_fragments_follow_the_text_not_its_address() {
         let batch = [span];
         let got = String::from_utf8(encoder.encode(&batch).to_vec()).unwrap();
         assert_eq!(got, reference(&batch, &resource), "span {i}");
+    }
+}
+
+/// The in-place compare of kept texts agrees with `==` for every length a
+/// fragment keeps, wherever two texts differ.
+#[test]
+fn kept_texts_compare_as_slices_do() {
+    for len in 0..80 {
+        let a: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+        assert!(super::same(&a, &a.clone()));
+        for at in 0..len {
+            let mut b = a.clone();
+            b[at] ^= 1;
+            assert!(!super::same(&a, &b), "differ at {at} of {len}");
+        }
+        assert!(!super::same(&a, &a[..len.saturating_sub(1)]) || len == 0);
     }
 }
