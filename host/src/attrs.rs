@@ -8,13 +8,43 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use opentelemetry::{StringValue, Value};
+use opentelemetry::{KeyValue, StringValue, Value};
 
 /// How many recent strings each thread keeps.
 const KEPT: usize = 8;
 
+/// Room in an attribute list for a task span's attributes, with what is
+/// added at its end.
+const LIST_ROOM: usize = 16;
+/// Most lists a thread keeps for reuse.
+const LISTS_KEPT: usize = 8;
+
 thread_local! {
     static RECENT: RefCell<Vec<Value>> = const { RefCell::new(Vec::new()) };
+    static LISTS: RefCell<Vec<Vec<KeyValue>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty attribute list for a task span: one an exported span gave back
+/// on this thread, else a new one. A process's task spans end where they
+/// started, so in steady state making one allocates nothing.
+pub fn attribute_list() -> Vec<KeyValue> {
+    LISTS
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| Vec::with_capacity(LIST_ROOM))
+}
+
+/// Takes back an exported span's attribute list, emptied, for
+/// [`attribute_list`]: only one of the usual room, and a few per thread.
+pub fn recycle(mut list: Vec<KeyValue>) {
+    if list.capacity() != LIST_ROOM {
+        return;
+    }
+    list.clear();
+    LISTS.with_borrow_mut(|lists| {
+        if lists.len() < LISTS_KEPT {
+            lists.push(list);
+        }
+    });
 }
 
 /// `text` as a string value whose clones share one allocation.

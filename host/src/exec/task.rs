@@ -722,9 +722,9 @@ pub(crate) fn execute_span(
     cx: &TaskContext<'_>,
 ) -> opentelemetry_sdk::trace::Span {
     let tracer = telemetry.tracer();
-    // Room for what `execute` adds when the task is done, so the SDK's
-    // attribute list never grows.
-    let mut attributes = Vec::with_capacity(16);
+    // A list with room for what `execute` adds when the task is done, so
+    // it never grows: the one the last exported span left, when there is.
+    let mut attributes = crate::attrs::attribute_list();
     attributes.extend([
         KeyValue::new("wtrace.function", crate::attrs::shared(function)),
         KeyValue::new("wtrace.component", component),

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
-use opentelemetry::{Key, Value};
+use opentelemetry::{Key, StringValue, Value};
 use opentelemetry_sdk::logs::SdkLogger;
 
 use crate::sync::lock;
@@ -140,8 +140,8 @@ impl CurrentSpan {
 pub enum Origin {
     /// A task or an actor call: `wtrace.function` and `wtrace.task_id`.
     Task {
-        /// The function called.
-        function: String,
+        /// The function called, shared from task to task.
+        function: StringValue,
         /// The task's id.
         task_id: String,
     },
@@ -152,8 +152,12 @@ pub enum Origin {
 impl Origin {
     /// A task's (or actor call's) origin.
     pub fn task(function: &str, task_id: &str) -> Self {
+        let function = match crate::attrs::shared(function) {
+            opentelemetry::Value::String(function) => function,
+            other => StringValue::from(other.as_str().into_owned()),
+        };
         Self::Task {
-            function: function.to_owned(),
+            function,
             task_id: task_id.to_owned(),
         }
     }

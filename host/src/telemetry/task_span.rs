@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use opentelemetry::trace::{SpanKind, Tracer as _};
@@ -54,7 +53,7 @@ impl ActorOfSpan<'_> {
 
 /// Starts `task`'s `<function> submit` span (PRODUCER) under `parent`.
 pub fn start_submit(tracer: &SdkTracer, task: SubmitSpan<'_>, parent: &Context) -> Span {
-    let mut attributes = Vec::with_capacity(if task.actor.is_some() { 8 } else { 5 });
+    let mut attributes = crate::attrs::attribute_list();
     attributes.extend([
         KeyValue::new("wtrace.function", crate::attrs::shared(task.function)),
         KeyValue::new("wtrace.component", task.component),
@@ -90,8 +89,8 @@ static KEPT: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     /// Per function: its submit and execute names.
-    static NAMES: RefCell<HashMap<Box<str>, [Option<&'static str>; 2]>> =
-        RefCell::new(HashMap::new());
+    static NAMES: RefCell<rustc_hash::FxHashMap<Box<str>, [Option<&'static str>; 2]>> =
+        RefCell::new(rustc_hash::FxHashMap::default());
 }
 
 /// `<function> submit` or `<function> execute`: the same name for every
