@@ -360,35 +360,43 @@ mod tests {
 
     use super::*;
 
+    /// What `read` makes of metric `name` in the last export; nothing
+    /// when it is not there.
+    fn points_of<T>(
+        exporter: &InMemoryMetricExporter,
+        name: &str,
+        read: impl FnOnce(&AggregatedMetrics) -> Vec<T>,
+    ) -> Vec<T> {
+        let exports = exporter.get_finished_metrics().unwrap();
+        let last = exports.last().expect("an export");
+        last.scope_metrics()
+            .flat_map(|scope| scope.metrics())
+            .find(|metric| metric.name() == name)
+            .map_or_else(Vec::new, |metric| read(metric.data()))
+    }
+
     /// The points of the u64 sum `name` in the last export: each point's
     /// attributes as `key=value` text, sorted, with its value.
     fn sums(exporter: &InMemoryMetricExporter, name: &str) -> Vec<(String, u64)> {
-        let exports = exporter.get_finished_metrics().unwrap();
-        let last = exports.last().expect("an export");
-        let Some(metric) = last
-            .scope_metrics()
-            .flat_map(|scope| scope.metrics())
-            .find(|metric| metric.name() == name)
-        else {
-            return Vec::new();
-        };
-        let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
-            panic!("{name} is not a u64 sum");
-        };
-        assert!(sum.is_monotonic(), "{name} is a counter");
-        let mut points: Vec<_> = sum
-            .data_points()
-            .map(|point| {
-                let mut attributes: Vec<_> = point
-                    .attributes()
-                    .map(|kv| format!("{}={}", kv.key, kv.value))
-                    .collect();
-                attributes.sort();
-                (attributes.join(","), point.value())
-            })
-            .collect();
-        points.sort();
-        points
+        points_of(exporter, name, |data| {
+            let AggregatedMetrics::U64(MetricData::Sum(sum)) = data else {
+                panic!("{name} is not a u64 sum");
+            };
+            assert!(sum.is_monotonic(), "{name} is a counter");
+            let mut points: Vec<_> = sum
+                .data_points()
+                .map(|point| {
+                    let mut attributes: Vec<_> = point
+                        .attributes()
+                        .map(|kv| format!("{}={}", kv.key, kv.value))
+                        .collect();
+                    attributes.sort();
+                    (attributes.join(","), point.value())
+                })
+                .collect();
+            points.sort();
+            points
+        })
     }
 
     /// Task metrics on a provider whose exports are kept in memory.
@@ -460,30 +468,23 @@ mod tests {
     /// The points of the f64 histogram `name` in the last export: each
     /// point's attributes as text, with its count and sum.
     fn histograms(exporter: &InMemoryMetricExporter, name: &str) -> Vec<(String, u64, f64)> {
-        let exports = exporter.get_finished_metrics().unwrap();
-        let last = exports.last().expect("an export");
-        let Some(metric) = last
-            .scope_metrics()
-            .flat_map(|scope| scope.metrics())
-            .find(|metric| metric.name() == name)
-        else {
-            return Vec::new();
-        };
-        let AggregatedMetrics::F64(MetricData::Histogram(histogram)) = metric.data() else {
-            panic!("{name} is not an f64 histogram");
-        };
-        let mut points: Vec<_> = histogram
-            .data_points()
-            .map(|point| {
-                let attributes: Vec<_> = point
-                    .attributes()
-                    .map(|kv| format!("{}={}", kv.key, kv.value))
-                    .collect();
-                (attributes.join(","), point.count(), point.sum())
-            })
-            .collect();
-        points.sort_by(|a, b| a.0.cmp(&b.0));
-        points
+        points_of(exporter, name, |data| {
+            let AggregatedMetrics::F64(MetricData::Histogram(histogram)) = data else {
+                panic!("{name} is not an f64 histogram");
+            };
+            let mut points: Vec<_> = histogram
+                .data_points()
+                .map(|point| {
+                    let attributes: Vec<_> = point
+                        .attributes()
+                        .map(|kv| format!("{}={}", kv.key, kv.value))
+                        .collect();
+                    (attributes.join(","), point.count(), point.sum())
+                })
+                .collect();
+            points.sort_by(|a, b| a.0.cmp(&b.0));
+            points
+        })
     }
 
     #[test]

@@ -306,13 +306,7 @@ mod tests {
 
     #[test]
     fn spans_wait_for_a_sync_then_are_one_line_and_idle_ones_are_written_soon() {
-        let dir = tempfile_dir();
-        let path = dir.join("spans.json");
-        let processor = FileBatchProcessor::new(FileExporter::open(&path).unwrap());
-        let file = processor.file();
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(processor)
-            .build();
+        let (dir, path, file, provider) = batched_file();
         let tracer = provider.tracer("t");
         for _ in 0..10 {
             tracer.start("one").end();
@@ -467,13 +461,7 @@ mod tests {
     /// the file.
     #[test]
     fn an_encoded_span_gives_its_attribute_list_to_the_next() {
-        let dir = tempfile_dir();
-        let path = dir.join("spans.json");
-        let processor = FileBatchProcessor::new(FileExporter::open(&path).unwrap());
-        let file = processor.file();
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(processor)
-            .build();
+        let (dir, path, file, provider) = batched_file();
         let tracer = provider.tracer("t");
         let mut lists = Vec::new();
         // Allocations of a list's size held between spans: a list freed
@@ -501,6 +489,19 @@ mod tests {
         }
         provider.shutdown().unwrap();
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A provider whose spans go through a [`FileBatchProcessor`] to
+    /// `spans.json` in a new directory: the directory, the file, its handle.
+    fn batched_file() -> (PathBuf, PathBuf, SpanFile, SdkTracerProvider) {
+        let dir = tempfile_dir();
+        let path = dir.join("spans.json");
+        let processor = FileBatchProcessor::new(FileExporter::open(&path).unwrap());
+        let file = processor.file();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .build();
+        (dir, path, file, provider)
     }
 
     fn tempfile_dir() -> PathBuf {
