@@ -10,7 +10,7 @@
 //! SDK's per-measurement work (a lock, hashing the attributes, a lookup).
 //! The durations go through the SDK's histograms, bound to each function's
 //! attribute once: a record is then the bucket update alone, without
-//! hashing the attribute set (two SipHashes a task, a seventh of what
+//! hashing the attribute set (two SipHashes a task, a sixth of what
 //! tracing cost a worker per task).
 
 use std::cell::RefCell;

@@ -8,7 +8,8 @@
 //! writes the same JSON directly into one reused buffer: ids as hex from a
 //! table, integers with `itoa`, strings copied as they are unless they hold a
 //! character JSON must escape, and the resource and scope, which rarely
-//! change, encoded once and kept as fragments. The output is the format of
+//! change, encoded once and kept as fragments, as are the keys, names and
+//! string values a process repeats span after span. The output is the format of
 //! `opentelemetry-proto`'s serde encoding, field for field and byte for
 //! byte; a property test holds it to that.
 
