@@ -1,7 +1,9 @@
 //! Span attribute values that repeat from task to task — a function name, a
 //! job, worker or node id — shared instead of copied: the span holds one
 //! reference-counted string rather than its own allocation, which the export
-//! thread would otherwise have to free.
+//! thread would otherwise have to free. And the attribute lists of task
+//! spans, handed back by the span file once a span is encoded and reused by
+//! the thread's next task span.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -20,7 +22,7 @@ const LIST_ROOM: usize = 16;
 const LISTS_KEPT: usize = 8;
 
 thread_local! {
-    static RECENT: RefCell<Vec<Value>> = const { RefCell::new(Vec::new()) };
+    static RECENT: RefCell<Vec<StringValue>> = const { RefCell::new(Vec::new()) };
     static LISTS: RefCell<Vec<Vec<KeyValue>>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -55,14 +57,16 @@ pub fn text(text: impl Into<Arc<str>>) -> Value {
 /// `text` as a string value, shared with earlier calls on this thread that
 /// passed the same text (the last few distinct ones are kept).
 pub fn shared(text: &str) -> Value {
+    Value::String(shared_string(text))
+}
+
+/// [`shared`], as the string itself (what a log record's attribute takes).
+pub fn shared_string(text: &str) -> StringValue {
     RECENT.with_borrow_mut(|recent| {
-        let kept = recent
-            .iter()
-            .find(|value| matches!(value, Value::String(kept) if kept.as_str() == text));
-        if let Some(value) = kept {
-            return value.clone();
+        if let Some(kept) = recent.iter().find(|kept| kept.as_str() == text) {
+            return kept.clone();
         }
-        let value = self::text(text);
+        let value = StringValue::from(Arc::<str>::from(text));
         if recent.len() == KEPT {
             recent.remove(0);
         }

@@ -152,12 +152,8 @@ pub enum Origin {
 impl Origin {
     /// A task's (or actor call's) origin.
     pub fn task(function: &str, task_id: &str) -> Self {
-        let function = match crate::attrs::shared(function) {
-            opentelemetry::Value::String(function) => function,
-            other => StringValue::from(other.as_str().into_owned()),
-        };
         Self::Task {
-            function,
+            function: crate::attrs::shared_string(function),
             task_id: task_id.to_owned(),
         }
     }
