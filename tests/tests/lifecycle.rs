@@ -1,11 +1,34 @@
 //! A run's life: Ctrl-C flushes every process's spans; compiled components
 //! are cached by digest; a long run prints every result, in order; a run
-//! whose output closes stops.
+//! whose output closes stops; a piped run shows each result before it
+//! waits for the next.
 
 use std::os::unix::process::CommandExt as _;
 use std::time::{Duration, Instant};
 
 use wtrace_tests::{Spans, Wtrace, alive, guests, span_dir};
+
+/// Starts `wtrace` in a process group of its own, as a shell starts a
+/// foreground job, its output and errors piped to the test.
+fn spawn_as_in_a_terminal(wtrace: &mut Wtrace) -> std::process::Child {
+    wtrace
+        .command()
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Ctrl-C in a terminal: SIGINT to the whole foreground process group
+/// led by `pid`.
+fn ctrl_c(pid: u32) {
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(-(pid as i32), libc::SIGINT);
+    }
+}
 
 #[test]
 fn ctrl_c_stops_the_run_and_flushes_every_span() {
@@ -22,13 +45,7 @@ fn ctrl_c_stops_the_run_and_flushes_every_span() {
     // Batch processors hold spans in memory: only a flush gets them out.
     .env("WTRACE_TEST_BATCH", "1");
     let marker = wtrace.marker().to_owned();
-    let child = wtrace
-        .command()
-        .process_group(0)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_as_in_a_terminal(&mut wtrace);
     let pid = child.id();
 
     // Wait until the worker is running the task (its span file exists).
@@ -48,13 +65,8 @@ fn ctrl_c_stops_the_run_and_flushes_every_span() {
     }
     std::thread::sleep(Duration::from_millis(300));
 
-    // Ctrl-C in a terminal signals the whole foreground process group.
     let started = Instant::now();
-    #[allow(unsafe_code)]
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe {
-        libc::kill(-(pid as i32), libc::SIGINT);
-    }
+    ctrl_c(pid);
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(
@@ -198,4 +210,54 @@ fn a_run_whose_output_closes_stops_and_flushes() {
         .count();
     assert_eq!(span_files, 3);
     assert!(!spans.named("add execute").is_empty());
+}
+
+#[test]
+fn a_piped_run_shows_each_result_before_waiting_for_the_next() {
+    use std::io::BufRead as _;
+    // Results to a pipe are written in blocks; one that came must still
+    // reach the reader while the run waits for a slow task after it, and
+    // Ctrl-C must not take the results already printed with it.
+    let mut wtrace = Wtrace::new([
+        "run".to_owned(),
+        "--num-workers=2".to_owned(),
+        guests::SPAN_EDGES.to_owned(),
+        "add(1, 2)".to_owned(),
+        "add(40, 2)".to_owned(),
+        "spin(60000)".to_owned(),
+    ]);
+    let marker = wtrace.marker().to_owned();
+    let mut child = spawn_as_in_a_terminal(&mut wtrace);
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = lines_tx.send(line.unwrap());
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut early = Vec::new();
+    while early.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines_rx.recv_timeout(left) {
+            Ok(line) => early.push(line),
+            Err(_) => panic!("results held back while the run waits: got {early:?}"),
+        }
+    }
+    assert_eq!(early, ["3", "42"]);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the slow task is still running"
+    );
+    ctrl_c(child.id());
+    let output = child.wait_with_output().unwrap();
+    reader.join().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(lines_rx.try_recv().is_err(), "nothing printed twice");
+    assert!(wtrace_tests::processes_with_marker(&marker).is_empty());
 }

@@ -127,7 +127,7 @@ impl Action {
                 let invocation: Invocation = invocation.parse()?;
                 let actor = client.actor(&actor).await?;
                 let result: TaskResult = actor.call(&invocation, &parent).await?.get().await?;
-                Ok(if print_result(&result)? {
+                Ok(if print_result(&result, &mut std::io::stdout().lock())? {
                     ExitCode::FAILURE
                 } else {
                     ExitCode::SUCCESS

@@ -1,8 +1,10 @@
 //! What `run` and `submit` share: reading and checking a task component,
 //! the outer trace context, submitting in a window, and printing results.
 
-use std::io::Write as _;
+use std::future::Future as _;
+use std::io::{IsTerminal as _, Write};
 use std::path::Path;
+use std::task::Poll;
 
 use anyhow::{Context as _, anyhow};
 use wtrace::Digest;
@@ -17,14 +19,16 @@ const IN_FLIGHT: usize = 1 << 16;
 /// Submissions per batch while refilling the window.
 const REFILL: usize = 4096;
 
-/// Submits `invocations` of `component` and hands each result to `gathered`
+/// Submits `invocations` of `component` and hands each result to `gather`
 /// in submission order. At most [`IN_FLIGHT`] tasks are out at once: the
-/// window is topped up whenever half of it has been gathered.
+/// window is topped up whenever half of it has been gathered. Before waiting
+/// for a result that has not come yet, and at the end, `gather` is told to
+/// let go of what it holds back.
 pub async fn submit_in_order<'a>(
     client: &Client,
     component: &Digest,
     mut invocations: impl Iterator<Item = &'a Invocation>,
-    mut gathered: impl FnMut(TaskResult) -> std::io::Result<()>,
+    gather: &mut impl Gather,
 ) -> anyhow::Result<()> {
     let parent = outer_context();
     let mut in_flight = std::collections::VecDeque::new();
@@ -43,10 +47,29 @@ pub async fn submit_in_order<'a>(
             }
         }
         let Some(task) = in_flight.pop_front() else {
+            gather.waiting()?;
             return Ok(());
         };
-        gathered(task.get().await?)?;
+        let mut result = std::pin::pin!(task.get());
+        let ready = std::future::poll_fn(|cx| Poll::Ready(result.as_mut().poll(cx))).await;
+        let result = match ready {
+            Poll::Ready(result) => result,
+            Poll::Pending => {
+                gather.waiting()?;
+                result.await
+            }
+        };
+        gather.result(result?)?;
     }
+}
+
+/// What [`submit_in_order`] hands results to.
+pub trait Gather {
+    /// One result, in submission order.
+    fn result(&mut self, result: TaskResult) -> std::io::Result<()>;
+    /// No result is ready: what was held back (output in a buffer) goes out
+    /// now, so a reader never waits on a result that came.
+    fn waiting(&mut self) -> std::io::Result<()>;
 }
 
 /// The exit code when standard output closes early (`wtrace run … | head`):
@@ -116,10 +139,10 @@ pub fn outer_context() -> opentelemetry::Context {
 }
 
 /// Prints a task's output lines and those of the nested tasks it waited
-/// for (each prefixed like Ray's), then its result; returns whether it failed.
-pub fn print_result(result: &TaskResult) -> std::io::Result<bool> {
-    let mut stdout = std::io::stdout().lock();
-    let mut stderr = std::io::stderr().lock();
+/// for (each prefixed like Ray's) to `stdout`, then its result; returns
+/// whether it failed. `stdout` is flushed before anything goes to standard
+/// error, so the two keep their order where they meet (`2>&1`).
+pub fn print_result(result: &TaskResult, stdout: &mut impl Write) -> std::io::Result<bool> {
     let chunks = result
         .nested
         .iter()
@@ -130,8 +153,12 @@ pub fn print_result(result: &TaskResult) -> std::io::Result<bool> {
         for line in String::from_utf8_lossy(out).lines() {
             writeln!(stdout, "{prefix} {line}")?;
         }
-        for line in String::from_utf8_lossy(err).lines() {
-            let _ = writeln!(stderr, "{prefix} {line}");
+        if !err.is_empty() {
+            stdout.flush()?;
+            let mut stderr = std::io::stderr().lock();
+            for line in String::from_utf8_lossy(err).lines() {
+                let _ = writeln!(stderr, "{prefix} {line}");
+            }
         }
     }
     match &result.value {
@@ -142,6 +169,8 @@ pub fn print_result(result: &TaskResult) -> std::io::Result<bool> {
             Ok(false)
         }
         Err(error) => {
+            stdout.flush()?;
+            let mut stderr = std::io::stderr().lock();
             let _ = writeln!(stderr, "error: task {error}");
             if let Some(backtrace) = &error.backtrace {
                 let _ = writeln!(stderr, "{backtrace}");
@@ -151,10 +180,53 @@ pub fn print_result(result: &TaskResult) -> std::io::Result<bool> {
     }
 }
 
+/// Standard output for results: a line at a time on a terminal, in blocks
+/// otherwise. A pipe or a file written a line per task took a system call
+/// per task and, for a pipe, woke its reader each time; held in a buffer,
+/// the lines go out when it fills, when no result is ready
+/// ([`Gather::waiting`]), before anything is written to standard error, and
+/// at the end.
+pub struct ResultOutput {
+    buffered: Option<std::io::BufWriter<std::io::Stdout>>,
+}
+
+impl ResultOutput {
+    pub fn new() -> Self {
+        let stdout = std::io::stdout();
+        let buffered =
+            (!stdout.is_terminal()).then(|| std::io::BufWriter::with_capacity(64 << 10, stdout));
+        Self { buffered }
+    }
+}
+
+impl Write for ResultOutput {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match &mut self.buffered {
+            Some(buffered) => buffered.write(bytes),
+            None => std::io::stdout().write(bytes),
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut self.buffered {
+            Some(buffered) => buffered.write_all(bytes),
+            None => std::io::stdout().write_all(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.buffered {
+            Some(buffered) => buffered.flush(),
+            None => std::io::stdout().flush(),
+        }
+    }
+}
+
 /// Prints results as they come, behind a progress bar on a terminal, and
 /// counts the failures.
 pub struct ResultPrinter {
     bar: Option<indicatif::ProgressBar>,
+    out: ResultOutput,
     total: usize,
     failed: usize,
 }
@@ -173,6 +245,7 @@ impl ResultPrinter {
         });
         Self {
             bar,
+            out: ResultOutput::new(),
             total,
             failed: 0,
         }
@@ -180,7 +253,8 @@ impl ResultPrinter {
 
     /// Prints one result.
     pub fn print(&mut self, result: &TaskResult) -> std::io::Result<()> {
-        let print = || print_result(result);
+        let out = &mut self.out;
+        let mut print = || print_result(result, out);
         self.failed += usize::from(match &self.bar {
             Some(bar) => {
                 let failed = bar.suspend(print)?;
@@ -190,6 +264,27 @@ impl ResultPrinter {
             None => print()?,
         });
         Ok(())
+    }
+
+    /// Prints results without a bar (`wtrace run`, which says nothing of
+    /// them but its exit status).
+    pub fn plain() -> Self {
+        Self {
+            bar: None,
+            out: ResultOutput::new(),
+            total: 0,
+            failed: 0,
+        }
+    }
+
+    /// Whether any task printed so far failed.
+    pub fn any_failed(&self) -> bool {
+        self.failed > 0
+    }
+
+    /// Writes out what waits in the output's buffer.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 
     /// Clears the bar; failure if any task failed, saying how many.
@@ -202,5 +297,15 @@ impl ResultPrinter {
             return std::process::ExitCode::FAILURE;
         }
         std::process::ExitCode::SUCCESS
+    }
+}
+
+impl Gather for ResultPrinter {
+    fn result(&mut self, result: TaskResult) -> std::io::Result<()> {
+        self.print(&result)
+    }
+
+    fn waiting(&mut self) -> std::io::Result<()> {
+        self.flush()
     }
 }

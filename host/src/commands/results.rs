@@ -40,6 +40,7 @@ impl ResultsCommand {
                 for task in tasks {
                     printer.print(&task.get().await?)?;
                 }
+                printer.flush()?;
                 anyhow::Ok(())
             };
             tokio::select! {
@@ -48,6 +49,7 @@ impl ResultsCommand {
                     other => other?,
                 },
                 _ = tokio::signal::ctrl_c() => {
+                    let _ = printer.flush();
                     eprintln!("interrupted: the job's results stay on the cluster; run this again");
                     return Ok(ExitCode::from(130));
                 }

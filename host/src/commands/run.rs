@@ -13,7 +13,7 @@ use wtrace::{Runtime, Telemetry};
 
 use super::args::{HookArgs, SandboxArgs};
 use super::common::{
-    OUTPUT_CLOSED, check_component, output_closed, print_result, read_component, submit_in_order,
+    OUTPUT_CLOSED, ResultPrinter, check_component, output_closed, read_component, submit_in_order,
 };
 
 /// Run task invocations on a local cluster, traced, and print their results.
@@ -170,18 +170,17 @@ async fn drive<'a>(
             None => cluster.client_untraced().await?,
         };
         let digest = client.upload(name, bytes).await?;
-        let mut failed = false;
-        let gather = submit_in_order(&client, &digest, invocations, |result| {
-            failed |= print_result(&result)?;
-            Ok(())
-        });
+        let mut printer = ResultPrinter::plain();
+        let gather = submit_in_order(&client, &digest, invocations, &mut printer);
         tokio::select! {
             gathered = gather => match gathered {
                 Err(error) if output_closed(&error) => Ok(ExitCode::from(OUTPUT_CLOSED)),
                 Err(error) => Err(error),
-                Ok(()) => Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }),
+                Ok(()) => Ok(if printer.any_failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS }),
             },
             _ = tokio::signal::ctrl_c() => {
+                // The results printed so far are not held back.
+                let _ = printer.flush();
                 eprintln!("interrupted: stopping workers and flushing spans");
                 Ok(ExitCode::from(130))
             }

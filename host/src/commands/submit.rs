@@ -162,13 +162,14 @@ async fn submit(
     let digest = client.upload(name, bytes).await?;
     let mut printer = ResultPrinter::new(invocations.len() * repeat, "tasks");
     let all = std::iter::repeat_n(invocations, repeat).flatten();
-    let gather = submit_in_order(client, &digest, all, |result| printer.print(&result));
+    let gather = submit_in_order(client, &digest, all, &mut printer);
     tokio::select! {
         gathered = gather => match gathered {
             Err(error) if output_closed(&error) => return Ok(ExitCode::from(OUTPUT_CLOSED)),
             other => other?,
         },
         _ = tokio::signal::ctrl_c() => {
+            let _ = printer.flush();
             eprintln!("interrupted: the cluster keeps running; flushing this driver's spans");
             return Ok(ExitCode::from(130));
         }
