@@ -525,6 +525,11 @@ fn process_cpu(pid: u32) -> Duration {
 /// CPU time of every finished child process and of the processes they
 /// waited for (a `wtrace run` waits for its workers).
 fn children_cpu() -> Duration {
+    children_usage().0
+}
+
+/// [`children_cpu`], and the page faults those processes took.
+fn children_usage() -> (Duration, u64) {
     // SAFETY: getrusage fills the struct it is given.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
@@ -532,7 +537,10 @@ fn children_cpu() -> Duration {
         usage
     };
     let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    time(usage.ru_utime) + time(usage.ru_stime)
+    (
+        time(usage.ru_utime) + time(usage.ru_stime),
+        (usage.ru_minflt + usage.ru_majflt) as u64,
+    )
 }
 
 /// The medians of pairs of (untraced, traced) rates, and of the pairs'
@@ -1066,15 +1074,24 @@ fn cold_start(
     options: &Options,
     wtrace_traced: Option<f64>,
 ) -> anyhow::Result<()> {
-    // ms of wall time for `command` to run and succeed.
-    let timed = |command: &mut Command| -> anyhow::Result<f64> {
+    // ms of wall time for `command` to run and succeed, and the CPU (ms)
+    // and page faults of all its processes.
+    let timed_with_usage = |command: &mut Command| -> anyhow::Result<(f64, f64, u64)> {
+        let (cpu_before, faults_before) = children_usage();
         let started = Instant::now();
         let output = command.output()?;
         if !output.status.success() {
             bail!("{}", String::from_utf8_lossy(&output.stderr));
         }
-        Ok(started.elapsed().as_secs_f64() * 1000.0)
+        let wall = started.elapsed().as_secs_f64() * 1000.0;
+        let (cpu, faults) = children_usage();
+        Ok((
+            wall,
+            (cpu - cpu_before).as_secs_f64() * 1000.0,
+            faults - faults_before,
+        ))
     };
+    let timed = |command: &mut Command| timed_with_usage(command).map(|(wall, _, _)| wall);
     // One `wtrace run` of a single task, with the default hook or none.
     let once = |hook: bool| {
         let mut command = Command::new(wtrace_bin());
@@ -1082,7 +1099,7 @@ fn cold_start(
         if hook {
             command.arg("--tracing-startup-hook=default");
         }
-        timed(command.args([guests::HELLO, "my-function()"]))
+        timed_with_usage(command.args([guests::HELLO, "my-function()"]))
     };
     // The floor under it: starting the binary at all (`wtrace --version`),
     // which the driver and each worker of a run pay.
@@ -1095,7 +1112,17 @@ fn cold_start(
         untraced.push(once(false)?);
         started.push(bare()?);
     }
-    let (cold, untraced, started) = (median(traced), median(untraced), median(started));
+    // Median wall ms, CPU ms and page faults of each side.
+    let medians = |runs: &[(f64, f64, u64)]| {
+        (
+            median(runs.iter().map(|r| r.0).collect()),
+            median(runs.iter().map(|r| r.1).collect()),
+            median(runs.iter().map(|r| r.2 as f64).collect()),
+        )
+    };
+    let ((cold, traced_cpu, traced_faults), (untraced, untraced_cpu, untraced_faults)) =
+        (medians(&traced), medians(&untraced));
+    let started = median(started);
     report.row(
         "wtrace run cold start, one traced task (ms)",
         format!("{cold:.1}"),
@@ -1109,6 +1136,22 @@ fn cold_start(
     report.row(
         "  starting the binary at all, per process: driver, each worker (ms)",
         format!("{started:.1}"),
+        "",
+    );
+    // What limits it: the three processes' CPU over the machine's cores is
+    // a floor under the wall time, and page faults (the loader's
+    // relocations, each fresh heap page) are much of that CPU.
+    report.row(
+        "  CPU of all its processes, untraced / traced (ms; / cores = a floor)",
+        format!(
+            "{untraced_cpu:.1} / {traced_cpu:.1} (floor {:.1})",
+            traced_cpu / cores() as f64
+        ),
+        "",
+    );
+    report.row(
+        "  page faults of all its processes, untraced / traced",
+        format!("{untraced_faults:.0} / {traced_faults:.0}"),
         "",
     );
     if !options.ray {
