@@ -9,7 +9,7 @@ use std::task::Poll;
 use anyhow::{Context as _, anyhow};
 use wtrace::Digest;
 use wtrace::Runtime;
-use wtrace::cluster::{Client, TaskResult};
+use wtrace::cluster::{Client, TaskRef, TaskResult};
 use wtrace::exec::task::TaskLinker;
 use wtrace::runtime::wave::Invocation;
 
@@ -50,17 +50,22 @@ pub async fn submit_in_order<'a>(
             gather.waiting()?;
             return Ok(());
         };
-        let mut result = std::pin::pin!(task.get());
-        let ready = std::future::poll_fn(|cx| Poll::Ready(result.as_mut().poll(cx))).await;
-        let result = match ready {
-            Poll::Ready(result) => result,
-            Poll::Pending => {
-                gather.waiting()?;
-                result.await
-            }
-        };
-        gather.result(result?)?;
+        let result = gather_one(task, gather).await?;
+        gather.result(result)?;
     }
+}
+
+/// `task`'s result; if it has not come yet, `gather` is told it waits first.
+pub async fn gather_one(task: TaskRef, gather: &mut impl Gather) -> anyhow::Result<TaskResult> {
+    let mut result = std::pin::pin!(task.get());
+    let ready = std::future::poll_fn(|cx| Poll::Ready(result.as_mut().poll(cx))).await;
+    Ok(match ready {
+        Poll::Ready(result) => result?,
+        Poll::Pending => {
+            gather.waiting()?;
+            result.await?
+        }
+    })
 }
 
 /// What [`submit_in_order`] hands results to.

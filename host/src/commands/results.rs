@@ -6,7 +6,7 @@ use clap::Args;
 use wtrace::cluster::Client;
 
 use super::cluster_args::ClusterArgs;
-use super::common::{OUTPUT_CLOSED, ResultPrinter, output_closed};
+use super::common::{OUTPUT_CLOSED, ResultPrinter, gather_one, output_closed};
 
 /// Print the results of a detached job in the order its tasks were
 /// submitted, waiting for those still running.
@@ -38,7 +38,8 @@ impl ResultsCommand {
             let mut printer = ResultPrinter::new(tasks.len(), "results");
             let print_all = async {
                 for task in tasks {
-                    printer.print(&task.get().await?)?;
+                    let result = gather_one(task, &mut printer).await?;
+                    printer.print(&result)?;
                 }
                 printer.flush()?;
                 anyhow::Ok(())
