@@ -394,14 +394,21 @@ fn events_and_links(out: &mut Vec<u8>, fragments: &mut Fragments, data: &SpanDat
     int(out, data.links.dropped_count);
 }
 
+/// The contract's key whose value no two spans share.
+const TASK_ID: &str = "wtrace.task_id";
+
 fn attributes(out: &mut Vec<u8>, fragments: &mut Fragments, attributes: &[KeyValue]) {
     out.push(b'[');
     for (i, attribute) in attributes.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        fragments.put(out, Fragment::Key, attribute.key.as_str());
+        let key = attribute.key.as_str();
+        fragments.put(out, Fragment::Key, key);
         match &attribute.value {
+            // A task id is new in every span: kept, it would only displace
+            // a fragment that repeats.
+            Value::String(_) if key == TASK_ID => value(out, &attribute.value),
             Value::String(text) => fragments.put(out, Fragment::StringValue, text.as_str()),
             other => value(out, other),
         }
@@ -420,8 +427,8 @@ fn attributes(out: &mut Vec<u8>, fragments: &mut Fragments, attributes: &[KeyVal
 /// text it encodes: the copy, not the address, decides a hit, so the output
 /// is right whatever text comes to sit where another was. A miss encodes
 /// the text and takes the pair's slot used less lately: two texts a span
-/// repeats that fall on one pair both stay, and a text seen once (a task
-/// id) displaces at most one.
+/// repeats that fall on one pair both stay, and a text seen once displaces
+/// at most one. Task ids, new in every span, are not offered at all.
 #[derive(Debug)]
 struct Fragments {
     pairs: Box<[Pair]>,
