@@ -12,6 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use opentelemetry::{KeyValue, StringValue, Value};
 
+/// The span contract's `wtrace.task_id` key: the one attribute no two task
+/// spans share a value of (the encoder does not keep its values).
+pub const TASK_ID: &str = "wtrace.task_id";
+
 /// How many recent strings each thread keeps.
 const KEPT: usize = 8;
 

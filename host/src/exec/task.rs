@@ -728,7 +728,7 @@ pub(crate) fn execute_span(
     attributes.extend([
         KeyValue::new("wtrace.function", crate::attrs::shared(function)),
         KeyValue::new("wtrace.component", component),
-        KeyValue::new("wtrace.task_id", cx.task_id.to_owned()),
+        KeyValue::new(crate::attrs::TASK_ID, cx.task_id.to_owned()),
     ]);
     if cx.attempt > 0 {
         attributes.push(KeyValue::new("wtrace.attempt", i64::from(cx.attempt)));

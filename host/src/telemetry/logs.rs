@@ -163,7 +163,7 @@ impl Origin {
         match self {
             Self::Task { function, task_id } => {
                 record.add_attribute("wtrace.function", function.clone());
-                record.add_attribute("wtrace.task_id", task_id.clone());
+                record.add_attribute(crate::attrs::TASK_ID, task_id.clone());
             }
             Self::Hook(export) => record.add_attribute("wtrace.hook", export.clone()),
         }

@@ -58,7 +58,7 @@ pub fn start_submit(tracer: &SdkTracer, task: SubmitSpan<'_>, parent: &Context) 
         KeyValue::new("wtrace.function", crate::attrs::shared(task.function)),
         KeyValue::new("wtrace.component", task.component),
         KeyValue::new("wtrace.component.digest", task.digest),
-        KeyValue::new("wtrace.task_id", task.task_id.to_owned()),
+        KeyValue::new(crate::attrs::TASK_ID, task.task_id.to_owned()),
     ]);
     if let Some(depth) = task.depth {
         attributes.push(KeyValue::new("wtrace.depth", i64::from(depth)));

@@ -394,9 +394,6 @@ fn events_and_links(out: &mut Vec<u8>, fragments: &mut Fragments, data: &SpanDat
     int(out, data.links.dropped_count);
 }
 
-/// The contract's key whose value no two spans share.
-const TASK_ID: &str = "wtrace.task_id";
-
 fn attributes(out: &mut Vec<u8>, fragments: &mut Fragments, attributes: &[KeyValue]) {
     out.push(b'[');
     for (i, attribute) in attributes.iter().enumerate() {
@@ -408,7 +405,7 @@ fn attributes(out: &mut Vec<u8>, fragments: &mut Fragments, attributes: &[KeyVal
         match &attribute.value {
             // A task id is new in every span: kept, it would only displace
             // a fragment that repeats.
-            Value::String(_) if key == TASK_ID => value(out, &attribute.value),
+            Value::String(_) if key == crate::attrs::TASK_ID => value(out, &attribute.value),
             Value::String(text) => fragments.put(out, Fragment::StringValue, text.as_str()),
             other => value(out, other),
         }
