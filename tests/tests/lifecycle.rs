@@ -261,3 +261,46 @@ fn a_piped_run_shows_each_result_before_waiting_for_the_next() {
     assert!(lines_rx.try_recv().is_err(), "nothing printed twice");
     assert!(wtrace_tests::processes_with_marker(&marker).is_empty());
 }
+
+#[test]
+fn a_one_task_run_starts_one_worker_and_nested_tasks_start_the_rest() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The default is a worker per core: with one, there is nothing to add.
+    if cores < 2 {
+        return;
+    }
+    let run = |call: &str| {
+        let dir = span_dir();
+        let run = Wtrace::new([
+            "run".to_owned(),
+            format!("--tracing-startup-hook={}", guests::FILE_HOOK),
+            format!("--allow-span-dir={}", dir.path().display()),
+            guests::FANOUT.to_owned(),
+            call.to_owned(),
+        ])
+        .env("WTRACE_SPAN_DIR", dir.path())
+        .run();
+        run.success();
+        let files = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| wtrace_tests::is_span_file(&e.as_ref().unwrap().path()))
+            .count();
+        (Spans::read(dir.path()), files)
+    };
+
+    // One task: the driver and a single worker, one process fewer to start.
+    let (spans, files) = run("tree(0, 1)");
+    assert_eq!(spans.named("tree execute").len(), 1);
+    assert_eq!(files, 2, "a span file for the driver and one worker");
+
+    // Its nested tasks queue behind it: more workers start and take them.
+    let (spans, files) = run("spread(4, 300)");
+    let workers: std::collections::HashSet<Option<i64>> = spans
+        .named("busy-for execute")
+        .iter()
+        .map(|s| s.pid)
+        .collect();
+    assert_eq!(spans.named("busy-for execute").len(), 4);
+    assert!(workers.len() >= 2, "the nested tasks ran on {workers:?}");
+    assert_eq!(files, 1 + cores.min(5), "the driver and a worker per core");
+}

@@ -35,6 +35,10 @@ pub const DEFAULT_COMPONENT_STORE: u64 = 1 << 30;
 pub struct LocalClusterOptions {
     /// Worker processes to start.
     pub num_workers: usize,
+    /// How many of them start at once; the rest start when the cluster
+    /// holds more tasks than it has workers (a task fanning out nested
+    /// tasks). `None`: all at once.
+    pub start_workers: Option<usize>,
     /// The tracing startup hook every process runs.
     pub hook: Option<HookComponent>,
     /// Per-task limits.
@@ -66,6 +70,7 @@ impl LocalClusterOptions {
     pub fn new(worker_exe: PathBuf) -> Self {
         Self {
             num_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            start_workers: None,
             hook: None,
             limits: Limits::default(),
             policy: ExportPolicy::default(),
@@ -88,6 +93,8 @@ pub struct LocalCluster {
     head: Head,
     node: Node,
     config: ClusterConfig,
+    /// Workers it may start beyond those started at once.
+    num_workers: usize,
 }
 
 /// A local cluster whose workers are started but held before their hook:
@@ -119,6 +126,7 @@ impl HeldCluster {
             cluster.node.stop(Duration::from_secs(5)).await;
             return Err(error);
         }
+        cluster.grow_on_demand();
         Ok(cluster)
     }
 
@@ -157,8 +165,11 @@ impl LocalCluster {
         };
         let hook = options.hook.as_ref().map(|hook| hook.bytes.to_vec());
         let head = Head::start_held(options.bind, token.clone(), config.clone(), hook).await?;
+        let num_workers = options.num_workers.max(1);
         let node = match Node::spawn(NodeOptions {
-            num_workers: options.num_workers,
+            num_workers: options
+                .start_workers
+                .map_or(num_workers, |n| n.clamp(1, num_workers)),
             worker_exe: options.worker_exe.clone(),
             endpoint: Endpoint::tcp(head.addr()),
             credentials: token.into(),
@@ -173,9 +184,38 @@ impl LocalCluster {
             }
         };
         Ok(HeldCluster {
-            cluster: Self { head, node, config },
+            cluster: Self {
+                head,
+                node,
+                config,
+                num_workers,
+            },
             ready_timeout: options.ready_timeout,
         })
+    }
+
+    /// Starts the workers not started at once as the tasks the head holds
+    /// outnumber the workers, until there are `num_workers`.
+    fn grow_on_demand(&self) {
+        if self.node.started() >= self.num_workers {
+            return;
+        }
+        let (node, most) = (self.node.clone(), self.num_workers);
+        let mut held = self.head.tasks_held();
+        tokio::spawn(async move {
+            while held.changed().await.is_ok() {
+                let tasks = *held.borrow_and_update();
+                if tasks > node.started() {
+                    if let Err(error) = node.grow(tasks.min(most)) {
+                        eprintln!("wtrace: {error}");
+                        return;
+                    }
+                    if node.started() >= most {
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// The head.

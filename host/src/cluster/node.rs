@@ -41,11 +41,18 @@ pub struct NodeOptions {
     pub cache_dir: Option<PathBuf>,
 }
 
-/// A set of running worker processes.
-#[derive(Debug)]
+/// A set of running worker processes. Clones share them: one may
+/// [`Node::grow`] while another waits on or stops the workers.
+#[derive(Debug, Clone)]
 pub struct Node {
     options: NodeOptions,
     stopping: Arc<AtomicBool>,
+    workers: Arc<Mutex<Workers>>,
+}
+
+/// The node's workers, each with the task that watches its process.
+#[derive(Debug, Default)]
+struct Workers {
     slots: Vec<Arc<Mutex<Slot>>>,
     watchers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -75,12 +82,23 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 impl Node {
     /// Starts the workers. They connect to the head by themselves.
     pub fn spawn(options: NodeOptions) -> Result<Self> {
-        let stopping = Arc::new(AtomicBool::new(false));
-        let mut slots = Vec::new();
-        let mut watchers = Vec::new();
-        for index in 1..=options.num_workers {
-            let worker_id = format!("{}-w{index}", options.node_id);
-            let child = spawn_worker(&options, &worker_id)?;
+        let node = Self {
+            stopping: Arc::new(AtomicBool::new(false)),
+            workers: Arc::default(),
+            options,
+        };
+        node.grow(node.options.num_workers)?;
+        Ok(node)
+    }
+
+    /// Starts workers until the node has `to` (replaced ones count as
+    /// one); none once it is stopping.
+    pub fn grow(&self, to: usize) -> Result<()> {
+        let mut workers = self.workers.lock().unwrap();
+        while workers.slots.len() < to && !self.stopping.load(Ordering::SeqCst) {
+            let index = workers.slots.len() + 1;
+            let worker_id = format!("{}-w{index}", self.options.node_id);
+            let child = spawn_worker(&self.options, &worker_id)?;
             let slot = Arc::new(Mutex::new(Slot {
                 worker_id,
                 pid: child.id(),
@@ -89,26 +107,26 @@ impl Node {
                 restarts: 0,
                 quick_deaths: 0,
             }));
-            watchers.push(tokio::spawn(watch(
+            workers.watchers.push(tokio::spawn(watch(
                 child,
                 slot.clone(),
-                options.clone(),
-                stopping.clone(),
+                self.options.clone(),
+                self.stopping.clone(),
                 index,
             )));
-            slots.push(slot);
+            workers.slots.push(slot);
         }
-        Ok(Self {
-            options,
-            stopping,
-            slots,
-            watchers,
-        })
+        Ok(())
+    }
+
+    /// How many workers were started (each replacement in its place).
+    pub fn started(&self) -> usize {
+        self.workers.lock().unwrap().slots.len()
     }
 
     /// The pids of the live workers.
     pub fn pids(&self) -> Vec<u32> {
-        self.slots
+        self.slots()
             .iter()
             .filter_map(|slot| slot.lock().unwrap().pid)
             .collect()
@@ -144,7 +162,7 @@ impl Node {
             if readiness.ready >= self.options.num_workers {
                 return Ok(());
             }
-            for slot in &self.slots {
+            for slot in self.slots() {
                 let slot = slot.lock().unwrap();
                 if let Some(exit) = &slot.exited {
                     return Err(Error::Cluster(format!(
@@ -168,8 +186,15 @@ impl Node {
     /// Waits until every worker has exited for good (told to stop, or its
     /// head gone); crashed workers are replaced meanwhile.
     pub async fn wait(self) {
-        for watcher in self.watchers {
-            let _ = watcher.await;
+        loop {
+            // Taken a few at a time: the node may grow meanwhile.
+            let watchers = std::mem::take(&mut self.workers.lock().unwrap().watchers);
+            if watchers.is_empty() {
+                return;
+            }
+            for watcher in watchers {
+                let _ = watcher.await;
+            }
         }
     }
 
@@ -191,7 +216,12 @@ impl Node {
     pub async fn stop(self, grace: Duration) -> usize {
         self.stopping.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + grace;
-        for (slot, mut watcher) in self.slots.iter().zip(self.watchers) {
+        // No worker is added once `stopping` is set under the lock.
+        let (slots, watchers) = {
+            let mut workers = self.workers.lock().unwrap();
+            (workers.slots.clone(), std::mem::take(&mut workers.watchers))
+        };
+        for (slot, mut watcher) in slots.iter().zip(watchers) {
             let left = deadline.saturating_duration_since(Instant::now());
             if tokio::time::timeout(left, &mut watcher).await.is_err() {
                 if let Some(pid) = slot.lock().unwrap().pid {
@@ -200,10 +230,14 @@ impl Node {
                 let _ = watcher.await;
             }
         }
-        self.slots
+        slots
             .iter()
             .filter(|slot| slot.lock().unwrap().lost_telemetry)
             .count()
+    }
+
+    fn slots(&self) -> Vec<Arc<Mutex<Slot>>> {
+        self.workers.lock().unwrap().slots.clone()
     }
 }
 

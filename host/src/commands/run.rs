@@ -23,7 +23,9 @@ use super::common::{
 pub struct RunCommand {
     #[command(flatten)]
     hook: HookArgs,
-    /// Worker processes to start (default: one per core).
+    /// Worker processes to start (default: one per core, started as tasks
+    /// need them: no more at first than there are invocations, the rest
+    /// when nested tasks queue).
     #[arg(short = 'n', long, value_name = "N")]
     num_workers: Option<usize>,
     /// Run every invocation N times.
@@ -64,9 +66,14 @@ impl RunCommand {
         let mut options = LocalClusterOptions::new(
             std::env::current_exe().context("cannot find the wtrace executable")?,
         );
-        if let Some(n) = self.num_workers {
-            anyhow::ensure!(n > 0, "--num-workers must be at least 1");
-            options.num_workers = n;
+        match self.num_workers {
+            Some(n) => {
+                anyhow::ensure!(n > 0, "--num-workers must be at least 1");
+                options.num_workers = n;
+            }
+            // No more workers at first than tasks: a one-task run starts one
+            // process fewer. Nested tasks start the rest as they queue.
+            None => options.start_workers = Some(unique.len().saturating_mul(self.repeat)),
         }
         options.hook = hook.clone();
         options.limits = limits.clone();
@@ -80,7 +87,7 @@ impl RunCommand {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        rt.block_on(async move {
+        let code = rt.block_on(async move {
             // The workers start at once but are held before their hook while
             // the driver checks the component (its exports and argument
             // types) and runs its own hook; if either fails they are killed
@@ -116,38 +123,25 @@ impl RunCommand {
                     return Err(error);
                 }
             };
-            let outcome = match held.admit().await {
+            let (code, lost) = match held.admit().await {
                 Ok(cluster) => {
                     let invocations = std::iter::repeat_n(unique.as_slice(), self.repeat).flatten();
-                    drive(cluster, telemetry.clone(), &name, bytes, invocations).await
+                    drive(cluster, telemetry, &name, bytes, invocations).await?
                 }
-                Err(error) => Err(error.into()),
-            };
-            let mut lost = false;
-            if let Some(telemetry) = telemetry {
-                lost = tokio::task::spawn_blocking(move || {
-                    let shut = telemetry.shutdown();
-                    let losses = telemetry.losses();
-                    // A failed shutdown that lost spans was just said, plainly.
-                    if let Err(error) = shut
-                        && losses.is_empty()
-                    {
-                        eprintln!("wtrace: {error}");
+                Err(error) => {
+                    if let Some(telemetry) = telemetry {
+                        tokio::task::spawn_blocking(move || flush(&telemetry)).await?;
                     }
-                    !losses.is_empty()
-                })
-                .await?;
-            }
-            let (code, workers_lost) = outcome?;
+                    return Err(error.into());
+                }
+            };
             // Tasks that failed say more than spans that were lost.
-            if self.fail_on_lost_telemetry
-                && (lost || workers_lost > 0)
-                && code == ExitCode::SUCCESS
-            {
-                return Ok(ExitCode::from(EXIT_LOST_TELEMETRY));
+            if self.fail_on_lost_telemetry && lost && code == 0 {
+                return Ok(EXIT_LOST_TELEMETRY);
             }
-            Ok(code)
-        })
+            anyhow::Ok(code)
+        })?;
+        Ok(ExitCode::from(code))
     }
 }
 
@@ -156,17 +150,17 @@ impl RunCommand {
 const EXIT_LOST_TELEMETRY: u8 = 3;
 
 /// Runs the invocations on `cluster`, then stops it: the exit status, and
-/// how many workers said their exporters lost spans.
+/// whether spans were lost (by this process's exporters or a worker's).
 async fn drive<'a>(
     cluster: LocalCluster,
     telemetry: Option<Telemetry>,
     name: &str,
     bytes: Vec<u8>,
     invocations: impl Iterator<Item = &'a Invocation>,
-) -> anyhow::Result<(ExitCode, usize)> {
+) -> anyhow::Result<(u8, bool)> {
     let result = async {
-        let client = match telemetry {
-            Some(t) => cluster.client(Some(t)).await?,
+        let client = match &telemetry {
+            Some(t) => cluster.client(Some(t.clone())).await?,
             None => cluster.client_untraced().await?,
         };
         let digest = client.upload(name, bytes).await?;
@@ -174,19 +168,39 @@ async fn drive<'a>(
         let gather = submit_in_order(&client, &digest, invocations, &mut printer);
         tokio::select! {
             gathered = gather => match gathered {
-                Err(error) if output_closed(&error) => Ok(ExitCode::from(OUTPUT_CLOSED)),
+                Err(error) if output_closed(&error) => Ok(OUTPUT_CLOSED),
                 Err(error) => Err(error),
-                Ok(()) => Ok(if printer.any_failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS }),
+                Ok(()) => Ok(u8::from(printer.any_failed())),
             },
             _ = tokio::signal::ctrl_c() => {
                 // The results printed so far are not held back.
                 let _ = printer.flush();
                 eprintln!("interrupted: stopping workers and flushing spans");
-                Ok(ExitCode::from(130))
+                Ok(130)
             }
         }
     }
     .await;
+    // This process's spans are flushed while the workers flush theirs and
+    // exit, not after.
+    let flushed = telemetry.map(|t| tokio::task::spawn_blocking(move || flush(&t)));
     let workers_lost = cluster.stop().await;
-    result.map(|code| (code, workers_lost))
+    let lost = match flushed {
+        Some(flushed) => flushed.await?,
+        None => false,
+    };
+    result.map(|code| (code, lost || workers_lost > 0))
+}
+
+/// Shuts `telemetry` down, saying why if that failed; whether spans were lost.
+fn flush(telemetry: &Telemetry) -> bool {
+    let shut = telemetry.shutdown();
+    let losses = telemetry.losses();
+    // A failed shutdown that lost spans was just said, plainly.
+    if let Err(error) = shut
+        && losses.is_empty()
+    {
+        eprintln!("wtrace: {error}");
+    }
+    !losses.is_empty()
 }

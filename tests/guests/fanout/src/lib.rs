@@ -11,6 +11,11 @@ wit_bindgen::generate!({
             export call-other: func(digest: string, function: string, args: string) -> result<string, string>;
             /// Submits itself forever, never waiting: a fork bomb.
             export fork-bomb: func() -> result<u32, string>;
+            /// Submits `width` tasks that each keep a worker busy for `ms`,
+            /// and waits for them: how many ran.
+            export spread: func(width: u32, ms: u32) -> result<u32, string>;
+            /// Keeps its worker busy for `ms`.
+            export busy-for: func(ms: u32) -> u32;
         }
     ",
 });
@@ -52,6 +57,25 @@ impl Guest for Fanout {
         loop {
             tasks::submit("fork-bomb", "")?;
         }
+    }
+
+    fn spread(width: u32, ms: u32) -> Result<u32, String> {
+        let children: Vec<tasks::TaskRef> = (0..width)
+            .map(|_| tasks::submit("busy-for", &ms.to_string()))
+            .collect::<Result<_, _>>()?;
+        for child in children {
+            child.get()?;
+        }
+        Ok(width)
+    }
+
+    fn busy_for(ms: u32) -> u32 {
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(ms.into());
+        let mut turns = 0u32;
+        while std::time::Instant::now() < until {
+            turns = turns.wrapping_add(1);
+        }
+        turns
     }
 }
 

@@ -290,6 +290,7 @@ pub struct Head {
     stopped: watch::Receiver<bool>,
     readiness_changed: Arc<tokio::sync::Notify>,
     admission: Arc<watch::Sender<Admission>>,
+    held: watch::Receiver<usize>,
 }
 
 /// Whether workers that connect get the configuration (and so run the
@@ -364,12 +365,13 @@ impl Head {
             .map_err(|e| Error::io("cannot read the head's address", e))?;
         let (events, rx) = mpsc::unbounded_channel();
         let (stopped_tx, stopped) = watch::channel(false);
+        let (held_tx, held) = watch::channel(0);
         let mut state = State::new(config);
         state.hook = hook.map(Arc::new);
         let config = state.config.clone();
         let readiness_changed = state.readiness_changed.clone();
         let next_conn = Arc::new(AtomicU64::new(1));
-        tokio::spawn(run_state(state, rx, stopped_tx));
+        tokio::spawn(run_state(state, rx, stopped_tx, held_tx));
         let (admission, admitted) = watch::channel(admission);
         tokio::spawn(accept(
             listener,
@@ -387,6 +389,7 @@ impl Head {
             stopped,
             readiness_changed,
             admission: Arc::new(admission),
+            held,
         })
     }
 
@@ -449,6 +452,12 @@ impl Head {
     /// time this resolved (at once if it changed meanwhile).
     pub async fn readiness_changed(&self) {
         self.readiness_changed.notified().await;
+    }
+
+    /// How many tasks the head holds (queued, leased or running), as it
+    /// changes: what a node that starts workers on demand watches.
+    pub fn tasks_held(&self) -> watch::Receiver<usize> {
+        self.held.clone()
     }
 
     /// The cluster's state.
@@ -677,9 +686,12 @@ async fn run_state(
     mut state: State,
     mut events: mpsc::UnboundedReceiver<EventBox>,
     stopped: watch::Sender<bool>,
+    held: watch::Sender<usize>,
 ) {
     while let Some(EventBox(event)) = events.recv().await {
         state.handle(event);
+        let now = state.tasks.len();
+        held.send_if_modified(|was| std::mem::replace(was, now) != now);
         if state.stopping && state.workers.is_empty() && !*stopped.borrow() {
             for driver in state.drivers.values() {
                 driver.send(ToDriver::Stopped);
