@@ -93,6 +93,12 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
         sent: link_sent,
     } = transport::connect_worker(&options.endpoint, &options.credentials, info, written).await?;
 
+    // The hook is asked for first: a worker held at its handshake gets the
+    // answer once it is admitted, and makes its engine meanwhile.
+    if let Some(spec) = &config.hook {
+        link.send(FromWorker::Fetch(spec.digest))
+            .map_err(|_| lost())?;
+    }
     let runtime = Runtime::new(config.limits.clone(), options.cache_dir.clone())?;
     let info = WorkerInfo {
         worker_id: options.worker_id.clone(),
@@ -103,7 +109,7 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
         None => None,
         Some(spec) => {
             let ran = async {
-                let bytes = fetch_blob(&link, &mut inbox, &spec.digest).await?;
+                let bytes = receive_blob(&mut inbox, &spec.digest).await?;
                 let hook = spec.with_bytes(bytes)?;
                 // Hooks use synchronous WASI, which must not run on an async thread.
                 let (rt, info, policy) = (runtime.clone(), info.clone(), config.policy.clone());
@@ -222,14 +228,12 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
     Ok(stopped)
 }
 
-/// Asks the cluster for the blob of `digest`, before anything else is asked.
-async fn fetch_blob(
-    link: &mpsc::UnboundedSender<FromWorker>,
+/// The blob of `digest`, asked for before anything else was.
+async fn receive_blob(
     inbox: &mut mpsc::UnboundedReceiver<ToWorker>,
     digest: &Digest,
 ) -> Result<Vec<u8>> {
     let lost = || Error::Cluster(format!("lost the cluster while fetching blob {digest}"));
-    link.send(FromWorker::Fetch(*digest)).map_err(|_| lost())?;
     loop {
         match inbox.recv().await.ok_or_else(lost)? {
             ToWorker::Blob(got, bytes) if got == *digest => {

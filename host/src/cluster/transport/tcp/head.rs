@@ -602,12 +602,6 @@ async fn serve(
         }
     };
     drop(stranger);
-    if matches!(hello, Hello::Worker { .. }) {
-        match admitted.wait_for(|a| *a != Admission::Held).await {
-            Ok(admission) if *admission == Admission::Open => {}
-            _ => return,
-        }
-    }
     reader.set_limit(MAX_FRAME);
     if writer
         .send(&HelloReply::Welcome(Box::new((*config).clone())))
@@ -615,6 +609,14 @@ async fn serve(
         .is_err()
     {
         return;
+    }
+    // A held worker has the configuration (it makes its engine meanwhile)
+    // but joins, and so gets its hook, only once admitted.
+    if matches!(hello, Hello::Worker { .. }) {
+        match admitted.wait_for(|a| *a != Admission::Held).await {
+            Ok(admission) if *admission == Admission::Open => {}
+            _ => return,
+        }
     }
     let closed = CancellationToken::new();
     match hello {
