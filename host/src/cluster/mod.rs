@@ -93,7 +93,7 @@ pub struct LocalCluster {
     head: Head,
     node: Node,
     config: ClusterConfig,
-    /// Workers it may start beyond those started at once.
+    /// The most workers it has, those started at once among them.
     num_workers: usize,
 }
 

@@ -80,7 +80,8 @@ const BACKOFF_STEP: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Node {
-    /// Starts the workers. They connect to the head by themselves.
+    /// Starts `options.num_workers` workers; more with [`Node::grow`].
+    /// They connect to the head by themselves.
     pub fn spawn(options: NodeOptions) -> Result<Self> {
         let node = Self {
             stopping: Arc::new(AtomicBool::new(false)),
