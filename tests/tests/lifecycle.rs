@@ -304,3 +304,23 @@ fn a_one_task_run_starts_one_worker_and_nested_tasks_start_the_rest() {
     assert!(workers.len() >= 2, "the nested tasks ran on {workers:?}");
     assert_eq!(files, 1 + cores.min(5), "the driver and a worker per core");
 }
+
+#[test]
+fn a_worker_started_for_nested_tasks_after_they_are_done_leaves_quietly() {
+    // Three quick tasks: a second worker starts for the two nested ones,
+    // and the run is usually over before it has run its hook.
+    for _ in 0..5 {
+        let dir = span_dir();
+        let run = Wtrace::new([
+            "run".to_owned(),
+            format!("--tracing-startup-hook={}", guests::FILE_HOOK),
+            format!("--allow-span-dir={}", dir.path().display()),
+            guests::FANOUT.to_owned(),
+            "tree(1, 2)".to_owned(),
+        ])
+        .env("WTRACE_SPAN_DIR", dir.path())
+        .run();
+        assert!(run.success().ends_with("ok(2)\n"), "{}", run.stdout);
+        assert!(run.stderr.is_empty(), "nothing said: {}", run.stderr);
+    }
+}

@@ -109,7 +109,9 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
         None => None,
         Some(spec) => {
             let ran = async {
-                let bytes = receive_blob(&mut inbox, &spec.digest).await?;
+                let Some(bytes) = receive_blob(&mut inbox, &spec.digest).await? else {
+                    return Ok(None);
+                };
                 let hook = spec.with_bytes(bytes)?;
                 // Hooks use synchronous WASI, which must not run on an async thread.
                 let (rt, info, policy) = (runtime.clone(), info.clone(), config.policy.clone());
@@ -117,10 +119,14 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
                 tokio::task::spawn_blocking(move || hook.run(&rt, info, &policy, Some(handle)))
                     .await
                     .map_err(|e| Error::Cluster(format!("the hook's thread failed: {e}")))?
+                    .map(Some)
             }
             .await;
             match ran {
-                Ok(telemetry) => Some(telemetry),
+                Ok(Some(telemetry)) => Some(telemetry),
+                // Told to stop before it ran anything (a worker started for
+                // nested tasks that were done by then): nothing to say.
+                Ok(None) => return Ok(Stopped::Told),
                 Err(error) => {
                     let _ = link.send(FromWorker::HookFailed(error.to_string()));
                     drop(link);
@@ -228,20 +234,21 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
     Ok(stopped)
 }
 
-/// The blob of `digest`, asked for before anything else was.
+/// The blob of `digest`, asked for before anything else was; `None` if the
+/// cluster is stopping.
 async fn receive_blob(
     inbox: &mut mpsc::UnboundedReceiver<ToWorker>,
     digest: &Digest,
-) -> Result<Vec<u8>> {
+) -> Result<Option<Vec<u8>>> {
     let lost = || Error::Cluster(format!("lost the cluster while fetching blob {digest}"));
     loop {
         match inbox.recv().await.ok_or_else(lost)? {
             ToWorker::Blob(got, bytes) if got == *digest => {
-                return bytes.ok_or_else(|| {
+                return bytes.map(Some).ok_or_else(|| {
                     Error::Cluster(format!("the cluster does not have blob {digest}"))
                 });
             }
-            ToWorker::Shutdown => return Err(Error::Cluster("the cluster is stopping".into())),
+            ToWorker::Shutdown => return Ok(None),
             _ => {}
         }
     }
