@@ -262,6 +262,20 @@ fn a_piped_run_shows_each_result_before_waiting_for_the_next() {
     assert!(wtrace_tests::processes_with_marker(&marker).is_empty());
 }
 
+/// `wtrace run` of one call of the fan-out guest, spans to files in `dir`,
+/// with the default number of workers.
+fn run_fanout_traced(dir: &std::path::Path, call: &str) -> wtrace_tests::Run {
+    Wtrace::new([
+        "run".to_owned(),
+        format!("--tracing-startup-hook={}", guests::FILE_HOOK),
+        format!("--allow-span-dir={}", dir.display()),
+        guests::FANOUT.to_owned(),
+        call.to_owned(),
+    ])
+    .env("WTRACE_SPAN_DIR", dir)
+    .run()
+}
+
 #[test]
 fn a_one_task_run_starts_one_worker_and_nested_tasks_start_the_rest() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -271,16 +285,7 @@ fn a_one_task_run_starts_one_worker_and_nested_tasks_start_the_rest() {
     }
     let run = |call: &str| {
         let dir = span_dir();
-        let run = Wtrace::new([
-            "run".to_owned(),
-            format!("--tracing-startup-hook={}", guests::FILE_HOOK),
-            format!("--allow-span-dir={}", dir.path().display()),
-            guests::FANOUT.to_owned(),
-            call.to_owned(),
-        ])
-        .env("WTRACE_SPAN_DIR", dir.path())
-        .run();
-        run.success();
+        run_fanout_traced(dir.path(), call).success();
         let files = std::fs::read_dir(dir.path())
             .unwrap()
             .filter(|e| wtrace_tests::is_span_file(&e.as_ref().unwrap().path()))
@@ -311,15 +316,7 @@ fn a_worker_started_for_nested_tasks_after_they_are_done_leaves_quietly() {
     // and the run is usually over before it has run its hook.
     for _ in 0..5 {
         let dir = span_dir();
-        let run = Wtrace::new([
-            "run".to_owned(),
-            format!("--tracing-startup-hook={}", guests::FILE_HOOK),
-            format!("--allow-span-dir={}", dir.path().display()),
-            guests::FANOUT.to_owned(),
-            "tree(1, 2)".to_owned(),
-        ])
-        .env("WTRACE_SPAN_DIR", dir.path())
-        .run();
+        let run = run_fanout_traced(dir.path(), "tree(1, 2)");
         assert!(run.success().ends_with("ok(2)\n"), "{}", run.stdout);
         assert!(run.stderr.is_empty(), "nothing said: {}", run.stderr);
     }
