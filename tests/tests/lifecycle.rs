@@ -307,7 +307,12 @@ fn a_one_task_run_starts_one_worker_and_nested_tasks_start_the_rest() {
         .collect();
     assert_eq!(spans.named("busy-for execute").len(), 4);
     assert!(workers.len() >= 2, "the nested tasks ran on {workers:?}");
-    assert_eq!(files, 1 + cores.min(5), "the driver and a worker per core");
+    // A worker started late may find the run over before its hook: at
+    // least the two that ran tasks wrote span files.
+    assert!(
+        files >= 3,
+        "the driver and the workers that ran tasks: {files}"
+    );
 }
 
 #[test]
