@@ -188,7 +188,7 @@ impl Node {
     /// head gone); crashed workers are replaced meanwhile.
     pub async fn wait(self) {
         loop {
-            // Taken a few at a time: the node may grow meanwhile.
+            // Taken in rounds: the node may grow while a round is awaited.
             let watchers = std::mem::take(&mut self.workers.lock().unwrap().watchers);
             if watchers.is_empty() {
                 return;

@@ -215,15 +215,7 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
     if let Some(telemetry) = telemetry {
         // Exporters may block (OTLP over HTTP); keep the runtime free.
         let lost = tokio::task::spawn_blocking(move || {
-            let shut = telemetry.shutdown();
-            let losses = telemetry.losses();
-            // A failed shutdown that lost spans was just said, plainly.
-            if let Err(error) = shut
-                && losses.is_empty()
-            {
-                eprintln!("wtrace worker (pid {}): {error}", std::process::id());
-            }
-            !losses.is_empty()
+            telemetry.shutdown_at_exit(&format!("wtrace worker (pid {})", std::process::id()))
         })
         .await
         .unwrap_or(false);

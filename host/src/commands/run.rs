@@ -130,7 +130,8 @@ impl RunCommand {
                 }
                 Err(error) => {
                     if let Some(telemetry) = telemetry {
-                        tokio::task::spawn_blocking(move || flush(&telemetry)).await?;
+                        tokio::task::spawn_blocking(move || telemetry.shutdown_at_exit("wtrace"))
+                            .await?;
                     }
                     return Err(error.into());
                 }
@@ -183,24 +184,12 @@ async fn drive<'a>(
     .await;
     // This process's spans are flushed while the workers flush theirs and
     // exit, not after.
-    let flushed = telemetry.map(|t| tokio::task::spawn_blocking(move || flush(&t)));
+    let flushed =
+        telemetry.map(|t| tokio::task::spawn_blocking(move || t.shutdown_at_exit("wtrace")));
     let workers_lost = cluster.stop().await;
     let lost = match flushed {
         Some(flushed) => flushed.await?,
         None => false,
     };
     result.map(|code| (code, lost || workers_lost > 0))
-}
-
-/// Shuts `telemetry` down, saying why if that failed; whether spans were lost.
-fn flush(telemetry: &Telemetry) -> bool {
-    let shut = telemetry.shutdown();
-    let losses = telemetry.losses();
-    // A failed shutdown that lost spans was just said, plainly.
-    if let Err(error) = shut
-        && losses.is_empty()
-    {
-        eprintln!("wtrace: {error}");
-    }
-    !losses.is_empty()
 }

@@ -175,6 +175,20 @@ impl Telemetry {
         spans.and(logs).and(metrics)
     }
 
+    /// [`Telemetry::shutdown`] at the end of a process: a failure is said on
+    /// standard error after `who` (losses were said already). Whether any
+    /// spans were lost.
+    pub fn shutdown_at_exit(&self, who: &str) -> bool {
+        let shut = self.shutdown();
+        let lost = !self.losses().is_empty();
+        if let Err(error) = shut
+            && !lost
+        {
+            eprintln!("{who}: {error}");
+        }
+        lost
+    }
+
     /// Flushes and shuts down every processor and exporter. Spans that end
     /// afterwards are not exported. Then says on standard error, one line
     /// per exporter, what spans were lost, how many, where they were going
