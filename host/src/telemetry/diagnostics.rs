@@ -16,6 +16,15 @@ pub fn report_to_stderr() {
 
 struct Reporter;
 
+/// Writes `line` to standard error in one `write`. The driver and its
+/// workers share standard error and say what they lost while shutting down
+/// at once; `eprintln!` writes a line in pieces, which then interleave.
+pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let line = format!("{line}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 impl<S: Subscriber> Layer<S> for Reporter {
     fn enabled(&self, metadata: &tracing::Metadata<'_>, _: Context<'_, S>) -> bool {
         metadata.target().starts_with("opentelemetry") && *metadata.level() <= Level::WARN
@@ -24,13 +33,13 @@ impl<S: Subscriber> Layer<S> for Reporter {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         let mut line = Line::default();
         event.record(&mut line);
-        eprintln!(
+        say(format_args!(
             "wtrace (pid {}): opentelemetry {}: {}{}",
             std::process::id(),
             event.metadata().level().as_str().to_ascii_lowercase(),
             line.name.unwrap_or_default(),
             line.rest
-        );
+        ));
     }
 }
 

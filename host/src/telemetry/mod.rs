@@ -184,7 +184,7 @@ impl Telemetry {
         if let Err(error) = shut
             && !lost
         {
-            eprintln!("{who}: {error}");
+            diagnostics::say(format_args!("{who}: {error}"));
         }
         lost
     }
@@ -216,7 +216,7 @@ impl Telemetry {
             };
         // Said plainly, one line per exporter that lost spans.
         for loss in self.losses() {
-            eprintln!("wtrace (pid {}): {loss}", std::process::id());
+            diagnostics::say(format_args!("wtrace (pid {}): {loss}", std::process::id()));
         }
         shut
     }

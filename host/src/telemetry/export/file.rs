@@ -260,7 +260,10 @@ impl SpanProcessor for FileBatchProcessor {
         // attribute list is kept for the thread's next task span.
         crate::attrs::recycle(span.attributes);
         if full && let Err(error) = self.shared.sync() {
-            eprintln!("wtrace (pid {}): {error}", std::process::id());
+            crate::telemetry::diagnostics::say(format_args!(
+                "wtrace (pid {}): {error}",
+                std::process::id()
+            ));
         }
     }
 
