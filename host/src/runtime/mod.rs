@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
@@ -128,6 +128,10 @@ struct RuntimeInner {
     engine: Engine,
     limits: Limits,
     cache_dir: Option<PathBuf>,
+    /// `cache_dir`'s directory for this engine's compiled code, named by a
+    /// hash of the engine's settings: made at the first load, as hashing
+    /// them costs more than reading the compiled component's checksum.
+    engine_dir: OnceLock<PathBuf>,
     /// Recently loaded components, at most [`COMPILED_KEPT`], oldest first.
     compiled: Mutex<VecDeque<(Digest, Component)>>,
 }
@@ -186,6 +190,7 @@ impl Runtime {
                 engine,
                 limits,
                 cache_dir,
+                engine_dir: OnceLock::new(),
                 compiled: Mutex::new(VecDeque::new()),
             }),
         })
@@ -224,7 +229,7 @@ impl Runtime {
         }
         check_is_component(name, bytes)?;
         let component = match &self.inner.cache_dir {
-            Some(dir) => self.load_cached(dir, &digest, name, bytes)?,
+            Some(dir) => self.load_cached(self.engine_dir(dir), &digest, name, bytes)?,
             None => self.compile(name, bytes)?,
         };
         let mut kept = lock(&self.inner.compiled);
@@ -256,23 +261,29 @@ impl Runtime {
         })
     }
 
-    /// Loads from `<dir>/<engine hash>/<digest>.cwasm`, compiling and storing
+    /// `<cache_dir>/<engine hash>`, named at the first load.
+    fn engine_dir(&self, cache_dir: &Path) -> &Path {
+        self.inner
+            .engine_dir
+            .get_or_init(|| cache_dir.join(engine_hash(&self.inner.engine)))
+    }
+
+    /// Loads from `<engine_dir>/<digest>.cwasm`, compiling and storing
     /// it first if absent. A lock file keeps processes from compiling the same
     /// component at once.
     fn load_cached(
         &self,
-        dir: &Path,
+        engine_dir: &Path,
         digest: &Digest,
         name: &Path,
         bytes: &[u8],
     ) -> Result<Component> {
-        let engine_dir = dir.join(engine_hash(&self.inner.engine));
         let path = engine_dir.join(format!("{}.cwasm", digest.hex()));
         if let Some(component) = self.deserialize(&path) {
             return Ok(component);
         }
         let cache_error = |e| Error::io(format!("component cache {}", engine_dir.display()), e);
-        crate::private::ensure_private_dir(&engine_dir, 0o700, "the compiled-component cache")
+        crate::private::ensure_private_dir(engine_dir, 0o700, "the compiled-component cache")
             .map_err(Error::Config)?;
         let lock = crate::private::open_append(&engine_dir.join(format!("{}.lock", digest.hex())))
             .map_err(cache_error)?;
