@@ -1359,7 +1359,116 @@ async fn export(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         format!("{exported}/{expected}"),
         "zero dropped",
     );
+    // 1 M spans/s leaves a span 1 µs of the worker's one executor thread.
+    let parts = guest_span_parts(options)?;
+    let total = parts.calls + parts.bridge_and_sdk + parts.encoding + parts.write;
+    report.row(
+        "  where a guest span goes: calls / bridge + SDK span / encoding / write (us)",
+        format!(
+            "{:.2} / {:.2} / {:.2} / {:.2} = {total:.2}",
+            parts.calls, parts.bridge_and_sdk, parts.encoding, parts.write
+        ),
+        "<= 1.00 for 1 M/s",
+    );
     Ok(())
+}
+
+/// Where a guest span of the file-export row spends its time, in µs, each
+/// part timed in this process on one thread as the worker's executor runs
+/// it: the same guest loop (`bench-spans`) untraced (the component calls and
+/// the guest SDK's work), then traced with processors that do more each
+/// time: one that drops the span (the bridge, the SDK span and its hand-off
+/// to the processor), one that only encodes it, and the default hook's file
+/// processor (the encoding and the write).
+struct GuestSpanParts {
+    calls: f64,
+    bridge_and_sdk: f64,
+    encoding: f64,
+    write: f64,
+}
+
+/// A processor that encodes each span as the file processor does and
+/// throws the lines away: the encoding without the write.
+#[derive(Debug, Default)]
+struct EncodeOnly(std::sync::Mutex<wtrace::telemetry::export::LineEncoder>);
+
+impl SpanProcessor for EncodeOnly {
+    fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
+    fn on_end(&self, span: SpanData) {
+        let mut encoder = self.0.lock().expect("encoder");
+        encoder.add(&span);
+        // The file processor's high-water mark: a line at a time.
+        if encoder.encoded_len() > 256 << 10 {
+            std::hint::black_box(encoder.finish());
+        }
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+    fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// [`GuestSpanParts`], medians of five interleaved rounds.
+fn guest_span_parts(options: &Options) -> anyhow::Result<GuestSpanParts> {
+    let n: u32 = if options.quick { 50_000 } else { 200_000 };
+    let dir = tempfile::tempdir()?;
+    let runtime = Runtime::new(
+        Limits {
+            spans_per_task: u32::MAX,
+            open_spans: u32::MAX,
+            ..Limits::default()
+        },
+        None,
+    )?;
+    let linker = TaskLinker::new(&runtime)?;
+    let component = linker.load("span-edges.wasm", &std::fs::read(guests::SPAN_EDGES)?)?;
+    let cx = TaskContext::new("bench");
+    let call = format!("bench-spans({n})");
+    // ns per span of the loop with `telemetry` (none: untraced).
+    let run = |telemetry: Option<&Telemetry>| -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let output = task::execute(&linker, telemetry, &component, "bench-spans", &call, &cx);
+        output.result.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(telemetry) = telemetry {
+            telemetry.shutdown()?;
+        }
+        Ok(started.elapsed().as_nanos() as f64 / f64::from(n) / 1000.0)
+    };
+    let file = dir.path().join("parts.json");
+    let providers: [&dyn Fn() -> anyhow::Result<SdkTracerProvider>; 3] = [
+        &|| {
+            Ok(SdkTracerProvider::builder()
+                .with_span_processor(Discard)
+                .build())
+        },
+        &|| {
+            Ok(SdkTracerProvider::builder()
+                .with_span_processor(EncodeOnly::default())
+                .build())
+        },
+        &|| {
+            let exporter = FileExporter::open(&file)?;
+            Ok(SdkTracerProvider::builder()
+                .with_span_processor(FileBatchProcessor::new(exporter))
+                .build())
+        },
+    ];
+    let mut times: [Vec<f64>; 4] = Default::default();
+    for _ in 0..5 {
+        times[0].push(run(None)?);
+        for (side, provider) in providers.iter().enumerate() {
+            times[side + 1].push(run(Some(&Telemetry::new(provider()?)))?);
+        }
+    }
+    let [untraced, dropped, encoded, written] = times.map(median);
+    Ok(GuestSpanParts {
+        calls: untraced,
+        bridge_and_sdk: dropped - untraced,
+        encoding: encoded - dropped,
+        write: written - encoded,
+    })
 }
 
 /// Runs `tasks` tasks of `per_task` spans each on one worker whose hook is
