@@ -142,7 +142,8 @@ impl SpanExporter for FileExporter {
 }
 
 /// Encoded spans held in memory before a write: past this many bytes, the
-/// thread ending a span writes them itself. A few hundred spans a write;
+/// thread ending a span has the flusher write them, and past twice this
+/// many (the flusher behind), writes them itself. A few hundred spans a write;
 /// small enough that the line being built stays in the core's cache and
 /// its buffer is not regrown into fresh pages (at 2048 spans, 1.6 MB,
 /// regrowing a driver's lines took about 1 400 page faults a run).
@@ -154,9 +155,13 @@ pub const IDLE_FLUSH: Duration = Duration::from_millis(100);
 /// A batch processor for a file: each span is encoded as it ends, on the
 /// thread that ended it, and the encoded spans wait in memory until they are
 /// written as one line: when [`SpanFile::sync`] asks, when [`HIGH_WATER_BYTES`]
-/// of them wait, or after [`IDLE_FLUSH`] at most. No span is ever dropped: there
-/// is no queue to overflow, and a write never waits for a background thread
-/// that the tasks' own work starves of CPU. Encoding at the end, rather than
+/// of them wait, or after [`IDLE_FLUSH`] at most. At the high water the
+/// processor's flusher thread writes the line, so the thread making spans
+/// goes on encoding the next one meanwhile (the write, the kernel copying
+/// the line into the page cache, took as long as the encoding). No span is
+/// ever dropped: there is no queue to overflow, and no span waits for a
+/// background thread that the tasks' own work starves of CPU: past twice
+/// the high water, the ending thread writes itself. Encoding at the end, rather than
 /// at the write, keeps the span data on the core and in the allocator arena
 /// that made it: queued for the writing thread, it cost that thread cache
 /// misses and cross-arena frees, more than the encoding itself.
@@ -179,8 +184,16 @@ struct Shared {
     /// places with the exporter's encoder (both carry the resource), so
     /// spans can end while the line is written.
     pending: Mutex<LineEncoder>,
-    stopped: Mutex<bool>,
+    /// What the flusher is asked to do; `wake` tells it.
+    asked: Mutex<Asked>,
     wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Asked {
+    /// The high water was reached: write now.
+    write: bool,
+    stopped: bool,
 }
 
 impl Shared {
@@ -204,7 +217,7 @@ impl FileBatchProcessor {
         let shared = Arc::new(Shared {
             exporter,
             pending: Mutex::new(LineEncoder::new()),
-            stopped: Mutex::new(false),
+            asked: Mutex::new(Asked::default()),
             wake: Condvar::new(),
         });
         let flusher = {
@@ -212,14 +225,24 @@ impl FileBatchProcessor {
             std::thread::Builder::new()
                 .name("wtrace-span-file".into())
                 .spawn(move || {
-                    let mut stopped = lock(&shared.stopped);
-                    while !*stopped {
-                        stopped = wait_timeout(&shared.wake, stopped, IDLE_FLUSH).0;
-                        drop(stopped);
-                        if !lock(&shared.pending).is_empty() {
-                            let _ = shared.sync();
+                    let mut asked = lock(&shared.asked);
+                    while !asked.stopped {
+                        if !asked.write {
+                            asked = wait_timeout(&shared.wake, asked, IDLE_FLUSH).0;
                         }
-                        stopped = lock(&shared.stopped);
+                        let full = std::mem::take(&mut asked.write);
+                        drop(asked);
+                        if !lock(&shared.pending).is_empty() {
+                            // An idle write's error is counted as a loss and
+                            // said at shutdown; a full one's is said now,
+                            // as the ending thread would have.
+                            if let Err(error) = shared.sync()
+                                && full
+                            {
+                                say_write_error(&error);
+                            }
+                        }
+                        asked = lock(&shared.asked);
                     }
                 })
                 .ok()
@@ -251,19 +274,25 @@ impl SpanProcessor for FileBatchProcessor {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
 
     fn on_end(&self, span: SpanData) {
-        let full = {
+        let waiting = {
             let mut pending = lock(&self.shared.pending);
             pending.add(&span);
-            pending.encoded_len() >= HIGH_WATER_BYTES
+            pending.encoded_len()
         };
         // Freed here, outside the lock, on the thread that made it; its
         // attribute list is kept for the thread's next task span.
         crate::attrs::recycle(span.attributes);
-        if full && let Err(error) = self.shared.sync() {
-            crate::telemetry::diagnostics::say(format_args!(
-                "wtrace (pid {}): {error}",
-                std::process::id()
-            ));
+        if waiting < HIGH_WATER_BYTES {
+            return;
+        }
+        if waiting < 2 * HIGH_WATER_BYTES && self.flusher.is_some() {
+            let mut asked = lock(&self.shared.asked);
+            if !asked.write {
+                asked.write = true;
+                self.shared.wake.notify_one();
+            }
+        } else if let Err(error) = self.shared.sync() {
+            say_write_error(&error);
         }
     }
 
@@ -272,7 +301,7 @@ impl SpanProcessor for FileBatchProcessor {
     }
 
     fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        *lock(&self.shared.stopped) = true;
+        lock(&self.shared.asked).stopped = true;
         self.shared.wake.notify_all();
         self.shared.sync()
     }
@@ -284,13 +313,22 @@ impl SpanProcessor for FileBatchProcessor {
 
 impl Drop for FileBatchProcessor {
     fn drop(&mut self) {
-        *lock(&self.shared.stopped) = true;
+        lock(&self.shared.asked).stopped = true;
         self.shared.wake.notify_all();
         let _ = self.shared.sync();
         if let Some(flusher) = self.flusher.take() {
             let _ = flusher.join();
         }
     }
+}
+
+/// Says on standard error that a line of spans could not be written (the
+/// ledger counts them as lost, and shutdown says so again with the total).
+fn say_write_error(error: &OTelSdkError) {
+    crate::telemetry::diagnostics::say(format_args!(
+        "wtrace (pid {}): {error}",
+        std::process::id()
+    ));
 }
 
 #[cfg(test)]
@@ -328,7 +366,8 @@ mod tests {
     }
 
     /// A burst nobody syncs is written as it grows, in lines of about
-    /// [`HIGH_WATER_BYTES`], and none of it is lost.
+    /// [`HIGH_WATER_BYTES`] (twice that at most, when the flusher is
+    /// behind), and none of it is lost.
     #[test]
     fn a_burst_is_written_as_it_grows_in_lines_of_bounded_size() {
         let dir = tempfile_dir();
@@ -349,8 +388,8 @@ mod tests {
         );
         for line in text.lines() {
             assert!(
-                line.len() < HIGH_WATER_BYTES + 1024,
-                "a line of {} bytes, past the high water of {HIGH_WATER_BYTES}",
+                line.len() < 2 * HIGH_WATER_BYTES + 1024,
+                "a line of {} bytes, past twice the high water of {HIGH_WATER_BYTES}",
                 line.len()
             );
         }
