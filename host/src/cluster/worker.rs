@@ -100,6 +100,12 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
             .map_err(|_| lost())?;
     }
     let runtime = Runtime::new(config.limits.clone(), options.cache_dir.clone())?;
+    // The tasks' linker is built on another thread while this one waits to
+    // be admitted and runs the hook: it needs only the engine.
+    let task_linker = {
+        let (runtime, grants) = (runtime.clone(), config.grants.clone());
+        tokio::task::spawn_blocking(move || TaskLinker::with_grants(&runtime, grants))
+    };
     let info = WorkerInfo {
         worker_id: options.worker_id.clone(),
         node_id: options.node_id.clone(),
@@ -136,7 +142,9 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
             }
         }
     };
-    let linker = TaskLinker::with_grants(&runtime, config.grants.clone())?;
+    let linker = task_linker
+        .await
+        .map_err(|e| Error::Cluster(format!("the task linker's thread failed: {e}")))??;
     link.send(FromWorker::Ready).map_err(|_| lost())?;
 
     let (out, mut out_rx) = mpsc::unbounded_channel::<FromWorker>();
