@@ -19,6 +19,7 @@ use crate::capabilities::provider::WorkerInfo;
 use crate::capabilities::tasks::{NestedResult, NestedTask, Submitted, Submitter};
 use crate::error::{Error, Result};
 use crate::exec::actor::{Actor, ActorIdentity};
+use crate::exec::hook::HookLinker;
 use crate::exec::task::{
     self, TaskComponent, TaskContext, TaskError, TaskErrorKind, TaskLinker, TaskOutput,
 };
@@ -100,11 +101,19 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
             .map_err(|_| lost())?;
     }
     let runtime = Runtime::new(config.limits.clone(), options.cache_dir.clone())?;
-    // The tasks' linker is built on another thread while this one waits to
-    // be admitted and runs the hook: it needs only the engine.
-    let task_linker = {
+    // The linkers are built on another thread while this one waits to be
+    // admitted (and then runs the hook): they need only the engine.
+    let (hook_linker, task_linker) = {
         let (runtime, grants) = (runtime.clone(), config.grants.clone());
-        tokio::task::spawn_blocking(move || TaskLinker::with_grants(&runtime, grants))
+        let wants_hook = config.hook.is_some();
+        let (hook_tx, hook_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::task::spawn_blocking(move || {
+            if wants_hook {
+                let _ = hook_tx.send(HookLinker::new(&runtime));
+            }
+            TaskLinker::with_grants(&runtime, grants)
+        });
+        (hook_rx, task)
     };
     let info = WorkerInfo {
         worker_id: options.worker_id.clone(),
@@ -119,13 +128,18 @@ async fn serve(options: WorkerOptions, handle: tokio::runtime::Handle) -> Result
                     return Ok(None);
                 };
                 let hook = spec.with_bytes(bytes)?;
+                let linker = hook_linker
+                    .await
+                    .map_err(|_| Error::Cluster("the hook linker's thread failed".into()))??;
                 // Hooks use synchronous WASI, which must not run on an async thread.
                 let (rt, info, policy) = (runtime.clone(), info.clone(), config.policy.clone());
                 let handle = handle.clone();
-                tokio::task::spawn_blocking(move || hook.run(&rt, info, &policy, Some(handle)))
-                    .await
-                    .map_err(|e| Error::Cluster(format!("the hook's thread failed: {e}")))?
-                    .map(Some)
+                tokio::task::spawn_blocking(move || {
+                    hook.run_linked(&linker, &rt, info, &policy, Some(handle))
+                })
+                .await
+                .map_err(|e| Error::Cluster(format!("the hook's thread failed: {e}")))?
+                .map(Some)
             }
             .await;
             match ran {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use opentelemetry::trace::SpanContext;
 use wasmtime::Store;
 use wasmtime::component::types::ComponentItem;
-use wasmtime::component::{Component, Type};
+use wasmtime::component::{Component, Linker, Type};
 
 use super::store::{StoreState, hook_linker};
 use crate::capabilities::provider::{ProviderState, WorkerInfo};
@@ -109,6 +109,25 @@ impl HookSpec {
     }
 }
 
+/// What hooks are linked against (WASI, `tracer` and `provider`): built
+/// once a process, and by a worker while it waits for its hook.
+pub struct HookLinker(Linker<StoreState>);
+
+impl HookLinker {
+    /// Builds the linker for `runtime`'s engine.
+    pub fn new(runtime: &Runtime) -> Result<Self> {
+        hook_linker(runtime.engine())
+            .map(Self)
+            .map_err(|e| Error::Config(format!("cannot link hooks: {}", chain(&e))))
+    }
+}
+
+impl fmt::Debug for HookLinker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HookLinker").finish_non_exhaustive()
+    }
+}
+
 /// A hook's component bytes and the export to call.
 #[derive(Debug, Clone)]
 pub struct HookComponent {
@@ -142,10 +161,20 @@ impl HookComponent {
         policy: &ExportPolicy,
         tokio: Option<tokio::runtime::Handle>,
     ) -> Result<Telemetry> {
+        self.run_linked(&HookLinker::new(runtime)?, runtime, info, policy, tokio)
+    }
+
+    /// [`HookComponent::run`] with a linker built beforehand.
+    pub fn run_linked(
+        &self,
+        linker: &HookLinker,
+        runtime: &Runtime,
+        info: WorkerInfo,
+        policy: &ExportPolicy,
+        tokio: Option<tokio::runtime::Handle>,
+    ) -> Result<Telemetry> {
         let component = self.load_component(runtime)?;
-        let linker = hook_linker(runtime.engine())
-            .map_err(|e| self.error(format!("cannot link: {}", chain(&e))))?;
-        let pre = linker.instantiate_pre(&component).map_err(|e| {
+        let pre = linker.0.instantiate_pre(&component).map_err(|e| {
             self.error(format!(
                 "it imports something wtrace does not provide to hooks: {}",
                 chain(&e)
