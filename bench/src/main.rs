@@ -199,14 +199,10 @@ fn file_telemetry(path: &Path) -> anyhow::Result<Telemetry> {
     ))
 }
 
-/// Guest span (two attributes + end through the bridge) against the same
-/// span made with the SDK directly; same processor and file exporter. Two
-/// shapes: attributes known at start (two host calls: `start-span`,
-/// `finish-span`), and attributes set one by one after start (five: start,
-/// two `set-attribute`, `end-span`, the handle's drop).
-fn spans(options: &Options, report: &mut Report) -> anyhow::Result<()> {
-    let n: u32 = if options.quick { 50_000 } else { 200_000 };
-    let dir = tempfile::tempdir()?;
+/// The span-edges test guest, loaded in this process with no bound on the
+/// spans a task may make or hold open: the span rows make hundreds of
+/// thousands in one task.
+fn span_edges_unbounded() -> anyhow::Result<(TaskLinker, task::TaskComponent)> {
     let runtime = Runtime::new(
         Limits {
             spans_per_task: u32::MAX,
@@ -217,6 +213,18 @@ fn spans(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     )?;
     let linker = TaskLinker::new(&runtime)?;
     let component = linker.load("span-edges.wasm", &std::fs::read(guests::SPAN_EDGES)?)?;
+    Ok((linker, component))
+}
+
+/// Guest span (two attributes + end through the bridge) against the same
+/// span made with the SDK directly; same processor and file exporter. Two
+/// shapes: attributes known at start (two host calls: `start-span`,
+/// `finish-span`), and attributes set one by one after start (five: start,
+/// two `set-attribute`, `end-span`, the handle's drop).
+fn spans(options: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let n: u32 = if options.quick { 50_000 } else { 200_000 };
+    let dir = tempfile::tempdir()?;
+    let (linker, component) = span_edges_unbounded()?;
     // Per shape: native ns, guest ns, one pair per round, interleaved.
     let mut early = (Vec::new(), Vec::new());
     let mut late = (Vec::new(), Vec::new());
@@ -1414,16 +1422,7 @@ impl SpanProcessor for EncodeOnly {
 fn guest_span_parts(options: &Options) -> anyhow::Result<GuestSpanParts> {
     let n: u32 = if options.quick { 50_000 } else { 200_000 };
     let dir = tempfile::tempdir()?;
-    let runtime = Runtime::new(
-        Limits {
-            spans_per_task: u32::MAX,
-            open_spans: u32::MAX,
-            ..Limits::default()
-        },
-        None,
-    )?;
-    let linker = TaskLinker::new(&runtime)?;
-    let component = linker.load("span-edges.wasm", &std::fs::read(guests::SPAN_EDGES)?)?;
+    let (linker, component) = span_edges_unbounded()?;
     let cx = TaskContext::new("bench");
     let call = format!("bench-spans({n})");
     // ns per span of the loop with `telemetry` (none: untraced).
