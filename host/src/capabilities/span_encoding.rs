@@ -35,7 +35,11 @@ const RECENT: usize = 16;
 
 impl Recent {
     fn get(&mut self, text: &str) -> Option<&'static str> {
-        if let Some(kept) = self.texts.iter().find(|kept| **kept == text) {
+        if let Some(kept) = self
+            .texts
+            .iter()
+            .find(|kept| crate::attrs::same_text(kept.as_bytes(), text.as_bytes()))
+        {
             return Some(kept);
         }
         let kept = crate::attrs::interned(text)?;

@@ -491,7 +491,10 @@ impl Fragments {
             let first = pair.last;
             for way in [first, first ^ 1] {
                 let slot = &pair.slots[way];
-                if slot.kind == kind && !slot.json.is_empty() && same(&slot.text, text.as_bytes()) {
+                if slot.kind == kind
+                    && !slot.json.is_empty()
+                    && crate::attrs::same_text(&slot.text, text.as_bytes())
+                {
                     out.extend_from_slice(&slot.json);
                     pair.last = way;
                     return;
@@ -532,25 +535,6 @@ impl Fragments {
         slot.text.extend_from_slice(text.as_bytes());
         slot.json.clear();
         slot.json.extend_from_slice(&out[start..]);
-    }
-}
-
-/// Whether `a` and `b` hold the same bytes: texts up to 32 bytes (most
-/// keys and names) are compared eight bytes at a time in place, without a
-/// call to `memcmp`.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    let len = a.len();
-    if len != b.len() {
-        return false;
-    }
-    let word =
-        |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("eight bytes"));
-    let words = |at: usize| word(a, at) == word(b, at);
-    match len {
-        0..8 => a == b,
-        8..=16 => words(0) & words(len - 8),
-        17..=32 => words(0) & words(8) & words(len - 16) & words(len - 8),
-        _ => a == b,
     }
 }
 

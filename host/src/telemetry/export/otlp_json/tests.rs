@@ -331,19 +331,3 @@ fn kept_fragments_follow_the_text_not_its_address() {
         assert_eq!(got, reference(&batch, &resource), "span {i}");
     }
 }
-
-/// The in-place compare of kept texts agrees with `==` for every length a
-/// fragment keeps, wherever two texts differ.
-#[test]
-fn kept_texts_compare_as_slices_do() {
-    for len in 0..80 {
-        let a: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
-        assert!(super::same(&a, &a.clone()));
-        for at in 0..len {
-            let mut b = a.clone();
-            b[at] ^= 1;
-            assert!(!super::same(&a, &b), "differ at {at} of {len}");
-        }
-        assert!(!super::same(&a, &a[..len.saturating_sub(1)]) || len == 0);
-    }
-}
