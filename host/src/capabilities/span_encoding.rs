@@ -34,12 +34,17 @@ pub(crate) struct Recent {
 const RECENT: usize = 16;
 
 impl Recent {
-    fn get(&mut self, text: &str) -> Option<&'static str> {
-        if let Some(kept) = self
-            .texts
+    /// The kept text with these bytes. A kept text is valid UTF-8, so bytes
+    /// found here need no UTF-8 check of their own.
+    fn find(&self, bytes: &[u8]) -> Option<&'static str> {
+        self.texts
             .iter()
-            .find(|kept| crate::attrs::same_text(kept.as_bytes(), text.as_bytes()))
-        {
+            .find(|kept| crate::attrs::same_text(kept.as_bytes(), bytes))
+            .copied()
+    }
+
+    fn get(&mut self, text: &str) -> Option<&'static str> {
+        if let Some(kept) = self.find(text.as_bytes()) {
             return Some(kept);
         }
         let kept = crate::attrs::interned(text)?;
@@ -136,31 +141,42 @@ impl<'a> Reader<'a, '_> {
         Ok(n)
     }
 
-    /// A string, cut to the longest kept.
-    fn str(&mut self) -> Decoded<&'a str> {
-        Ok(cut(self.whole_str()?, self.max))
-    }
-
     fn whole_str(&mut self) -> Decoded<&'a str> {
         let n = self.u32()? as usize;
         let bytes = self.take(n)?;
         std::str::from_utf8(bytes).map_err(Malformed::NotUtf8)
     }
 
+    /// A string, cut to the longest kept: the kept text when it is one of
+    /// the recent texts (looked up by its bytes before any UTF-8 check, as
+    /// a guest repeats the same few), else the text itself.
+    fn kept_or_str(&mut self) -> Decoded<Result<&'static str, &'a str>> {
+        let n = self.u32()? as usize;
+        let bytes = self.take(n)?;
+        if bytes.len() <= self.max
+            && let Some(kept) = self.recent.find(bytes)
+        {
+            return Ok(Ok(kept));
+        }
+        let text = cut(
+            std::str::from_utf8(bytes).map_err(Malformed::NotUtf8)?,
+            self.max,
+        );
+        Ok(self.recent.get(text).ok_or(text))
+    }
+
     /// A string as a span name or key: shared when short and seen before.
     fn name(&mut self) -> Decoded<Cow<'static, str>> {
-        let text = self.str()?;
-        Ok(match self.recent.get(text) {
-            Some(kept) => Cow::Borrowed(kept),
-            None => Cow::Owned(text.to_owned()),
+        Ok(match self.kept_or_str()? {
+            Ok(kept) => Cow::Borrowed(kept),
+            Err(text) => Cow::Owned(text.to_owned()),
         })
     }
 
     fn string_value(&mut self) -> Decoded<StringValue> {
-        let text = self.str()?;
-        Ok(match self.recent.get(text) {
-            Some(kept) => StringValue::from(kept),
-            None => StringValue::from(text.to_owned()),
+        Ok(match self.kept_or_str()? {
+            Ok(kept) => StringValue::from(kept),
+            Err(text) => StringValue::from(text.to_owned()),
         })
     }
 
@@ -382,6 +398,49 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    /// Texts seen before come back as the kept text, found by their bytes
+    /// before any UTF-8 check, and decode exactly as new ones do: cut to the
+    /// limit, and an error when not UTF-8 even beside a kept text.
+    #[test]
+    fn recent_texts_are_shared_and_decode_as_new_ones_do() {
+        let attributes_of = |pairs: &[(&[u8], &[u8])]| {
+            let mut buf = (pairs.len() as u32).to_le_bytes().to_vec();
+            for (key, value) in pairs {
+                buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                buf.extend_from_slice(key);
+                buf.push(0);
+                buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                buf.extend_from_slice(value);
+            }
+            buf
+        };
+        let mut recent = Recent::default();
+        let buf = attributes_of(&[(b"key", b"two"), (b"long-key", b"value")]);
+        let first = attributes(&buf, 4, &mut recent).unwrap();
+        let second = attributes(&buf, 4, &mut recent).unwrap();
+        assert_eq!(first, second);
+        let texts = |kvs: &[KeyValue]| -> Vec<(String, Value)> {
+            kvs.iter()
+                .map(|kv| (kv.key.to_string(), kv.value.clone()))
+                .collect()
+        };
+        assert_eq!(
+            texts(&second),
+            [
+                ("key".to_owned(), Value::from("two")),
+                ("long".to_owned(), Value::from("valu")),
+            ]
+        );
+        assert!(std::ptr::eq(
+            first[0].key.as_str().as_ptr(),
+            second[0].key.as_str().as_ptr()
+        ));
+        // The kept "key" and "two" beside bytes that are not UTF-8.
+        let bad = attributes_of(&[(b"key", b"tw\xff")]);
+        let error = attributes(&bad, 4, &mut recent).err().unwrap();
+        assert!(error.to_string().contains("not UTF-8"), "{error}");
     }
 
     #[test]
