@@ -43,10 +43,8 @@ impl Recent {
             .copied()
     }
 
-    fn get(&mut self, text: &str) -> Option<&'static str> {
-        if let Some(kept) = self.find(text.as_bytes()) {
-            return Some(kept);
-        }
+    /// `text` interned and kept, for a text [`Self::find`] did not find.
+    fn keep(&mut self, text: &str) -> Option<&'static str> {
         let kept = crate::attrs::interned(text)?;
         if self.texts.len() == RECENT {
             self.texts.remove(0);
@@ -153,16 +151,21 @@ impl<'a> Reader<'a, '_> {
     fn kept_or_str(&mut self) -> Decoded<Result<&'static str, &'a str>> {
         let n = self.u32()? as usize;
         let bytes = self.take(n)?;
-        if bytes.len() <= self.max
-            && let Some(kept) = self.recent.find(bytes)
-        {
+        let whole = bytes.len() <= self.max;
+        if whole && let Some(kept) = self.recent.find(bytes) {
             return Ok(Ok(kept));
         }
         let text = cut(
             std::str::from_utf8(bytes).map_err(Malformed::NotUtf8)?,
             self.max,
         );
-        Ok(self.recent.get(text).ok_or(text))
+        // A cut text has not been looked up yet; a whole one has, in vain.
+        let found = if whole {
+            None
+        } else {
+            self.recent.find(text.as_bytes())
+        };
+        Ok(found.or_else(|| self.recent.keep(text)).ok_or(text))
     }
 
     /// A string as a span name or key: shared when short and seen before.
@@ -433,10 +436,13 @@ mod tests {
                 ("long".to_owned(), Value::from("valu")),
             ]
         );
-        assert!(std::ptr::eq(
-            first[0].key.as_str().as_ptr(),
-            second[0].key.as_str().as_ptr()
-        ));
+        // Whole and cut keys alike are shared.
+        for i in 0..2 {
+            assert!(std::ptr::eq(
+                first[i].key.as_str().as_ptr(),
+                second[i].key.as_str().as_ptr()
+            ));
+        }
         // The kept "key" and "two" beside bytes that are not UTF-8.
         let bad = attributes_of(&[(b"key", b"tw\xff")]);
         let error = attributes(&bad, 4, &mut recent).err().unwrap();
