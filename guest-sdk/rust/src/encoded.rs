@@ -14,13 +14,51 @@ pub trait AttributeValue {
     fn encode(&self, out: &mut Vec<u8>);
 }
 
+/// Appends `bytes`. In a guest, `memcpy` is wasm's `memory.copy`, a call
+/// out to the engine that costs more than copying a few bytes; built for
+/// size (`opt-level = "s"`), even the fixed-size `extend_from_slice` of a
+/// length reaches it, and pushing byte by byte costs more still. So the
+/// encoding's short pieces (tags, lengths, names, keys, short values) are
+/// copied as one or two fixed-size loads and stores.
+#[inline(always)]
+pub(crate) fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    let n = bytes.len();
+    if n > 16 {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    out.reserve(n);
+    let at = out.len();
+    let src = bytes.as_ptr();
+    #[allow(unsafe_code)]
+    // SAFETY: `reserve` made room for `n` more bytes after `at`; each copy
+    // reads within `bytes` and writes within `at..at + n` (the two copies of
+    // a size overlap where `n` is less than twice it), so all of
+    // `at..at + n` is written before the length covers it.
+    unsafe {
+        let dst = out.as_mut_ptr().add(at);
+        let copy = |size: usize| {
+            std::ptr::copy_nonoverlapping(src, dst, size);
+            std::ptr::copy_nonoverlapping(src.add(n - size), dst.add(n - size), size);
+        };
+        match n {
+            8.. => copy(8),
+            4.. => copy(4),
+            2.. => copy(2),
+            1 => copy(1),
+            0 => {}
+        }
+        out.set_len(at + n);
+    }
+}
+
 fn str(out: &mut Vec<u8>, text: &str) {
-    out.extend_from_slice(&(text.len() as u32).to_le_bytes());
-    out.extend_from_slice(text.as_bytes());
+    put(out, &(text.len() as u32).to_le_bytes());
+    put(out, text.as_bytes());
 }
 
 fn count(out: &mut Vec<u8>, n: usize) {
-    out.extend_from_slice(&(n as u32).to_le_bytes());
+    put(out, &(n as u32).to_le_bytes());
 }
 
 fn string_list<S: AsRef<str>>(out: &mut Vec<u8>, list: &[S]) {
@@ -46,24 +84,24 @@ attribute_value! {
     &str => |v, out| { out.push(0); str(out, v) },
     String => |v, out| { out.push(0); str(out, v) },
     &String => |v, out| { out.push(0); str(out, v) },
-    bool => |v, out| out.extend_from_slice(&[1, u8::from(*v)]),
-    i64 => |v, out| { out.push(2); out.extend_from_slice(&v.to_le_bytes()) },
+    bool => |v, out| put(out, &[1, u8::from(*v)]),
+    i64 => |v, out| { out.push(2); put(out, &v.to_le_bytes()) },
     i32 => |v, out| i64::from(*v).encode(out),
     u32 => |v, out| i64::from(*v).encode(out),
     usize => |v, out| i64::try_from(*v).unwrap_or(i64::MAX).encode(out),
     u64 => |v, out| i64::try_from(*v).unwrap_or(i64::MAX).encode(out),
-    f64 => |v, out| { out.push(3); out.extend_from_slice(&v.to_bits().to_le_bytes()) },
+    f64 => |v, out| { out.push(3); put(out, &v.to_bits().to_le_bytes()) },
     Vec<String> => |v, out| string_list(out, v),
     &[&str] => |v, out| string_list(out, v),
     Vec<i64> => |v, out| {
         out.push(5);
         count(out, v.len());
-        v.iter().for_each(|i| out.extend_from_slice(&i.to_le_bytes()));
+        v.iter().for_each(|i| put(out, &i.to_le_bytes()));
     },
     Vec<f64> => |v, out| {
         out.push(6);
         count(out, v.len());
-        v.iter().for_each(|f| out.extend_from_slice(&f.to_bits().to_le_bytes()));
+        v.iter().for_each(|f| put(out, &f.to_bits().to_le_bytes()));
     },
     Vec<bool> => |v, out| {
         out.push(7);
@@ -168,4 +206,25 @@ pub fn start(
     head(out, kind, name);
     attributes(out, attrs);
     tail(out, links, parent);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::put;
+
+    #[test]
+    fn short_pieces_are_appended_as_extend_from_slice_appends_them() {
+        let source: Vec<u8> = (1..=40).collect();
+        for before in [0, 1, 3, 8, 13] {
+            for len in 0..=source.len() {
+                // A buffer full to capacity, so `put` must grow it too.
+                let mut put_into: Vec<u8> = vec![0xee; before];
+                put_into.shrink_to_fit();
+                let mut expected = put_into.clone();
+                put(&mut put_into, &source[..len]);
+                expected.extend_from_slice(&source[..len]);
+                assert_eq!(put_into, expected, "{len} bytes after {before}");
+            }
+        }
+    }
 }

@@ -129,7 +129,7 @@ impl SpanBuilder {
         let mut encoded = SPARE.take();
         encoded.clear();
         encoded::head(&mut encoded, None, name.as_ref());
-        encoded.extend_from_slice(&[0; 4]);
+        encoded::put(&mut encoded, &[0; 4]);
         Self {
             encoded,
             attributes: 0,
