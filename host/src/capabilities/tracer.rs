@@ -19,7 +19,8 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{SdkTracer, Span as SdkSpan};
-use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime::StoreContextMut;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable, WasmList};
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -183,6 +184,8 @@ pub struct SpanBridge {
     parent_cx: Option<Context>,
     /// Texts of encoded spans decoded lately.
     recent: span_encoding::Recent,
+    /// The bytes of the last encoded call, copied out of the guest's memory.
+    encoded: Vec<u8>,
     /// Where the task's log records go, told which span is current.
     log: Option<Arc<TaskLog>>,
 }
@@ -202,6 +205,7 @@ impl SpanBridge {
             dropped: 0,
             parent_cx: None,
             recent: span_encoding::Recent::default(),
+            encoded: Vec::new(),
             log: None,
         }
     }
@@ -545,6 +549,63 @@ pub struct Bridge<'a> {
     pub state: &'a mut SpanBridge,
 }
 
+impl Bridge<'_> {
+    /// `start-span-encoded`.
+    fn start_encoded(&mut self, encoded: &[u8]) -> wasmtime::Result<u64> {
+        let _call = host_call("wtrace:tracing/tracer#start-span-encoded");
+        let max = self.state.limits.attribute_value_length as usize;
+        let malformed = |why: span_encoding::Malformed| {
+            wasmtime::format_err!("start-span-encoded: a malformed span description: {why}")
+        };
+        if !self.state.records_next() {
+            // Not recorded: only the name is kept (for error messages).
+            let name =
+                span_encoding::name(encoded, max, &mut self.state.recent).map_err(malformed)?;
+            let (kind, attributes) = (SpanKind::Internal, Vec::new());
+            let id = self
+                .state
+                .start_with(name, kind, attributes, Vec::new(), None)?;
+            return Ok(id);
+        }
+        let mut start =
+            span_encoding::start(encoded, max, &mut self.state.recent).map_err(malformed)?;
+        if matches!(start.parent, Some(None)) {
+            start
+                .attributes
+                .push(KeyValue::new("wtrace.invalid_parent", true));
+        }
+        let id = self.state.start_with(
+            start.name,
+            start.kind,
+            start.attributes,
+            start.links,
+            start.parent.flatten(),
+        )?;
+        Ok(id)
+    }
+
+    /// `finish-span-encoded`.
+    fn finish_encoded(
+        &mut self,
+        span: u64,
+        attributes: &[u8],
+    ) -> wasmtime::Result<Result<(), String>> {
+        let _call = host_call("wtrace:tracing/tracer#finish-span-encoded");
+        let max = self.state.limits.attribute_value_length as usize;
+        let recent = &mut self.state.recent;
+        let attributes = span_encoding::attributes(attributes, max, recent).map_err(|why| {
+            wasmtime::format_err!("finish-span-encoded: malformed attributes: {why}")
+        })?;
+        if !attributes.is_empty() {
+            self.state
+                .with_span(span, |sdk, _| sdk.set_attributes(attributes));
+        }
+        let result = self.state.end(span, false);
+        self.state.spans.release_if_done(span);
+        Ok(result)
+    }
+}
+
 impl tracer::Host for Bridge<'_> {
     fn start_span(
         &mut self,
@@ -580,36 +641,7 @@ impl tracer::Host for Bridge<'_> {
     }
 
     fn start_span_encoded(&mut self, encoded: Vec<u8>) -> wasmtime::Result<u64> {
-        let _call = host_call("wtrace:tracing/tracer#start-span-encoded");
-        let max = self.state.limits.attribute_value_length as usize;
-        let malformed = |why: span_encoding::Malformed| {
-            wasmtime::format_err!("start-span-encoded: a malformed span description: {why}")
-        };
-        if !self.state.records_next() {
-            // Not recorded: only the name is kept (for error messages).
-            let name =
-                span_encoding::name(&encoded, max, &mut self.state.recent).map_err(malformed)?;
-            let (kind, attributes) = (SpanKind::Internal, Vec::new());
-            let id = self
-                .state
-                .start_with(name, kind, attributes, Vec::new(), None)?;
-            return Ok(id);
-        }
-        let mut start =
-            span_encoding::start(&encoded, max, &mut self.state.recent).map_err(malformed)?;
-        if matches!(start.parent, Some(None)) {
-            start
-                .attributes
-                .push(KeyValue::new("wtrace.invalid_parent", true));
-        }
-        let id = self.state.start_with(
-            start.name,
-            start.kind,
-            start.attributes,
-            start.links,
-            start.parent.flatten(),
-        )?;
-        Ok(id)
+        self.start_encoded(&encoded)
     }
 
     fn finish_span_encoded(
@@ -617,19 +649,7 @@ impl tracer::Host for Bridge<'_> {
         span: u64,
         attributes: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
-        let _call = host_call("wtrace:tracing/tracer#finish-span-encoded");
-        let max = self.state.limits.attribute_value_length as usize;
-        let recent = &mut self.state.recent;
-        let attributes = span_encoding::attributes(&attributes, max, recent).map_err(|why| {
-            wasmtime::format_err!("finish-span-encoded: malformed attributes: {why}")
-        })?;
-        if !attributes.is_empty() {
-            self.state
-                .with_span(span, |sdk, _| sdk.set_attributes(attributes));
-        }
-        let result = self.state.end(span, false);
-        self.state.spans.release_if_done(span);
-        Ok(result)
+        self.finish_encoded(span, &attributes)
     }
 
     fn span_handle(&mut self, span: u64) -> wasmtime::Result<Resource<GuestSpan>> {
@@ -748,7 +768,59 @@ pub fn add_to_linker<T: 'static>(
     view: fn(&mut T) -> Bridge<'_>,
 ) -> wasmtime::Result<()> {
     tracer::add_to_linker::<T, BridgeData>(linker, view)?;
-    types::add_to_linker::<T, BridgeData>(linker, view)
+    types::add_to_linker::<T, BridgeData>(linker, view)?;
+    add_encoded_calls_in_place(linker, view)
+}
+
+/// Redefines the two calls every SDK span makes to take their bytes where
+/// the guest put them: the generated bindings lift a `list<u8>` into a new
+/// `Vec` each call, an allocation and a free per call; these copy it into
+/// a buffer the bridge keeps.
+fn add_encoded_calls_in_place<T: 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> Bridge<'_>,
+) -> wasmtime::Result<()> {
+    /// The bytes of `list`, in the bridge's buffer (given back after the call).
+    fn copy_in<T: 'static>(
+        store: &mut StoreContextMut<'_, T>,
+        view: fn(&mut T) -> Bridge<'_>,
+        list: &WasmList<u8>,
+    ) -> Vec<u8> {
+        let mut bytes = std::mem::take(&mut view(store.data_mut()).state.encoded);
+        bytes.clear();
+        bytes.extend_from_slice(list.as_le_slice(&*store));
+        bytes
+    }
+    /// Gives `bytes` back to the bridge, unless a guest made them large.
+    fn keep(bridge: Bridge<'_>, bytes: Vec<u8>) {
+        if bytes.capacity() <= 64 << 10 {
+            bridge.state.encoded = bytes;
+        }
+    }
+    linker.allow_shadowing(true);
+    let mut tracer = linker.instance("wtrace:tracing/tracer@0.1.0")?;
+    tracer.func_wrap(
+        "start-span-encoded",
+        move |mut store: StoreContextMut<'_, T>, (encoded,): (WasmList<u8>,)| {
+            let bytes = copy_in(&mut store, view, &encoded);
+            let mut bridge = view(store.data_mut());
+            let id = bridge.start_encoded(&bytes);
+            keep(bridge, bytes);
+            Ok((id?,))
+        },
+    )?;
+    tracer.func_wrap(
+        "finish-span-encoded",
+        move |mut store: StoreContextMut<'_, T>, (span, attributes): (u64, WasmList<u8>)| {
+            let bytes = copy_in(&mut store, view, &attributes);
+            let mut bridge = view(store.data_mut());
+            let result = bridge.finish_encoded(span, &bytes);
+            keep(bridge, bytes);
+            Ok((result?,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 fn span_kind(kind: types::SpanKind) -> SpanKind {
