@@ -172,8 +172,13 @@ fn start(dir: &Path, options: &ChaosOptions) -> Cluster {
             "--timeout=500ms",
             "--max-memory=64M",
             "--max-result-size=1M",
-            // Random kills may hit one task several times.
-            "--max-retries=20",
+            // Random kills may hit one task several times, a slow attack
+            // (500 ms to its timeout, and longer on a loaded machine) most
+            // of all: a kill every 400 ms of one of two workers hits its
+            // attempt more often than not. At 20 retries a loaded run lost
+            // one such task to 21 kills in a row (a chance of a few in a
+            // hundred there); at 100 that takes more than the run's kills.
+            "--max-retries=100",
         ],
         &[
             ("WTRACE_SPAN_DIR", dir.to_str().unwrap()),
