@@ -203,9 +203,6 @@ pub(crate) fn start_raw(name: &str, options: &SpanOptions) -> Open {
     Open::new(id)
 }
 
-/// No attributes, encoded: a count of zero.
-const NO_ATTRIBUTES: [u8; 4] = [0; 4];
-
 /// A span this guest started, known by its number; the handle the methods
 /// of `span` need is asked for the first time one is called, so a span
 /// that is only started and ended costs two host calls and no handle.
@@ -240,7 +237,8 @@ impl Open {
             return raw::finish_span(handle, attributes);
         }
         if attributes.is_empty() {
-            return raw::finish_span_encoded(self.id, &NO_ATTRIBUTES);
+            // No bytes: no attributes, and nothing for the host to copy.
+            return raw::finish_span_encoded(self.id, &[]);
         }
         let mut encoded = Vec::new();
         encoded::attributes(&mut encoded, attributes);

@@ -328,8 +328,12 @@ fn head(reader: &mut Reader<'_, '_>) -> Decoded<(SpanKind, Cow<'static, str>)> {
     Ok((kind, reader.name()?))
 }
 
-/// Decodes attributes alone.
+/// Decodes attributes alone; no bytes at all are no attributes (as a count
+/// of 0 is), so the usual end of a span carries nothing to copy.
 pub(crate) fn attributes(bytes: &[u8], max: usize, recent: &mut Recent) -> Decoded<Vec<KeyValue>> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut reader = Reader { bytes, max, recent };
     let attributes = reader.attributes()?;
     reader.end()?;
@@ -339,6 +343,18 @@ pub(crate) fn attributes(bytes: &[u8], max: usize, recent: &mut Recent) -> Decod
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_bytes_and_a_count_of_zero_are_no_attributes_and_a_short_count_is_malformed() {
+        let recent = &mut Recent::default();
+        assert!(attributes(&[], 8, recent).unwrap().is_empty());
+        assert!(attributes(&[0; 4], 8, recent).unwrap().is_empty());
+        assert!(attributes(&[0; 3], 8, recent).is_err());
+        assert!(
+            attributes(&[0; 5], 8, recent).is_err(),
+            "a byte after the end"
+        );
+    }
 
     fn str(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(&(s.len() as u32).to_le_bytes());
