@@ -772,6 +772,9 @@ pub fn add_to_linker<T: 'static>(
     add_encoded_calls_in_place(linker, view)
 }
 
+/// The most of an encoded call's buffer the bridge keeps for the next call.
+const KEPT_ENCODED_BYTES: usize = 64 << 10;
+
 /// Redefines the two calls every SDK span makes to take their bytes where
 /// the guest put them: the generated bindings lift a `list<u8>` into a new
 /// `Vec` each call, an allocation and a free per call; these copy it into
@@ -788,12 +791,16 @@ fn add_encoded_calls_in_place<T: 'static>(
     ) -> Vec<u8> {
         let mut bytes = std::mem::take(&mut view(store.data_mut()).state.encoded);
         bytes.clear();
-        bytes.extend_from_slice(list.as_le_slice(&*store));
+        // An empty list (the usual end of a span) needs no look at the
+        // guest's memory, which costs a lookup of its own.
+        if list.len() > 0 {
+            bytes.extend_from_slice(list.as_le_slice(&*store));
+        }
         bytes
     }
     /// Gives `bytes` back to the bridge, unless a guest made them large.
     fn keep(bridge: Bridge<'_>, bytes: Vec<u8>) {
-        if bytes.capacity() <= 64 << 10 {
+        if bytes.capacity() <= KEPT_ENCODED_BYTES {
             bridge.state.encoded = bytes;
         }
     }
@@ -812,10 +819,6 @@ fn add_encoded_calls_in_place<T: 'static>(
     tracer.func_wrap(
         "finish-span-encoded",
         move |mut store: StoreContextMut<'_, T>, (span, attributes): (u64, WasmList<u8>)| {
-            if attributes.len() == 0 {
-                // The usual end: nothing to look up in the guest's memory.
-                return Ok((view(store.data_mut()).finish_encoded(span, &[])?,));
-            }
             let bytes = copy_in(&mut store, view, &attributes);
             let mut bridge = view(store.data_mut());
             let result = bridge.finish_encoded(span, &bytes);

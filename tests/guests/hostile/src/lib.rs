@@ -20,6 +20,7 @@ wit_bindgen::generate!({
             export deep-spans: func(n: u32) -> u32;
             export stale-handle: func();
             export stale-span-numbers: func() -> list<string>;
+            export malformed-encoded-span: func(at-end: bool);
             export out-of-order: func();
             export huge-result: func(mib: u32) -> string;
             export echo: func(value: string) -> u32;
@@ -235,6 +236,21 @@ impl Guest for Hostile {
             raw::finish_span_encoded(first, &no_attributes)
         ));
         said
+    }
+
+    fn malformed_encoded_span(at_end: bool) {
+        // Bytes no encoder writes: a trap that names the call, never a
+        // span made of them.
+        if at_end {
+            let mut start = Vec::new();
+            wtrace_guest::encoded::start(&mut start, None, "to-finish", &[], &[], None);
+            let id = raw::start_span_encoded(&start);
+            // A count of one attribute, and nothing after it.
+            raw::finish_span_encoded(id, &1u32.to_le_bytes()).ok();
+        } else {
+            // A kind and half of a name's length.
+            raw::start_span_encoded(&[0, 5, 0]);
+        }
     }
 
     fn out_of_order() {
