@@ -304,20 +304,13 @@ fn span_floods_are_dropped_and_counted() {
     );
     // The two encoded calls read the guest's bytes in place: what no
     // encoder writes traps the task with the call's own error.
-    failed_with(
-        &attack(&cluster, "malformed-encoded-span(false)"),
-        &[
-            "malformed-encoded-span: trapped",
-            "start-span-encoded: a malformed span description",
-        ],
-    );
-    failed_with(
-        &attack(&cluster, "malformed-encoded-span(true)"),
-        &[
-            "malformed-encoded-span: trapped",
-            "finish-span-encoded: malformed attributes",
-        ],
-    );
+    for (at_end, says) in [
+        (false, "start-span-encoded: a malformed span description"),
+        (true, "finish-span-encoded: malformed attributes"),
+    ] {
+        let run = attack(&cluster, &format!("malformed-encoded-span({at_end})"));
+        failed_with(&run, &["malformed-encoded-span: trapped", says]);
+    }
     let run = attack(&cluster, "stale-span-numbers()");
     let numbers = run.success();
     let said: Vec<&str> = numbers
