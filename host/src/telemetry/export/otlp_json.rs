@@ -13,10 +13,11 @@
 //! `opentelemetry-proto`'s serde encoding, field for field and byte for
 //! byte; a property test holds it to that.
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceState};
-use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
+use opentelemetry::{Array, InstrumentationScope, Key, KeyValue, StringValue, Value};
 use opentelemetry_proto::tonic::common::v1 as proto;
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_sdk::Resource;
@@ -318,7 +319,7 @@ fn span(out: &mut Vec<u8>, fragments: &mut Fragments, data: &SpanData) {
             out.extend_from_slice(br#","name":"#);
         }
     }
-    fragments.put(out, Fragment::String, &data.name);
+    fragments.put(out, Fragment::String, Text::from(&data.name));
     out.extend_from_slice(match data.span_kind {
         SpanKind::Internal => br#","kind":1,"startTimeUnixNano":""#,
         SpanKind::Server => br#","kind":2,"startTimeUnixNano":""#,
@@ -366,7 +367,7 @@ fn events_and_links(out: &mut Vec<u8>, fragments: &mut Fragments, data: &SpanDat
         out.extend_from_slice(br#"{"timeUnixNano":""#);
         int(out, unix_nanos(event.timestamp));
         out.extend_from_slice(br#"","name":"#);
-        fragments.put(out, Fragment::String, &event.name);
+        fragments.put(out, Fragment::String, Text::from(&event.name));
         out.extend_from_slice(br#","attributes":"#);
         attributes(out, fragments, &event.attributes);
         out.extend_from_slice(br#","droppedAttributesCount":"#);
@@ -401,12 +402,12 @@ fn attributes(out: &mut Vec<u8>, fragments: &mut Fragments, attributes: &[KeyVal
             out.push(b',');
         }
         let key = attribute.key.as_str();
-        fragments.put(out, Fragment::Key, key);
+        fragments.put(out, Fragment::Key, Text::Key(&attribute.key));
         match &attribute.value {
             // A task id is new in every span: kept, it would only displace
             // a fragment that repeats.
             Value::String(_) if key == crate::attrs::TASK_ID => value(out, &attribute.value),
-            Value::String(text) => fragments.put(out, Fragment::StringValue, text.as_str()),
+            Value::String(text) => fragments.put(out, Fragment::StringValue, Text::Value(text)),
             other => value(out, other),
         }
         out.push(b'}');
@@ -416,16 +417,21 @@ fn attributes(out: &mut Vec<u8>, fragments: &mut Fragments, attributes: &[KeyVal
 
 /// JSON fragments of the texts a process repeats in span after span
 /// (contract keys, span names, function and component names, digests),
-/// encoded once and then copied: a hit costs a compare and one copy
+/// encoded once and then copied: a hit costs a look-up and one copy
 /// instead of an escape scan and the fragment's assembly, piece by piece.
 ///
 /// A text's pair of slots is chosen by its address and length, where a
-/// shared or static text sits every time, and a slot keeps a copy of the
-/// text it encodes: the copy, not the address, decides a hit, so the output
-/// is right whatever text comes to sit where another was. A miss encodes
-/// the text and takes the pair's slot used less lately: two texts a span
-/// repeats that fall on one pair both stay, and a text seen once displaces
-/// at most one. Task ids, new in every span, are not offered at all.
+/// shared or static text sits every time. A slot keeps a copy of the text
+/// it encodes, and, when it can, what owns the text's memory: a clone of
+/// the key or string value (for a shared one, a count on its `Arc`), or
+/// nothing for a `&'static str`. While a slot holds that memory no other
+/// text can come to sit there, so the same address and length are the
+/// same text and a hit needs no compare; any other text is compared with
+/// the copy, so the output is right whatever text comes to sit where
+/// another was. A miss encodes the text and takes the pair's slot used less
+/// lately: two texts a span repeats that fall on one pair both stay, and a
+/// text seen once displaces at most one. Task ids, new in every span, are
+/// not offered at all.
 #[derive(Debug)]
 struct Fragments {
     pairs: Box<[Pair]>,
@@ -449,12 +455,104 @@ enum Fragment {
     String,
 }
 
+/// A text offered to [`Fragments::put`], with what owns its memory.
+#[derive(Debug, Clone, Copy)]
+enum Text<'a> {
+    /// Memory that is never freed: a name made once for good.
+    Static(&'static str),
+    /// An attribute's key.
+    Key(&'a Key),
+    /// An attribute's string value.
+    Value(&'a StringValue),
+    /// Anything else: only ever compared.
+    Other(&'a str),
+}
+
+impl Text<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Text::Static(text) => text,
+            Text::Key(key) => key.as_str(),
+            Text::Value(value) => value.as_str(),
+            Text::Other(text) => text,
+        }
+    }
+
+    /// What a slot keeps so that the text's memory stays the text's.
+    fn owner(&self) -> Owner {
+        match self {
+            Text::Static(_) => Owner::Static,
+            Text::Key(key) => Owner::Key((*key).clone()),
+            Text::Value(value) => Owner::Value((*value).clone()),
+            Text::Other(_) => Owner::None,
+        }
+    }
+}
+
+impl<'a> From<&'a Cow<'static, str>> for Text<'a> {
+    fn from(name: &'a Cow<'static, str>) -> Self {
+        match name {
+            Cow::Borrowed(name) => Text::Static(name),
+            Cow::Owned(name) => Text::Other(name),
+        }
+    }
+}
+
+/// What keeps a slot's text where it is (see [`Fragments`]).
+#[derive(Debug)]
+enum Owner {
+    /// Nothing does: the slot's text is only compared.
+    None,
+    /// The text is never freed.
+    Static,
+    Key(Key),
+    Value(StringValue),
+}
+
+impl Owner {
+    /// The address and length of the text it keeps, if it keeps one.
+    fn text(&self) -> Option<(usize, usize)> {
+        let text = match self {
+            Owner::None | Owner::Static => return None,
+            Owner::Key(key) => key.as_str(),
+            Owner::Value(value) => value.as_str(),
+        };
+        Some((text.as_ptr() as usize, text.len()))
+    }
+}
+
 #[derive(Debug)]
 struct Slot {
     kind: Fragment,
+    /// The address of the text, while `owner` keeps it there; 0 otherwise.
+    at: usize,
+    owner: Owner,
     text: Vec<u8>,
     /// Empty while the slot holds nothing.
     json: Vec<u8>,
+}
+
+impl Slot {
+    /// Whether this slot encodes `text` as `kind`.
+    #[inline]
+    fn holds(&self, kind: Fragment, text: &str) -> bool {
+        self.kind == kind
+            && !self.json.is_empty()
+            && ((self.at == text.as_ptr() as usize && self.text.len() == text.len())
+                || crate::attrs::same_text(&self.text, text.as_bytes()))
+    }
+
+    /// Keeps `text` where it sits from now on, if it can be kept.
+    fn keep(&mut self, text: Text<'_>) {
+        self.owner = text.owner();
+        self.at = match (&self.owner, text) {
+            (Owner::Static, Text::Static(text)) => text.as_ptr() as usize,
+            (owner, _) => owner
+                .text()
+                .filter(|&(_, len)| len == self.text.len())
+                .map_or(0, |(at, _)| at),
+        };
+    }
 }
 
 /// Pairs of slots, as a power of two.
@@ -467,6 +565,8 @@ impl Default for Fragments {
     fn default() -> Self {
         let empty = || Slot {
             kind: Fragment::String,
+            at: 0,
+            owner: Owner::None,
             text: Vec::new(),
             json: Vec::new(),
         };
@@ -485,16 +585,14 @@ impl Fragments {
     /// Writes `text` encoded as `kind` to `out`. The hit is kept small
     /// enough to inline; the miss is out of line.
     #[inline]
-    fn put(&mut self, out: &mut Vec<u8>, kind: Fragment, text: &str) {
-        if text.len() <= FRAGMENT_TEXT_BYTES {
-            let pair = &mut self.pairs[pair_of(kind, text)];
+    fn put(&mut self, out: &mut Vec<u8>, kind: Fragment, text: Text<'_>) {
+        let str = text.as_str();
+        if str.len() <= FRAGMENT_TEXT_BYTES {
+            let pair = &mut self.pairs[pair_of(kind, str)];
             let first = pair.last;
             for way in [first, first ^ 1] {
                 let slot = &pair.slots[way];
-                if slot.kind == kind
-                    && !slot.json.is_empty()
-                    && crate::attrs::same_text(&slot.text, text.as_bytes())
-                {
+                if slot.holds(kind, str) {
                     out.extend_from_slice(&slot.json);
                     pair.last = way;
                     return;
@@ -508,33 +606,35 @@ impl Fragments {
     /// lately.
     #[cold]
     #[inline(never)]
-    fn miss(&mut self, out: &mut Vec<u8>, kind: Fragment, text: &str) {
+    fn miss(&mut self, out: &mut Vec<u8>, kind: Fragment, text: Text<'_>) {
+        let str = text.as_str();
         let start = out.len();
         match kind {
             Fragment::Key => {
                 out.extend_from_slice(br#"{"key":"#);
-                string(out, text);
+                string(out, str);
                 out.extend_from_slice(br#","value":"#);
             }
             Fragment::StringValue => {
                 out.extend_from_slice(br#"{"stringValue":"#);
-                string(out, text);
+                string(out, str);
                 out.push(b'}');
             }
-            Fragment::String => string(out, text),
+            Fragment::String => string(out, str),
         }
-        if text.len() > FRAGMENT_TEXT_BYTES {
+        if str.len() > FRAGMENT_TEXT_BYTES {
             return;
         }
-        let pair = &mut self.pairs[pair_of(kind, text)];
+        let pair = &mut self.pairs[pair_of(kind, str)];
         let way = pair.last ^ 1;
         pair.last = way;
         let slot = &mut pair.slots[way];
         slot.kind = kind;
         slot.text.clear();
-        slot.text.extend_from_slice(text.as_bytes());
+        slot.text.extend_from_slice(str.as_bytes());
         slot.json.clear();
         slot.json.extend_from_slice(&out[start..]);
+        slot.keep(text);
     }
 }
 

@@ -285,8 +285,9 @@ fn the_escape_scan_finds_each_special_byte_at_every_position() {
 
 /// The fragments kept of repeated texts are right whoever comes to sit at
 /// their address: texts of one length allocated and freed in turn (an
-/// allocator hands the same place back), one text as key, value and name
-/// at once, shared texts that hit, and texts longer than a slot keeps.
+/// allocator hands the same place back), owned or shared (an `Arc` the
+/// slot may keep), one text as key, value and name at once, shared texts
+/// that hit, and texts longer than a slot keeps.
 #[test]
 fn kept_fragments_follow_the_text_not_its_address() {
     let resource = Resource::builder_empty().build();
@@ -294,6 +295,8 @@ fn kept_fragments_follow_the_text_not_its_address() {
     let long = "x\"y".repeat(200);
     let mut encoder = LineEncoder::new();
     for i in 0..300 {
+        // Made and dropped with each span, all of one length.
+        let made = |prefix: &str| std::sync::Arc::<str>::from(format!("{prefix}-{i:04}"));
         let mut span = SpanData {
             span_context: SpanContext::new(
                 TraceId::from(1_u128 + i),
@@ -314,6 +317,10 @@ fn kept_fragments_follow_the_text_not_its_address() {
                 KeyValue::new(format!("q\"{i:03}"), format!("n\n{i:03}")),
                 KeyValue::new("same", "same"),
                 KeyValue::new(format!("int-{i:04}"), i as i64),
+                KeyValue::new(
+                    opentelemetry::Key::from(made("ark")),
+                    StringValue::from(made("arv")),
+                ),
             ],
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
@@ -322,7 +329,11 @@ fn kept_fragments_follow_the_text_not_its_address() {
             instrumentation_scope: scopes()[0].clone(),
         };
         if i % 3 == 0 {
-            span.name = "same".into();
+            span.name = if i % 2 == 0 {
+                "same".into()
+            } else {
+                String::from("same").into()
+            };
             span.attributes
                 .push(KeyValue::new(long.clone(), long.clone()));
         }
@@ -330,4 +341,50 @@ fn kept_fragments_follow_the_text_not_its_address() {
         let got = String::from_utf8(encoder.encode(&batch).to_vec()).unwrap();
         assert_eq!(got, reference(&batch, &resource), "span {i}");
     }
+}
+
+/// Keys and string values shared through an `Arc`, and static names, are
+/// found again by their address (the slot keeps the `Arc`, so nothing else
+/// can come to sit there); an owned name is compared, and still found.
+#[test]
+fn shared_and_static_texts_are_found_by_their_address() {
+    let value: std::sync::Arc<str> = "a-function-name".into();
+    let key: std::sync::Arc<str> = "wtrace.function".into();
+    let mut fragments = super::Fragments::default();
+    let key = opentelemetry::Key::from(key);
+    let value = StringValue::from(value);
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        fragments.put(&mut out, super::Fragment::Key, super::Text::Key(&key));
+        fragments.put(
+            &mut out,
+            super::Fragment::StringValue,
+            super::Text::Value(&value),
+        );
+        fragments.put(
+            &mut out,
+            super::Fragment::String,
+            super::Text::Static("a name"),
+        );
+        fragments.put(
+            &mut out,
+            super::Fragment::String,
+            super::Text::Other("owned"),
+        );
+    }
+    let kept = |text: &str| {
+        fragments
+            .pairs
+            .iter()
+            .flat_map(|pair| &pair.slots)
+            .find(|slot| !slot.json.is_empty() && slot.text == text.as_bytes())
+            .map(|slot| slot.at)
+    };
+    assert_eq!(kept(key.as_str()), Some(key.as_str().as_ptr() as usize));
+    assert_eq!(kept(value.as_str()), Some(value.as_str().as_ptr() as usize));
+    assert_eq!(kept("a name"), Some("a name".as_ptr() as usize));
+    assert_eq!(kept("owned"), Some(0), "an owned text is only compared");
+    let once =
+        r#"{"key":"wtrace.function","value":{"stringValue":"a-function-name"}"a name""owned""#;
+    assert_eq!(String::from_utf8(out).unwrap(), once.repeat(2));
 }
