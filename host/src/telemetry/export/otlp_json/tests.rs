@@ -388,3 +388,46 @@ fn shared_and_static_texts_are_found_by_their_address() {
         r#"{"key":"wtrace.function","value":{"stringValue":"a-function-name"}"a name""owned""#;
     assert_eq!(String::from_utf8(out).unwrap(), once.repeat(2));
 }
+
+/// A scope is found again at once when its texts sit where the kept one's
+/// do, and by `==` otherwise: equal scopes made apart, scopes that differ
+/// in one field, and attributes in another order are all judged as `==`
+/// judges them.
+#[test]
+fn scopes_are_told_apart_as_equality_tells_them() {
+    let owned = |name: &str, version: Option<&str>| {
+        let builder = InstrumentationScope::builder(name.to_owned());
+        match version {
+            Some(version) => builder.with_version(version.to_owned()).build(),
+            None => builder.build(),
+        }
+    };
+    let with = |attributes: Vec<KeyValue>| {
+        InstrumentationScope::builder("wtrace")
+            .with_attributes(attributes)
+            .build()
+    };
+    let kv = |k: &'static str, v: i64| KeyValue::new(k, v);
+    let scopes = [
+        InstrumentationScope::builder("wtrace")
+            .with_version("0.1.0")
+            .build(),
+        owned("wtrace", Some("0.1.0")),
+        owned("wtrace", Some("0.1.1")),
+        owned("wtracf", Some("0.1.0")),
+        owned("wtrace", None),
+        InstrumentationScope::builder("wtrace").build(),
+        InstrumentationScope::builder("wtrace")
+            .with_schema_url("https://example.com/1")
+            .build(),
+        with(vec![kv("a", 1), kv("b", 2)]),
+        with(vec![kv("b", 2), kv("a", 1)]),
+        with(vec![kv("a", 1), kv("b", 3)]),
+    ];
+    for a in &scopes {
+        assert!(super::same_scope(a, &a.clone()), "{a:?} and its clone");
+        for b in &scopes {
+            assert_eq!(super::same_scope(a, b), a == b, "{a:?} and {b:?}");
+        }
+    }
+}
