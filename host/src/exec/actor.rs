@@ -20,8 +20,8 @@ use wasmtime::component::{ComponentExportIndex, ResourceAny, Type, Val};
 
 use super::store::StoreState;
 use super::task::{
-    TaskComponent, TaskContext, TaskError, TaskErrorKind, TaskLinker, TaskOutput, call, call_raw,
-    execute_span, finish_run, instantiate, new_store, rearm_store,
+    SpanNaming, TaskComponent, TaskContext, TaskError, TaskErrorKind, TaskLinker, TaskOutput, call,
+    call_raw, execute_span, finish_run, instantiate, new_store, rearm_store,
 };
 use crate::runtime::check::actor_classes;
 use crate::runtime::wave;
@@ -189,7 +189,7 @@ impl Actor {
             Err(error) => return (None, fail(span, error)),
         };
         let (output, log) =
-            super::task::captured_output(telemetry, &function, span.as_ref(), cx, limits);
+            super::task::captured_output(telemetry, None, &function, span.as_ref(), cx, limits);
         let mut store = match new_store(
             linker,
             telemetry,
@@ -529,7 +529,7 @@ fn actor_span(
 ) -> opentelemetry_sdk::trace::Span {
     let mut span = execute_span(
         telemetry,
-        &format!("{class}.{method}"),
+        SpanNaming::of(&format!("{class}.{method}")),
         component.name_value(),
         Some(component.digest_value()),
         cx,

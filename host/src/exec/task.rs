@@ -68,6 +68,27 @@ impl<'a> TaskContext<'a> {
 struct Export {
     index: ComponentExportIndex,
     params: Vec<Type>,
+    /// How its tasks' execute spans name it, made with the rest.
+    naming: SpanNaming,
+}
+
+/// What an execute span calls its function: the span's name and the
+/// `wtrace.function` value. An export keeps its own, so a task of a known
+/// export looks its function up once, not once more for each of these.
+#[derive(Debug, Clone)]
+pub(crate) struct SpanNaming {
+    name: std::borrow::Cow<'static, str>,
+    function: opentelemetry::StringValue,
+}
+
+impl SpanNaming {
+    /// `function`'s, looked up in the process's kept names and values.
+    pub(crate) fn of(function: &str) -> Self {
+        Self {
+            name: task_span::name(function, task_span::Phase::Execute),
+            function: crate::attrs::shared_string(function),
+        }
+    }
 }
 
 /// A compiled task component, ready to instantiate.
@@ -246,6 +267,7 @@ impl TaskComponent {
         let export = Arc::new(Export {
             index,
             params: func.params().map(|(_, ty)| ty).collect(),
+            naming: SpanNaming::of(function),
         });
         lock(&self.exports).insert(function.to_owned(), export.clone());
         Ok(export)
@@ -294,16 +316,29 @@ pub fn execute(
 ) -> TaskOutput {
     let runtime = linker.runtime();
     let limits = runtime.limits();
-    let mut span = telemetry.map(|t| {
+    let export = sandbox::contain("preparing the task", || component.export(runtime, function))
+        .unwrap_or_else(|panic| Err(host_panic(function, &panic)));
+    let naming = telemetry.map(|_| match &export {
+        Ok(export) => export.naming.clone(),
+        Err(_) => SpanNaming::of(function),
+    });
+    let mut span = telemetry.zip(naming.as_ref()).map(|(t, naming)| {
         execute_span(
             t,
-            function,
+            naming.clone(),
             component.name_value.clone(),
             Some(component.digest_value.clone()),
             cx,
         )
     });
-    let (output, log) = captured_output(telemetry, function, span.as_ref(), cx, limits);
+    let (output, log) = captured_output(
+        telemetry,
+        naming.map(|naming| naming.function),
+        function,
+        span.as_ref(),
+        cx,
+        limits,
+    );
     let mut store = match new_store(
         linker,
         telemetry,
@@ -337,7 +372,7 @@ pub fn execute(
 
     let mut instantiate_us = 0;
     let result = sandbox::contain("preparing the task", || {
-        let export = component.export(runtime, function)?;
+        let export = export?;
         let params = wave::parse_args(invocation, &export.params)
             .map_err(|cause| component.bad_arguments(function, invocation, &cause))?;
         let started = Instant::now();
@@ -513,9 +548,11 @@ fn root_context(span: Option<&opentelemetry_sdk::trace::Span>) -> SpanContext {
 
 /// The guest's output, captured; when the hook chose where log records go,
 /// also turned into records line by line (the log returned, for the span
-/// bridge to keep told which span is current).
+/// bridge to keep told which span is current). The records name `function`
+/// by `shared` when the caller has it shared already.
 pub(crate) fn captured_output(
     telemetry: Option<&Telemetry>,
+    shared: Option<opentelemetry::StringValue>,
     function: &str,
     span: Option<&opentelemetry_sdk::trace::Span>,
     cx: &TaskContext<'_>,
@@ -528,7 +565,10 @@ pub(crate) fn captured_output(
     let log = Arc::new(TaskLog::new(
         logger.clone(),
         limits.attribute_value_length as usize,
-        Origin::task(function, cx.task_id),
+        match shared {
+            Some(function) => Origin::of_task(function, cx.task_id),
+            None => Origin::task(function, cx.task_id),
+        },
         root_context(span),
     ));
     (
@@ -716,7 +756,7 @@ pub(crate) fn finish_run<T>(
 /// Starts the `<function> execute` span of a task.
 pub(crate) fn execute_span(
     telemetry: &Telemetry,
-    function: &str,
+    naming: SpanNaming,
     component: opentelemetry::Value,
     digest: Option<opentelemetry::Value>,
     cx: &TaskContext<'_>,
@@ -726,7 +766,7 @@ pub(crate) fn execute_span(
     // it never grows: the one the last exported span left, when there is.
     let mut attributes = crate::attrs::attribute_list();
     attributes.extend([
-        KeyValue::new("wtrace.function", crate::attrs::shared(function)),
+        KeyValue::new("wtrace.function", naming.function),
         KeyValue::new("wtrace.component", component),
         KeyValue::new(crate::attrs::TASK_ID, cx.task_id.to_owned()),
     ]);
@@ -737,7 +777,7 @@ pub(crate) fn execute_span(
         attributes.push(KeyValue::new("wtrace.component.digest", digest));
     }
     tracer
-        .span_builder(task_span::name(function, task_span::Phase::Execute))
+        .span_builder(naming.name)
         .with_kind(SpanKind::Consumer)
         .with_attributes(attributes)
         .start_with_context(tracer, &context_with_parent(cx.parent.clone()))
@@ -754,7 +794,7 @@ pub fn record_failure(
     if let Some(telemetry) = telemetry {
         let mut span = execute_span(
             telemetry,
-            &error.function,
+            SpanNaming::of(&error.function),
             component.to_owned().into(),
             None,
             cx,

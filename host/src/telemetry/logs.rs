@@ -152,8 +152,13 @@ pub enum Origin {
 impl Origin {
     /// A task's (or actor call's) origin.
     pub fn task(function: &str, task_id: &str) -> Self {
+        Self::of_task(crate::attrs::shared_string(function), task_id)
+    }
+
+    /// [`Origin::task`], for a function name shared already.
+    pub fn of_task(function: StringValue, task_id: &str) -> Self {
         Self::Task {
-            function: crate::attrs::shared_string(function),
+            function,
             task_id: task_id.to_owned(),
         }
     }
