@@ -21,7 +21,7 @@ const KEPT: usize = 8;
 
 /// Room in an attribute list for a task span's attributes, with what is
 /// added at its end.
-const LIST_ROOM: usize = 16;
+pub const LIST_ROOM: usize = 16;
 /// Most lists a thread keeps for reuse.
 const LISTS_KEPT: usize = 8;
 

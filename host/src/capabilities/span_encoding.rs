@@ -222,9 +222,22 @@ impl<'a> Reader<'a, '_> {
     }
 
     fn attributes(&mut self) -> Decoded<Vec<KeyValue>> {
-        // A key's length, a tag and the smallest value: 6 bytes at least.
-        let n = self.count(6)?;
-        let mut attributes = Vec::with_capacity(n);
+        let n = self.attribute_count()?;
+        self.attributes_into(n, Vec::with_capacity(n))
+    }
+
+    /// How many attributes follow: a key's length, a tag and the smallest
+    /// value take 6 bytes at least.
+    fn attribute_count(&mut self) -> Decoded<usize> {
+        self.count(6)
+    }
+
+    /// The `n` attributes that follow, pushed onto `attributes`.
+    fn attributes_into(
+        &mut self,
+        n: usize,
+        mut attributes: Vec<KeyValue>,
+    ) -> Decoded<Vec<KeyValue>> {
         for _ in 0..n {
             let key = Key::from(self.name()?);
             attributes.push(KeyValue::new(key, self.value()?));
@@ -287,7 +300,15 @@ fn cut(text: &str, max: usize) -> &str {
 pub(crate) fn start(bytes: &[u8], max: usize, recent: &mut Recent) -> Decoded<Start> {
     let mut reader = Reader { bytes, max, recent };
     let (kind, name) = head(&mut reader)?;
-    let attributes = reader.attributes()?;
+    // A span's list goes back to the thread's kept lists once the span is
+    // exported, so a guest's spans in steady state allocate none.
+    let n = reader.attribute_count()?;
+    let list = if n <= crate::attrs::LIST_ROOM {
+        crate::attrs::attribute_list()
+    } else {
+        Vec::with_capacity(n)
+    };
+    let attributes = reader.attributes_into(n, list)?;
     // A link: 16 + 8 + 1 + 4 bytes at least.
     let links = match reader.count(29)? {
         0 => Vec::new(),
@@ -359,6 +380,49 @@ mod tests {
     fn str(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(&(s.len() as u32).to_le_bytes());
         out.extend_from_slice(s.as_bytes());
+    }
+
+    /// A start of `n` integer attributes, no links and no parent.
+    fn start_with_attributes(n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8];
+        str(&mut buf, "span");
+        buf.extend_from_slice(&(n as u32).to_le_bytes());
+        for i in 0..n {
+            str(&mut buf, &format!("k{i}"));
+            buf.push(2);
+            buf.extend_from_slice(&(i as u64).to_le_bytes());
+        }
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        buf.push(0);
+        buf
+    }
+
+    /// A start's attributes go into a list the exporter can give back to
+    /// the thread (one of the usual room, however few they are), so a
+    /// guest's spans in steady state allocate no list; a list handed back
+    /// is the one the next start takes. More than that room get a list of
+    /// their own.
+    #[test]
+    fn a_starts_attributes_go_into_a_list_the_thread_takes_back() {
+        let recent = &mut Recent::default();
+        let first = start(&start_with_attributes(2), 64, recent)
+            .unwrap()
+            .attributes;
+        assert_eq!(first.len(), 2);
+        assert_eq!(first.capacity(), crate::attrs::LIST_ROOM);
+        let at = first.as_ptr();
+        crate::attrs::recycle(first);
+        let next = start(&start_with_attributes(3), 64, recent)
+            .unwrap()
+            .attributes;
+        assert_eq!(next.as_ptr(), at, "the list handed back is taken again");
+        assert_eq!(next[2].value, Value::I64(2));
+        let many = crate::attrs::LIST_ROOM + 4;
+        let long = start(&start_with_attributes(many), 64, recent)
+            .unwrap()
+            .attributes;
+        assert_eq!(long.len(), many);
+        assert_eq!(long[many - 1].key.as_str(), format!("k{}", many - 1));
     }
 
     #[test]
