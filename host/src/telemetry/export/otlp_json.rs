@@ -269,8 +269,8 @@ const LINE_START: &[u8] = br#"{"resourceSpans":[{"resource":"#;
 /// Whether `a` and `b` are one scope. A span's scope is a clone of its
 /// tracer's, whose texts are nearly always static: when each text of one
 /// sits where the other's does and neither has attributes, they are equal
-/// with no compare (the SDK's `==` sorts copies of both attribute lists,
-/// a tenth of a task span's encoding); otherwise `==` decides.
+/// with no compare (the SDK's `==` sorts copies of both attribute lists:
+/// about 200 instructions a span); otherwise `==` decides.
 fn same_scope(a: &InstrumentationScope, b: &InstrumentationScope) -> bool {
     fn same(a: Option<&str>, b: Option<&str>) -> bool {
         match (a, b) {
