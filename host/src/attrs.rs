@@ -21,7 +21,7 @@ const KEPT: usize = 8;
 
 /// Room in an attribute list for a task span's attributes, with what is
 /// added at its end.
-pub const LIST_ROOM: usize = 16;
+pub(crate) const LIST_ROOM: usize = 16;
 /// Most lists a thread keeps for reuse.
 const LISTS_KEPT: usize = 8;
 
@@ -37,6 +37,17 @@ pub fn attribute_list() -> Vec<KeyValue> {
     LISTS
         .with_borrow_mut(Vec::pop)
         .unwrap_or_else(|| Vec::with_capacity(LIST_ROOM))
+}
+
+/// An empty list for `n` attributes: [`attribute_list`]'s when they fit
+/// its room, so the list can go back to the thread when the span is
+/// exported; else one of their own.
+pub fn attribute_list_for(n: usize) -> Vec<KeyValue> {
+    if n <= LIST_ROOM {
+        attribute_list()
+    } else {
+        Vec::with_capacity(n)
+    }
 }
 
 /// Takes back an exported span's attribute list, emptied, for

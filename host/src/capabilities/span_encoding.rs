@@ -303,12 +303,7 @@ pub(crate) fn start(bytes: &[u8], max: usize, recent: &mut Recent) -> Decoded<St
     // A span's list goes back to the thread's kept lists once the span is
     // exported, so a guest's spans in steady state allocate none.
     let n = reader.attribute_count()?;
-    let list = if n <= crate::attrs::LIST_ROOM {
-        crate::attrs::attribute_list()
-    } else {
-        Vec::with_capacity(n)
-    };
-    let attributes = reader.attributes_into(n, list)?;
+    let attributes = reader.attributes_into(n, crate::attrs::attribute_list_for(n))?;
     // A link: 16 + 8 + 1 + 4 bytes at least.
     let links = match reader.count(29)? {
         0 => Vec::new(),

@@ -529,7 +529,7 @@ fn actor_span(
 ) -> opentelemetry_sdk::trace::Span {
     let mut span = execute_span(
         telemetry,
-        SpanNaming::of(&format!("{class}.{method}")),
+        &SpanNaming::of(&format!("{class}.{method}")),
         component.name_value(),
         Some(component.digest_value()),
         cx,

@@ -325,7 +325,7 @@ pub fn execute(
     let mut span = telemetry.zip(naming.as_ref()).map(|(t, naming)| {
         execute_span(
             t,
-            naming.clone(),
+            naming,
             component.name_value.clone(),
             Some(component.digest_value.clone()),
             cx,
@@ -756,7 +756,7 @@ pub(crate) fn finish_run<T>(
 /// Starts the `<function> execute` span of a task.
 pub(crate) fn execute_span(
     telemetry: &Telemetry,
-    naming: SpanNaming,
+    naming: &SpanNaming,
     component: opentelemetry::Value,
     digest: Option<opentelemetry::Value>,
     cx: &TaskContext<'_>,
@@ -766,7 +766,7 @@ pub(crate) fn execute_span(
     // it never grows: the one the last exported span left, when there is.
     let mut attributes = crate::attrs::attribute_list();
     attributes.extend([
-        KeyValue::new("wtrace.function", naming.function),
+        KeyValue::new("wtrace.function", naming.function.clone()),
         KeyValue::new("wtrace.component", component),
         KeyValue::new(crate::attrs::TASK_ID, cx.task_id.to_owned()),
     ]);
@@ -777,7 +777,7 @@ pub(crate) fn execute_span(
         attributes.push(KeyValue::new("wtrace.component.digest", digest));
     }
     tracer
-        .span_builder(naming.name)
+        .span_builder(naming.name.clone())
         .with_kind(SpanKind::Consumer)
         .with_attributes(attributes)
         .start_with_context(tracer, &context_with_parent(cx.parent.clone()))
@@ -794,7 +794,7 @@ pub fn record_failure(
     if let Some(telemetry) = telemetry {
         let mut span = execute_span(
             telemetry,
-            SpanNaming::of(&error.function),
+            &SpanNaming::of(&error.function),
             component.to_owned().into(),
             None,
             cx,

@@ -501,7 +501,7 @@ impl Text<'_> {
     /// What a slot keeps so that the text's memory stays the text's.
     fn owner(&self) -> Owner {
         match self {
-            Text::Static(_) => Owner::Static,
+            Text::Static(text) => Owner::Static(text),
             Text::Key(key) => Owner::Key((*key).clone()),
             Text::Value(value) => Owner::Value((*value).clone()),
             Text::Other(_) => Owner::None,
@@ -524,20 +524,21 @@ enum Owner {
     /// Nothing does: the slot's text is only compared.
     None,
     /// The text is never freed.
-    Static,
+    Static(&'static str),
     Key(Key),
     Value(StringValue),
 }
 
 impl Owner {
-    /// The address and length of the text it keeps, if it keeps one.
-    fn text(&self) -> Option<(usize, usize)> {
+    /// Where the text it keeps sits; 0 when it keeps none.
+    fn address(&self) -> usize {
         let text = match self {
-            Owner::None | Owner::Static => return None,
+            Owner::None => return 0,
+            Owner::Static(text) => text,
             Owner::Key(key) => key.as_str(),
             Owner::Value(value) => value.as_str(),
         };
-        Some((text.as_ptr() as usize, text.len()))
+        text.as_ptr() as usize
     }
 }
 
@@ -565,13 +566,7 @@ impl Slot {
     /// Keeps `text` where it sits from now on, if it can be kept.
     fn keep(&mut self, text: Text<'_>) {
         self.owner = text.owner();
-        self.at = match (&self.owner, text) {
-            (Owner::Static, Text::Static(text)) => text.as_ptr() as usize,
-            (owner, _) => owner
-                .text()
-                .filter(|&(_, len)| len == self.text.len())
-                .map_or(0, |(at, _)| at),
-        };
+        self.at = self.owner.address();
     }
 }
 
